@@ -1,0 +1,115 @@
+"""One typed settings object for the whole project (env prefix ``NEXTBEST_``)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Nothing we start may phone home; set before bentoml/mlflow are imported anywhere.
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("FEAST_USAGE", "False")
+
+
+class Settings(BaseSettings):
+    """Every knob of Nextbest. Paths default to folders under ``home``."""
+
+    model_config = SettingsConfigDict(env_prefix="NEXTBEST_", extra="ignore")
+
+    home: Path = Field(Path(".nextbest"), description="root of every file Nextbest writes")
+    seed: int = 7
+    customers: int = Field(2000, gt=0, description="simulated customers for demo/simulate")
+    days: int = Field(90, gt=0, description="simulated days of history")
+    region: str = Field("GB", description="default country for national phone numbers")
+
+    ledger_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in home")
+    mlflow_tracking_uri: str | None = Field(None, description="default sqlite:///home/mlflow.db")
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: str = "127.0.0.1:6379"
+
+    host: str = "127.0.0.1"
+    port: int = 3000
+    workers: int = 1
+
+    identity_salt: str = Field("nextbest-dev-salt", description="secret salt for hashed ids")
+    identity_max_cluster: int = Field(60, gt=1, description="most records one customer may have")
+    identity_max_names: int = Field(2, gt=0, description="most distinct first names per customer")
+    identity_link_by_name: bool = Field(
+        False, description="also join key-less pieces on a rare full name (riskier, off)"
+    )
+    assignment_salt: str = "nextbest-assignment"
+    global_holdout_share: float = Field(0.05, ge=0, lt=1)
+    experiment_holdout_share: float = Field(0.10, ge=0, lt=1)
+    attribution_days: int = Field(30, gt=0)
+    abandon_after_minutes: int = Field(60, gt=0)
+    epsilon: float = Field(0.05, ge=0, le=1, description="exploration floor")
+    bandit_exploration: Literal["epsilon", "squarecb"] = Field(
+        "epsilon", description="VW exploration of the bandit (epsilon uses `epsilon`)"
+    )
+    experiment: str = Field("nbo", description="experiment of decisions without a campaign")
+    contact_caps: dict[str, int] = Field(
+        {"email": 2, "sms": 2}, description="outbound contacts per channel per cap window"
+    )
+    cap_window_days: int = Field(7, gt=0)
+    churn_lever: float = Field(1.0, ge=0, description="extra weight of retention offers x churn risk")
+    retention_offers: list[str] = Field(["retention_discount"], description="churn lever applies")
+    abandon_scan_seconds: float = Field(30.0, gt=0, description="how often serve scans baskets")
+    request_timeout: int = Field(10, gt=0, description="BentoML request timeout, seconds")
+    ledger_synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL", description="SQLite ledger: FULL survives power loss; NORMAL (WAL) survives "
+        "process crashes (SIGKILL) and commits without an fsync each time"
+    )
+    channel_keys: list[str] = ["channel-dev-key"]
+    admin_keys: list[str] = ["admin-dev-key"]
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @property
+    def world_dir(self) -> Path:
+        return self.home / "world"
+
+    @property
+    def event_log_dir(self) -> Path:
+        return self.home / "events"
+
+    @property
+    def feature_dir(self) -> Path:
+        return self.home / "features"
+
+    @property
+    def bentoml_home(self) -> Path:
+        return self.home / "bentoml"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def ledger_db_url(self) -> str:
+        return self.ledger_url or f"sqlite:///{self.home / 'ledger.db'}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    def ensure_dirs(self) -> Settings:
+        for d in (self.home, self.world_dir, self.event_log_dir, self.feature_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; tests call ``get_settings.cache_clear()`` after changing env."""
+    return Settings()
