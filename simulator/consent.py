@@ -1,0 +1,104 @@
+"""Marketing consent per channel over time: the initial record, changes of mind, opt-outs.
+
+Campaigns ask ``Consent.ok`` before sending, and every change is also an event, so features
+computed from the events see the same consent the simulator obeyed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simulator.buffer import EventBuffer
+from simulator.clock import START_US, US_PER_DAY
+from simulator.events import active_end
+from simulator.identities import Keys
+from simulator.people import Population
+
+ORGANIC_FLIP = 0.04  # chance a person changes their mind once during the history
+
+
+class Consent:
+    """Consent state for e-mail and SMS; other channels need none."""
+
+    def __init__(self, rng: np.random.Generator, pop: Population, keys: Keys) -> None:
+        n = len(pop.people)
+        averse = pop.people["contact_aversion"].to_numpy()
+        self.keys = keys
+        self.initial = {
+            "email": (keys.email != None) & (rng.random(n) < 0.85 - 0.3 * averse),  # noqa: E711
+            "sms": (keys.mobile != None) & (rng.random(n) < 0.7 - 0.4 * averse),  # noqa: E711
+        }
+        self.flip = {c: np.full(n, -1, dtype=np.int64) for c in self.initial}
+        self.optout = {c: np.full(n, -1, dtype=np.int64) for c in self.initial}
+
+    def ok(self, channel: str, idx: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Whether each person may be contacted on ``channel`` at ``t``."""
+        if channel not in self.initial:
+            return np.ones(len(idx), dtype=bool)
+        flip, out = self.flip[channel][idx], self.optout[channel][idx]
+        state = self.initial[channel][idx] ^ ((flip >= 0) & (flip <= t))
+        return state & ~((out >= 0) & (out <= t))
+
+    def address(self, channel: str, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """The identifier a consent event of this channel carries."""
+        if channel == "email":
+            return {"email": self.keys.email[idx]}
+        return {"phone": self.keys.mobile[idx]}
+
+    def simulate_history(
+        self, rng: np.random.Generator, pop: Population, days: int, buf: EventBuffer
+    ) -> None:
+        """The initial consent record (at tenure start) and the odd change of mind."""
+        tenure = pop.people["tenure_start"].to_numpy()
+        for ch, initial in self.initial.items():
+            known = self.keys.email if ch == "email" else self.keys.mobile
+            has = np.flatnonzero(known != None)  # noqa: E711
+            buf.add(
+                tenure[has],
+                has,
+                ch,
+                "consent_change",
+                consent_channel=ch,
+                consent_value=initial[has].astype(np.int8),
+                **self.address(ch, has),
+            )
+            flip = has[rng.random(len(has)) < ORGANIC_FLIP]
+            span = active_end(pop, days)[flip] - START_US  # nobody changes their mind after leaving
+            ft = START_US + (rng.random(len(flip)) * span).astype(np.int64)
+            self.flip[ch][flip] = ft
+            buf.add(
+                ft,
+                flip,
+                ch,
+                "consent_change",
+                consent_channel=ch,
+                consent_value=(~initial[flip]).astype(np.int8),
+                **self.address(ch, flip),
+            )
+
+    def opt_out(
+        self,
+        rng: np.random.Generator,
+        channel: str,
+        person: np.ndarray,
+        ts: np.ndarray,
+        averse: np.ndarray,
+        buf: EventBuffer,
+    ) -> None:
+        """Some recipients unsubscribe after a send, the contact-averse far more often."""
+        if channel not in self.initial:
+            return
+        out = (rng.random(len(person)) < 0.004 + 0.05 * averse**2) & (
+            self.flip[channel][person] < 0
+        )
+        out_ts = ts[out] + (rng.random(int(out.sum())) * 2 * US_PER_DAY).astype(np.int64)
+        self.optout[channel][person[out]] = out_ts
+        buf.add(
+            out_ts,
+            person[out],
+            channel,
+            "consent_change",
+            consent_channel=channel,
+            consent_value=0,
+            **self.address(channel, person[out]),
+        )

@@ -1,0 +1,137 @@
+"""Live visits for the replay driver: who comes, on which channel, knowing which identifiers.
+
+Visitors are people still customers at the end of the history, weighted by how much they use
+each channel; a channel only presents the identifiers it would know (a web visit a cookie and
+sometimes a login, an SMS reply a phone number, a store visit a loyalty card).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel
+
+from simulator.clock import to_timestamp
+from simulator.events import RETAIL_PRICE, RETAIL_WEIGHT
+
+if TYPE_CHECKING:
+    from simulator.truth import Truth
+
+ID_COLUMNS = ("email", "phone", "loyalty_id", "login_id", "cookie_id")
+# Where live decisions happen (share of visits); paid_media is bought reach, not a visit.
+VISIT_CHANNELS = {"web": 0.45, "app": 0.25, "email": 0.12, "sms": 0.05, "call_centre": 0.06,
+                  "store": 0.07}  # fmt: skip
+OPEN_BASKET_SHARE = 0.1  # of web/app visits
+
+
+class Visit(BaseModel):
+    """A live decision opportunity: who (truth), where, what the channel knows, the context."""
+
+    visit_id: str
+    person_id: str
+    at: datetime
+    channel: str
+    identifiers: dict[str, str | None]
+    context: dict[str, Any]
+
+
+def identifiers_by_person(identities: pd.DataFrame, index: pd.Index) -> dict[str, np.ndarray]:
+    """Per person, what a channel would present: the CRM e-mail and phone, loyalty card,
+    login, and the cookies seen with a login (flattened, sorted by owner)."""
+    n = len(index)
+    out: dict[str, np.ndarray] = {}
+    idx = index.get_indexer(identities["true_person_id"])
+    for col, crm_only in (("email", True), ("phone", True), ("loyalty_id", False),
+                          ("login_id", False)):  # fmt: skip
+        arr = np.full(n, None, dtype=object)
+        m = identities[col].notna().to_numpy()
+        if crm_only:
+            m &= (identities["source"] == "crm").to_numpy()
+        arr[idx[m]] = identities[col].to_numpy()[m]
+        out[col] = arr
+    web = identities["cookie_id"].notna().to_numpy()
+    order = np.argsort(idx[web], kind="stable")
+    out["cookie_owner"] = idx[web][order]
+    out["cookie_id"] = identities["cookie_id"].to_numpy()[web][order]
+    return out
+
+
+def channel_weights(truth: Truth) -> dict[str, np.ndarray]:
+    """Per channel, each person's relative chance of being the visitor (0 if unreachable)."""
+    p = truth.people
+    ids = truth._ids
+    alive = (p["churned_at"].to_numpy() < 0).astype(float)
+    tech = p["tech_affinity"].to_numpy()
+    price = p["price_sensitivity"].to_numpy()
+    has = {k: np.array([v is not None for v in ids[k]]) for k in ("email", "phone", "login_id")}
+    return {
+        "web": alive * (0.04 + 0.22 * tech),
+        "app": alive * p["has_app"].to_numpy() * has["login_id"] * (0.05 + 0.35 * tech),
+        "email": alive * has["email"],
+        "sms": alive * has["phone"],
+        "call_centre": alive * has["phone"] * (0.006 + 0.01 * price),
+        "store": alive * (0.008 + 0.012 * (1 - tech)),
+    }
+
+
+def draw_visits(
+    truth: Truth, rng: np.random.Generator, n: int, start_us: int, span_us: int
+) -> pd.DataFrame:
+    """``n`` visits uniformly in [start, start + span): DataFrame with the truth person_id."""
+    weights = channel_weights(truth)
+    names = list(VISIT_CHANNELS)
+    share = np.array([VISIT_CHANNELS[c] for c in names])
+    channel = np.asarray(names, dtype=object)[rng.choice(len(names), n, p=share / share.sum())]
+    person = np.zeros(n, dtype=np.int64)
+    for ch in names:
+        m = channel == ch
+        w = weights[ch]
+        if m.any():
+            person[m] = rng.choice(len(w), int(m.sum()), p=w / w.sum())
+    ids = {
+        c: np.full(n, None, dtype=object)
+        for c in ("email", "phone", "loyalty_id", "login_id", "cookie_id")
+    }
+    src = truth._ids
+    m = channel == "web"
+    owner, cookies = src["cookie_owner"], src["cookie_id"]
+    first = np.searchsorted(owner, person[m], side="left")
+    count = np.searchsorted(owner, person[m], side="right") - first
+    pick = first + (rng.random(int(m.sum())) * np.maximum(count, 1)).astype(np.int64)
+    known = (count > 0) & (rng.random(int(m.sum())) < 0.7)
+    anon = np.array(
+        [f"ck_new_{x:010x}" for x in rng.integers(0, 2**40, int(m.sum()))], dtype=object
+    )
+    ids["cookie_id"][m] = np.where(
+        known, cookies[np.minimum(pick, max(len(cookies) - 1, 0))] if len(cookies) else anon, anon
+    )
+    logged = rng.random(int(m.sum())) < 0.5
+    ids["login_id"][m] = np.where(logged, src["login_id"][person[m]], None)
+    m = channel == "app"
+    ids["login_id"][m] = src["login_id"][person[m]]
+    m = channel == "email"
+    ids["email"][m] = src["email"][person[m]]
+    m = np.isin(channel, ["sms", "call_centre"])
+    ids["phone"][m] = src["phone"][person[m]]
+    m = channel == "store"
+    ids["loyalty_id"][m] = src["loyalty_id"][person[m]]
+    ids["phone"][m] = np.where(ids["loyalty_id"][m] == None, src["phone"][person[m]], None)  # noqa: E711
+    basket = np.isin(channel, ["web", "app"]) & (rng.random(n) < OPEN_BASKET_SHARE)
+    value = np.where(basket, RETAIL_PRICE[rng.choice(len(RETAIL_PRICE), n, p=RETAIL_WEIGHT)], 0.0)
+    at = start_us + (rng.random(n) * span_us).astype(np.int64)
+    order = np.argsort(at, kind="stable")
+    df = pd.DataFrame(
+        {
+            "visit_id": [f"V{i:08d}" for i in range(n)],
+            "at": to_timestamp(at[order]),
+            "person_id": truth.people["person_id"].to_numpy()[person[order]],
+            "channel": channel[order],
+            **{k: v[order] for k, v in ids.items()},
+            "open_basket": basket[order],
+            "basket_value": value[order],
+        }
+    )
+    return df
