@@ -1,0 +1,148 @@
+"""The typed schema of one channel event: the boundary every event crosses before it counts.
+
+Channel and event-type names come from ``simulator.schema`` (the one source of those names), so
+the simulated world and the live path cannot drift apart. A malformed event is rejected with
+:class:`InvalidEvent`, whose message names the field and the reason.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from simulator.schema import CHANNELS, EVENT_TYPES
+
+IDENTIFIER_FIELDS = ("customer_id", "email", "phone", "loyalty_id", "login_id", "cookie_id")
+BASKET_TYPES = ("basket_add", "basket_remove")
+BASKET_CLEARING_TYPES = ("checkout", "purchase")
+VISIT_TYPES = ("session_start", "store_visit", "call_contact")
+# Channels a visit can happen on, and channels a customer can opt in or out of; the feature
+# views and the aggregates both build their column names from these tuples.
+VISIT_CHANNELS = ("web", "app", "store", "call_centre")
+CONSENT_CHANNELS = ("email", "sms", "app", "call_centre")
+
+
+class InvalidEvent(ValueError):
+    """An event that does not fit the schema; ``str(err)`` is ``"<field>: <reason>"``."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class Event(BaseModel):
+    """One event from any channel. Identifiers are whatever the channel knows (at least one)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    ts: datetime
+    channel: str
+    event_type: str
+    customer_id: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    loyalty_id: str | None = None
+    login_id: str | None = None
+    cookie_id: str | None = None
+    product_id: str | None = None
+    value: float | None = None
+    quantity: int | None = None
+    campaign_id: str | None = None
+    consent_channel: str | None = None
+    consent_value: bool | None = None
+
+    @field_validator("ts")
+    @classmethod
+    def _tz_aware(cls, v: datetime) -> datetime:
+        # A naive time is ambiguous across regions; guessing would shift every window.
+        if v.tzinfo is None or v.utcoffset() is None:
+            raise ValueError("timestamp has no timezone (send ISO 8601 with an offset, e.g. Z)")
+        return v
+
+    @field_validator("channel")
+    @classmethod
+    def _known_channel(cls, v: str) -> str:
+        if v not in CHANNELS:
+            raise ValueError(f"unknown channel {v!r} (expected one of {', '.join(CHANNELS)})")
+        return v
+
+    @field_validator("event_type")
+    @classmethod
+    def _known_type(cls, v: str) -> str:
+        if v not in EVENT_TYPES:
+            raise ValueError(f"event_type {v!r} is not in the schema")
+        return v
+
+    @field_validator("consent_channel")
+    @classmethod
+    def _consent_channel(cls, v: str | None) -> str | None:
+        if v is not None and v not in CHANNELS:
+            raise ValueError(f"unknown channel {v!r} (expected one of {', '.join(CHANNELS)})")
+        return v
+
+    @field_validator("value")
+    @classmethod
+    def _non_negative_value(cls, v: float | None) -> float | None:
+        if v is not None and not v >= 0:  # also rejects NaN
+            raise ValueError(f"must be a number >= 0, got {v}")
+        return v
+
+    @field_validator("quantity")
+    @classmethod
+    def _positive_quantity(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"must be >= 1, got {v}")
+        return v
+
+    @field_validator(*IDENTIFIER_FIELDS)
+    @classmethod
+    def _blank_is_none(cls, v: str | None) -> str | None:
+        return v or None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Event:
+        if not any(getattr(self, f) for f in IDENTIFIER_FIELDS):
+            raise InvalidEvent(
+                "identifiers",
+                "no identifier at all (give one of " + ", ".join(IDENTIFIER_FIELDS) + ")",
+            )
+        if self.event_type == "consent_change":
+            if self.consent_channel is None:
+                raise InvalidEvent("consent_channel", "required for a consent_change event")
+            if self.consent_value is None:
+                raise InvalidEvent("consent_value", "required for a consent_change event")
+        if self.event_type in BASKET_TYPES and self.value is None:
+            raise InvalidEvent("value", f"required for a {self.event_type} event")
+        return self
+
+    def identifier_dict(self) -> dict[str, str]:
+        """The identifiers this event carries, for the identity graph."""
+        return {f: getattr(self, f) for f in IDENTIFIER_FIELDS if getattr(self, f)}
+
+
+def parse_event(data: dict[str, Any] | Event) -> Event:
+    """Validate raw input into an :class:`Event`, raising :class:`InvalidEvent` on the first
+    problem so callers (CLI, HTTP) can report exactly one field and reason."""
+    if isinstance(data, Event):
+        return data
+    try:
+        return Event.model_validate(data)
+    except InvalidEvent:
+        raise
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "event"
+        ctx_err = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, InvalidEvent):
+            raise ctx_err from None
+        reason = str(ctx_err) if err["type"] == "value_error" else err["msg"]
+        if err["type"] == "extra_forbidden":
+            reason = "unknown field"
+        elif err["type"] == "missing":
+            reason = "required"
+        raise InvalidEvent(field, reason) from None

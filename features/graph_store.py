@@ -1,0 +1,225 @@
+"""SQL tables of the identity graph and the small reads/writes ``features.identity`` needs.
+
+SQLAlchemy Core, so the same code runs on SQLite (default, in the ledger file) and PostgreSQL.
+Nothing here sees a plain identifier: keys, records and names arrive as salted hashes.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    bindparam,
+    delete,
+    insert,
+    inspect,
+    select,
+    text,
+    tuple_,
+    update,
+)
+
+metadata = MetaData()
+customers = Table(
+    "identity_customers",
+    metadata,
+    Column("customer_id", String(16), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+records = Table(
+    "identity_records",
+    metadata,
+    Column("record_hash", String(32), primary_key=True),
+    Column("customer_id", String(16), nullable=False, index=True),
+    Column("first_hash", String(32)),
+    Column("last_hash", String(32)),
+    Column("first_variants", Text),  # space-separated salted hashes of typo variants
+    Column("last_variants", Text),
+    Index("ix_identity_records_name", "first_hash", "last_hash"),
+)
+keys = Table(
+    "identity_keys",
+    metadata,
+    Column("key_hash", String(32), primary_key=True),
+    Column("customer_id", String(16), primary_key=True),
+    Column("key_type", String(12), nullable=False),
+    Index("ix_identity_keys_customer", "customer_id"),
+)
+merges = Table(
+    "identity_merges",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("from_id", String(16), nullable=False, index=True),
+    Column("into_id", String(16), nullable=False, index=True),
+    Column("merged_at", DateTime(timezone=True), nullable=False),
+)
+HELD = ("login", "loyalty", "mobile", "phone")  # key types the linker's guards compare
+CHUNK = 5000  # bound parameters per IN (...) query, well below SQLite's and PostgreSQL's limits
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create missing tables, and add nullable columns that older graphs lack (no data moves).
+    Honours a ``schema_translate_map`` (tests and tenants put the graph in its own schema)."""
+    metadata.create_all(engine)
+    schema = engine.get_execution_options().get("schema_translate_map", {}).get(None)
+    with engine.begin() as conn:
+        inspector = inspect(conn)
+        for table in metadata.sorted_tables:
+            have = {c["name"] for c in inspector.get_columns(table.name, schema=schema)}
+            for col in table.columns:
+                if col.name not in have and col.nullable:
+                    kind = col.type.compile(dialect=engine.dialect)
+                    name = f"{schema}.{table.name}" if schema else table.name
+                    conn.execute(text(f"ALTER TABLE {name} ADD COLUMN {col.name} {kind}"))
+
+
+def fetch(conn: Connection, col: Any, values: list[str], *cols: Any) -> list[tuple]:
+    """Rows whose ``col`` is one of ``values``, in chunks."""
+    rows: list[tuple] = []
+    for i in range(0, len(values), CHUNK):
+        part = values[i : i + CHUNK]
+        rows += [tuple(r) for r in conn.execute(select(*cols).where(col.in_(part)))]
+    return rows
+
+
+def name_holders(conn: Connection, fulls: list[tuple[str, str]]) -> set[str]:
+    """Customers with a record of one of these (first, last) name hashes."""
+    found: set[str] = set()
+    for i in range(0, len(fulls), CHUNK // 2):
+        pairs = tuple_(records.c.first_hash, records.c.last_hash).in_(fulls[i : i + CHUNK // 2])
+        found |= {c for (c,) in conn.execute(select(records.c.customer_id).where(pairs))}
+    return found
+
+
+def customer_info(conn: Connection, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """What the linker must know of stored customers: size, name hashes, held keys, age."""
+    info: dict[str, dict[str, Any]] = {
+        c: {"size": 0, "firsts": set(), "lasts": set(), "fulls": set(), "held": {}, "created": None}
+        for c in ids
+    }
+    cols = (records.c.customer_id, records.c.first_hash, records.c.last_hash)
+    cols += (records.c.first_variants, records.c.last_variants)
+    for cid, fh, lh, fv, lv in fetch(conn, records.c.customer_id, ids, *cols):
+        info[cid]["size"] += 1
+        if fv:
+            info[cid]["firsts"].add((frozenset(fv.split()), None))
+        if lv:
+            info[cid]["lasts"].add((frozenset(lv.split()), None))
+        if fh and lh:
+            info[cid]["fulls"].add((fh, lh))
+    cols = (keys.c.customer_id, keys.c.key_type, keys.c.key_hash)
+    for cid, kind, kh in fetch(conn, keys.c.customer_id, ids, *cols):
+        if kind in HELD:
+            info[cid]["held"].setdefault(kind, set()).add(kh)
+    cols = (customers.c.customer_id, customers.c.created_at)
+    for cid, created in fetch(conn, customers.c.customer_id, ids, *cols):
+        info[cid]["created"] = created.replace(tzinfo=UTC)
+    return info
+
+
+# Prebuilt once: a fixed number of bound slots keeps SQLAlchemy's compiled-statement cache warm,
+# which is most of the real-time lookup's cost (an expanding IN recompiles on every call).
+OWNER_SLOTS = 5
+_OWNERS = select(keys.c.key_hash, keys.c.customer_id).where(
+    keys.c.key_hash.in_([bindparam(f"h{i}") for i in range(OWNER_SLOTS)])
+)
+
+
+def owners(conn: Connection, hashes: dict[str, str]) -> dict[str, set[str]]:
+    """field -> customers holding that key: one indexed query for the real-time path."""
+    found: dict[str, set[str]] = defaultdict(set)
+    by_hash = {h: f for f, h in hashes.items()}
+    values = list(by_hash)
+    for i in range(0, len(values), OWNER_SLOTS):
+        part = values[i : i + OWNER_SLOTS]
+        params = {f"h{k}": part[k] if k < len(part) else "" for k in range(OWNER_SLOTS)}
+        for kh, cid in conn.execute(_OWNERS, params):
+            found[by_hash[kh]].add(cid)
+    return found
+
+
+def current_id(conn: Connection, customer_id: str) -> str | None:
+    """A stored customer id, following a recorded merge; None if unknown or erased."""
+    row = conn.execute(select(merges.c.into_id).where(merges.c.from_id == customer_id)).first()
+    cid = row[0] if row else customer_id
+    q = select(customers.c.customer_id).where(customers.c.customer_id == cid)
+    return cid if conn.execute(q).first() else None
+
+
+def has_login(conn: Connection, customer_id: str) -> bool:
+    q = select(keys.c.key_hash).where(keys.c.customer_id == customer_id, keys.c.key_type == "login")
+    return conn.execute(q.limit(1)).first() is not None
+
+
+def created_at(conn: Connection, ids: list[str]) -> dict[str, datetime]:
+    q = select(customers.c.customer_id, customers.c.created_at)
+    rows = conn.execute(q.where(customers.c.customer_id.in_(ids))).all()
+    return {cid: ts.replace(tzinfo=UTC) for cid, ts in rows}
+
+
+def merge_customer(conn: Connection, old: str, new: str, now: datetime) -> None:
+    """Fold customer ``old`` into ``new``: records and keys move, the merge is recorded."""
+    conn.execute(update(records).where(records.c.customer_id == old).values(customer_id=new))
+    have = {k for (k,) in conn.execute(select(keys.c.key_hash).where(keys.c.customer_id == new))}
+    q = select(keys.c.key_hash, keys.c.key_type).where(keys.c.customer_id == old)
+    moving = conn.execute(q).all()
+    conn.execute(delete(keys).where(keys.c.customer_id == old))
+    rows = [{"key_hash": k, "customer_id": new, "key_type": t} for k, t in moving if k not in have]
+    if rows:
+        conn.execute(insert(keys), rows)
+    conn.execute(delete(customers).where(customers.c.customer_id == old))
+    conn.execute(update(merges).where(merges.c.into_id == old).values(into_id=new))
+    conn.execute(insert(merges).values(from_id=old, into_id=new, merged_at=now))
+
+
+def write_batch(
+    conn: Connection,
+    new_customers: list[str],
+    record_rows: list[dict[str, Any]],
+    key_rows: set[tuple[str, str, str]],
+    now: datetime,
+) -> None:
+    """Insert new customers, records not stored yet, and (key, customer) pairs not stored yet."""
+    if new_customers:
+        conn.execute(
+            insert(customers), [{"customer_id": c, "created_at": now} for c in new_customers]
+        )
+    hashes = [r["record_hash"] for r in record_rows]
+    stored = {h for (h,) in fetch(conn, records.c.record_hash, hashes, records.c.record_hash)}
+    rows = [r for r in record_rows if r["record_hash"] not in stored]
+    if rows:
+        conn.execute(insert(records), rows)
+    key_hashes = sorted({k for k, _, _ in key_rows})
+    have = set(fetch(conn, keys.c.key_hash, key_hashes, keys.c.key_hash, keys.c.customer_id))
+    rows = [
+        {"key_hash": k, "customer_id": c, "key_type": t}
+        for k, c, t in sorted(key_rows)
+        if (k, c) not in have
+    ]
+    if rows:
+        conn.execute(insert(keys), rows)
+
+
+def erase_customer(conn: Connection, customer_id: str) -> int:
+    """Delete every row of a customer (keys, records, merges into it); rows deleted."""
+    n = 0
+    for table, col in (
+        (keys, keys.c.customer_id),
+        (records, records.c.customer_id),
+        (customers, customers.c.customer_id),
+        (merges, merges.c.into_id),
+    ):
+        n += conn.execute(delete(table).where(col == customer_id)).rowcount
+    return n

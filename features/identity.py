@@ -1,0 +1,291 @@
+"""The identity graph: one ``customer_id`` per person, persisted in SQL as salted hashes only.
+
+Batch ``resolve`` clusters records (``features.linkage``) together with the stored customers
+their keys touch, so a new batch joins or bridges customers and ids stay stable across re-runs.
+The real-time path (``lookup``, ``link``) and ``map_identifiers`` are deterministic key lookups.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel
+from sqlalchemy import Engine
+
+from features import graph_store as gs
+from features import normalize as nz
+from features.identity_records import Record, prepare
+from features.linkage import Linker, Node, assign_ids
+
+# identifier field -> key type; the order is the lookup priority, strongest first
+KEY_TYPES = dict(
+    login_id="login", loyalty_id="loyalty", cookie_id="cookie", email="email", phone="phone"
+)
+STRONG = ("login_id", "loyalty_id", "cookie_id")
+
+
+class Identifiers(BaseModel):
+    """Whatever a channel knows about the visitor; every field optional."""
+
+    customer_id: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    loyalty_id: str | None = None
+    login_id: str | None = None
+    cookie_id: str | None = None
+
+
+class IdentityGraph:
+    """Persistent identity graph; identifiers are stored only as HMAC-SHA256 of canonical forms."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        salt: str,
+        region: str = "GB",
+        *,
+        max_cluster: int = 60,
+        max_names: int = 2,
+        name_only: bool = False,
+    ) -> None:
+        self.engine, self.region = engine, region.upper()
+        self._salt = salt.encode()
+        self.max_cluster, self.max_names = max_cluster, max_names
+        self.name_only = name_only
+        gs.ensure_schema(engine)
+        self.last_stats: dict[str, int] = {}
+
+    def _hash(self, kind: str, value: str) -> str:
+        return hmac.new(self._salt, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    @staticmethod
+    def _key_type(field: str, value: str) -> str:
+        """Stored key type: as the field, except that personal mobiles are told from landlines."""
+        if field == "phone" and nz.is_mobile(value):
+            return "mobile"
+        return KEY_TYPES[field]
+
+    def _canonical(self, ids: Identifiers) -> dict[str, str]:
+        values = {f: nz.lenient_key(f, getattr(ids, f), self.region) for f in KEY_TYPES}
+        return {f: v for f, v in values.items() if v is not None}
+
+    def _key_hashes(self, ids: Identifiers) -> dict[str, str]:
+        return {f: self._hash(KEY_TYPES[f], v) for f, v in self._canonical(ids).items()}
+
+    # --- batch ---------------------------------------------------------------------------
+
+    def resolve(self, frame: pd.DataFrame, *, lenient: bool = False) -> pd.DataFrame:
+        """Cluster a batch of records into customers, joining/bridging stored ones; persist.
+
+        Raises ``IdentityInputError`` (row and column named) on unusable input, unless
+        ``lenient``: then bad values are dropped and listed in ``last_warnings``.
+        """
+        self.last_warnings: list[str] = []
+        batch = prepare(frame, self.region, self.last_warnings if lenient else None)
+        h = self._hash_batch(batch)
+        with self.engine.connect() as conn:
+            cols = (gs.records.c.record_hash, gs.records.c.customer_id)
+            known = gs.fetch(conn, gs.records.c.record_hash, h["record"], *cols)
+            all_keys = sorted({k for ks in h["keys"] for k in ks.values()})
+            cols = (gs.keys.c.key_hash, gs.keys.c.customer_id)
+            owners = gs.fetch(conn, gs.keys.c.key_hash, all_keys, *cols)
+            touched = {c for _, c in known + owners}
+            fulls = [(f, la) for f, la in zip(h["first"], h["last"], strict=True) if f and la]
+            if self.name_only:
+                touched |= gs.name_holders(conn, sorted(set(fulls)))
+            info = gs.customer_info(conn, sorted(touched))
+        linker, index = self._linker(batch, h, known, info)
+
+        stored_by_key: dict[str, list[int]] = defaultdict(list)
+        for kh, cid in owners:
+            stored_by_key[kh].append(index[cid])
+        linker.link_keys(h["keys"], stored_by_key, list(KEY_TYPES))
+        if self.name_only:
+            named = [(index[c], full) for c, v in info.items() for full in v["fulls"]]
+            named += list(enumerate(zip(h["first"], h["last"], strict=True)))
+            linker.link_by_name([(i, full) for i, full in named if full[0] and full[1]])
+
+        created = {c: v["created"] for c, v in info.items()}
+        ids, new_customers, merged = assign_ids(
+            linker, h["record"], index, created, lambda rh: "C" + self._hash("customer", rh)[:12]
+        )
+        now = datetime.now(UTC)
+        variants = [" ".join(sorted(v)) if v else None for v in h["first_v"] + h["last_v"]]
+        n = len(batch)
+        record_rows = [
+            {
+                "record_hash": rh,
+                "customer_id": c,
+                "first_hash": f,
+                "last_hash": la,
+                "first_variants": fv,
+                "last_variants": lv,
+            }
+            for rh, c, f, la, fv, lv in zip(
+                h["record"], ids, h["first"], h["last"], variants[:n], variants[n:], strict=True
+            )
+        ]
+        key_rows = {
+            (kh, c, types[f])
+            for ks, types, c in zip(h["keys"], h["types"], ids, strict=True)
+            for f, kh in ks.items()
+        }
+        with self.engine.begin() as conn:
+            for old, new in merged:
+                gs.merge_customer(conn, old, new, now)
+            gs.write_batch(conn, new_customers, record_rows, key_rows, now)
+        self.last_stats = {
+            "records": n,
+            "customers": len(set(ids)),
+            "new_customers": len(new_customers),
+            "merged_customers": len(merged),
+            "warnings": len(self.last_warnings),
+            **linker.stats,
+        }
+        return pd.DataFrame({"record_id": [r.record_id for r in batch], "customer_id": ids})
+
+    def _hash_batch(self, batch: list[Record]) -> dict[str, list[Any]]:
+        """Salted hashes of everything the linker and the tables need, per record."""
+
+        def variants(kind: str, name: str | None, nicknames: bool) -> frozenset[str] | None:
+            if not name:
+                return None
+            return frozenset(self._hash(kind, v)[:12] for v in nz.name_variants(name, nicknames))
+
+        return {
+            "record": [self._hash("record", r.record_id) for r in batch],
+            "keys": [{f: self._hash(KEY_TYPES[f], v) for f, v in r.keys.items()} for r in batch],
+            "types": [{f: self._key_type(f, v) for f, v in r.keys.items()} for r in batch],
+            "first": [r.first and self._hash("first", nz.canonical_first(r.first)) for r in batch],
+            "last": [r.last and self._hash("last", r.last) for r in batch],
+            "first_v": [variants("first~", r.first, True) for r in batch],
+            "last_v": [variants("last~", r.last, False) for r in batch],
+        }
+
+    def _linker(
+        self, batch: list[Record], h: dict[str, list[Any]], known: list[tuple], info: dict
+    ) -> tuple[Linker, dict[str, int]]:
+        """Nodes: one per batch record, then one per stored customer the batch touches; a
+        stored record starts inside its customer, so re-runs keep their ids."""
+        nodes = [
+            Node(
+                1,
+                {(h["first_v"][i], r.first)} if r.first else set(),
+                {(h["last_v"][i], r.last)} if r.last else set(),
+                "login_id" in r.keys,
+                {t: {h["keys"][i][f]} for f, t in h["types"][i].items() if t in gs.HELD},
+            )
+            for i, r in enumerate(batch)
+        ]
+        index = {cid: len(nodes) + k for k, cid in enumerate(info)}
+        nodes += [
+            Node(v["size"], v["firsts"], v["lasts"], "login" in v["held"], v["held"])
+            for v in info.values()
+        ]
+        linker = Linker(nodes, self.max_cluster, self.max_names)
+        position = {rh: i for i, rh in enumerate(h["record"])}
+        for rh, cid in known:
+            i, c = position[rh], index[cid]
+            linker.parent[i] = c
+            nodes[i].size = 0
+            nodes[c].firsts |= nodes[i].firsts  # plain names: rapidfuzz rather than variants
+            nodes[c].lasts |= nodes[i].lasts
+        return linker, index
+
+    # --- real time -----------------------------------------------------------------------
+
+    @staticmethod
+    def _pick(owners: dict[str, set[str]]) -> str | None:
+        """Strongest key that names exactly one customer (a household e-mail names two)."""
+        for field in KEY_TYPES:
+            if len(owners.get(field, ())) == 1:
+                return next(iter(owners[field]))
+        return None
+
+    def lookup(self, ids: Identifiers) -> str | None:
+        """Real-time: hash the canonical identifiers, one indexed query, strongest unique hit
+        (a known ``customer_id`` wins, following recorded merges)."""
+        with self.engine.connect() as conn:
+            if ids.customer_id and (cid := gs.current_id(conn, ids.customer_id)):
+                return cid
+            return self._pick(gs.owners(conn, self._key_hashes(ids)))
+
+    def link(self, ids: Identifiers) -> str:
+        """Look up, or create a customer; store keys nobody holds yet. A login or loyalty card
+        naming other customers bridges them into the oldest, and so does a cookie that only
+        an anonymous customer (no login) held: the cookie is now linked by a login."""
+        values = self._canonical(ids)
+        hashes = {f: self._hash(KEY_TYPES[f], v) for f, v in values.items()}
+        if not hashes and not ids.customer_id:
+            raise ValueError("identifiers: at least one usable identifier is required")
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            owners = gs.owners(conn, hashes)
+            given = gs.current_id(conn, ids.customer_id) if ids.customer_id else None
+            anchors = owners.get("login_id", set()) | owners.get("loyalty_id", set())
+            anchors |= {given} if given else set()
+            cookie = owners.get("cookie_id", set())
+            if len(cookie) == 1 and (not anchors or not gs.has_login(conn, next(iter(cookie)))):
+                anchors |= cookie
+            ages = gs.created_at(conn, sorted(anchors))
+            order = sorted(anchors, key=lambda c: (ages[c], c))
+            for other in order[1:]:
+                gs.merge_customer(conn, other, order[0], now)
+            cid = order[0] if order else self._pick(owners)
+            if cid is None:
+                seed = min(hashes.values()) if hashes else self._hash("id", str(ids.customer_id))
+                cid = "C" + self._hash("customer", seed)[:12]
+                if gs.current_id(conn, cid) is None:
+                    gs.write_batch(conn, [cid], [], set(), now)
+            new = {f: v for f, v in values.items() if not owners.get(f)}
+            gs.write_batch(
+                conn, [], [], {(hashes[f], cid, self._key_type(f, v)) for f, v in new.items()}, now
+            )
+        return cid
+
+    def map_identifiers(self, df: pd.DataFrame) -> pd.Series:
+        """customer_id per row (None when unknown), strongest identifier first; vectorised:
+        each distinct value is normalised and hashed once, keys fetched in chunked queries."""
+        result = pd.Series(None, index=df.index, dtype=object)
+        with self.engine.connect() as conn:
+            for field, kind in KEY_TYPES.items():
+                if field not in df.columns:
+                    continue
+                todo = result.isna() & df[field].notna()
+                if not todo.any():
+                    continue
+                values = df.loc[todo, field]
+                uniq = pd.Series(values.unique())
+                canonical = uniq.map(lambda v, f=field: nz.lenient_key(f, v, self.region))
+                hashed = canonical.map(lambda c, k=kind: c and self._hash(k, c))
+                cols = (gs.keys.c.key_hash, gs.keys.c.customer_id)
+                pairs = gs.fetch(conn, gs.keys.c.key_hash, sorted(set(hashed.dropna())), *cols)
+                owner = pd.DataFrame(pairs, columns=["h", "c"], dtype=object)
+                owner = owner[~owner["h"].duplicated(keep=False)].set_index("h")["c"]
+                to_cid = pd.Series(hashed.map(owner).to_numpy(), index=uniq.to_numpy())
+                result.loc[todo] = values.map(to_cid).to_numpy()
+        return result.where(result.notna(), None)
+
+    def erase(self, customer_id: str) -> int:
+        """Right to erasure: delete every stored row of this customer; rows deleted."""
+        with self.engine.begin() as conn:
+            return gs.erase_customer(conn, gs.current_id(conn, customer_id) or customer_id)
+
+
+def graph_for(settings: Any) -> IdentityGraph:
+    """The identity graph in the ledger database named by the settings."""
+    from nextbest.db import engine_for
+
+    return IdentityGraph(
+        engine_for(settings.ledger_db_url),
+        settings.identity_salt,
+        settings.region,
+        max_cluster=settings.identity_max_cluster,
+        max_names=settings.identity_max_names,
+        name_only=settings.identity_link_by_name,
+    )

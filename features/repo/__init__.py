@@ -1,0 +1,1 @@
+"""The Feast repo: entities, sources, feature views and services (Feast objects only)."""

@@ -1,0 +1,43 @@
+"""One FeatureService per model version: training and serving both ask for these by name,
+so nobody keeps a copy of a feature list."""
+
+from feast import FeatureService
+
+from features.repo.feature_views import (
+    customer_activity,
+    customer_basket_live,
+    customer_consent,
+    customer_profile,
+    customer_realtime,
+)
+
+churn_v1 = FeatureService(
+    name="churn_v1",
+    features=[customer_profile, customer_activity],
+    description="churn model inputs: contract, tenure, usage trend, complaints, engagement",
+)
+
+offer_v1 = FeatureService(
+    name="offer_v1",
+    features=[
+        customer_profile,
+        customer_activity,
+        customer_realtime[["basket_items", "basket_value", "last_channel"]],
+        customer_basket_live,
+    ],
+    description="offer propensity/uplift inputs: the churn inputs plus the live basket",
+)
+
+profile_v1 = FeatureService(
+    name="profile_v1",
+    features=[
+        customer_profile,
+        customer_consent,
+        customer_activity,
+        customer_realtime,
+        customer_basket_live,
+    ],
+    description="the unified customer profile (nextbest profile, GET /profile)",
+)
+
+ALL_SERVICES = (churn_v1, offer_v1, profile_v1)
