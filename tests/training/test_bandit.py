@@ -1,0 +1,227 @@
+"""The VW bandit: one formatter, the allowed set, learning on a known world, the ledger loop."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import numpy as np
+import pytest
+
+from training.bandit import (
+    BanditError,
+    BanditPolicy,
+    format_example,
+    load_bandit,
+    load_registered,
+    logged_examples,
+    train_bandit,
+)
+
+ACTIONS = {
+    "disc": {"category": "discount", "cost": 2.0},
+    "data": {"category": "data", "cost": 1.0},
+    "tv": {"category": "tv", "cost": 3.0},
+    "none": {"category": "none", "cost": 0.0},
+}
+
+
+def test_one_formatter_for_predict_and_learn() -> None:
+    feats = {"plan": "postpaid m", "arpu": 31.5, "months_left": None, "app": True, "n": 0}
+    actions = [("disc", ACTIONS["disc"]), ("none", ACTIONS["none"])]
+    ctx = {"page": "home|x", "basket": ["a", "b"], "intent": None}
+    predict = format_example(feats, "web", ctx, actions)
+    assert predict == [
+        # numbers also get a third-of-an-octave bin (log2(1 + 31.5) * 3 = 15.0), zero only a bin
+        "shared |u plan=postpaid_m arpu:31.5 arpu#15 app:1 n#0 |c channel=web page=home_x "
+        "basket=a basket=b",
+        "|a offer=disc category=discount |v cost:2",  # numbers outside the -q interactions
+        "|a offer=none category=none",
+    ]
+    learn = format_example(feats, "web", ctx, actions, label=(1, -0.5, 0.25))
+    assert learn[0] == predict[0] and learn[1] == predict[1]
+    assert learn[2] == "0:-0.5:0.25 " + predict[2]
+
+
+def test_choose_stays_in_the_allowed_set_and_returns_its_distribution() -> None:
+    policy = BanditPolicy(ACTIONS, seed=1)
+    offer, probs = policy.choose({"x": 1.0}, "app", {}, ["tv", "none"])
+    assert offer in ("tv", "none") and set(probs) == {"tv", "none"}
+    assert sum(probs.values()) == pytest.approx(1.0)
+    assert policy.choose({"x": 1.0}, "app", {}, []) == (None, {})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"offer_id": "tv"}, r"offer_id: 'tv' is not among the allowed offers"),
+        ({"probability": 0.0}, r"probability must be in \(0, 1\], got 0.0"),
+        ({"probability": 1.5}, r"probability must be in \(0, 1\], got 1.5"),
+        ({"reward": float("nan")}, r"reward must be finite, got nan"),
+        (
+            {"allowed": ["disc", "gold"], "offer_id": "disc"},
+            r"offers not in the catalogue: \['gold'\]",
+        ),
+    ],
+)
+def test_learn_rejects_bad_input(kwargs, message) -> None:
+    args = {
+        "features": {},
+        "channel": "web",
+        "context": {},
+        "allowed": ["disc", "none"],
+        "offer_id": "disc",
+        "probability": 0.5,
+        "reward": 1.0,
+    }
+    with pytest.raises(ValueError, match=message):
+        BanditPolicy(ACTIONS).learn(**{**args, **kwargs})
+    with pytest.raises(ValueError, match="reward_scale must be > 0"):
+        BanditPolicy(ACTIONS, reward_scale=0)
+
+
+def _truth(x: dict) -> np.ndarray:
+    """Expected reward per action: each offer suits a different kind of customer."""
+    ps, dh, sa = x["price_sensitivity"], x["data_hunger"], x["streaming"]
+    return np.array([6 * ps - 2, 3 * dh - 1, 6 * sa - 3, 0.0])
+
+
+def _visit(rng: np.random.Generator) -> dict:
+    return {
+        "price_sensitivity": rng.random(),
+        "data_hunger": rng.random(),
+        "streaming": rng.random(),
+    }
+
+
+def test_learns_who_wants_what_on_a_known_world() -> None:
+    rng, ids = np.random.default_rng(0), list(ACTIONS)
+    policy = BanditPolicy(ACTIONS, reward_scale=3.0, seed=2)
+    for _ in range(4000):
+        x = _visit(rng)
+        offer, probs = policy.choose(x, "web", {}, ids)
+        reward = _truth(x)[ids.index(offer)] + rng.normal(0, 2)
+        policy.learn(x, "web", {}, ids, offer, probs[offer], reward)
+    test = [_visit(rng) for _ in range(500)]
+    mu = np.array([_truth(x) for x in test])
+    dist = np.array([list(policy.distribution(x, "web", {}, ids).values()) for x in test])
+    learned, uniform, oracle = (dist * mu).sum(1).mean(), mu.mean(), mu.max(1).mean()
+    best_single = mu.mean(0).max()
+    gap = (learned - uniform) / (oracle - uniform)
+    assert gap > 0.6 and learned > best_single + 0.2, (learned, uniform, best_single, oracle)
+
+
+def _ledger_rows(settings, n: int, rng: np.random.Generator):
+    """Decisions logged by a uniform policy on the real catalogue, and their outcomes."""
+    from experiments.ledger import DecisionRow, Ledger, OutcomeRow, now
+    from nextbest.db import engine_for
+    from serving.catalog import load_catalog
+
+    catalog = {o.id: o for o in load_catalog().offers}
+    allowed = ["device_upgrade", "data_addon", "streaming_bundle", "no_offer"]
+    ledger, t0 = Ledger(engine_for(settings.ledger_db_url)), now()
+    for i in range(n):
+        feats = {"arpu": float(rng.uniform(10, 60)), "plan": str(rng.choice(["s", "m"]))}
+        offer = str(rng.choice(allowed))
+        did = uuid.uuid4().hex
+        ledger.record_decision(
+            DecisionRow(
+                decision_id=did,
+                ts=t0 + timedelta(seconds=i),
+                customer_id=f"c{i}",
+                channel="web",
+                context={"page": "home"},
+                experiment="nbo",
+                arm="treatment",
+                offer_id=offer,
+                propensity=0.25,
+                probabilities=dict.fromkeys(allowed, 0.25),
+                scores={"features": feats},
+                model_versions={},
+            )
+        )
+        wants = "data_addon" if feats["plan"] == "s" else "device_upgrade"
+        if offer == wants and rng.random() < 0.6:
+            value = catalog[offer].value
+            for _ in range(2):  # a retried report counts once
+                ledger.record_outcome(
+                    OutcomeRow(idempotency_key=f"k{did}", decision_id=did, type="conversion",
+                               value=value, ts=t0 + timedelta(seconds=i, days=1))
+                )  # fmt: skip
+    return ledger
+
+
+def test_rewards_from_the_ledger_use_the_window_and_the_cost() -> None:
+    import pandas as pd
+
+    t = pd.Timestamp("2026-01-01", tz="UTC")
+    day = pd.Timedelta(days=1)
+    logs = pd.DataFrame(
+        {
+            "decision_id": ["a", "b", "c", "d", "e"],
+            "customer_id": ["p", "q", "p", "r", "s"],
+            "ts": [t, t, t, t, t + 40 * day],
+            "channel": ["web"] * 5,
+            "context": [{}] * 5,
+            "arm": ["treatment", "treatment", "holdout", "treatment", "treatment"],
+            "offer_id": ["x"] * 5,
+            "propensity": [0.5, 0.5, None, 0.5, 0.5],
+            "probabilities": [{"x": 0.5, "y": 0.5}] * 5,
+            "scores": [{"features": {"f": 1.0}}] * 3 + [{}, {"features": {}}],
+        }
+    )
+    outcomes = pd.DataFrame(
+        {
+            "decision_id": ["a", "a", "b", None, "b", None],
+            "customer_id": ["p", "p", "q", "p", "q", "s"],
+            "type": ["conversion", "click", "conversion", "revenue", "revenue", "revenue"],
+            "value": [100.0, 1.0, 100.0, 20.0, 15.0, 50.0],
+            "ts": [t + 2 * day, t, t + 31 * day, t + 3 * day, t + 5 * day, t + 39 * day],
+        }
+    )
+    ex = logged_examples(logs, outcomes, {"x": 30.0}, attribution_days=30)
+    assert ex["decision_id"].tolist() == ["a", "b", "e"]  # holdout and no snapshot left out
+    # a: its conversion minus the cost, plus the customer's other spending in the window;
+    # b: converted after the window (no cost), other spending 15; e: p's spending came before
+    assert ex["reward"].tolist() == [90.0, 15.0, 0.0]
+    assert ex["allowed"].tolist() == [["x", "y"]] * 3
+
+
+def test_train_from_ledger_register_promote_and_load(nextbest_home) -> None:
+    from nextbest.settings import get_settings
+
+    settings = get_settings()
+    with pytest.raises(BanditError, match=r"ledger: 0 learnable decisions"):
+        train_bandit(settings, promote=True)
+    _ledger_rows(settings, 600, np.random.default_rng(5))
+    first = train_bandit(settings, promote=True)
+    assert first["promoted"] and first["examples"] == 600 and first["evaluated_on"] == 120
+    assert first["ope"]["challenger"]["value"] > first["ope"]["logging"]["value"]
+    champion = load_bandit(settings)
+    assert champion is not None and champion.version == f"bandit:{first['version']}"
+    low = {"arpu": 15.0, "plan": "s"}
+    allowed = ["device_upgrade", "data_addon", "streaming_bundle", "no_offer"]
+    probs = champion.distribution(low, "web", {"page": "home"}, allowed)
+    assert max(probs, key=probs.get) == "data_addon"
+    probs = champion.distribution({"arpu": 15.0, "plan": "m"}, "web", {"page": "home"}, allowed)
+    assert max(probs, key=probs.get) == "device_upgrade"
+    second = train_bandit(settings, promote=False)
+    assert not second["promoted"] and "champion" in second["ope"]
+    assert load_registered(settings, "challenger").version == f"bandit:{second['version']}"
+    assert load_bandit(settings).version == champion.version  # serving still has the champion
+
+
+def test_a_model_of_another_example_format_is_refused(tmp_path) -> None:
+    import json
+
+    from training.bandit import FORMAT_VERSION, _from_folder
+
+    BanditPolicy(ACTIONS).save(tmp_path / "model.vw")
+    meta = {"actions": ACTIONS, "exploration": "epsilon", "reward_scale": 1.0, "format": 1}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(
+        BanditError, match=f"bandit:3: written with example format 1, .* {FORMAT_VERSION}"
+    ):
+        _from_folder(tmp_path, "bandit:3", seed=1)
+    (tmp_path / "meta.json").write_text(json.dumps({**meta, "format": FORMAT_VERSION}))
+    assert _from_folder(tmp_path, "bandit:3", seed=1).version == "bandit:3"

@@ -1,0 +1,46 @@
+"""`nextbest train` / `promote`: bad input exits 2 with one line naming the field."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from nextbest.cli import app
+from nextbest.settings import get_settings
+
+
+@pytest.fixture
+def empty_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    monkeypatch.setenv("NEXTBEST_HOME", str(tmp_path))
+    get_settings.cache_clear()
+    yield tmp_path
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+BAD = [
+    (["train", "ranker"], r"^error: model: 'ranker' is not one of churn, propensity, bandit$"),
+    (
+        ["train", "propensity", "--csv", "x.csv", "--label", "y"],
+        r"^error: csv: --csv trains churn models only, not 'propensity'$",
+    ),
+    (["train", "churn", "--csv", "x.csv"], r"^error: csv: --csv and --label go together$"),
+    (
+        ["train", "churn"],
+        r"^error: events: .*batch\.parquet is missing \(run `nextbest features build` first\)$",
+    ),
+    (["promote", "ranker"], r"^error: model: 'ranker' is not one of churn, propensity$"),
+    (["promote", "churn"], r"^error: model: 'churn' has no challenger; run `nextbest train churn`"),
+]
+
+
+@pytest.mark.parametrize(("args", "error"), BAD)
+def test_bad_commands(empty_home: Path, args: list[str], error: str) -> None:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1
+    assert re.match(error, lines[0]), lines[0]

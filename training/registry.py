@@ -1,0 +1,224 @@
+"""MLflow tracking and registry: every run registers a ``challenger``; promotion re-scores the
+challenger and the ``champion`` on the challenger's validation window and moves the alias only
+when the challenger wins, then imports the champion into the BentoML model store.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel
+
+from nextbest.settings import Settings
+from training.evaluate import classification_metrics, uplift_metrics
+from training.scoring import Scorer, bentoml_models
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from mlflow import MlflowClient
+
+CHALLENGER, CHAMPION = "challenger", "champion"
+VALIDATION_FILE = "validation.parquet"
+GATE_METRIC = {"churn": "auc", "propensity": "qini"}  # higher is better for both
+PIP_REQUIREMENTS = ["lightgbm>=4.7,<4.8", "pandas>=2.3,<3", "numpy>=2.4,<2.5", "pydantic>=2.7,<3"]
+
+
+class RegistryError(ValueError):
+    """A promotion that cannot run (no challenger, unknown model)."""
+
+
+class Promotion(BaseModel):
+    """What ``nextbest promote`` decided, and why."""
+
+    model: str
+    promoted: bool
+    challenger_version: str
+    champion_version: str | None  # the champion after the decision
+    previous_champion: str | None
+    metric: str
+    challenger_score: float
+    champion_score: float | None
+    reason: str
+    bentoml_tag: str | None = None
+
+
+def client_for(settings: Settings) -> MlflowClient:
+    """An MlflowClient on the project's tracking store (and the global URI set to it)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    return mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
+
+
+def experiment_id(settings: Settings, model: str) -> str:
+    """One experiment per model, artifacts under the project's home (not ./mlruns)."""
+    client = client_for(settings)
+    name = f"nextbest-{model}"
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = (settings.home / "mlartifacts" / model).as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def log_model_run(
+    settings: Settings,
+    scorer: Scorer,
+    *,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    validation: pd.DataFrame,
+    input_example: pd.DataFrame,
+    plots: dict[str, Figure],
+    data_window: dict[str, str],
+) -> dict[str, str]:
+    """Log one training run and register its model as a new ``challenger`` version."""
+    import matplotlib.pyplot as plt
+    import mlflow
+    from mlflow.models import infer_signature
+
+    model = scorer.spec.kind
+    client = client_for(settings)
+    with (
+        mlflow.start_run(experiment_id=experiment_id(settings, model)) as run,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        mlflow.log_params(params)
+        mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+        mlflow.set_tags({"feature_service": scorer.spec.feature_service, **data_window})
+        for name, fig in plots.items():
+            mlflow.log_figure(fig, f"plots/{name}.png")
+            plt.close(fig)
+        validation.to_parquet(Path(tmp) / VALIDATION_FILE)
+        mlflow.log_artifact(str(Path(tmp) / VALIDATION_FILE))
+        bundle = scorer.save(Path(tmp) / "bundle")
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(__file__).with_name("mlflow_model.py")),
+            artifacts={"bundle": str(bundle)},
+            signature=infer_signature(input_example, scorer.predict_frame(input_example)),
+            input_example=input_example,
+            pip_requirements=PIP_REQUIREMENTS,
+            registered_model_name=model,
+        )
+    version = str(info.registered_model_version)
+    client.set_registered_model_alias(model, CHALLENGER, version)
+    return {"run_id": run.info.run_id, "model": model, "version": version, "alias": CHALLENGER}
+
+
+def load_version(settings: Settings, model: str, version: str) -> Scorer:
+    """The scorer of one registered version, straight from its MLflow artifacts."""
+    from mlflow.artifacts import download_artifacts
+
+    client_for(settings)
+    local = download_artifacts(artifact_uri=f"models:/{model}/{version}")
+    return Scorer.load(Path(local) / "artifacts" / "bundle")
+
+
+def gate_score(scorer: Scorer, validation: pd.DataFrame) -> float:
+    """The promotion metric of a scorer on a validation frame (AUC or Qini coefficient)."""
+    missing = set(scorer.spec.columns) - set(validation.columns)
+    if missing:
+        raise RegistryError(
+            f"validation: the window lacks columns {sorted(missing)} that the "
+            f"{scorer.spec.feature_service} model needs; promote by retraining both on one service"
+        )
+    scores = scorer.predict_frame(validation)
+    y = validation["label"].to_numpy(dtype=float)
+    if scorer.spec.kind == "churn":
+        return classification_metrics(y, scores["churn_risk"].to_numpy())["auc"]
+    treated = validation["treated"].to_numpy(dtype=float)
+    return uplift_metrics(y, treated, scores["uplift"].to_numpy())["qini"]
+
+
+def _validation_of(settings: Settings, run_id: str) -> pd.DataFrame:
+    import mlflow
+
+    client_for(settings)
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=VALIDATION_FILE)
+    return pd.read_parquet(path)
+
+
+def promote(settings: Settings, model: str) -> Promotion:
+    """Make the challenger champion if it beats the champion on the challenger's window."""
+    from mlflow.exceptions import MlflowException
+
+    if model not in GATE_METRIC:
+        raise RegistryError(f"model: '{model}' is not one of {', '.join(GATE_METRIC)}")
+    client = client_for(settings)
+    try:
+        challenger = client.get_model_version_by_alias(model, CHALLENGER)
+    except MlflowException:
+        raise RegistryError(
+            f"model: '{model}' has no challenger; run `nextbest train {model}` first"
+        ) from None
+    try:
+        champion = client.get_model_version_by_alias(model, CHAMPION)
+    except MlflowException:
+        champion = None
+    metric = GATE_METRIC[model]
+    validation = _validation_of(settings, challenger.run_id)
+    window = client.get_run(challenger.run_id).data.tags.get("valid_window", "challenger's")
+    new_score = gate_score(load_version(settings, model, challenger.version), validation)
+    old_score = None
+    if champion is not None:
+        old_score = gate_score(load_version(settings, model, champion.version), validation)
+    previous = str(champion.version) if champion else None
+    version = str(challenger.version)
+    if champion is not None and champion.version == challenger.version:
+        promoted, reason = False, f"version {challenger.version} is already champion"
+    elif old_score is None or new_score > old_score:
+        promoted = True
+        reason = (
+            f"{metric} {new_score:.4f} on validation window {window}"
+            + (f" beats champion v{previous} at {old_score:.4f}" if old_score is not None else "")
+            + ("" if old_score is not None else " (no champion yet)")
+        )
+    else:
+        promoted = False
+        reason = (
+            f"{metric} {new_score:.4f} on validation window {window} does not beat "
+            f"champion v{previous} at {old_score:.4f}"
+        )
+    if previous != version:  # a decision was taken: record it on the challenger version
+        client.set_model_version_tag(model, version, "promotion", reason)
+        client.set_model_version_tag(model, version, f"gate_{metric}", f"{new_score:.6f}")
+    result = Promotion(
+        model=model,
+        promoted=promoted,
+        challenger_version=version,
+        champion_version=version if promoted else previous,
+        previous_champion=previous,
+        metric=metric,
+        challenger_score=round(new_score, 6),
+        champion_score=None if old_score is None else round(old_score, 6),
+        reason=reason,
+    )
+    if promoted:
+        client.set_registered_model_alias(model, CHAMPION, challenger.version)
+        client.update_model_version(model, challenger.version, description=f"champion: {reason}")
+        result.bentoml_tag = import_champion(settings, model, challenger.version, reason)
+    return result
+
+
+def import_champion(settings: Settings, model: str, version: str, reason: str) -> str:
+    """Copy the champion into the BentoML model store, so ``name:latest`` is the champion."""
+    bentoml_models(settings)
+    import bentoml
+
+    client_for(settings)
+    bento_model = bentoml.mlflow.import_model(
+        model,
+        f"models:/{model}/{version}",
+        labels={"alias": CHAMPION},
+        metadata={"mlflow_version": version, "promotion": reason},
+    )
+    return str(bento_model.tag)
