@@ -1,0 +1,263 @@
+"""The decision pipeline as one plain function: identity -> features -> holdout -> eligibility,
+consent and caps -> scores -> arbitration -> exploration -> ledger row -> answer.
+
+Each dependency may be missing or fail; the decision then falls back (cold start, catalogue
+priors, epsilon-greedy) and says why, instead of failing the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from experiments.assignment import assign_all
+from experiments.ledger import DecisionRow, now
+from serving import policy
+from serving.deps import Deps
+from serving.schemas import DecideRequest, DecideResponse, RankedOffer, VisitContext
+from training.bandit import feature_snapshot
+
+__all__ = ["DecideRequest", "DecideResponse", "RankedOffer", "VisitContext", "decide", "plan"]
+log = logging.getLogger("nextbest.decide")
+HISTORY_DAYS = 90  # caps, offer periods and suppression look this far back
+
+
+def resolve(request: DecideRequest, deps: Deps, reasons: list[str]) -> str | None:
+    """The customer id: given directly, or a deterministic lookup of the identifiers."""
+    if request.customer_id:
+        return request.customer_id
+    ids = request.identifiers()
+    if not ids:
+        reasons.append("cold start: anonymous visitor")
+        return None
+    if deps.graph is None:
+        reasons.append(f"identity: {deps.missing.get('graph', 'unavailable')}")
+        return None
+    try:
+        from features.identity import Identifiers
+
+        cid = deps.graph.lookup(Identifiers(**ids))
+    except Exception as exc:  # noqa: BLE001
+        reasons.append(f"identity: {type(exc).__name__}: {exc}")
+        return None
+    if cid is None:
+        reasons.append("cold start: unknown visitor")
+    return cid
+
+
+@dataclass
+class Known:
+    """What is known about the visitor before the policy runs."""
+
+    reasons: list[str]
+    customer_id: str | None = None
+    features: dict[str, Any] = field(default_factory=dict)
+
+
+def read_features(cid: str | None, deps: Deps, reasons: list[str]) -> dict[str, Any]:
+    if cid is None:
+        return {}
+    if deps.features is None:
+        reasons.append(f"features: {deps.missing.get('features', 'unavailable')}")
+        return {}
+    try:
+        return deps.features.read(cid)
+    except Exception as exc:  # noqa: BLE001
+        reasons.append(f"features: {type(exc).__name__}: {exc}")
+        return {}
+
+
+def allowed_offers(
+    request: DecideRequest, cid: str | None, features: dict[str, Any], deps: Deps, ts: datetime
+) -> tuple[list[Any], dict[str, str]]:
+    """Offers that pass validity, channel, consent, eligibility and caps; and why others did not."""
+    s, ch, catalogue = deps.settings, request.channel, deps.offers()
+    shows: list[tuple[str, str, datetime]] = []
+    last = None
+    if cid is not None:
+        shows, last = deps.ledger.contact_history(cid, ts - timedelta(days=HISTORY_DAYS))
+    silent = {o.id for o in catalogue if policy.is_no_offer(o)}
+    window = ts - timedelta(days=s.cap_window_days)
+    per_channel = Counter(c for c, o, t in shows if t >= window and o not in silent)
+    offer_shows = [(o, t) for _, o, t in shows]
+    kept, dropped = [], {}
+    for offer in catalogue:
+        why = (
+            policy.valid_now(offer, ts)
+            or policy.channel_allowed(offer, ch)
+            or policy.consent_ok(offer, ch, features)
+            or policy.eligible(offer, features)
+            or policy.caps_ok(
+                offer,
+                ch,
+                per_channel=per_channel,
+                shows=offer_shows,
+                last_response=last,
+                now=ts,
+                channel_caps=s.contact_caps,
+            )
+        )
+        if why:
+            dropped[offer.id] = why
+        else:
+            kept.append(offer)
+    return kept, dropped
+
+
+def score(
+    offers: list[Any], features: dict[str, Any], channel: str, deps: Deps, reasons: list[str]
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Expected incremental value per offer from the model scores. Without a model every
+    offer is worth the same, so exploration alone picks (uniform over the allowed set)."""
+    ids = [o.id for o in offers]
+    churn, p_t, p_u = 0.0, [0.0] * len(ids), [0.0] * len(ids)
+    if deps.models is None:
+        reasons.append(f"models: {deps.missing.get('models', 'unavailable')}")
+    elif ids:
+        try:
+            churn = float(deps.models.churn_risk(features))
+        except Exception as exc:  # noqa: BLE001 - scores without the churn lever
+            reasons.append(f"churn model: {type(exc).__name__}: {exc}")
+        try:
+            treated, untreated = deps.models.offer_scores(features, channel, ids)
+            p_t, p_u = [float(x) for x in treated], [float(x) for x in untreated]
+        except Exception as exc:  # noqa: BLE001 - all offers equal: exploration decides
+            reasons.append(f"propensity model: {type(exc).__name__}: {exc}")
+    s = deps.settings
+    values = {
+        o.id: policy.incremental_value(
+            o, t, u, churn, s.churn_lever if o.id in s.retention_offers else 0.0
+        )
+        for o, t, u in zip(offers, p_t, p_u, strict=True)
+    }
+    detail = {
+        "churn_risk": churn,
+        "p_treated": dict(zip(ids, p_t, strict=True)),
+        "p_untreated": dict(zip(ids, p_u, strict=True)),
+        "value": values,
+    }
+    return values, detail
+
+
+def explore(
+    values: dict[str, float],
+    features: dict[str, Any],
+    request: DecideRequest,
+    deps: Deps,
+    reasons: list[str],
+) -> dict[str, float]:
+    """The final distribution over the allowed set: the bandit's, or an epsilon floor."""
+    allowed = list(values)
+    if deps.bandit is not None and allowed:
+        try:
+            # only the distribution is needed: the draw is ours, with the logged probability
+            spread = getattr(deps.bandit, "distribution", None)
+            args = (features, request.channel, request.context.model_dump(), allowed)
+            probs = spread(*args) if spread else deps.bandit.choose(*args)[1]
+            return policy.normalise(probs, allowed)
+        except Exception as exc:  # noqa: BLE001
+            reasons.append(f"bandit: {type(exc).__name__}: {exc}")
+    return policy.epsilon_greedy(values, deps.settings.epsilon)
+
+
+def decide(request: DecideRequest, deps: Deps, *, record: bool = True) -> DecideResponse:
+    """One decision, written to the ledger (committed) before it is returned."""
+    response, row = plan(request, deps)
+    if record:
+        deps.ledger.record_decision(row)
+    return response
+
+
+def plan(
+    request: DecideRequest, deps: Deps, known: Known | None = None
+) -> tuple[DecideResponse, DecisionRow]:
+    """The decision and its ledger row, not yet written (the service commits rows in groups).
+    ``known`` carries identity and features already read (the service batches feature reads)."""
+    ts = now()
+    if known is None:
+        known = Known(reasons=[])
+        known.customer_id = resolve(request, deps, known.reasons)
+        known.features = read_features(known.customer_id, deps, known.reasons)
+    cid, reasons = known.customer_id, known.reasons
+    experiment = request.context.campaign or deps.settings.experiment
+    s = deps.settings
+    key = cid or next(iter(f"{k}:{v}" for k, v in request.identifiers().items()), None)
+    arm = (
+        assign_all(
+            key,
+            experiment,
+            global_share=s.global_holdout_share,
+            experiment_share=s.experiment_holdout_share,
+            salt=s.assignment_salt,
+        )
+        if key
+        else None
+    )
+    features = policy.profile_fields(known.features)
+    if deps.catalog is None:
+        reasons.append(f"catalog: {deps.missing.get('catalog', 'unavailable')}")
+    offers, dropped = allowed_offers(request, cid, features, deps, ts)
+    values, detail = score(offers, features, request.channel, deps, reasons)
+    holdout = arm is not None and arm.arm == "holdout"
+    probs = {} if holdout else explore(values, features, request, deps, reasons)
+    fallback = any(not r.startswith("cold start") for r in reasons)
+    chosen = policy.sample(probs, deps.rng) if probs else None
+    shown = policy.rank(chosen, values, request.max_offers) if chosen else []
+    by_id = {o.id: o for o in offers}
+    ranked = [_ranked(by_id[o], values[o], probs[o], o == chosen, detail) for o in shown]
+    versions = dict(getattr(deps.models, "versions", {}) or {})
+    if deps.bandit is not None:
+        versions["bandit"] = str(getattr(deps.bandit, "version", "unknown"))
+    row = DecisionRow(
+        decision_id=uuid.uuid4().hex,
+        ts=ts,
+        customer_id=cid,
+        channel=request.channel,
+        context=request.context.model_dump(exclude_defaults=True),
+        experiment=experiment,
+        arm=arm.arm if arm else "treatment",
+        offer_id=chosen,
+        propensity=probs.get(chosen),
+        probabilities=probs,
+        scores={
+            **detail,
+            "dropped": dropped,
+            "holdout": arm.holdout if arm else None,
+            "features": feature_snapshot(features),
+        },  # the bandit retrains on these
+        model_versions=versions,
+        fallback=fallback,
+        reason="; ".join(reasons)[:200],
+    )
+    if fallback:
+        # the reason is in the ledger row; a log line per request would cost more than it tells
+        log.debug("fallback decision %s: %s", row.decision_id, row.reason)
+    response = DecideResponse(
+        decision_id=row.decision_id,
+        customer_id=cid,
+        experiment=experiment,
+        arm=row.arm,
+        offers=ranked,
+        model_versions=versions,
+        fallback=fallback,
+        reasons=reasons,
+    )
+    return response, row
+
+
+def _ranked(offer: Any, value: float, p: float, chosen: bool, detail: dict) -> RankedOffer:
+    oid = offer.id
+    uplift = detail["p_treated"][oid] - detail["p_untreated"][oid]
+    why = "chosen" if chosen else "runner-up"
+    return RankedOffer(
+        offer_id=oid,
+        name=offer.name,
+        creative={"headline": offer.headline, "body": offer.body, "cta": offer.cta},
+        score=round(value, 6),
+        probability=p,
+        reason=f"{why}: expected incremental value {value:.3f} (uplift {uplift:+.3f})",
+    )

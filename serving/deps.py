@@ -1,0 +1,158 @@
+"""Everything a decision depends on, loaded once per worker, each part allowed to be missing.
+
+A missing or broken part (no catalogue, no promoted model, no feature store) is recorded with
+its reason instead of stopping the service: decisions then fall back and say why.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from experiments.ledger import Ledger
+from nextbest.db import engine_for
+from nextbest.settings import Settings
+
+log = logging.getLogger("nextbest.serving")
+
+
+class FeatureReader:
+    """Online features of one customer through the Feast FeatureServices (H3's read path)."""
+
+    RETRY_SECONDS = 5.0
+
+    def __init__(self, store: Any, read_online: Callable[..., list[dict[str, Any]]]) -> None:
+        self.store = store
+        self._read = read_online
+        self._down_until, self._why = 0.0, ""
+
+    def failing(self) -> str | None:
+        """Why reads are paused, while they are."""
+        return self._why if time.monotonic() < self._down_until else None
+
+    def read(self, customer_id: str, services: tuple[str, ...] = ("profile_v1",)) -> dict:
+        """One read of ``profile_v1`` (a superset of ``churn_v1`` and ``offer_v1`` plus
+        consent, which the policy needs): one online lookup per decision, not three."""
+        merged: dict[str, Any] = {}
+        for service in services:
+            merged.update(self.read_many([customer_id], service)[0])
+        return merged
+
+    def read_many(self, customer_ids: list[str], service: str = "profile_v1") -> list[dict]:
+        """Several customers in one call: Feast's cost is mostly per call, not per row."""
+        if time.monotonic() < self._down_until:  # a failing store is not retried per request
+            raise RuntimeError(f"unavailable, retrying soon ({self._why})")
+        try:
+            rows = self._read(self.store, service, customer_ids)
+        except Exception as exc:
+            self._down_until = time.monotonic() + self.RETRY_SECONDS
+            self._why = f"{type(exc).__name__}: {exc}"[:200]
+            raise
+        return [{k: v for k, v in row.items() if v is not None} for row in rows]
+
+
+@dataclass
+class Deps:
+    """The decision's collaborators; ``None`` means absent, and ``missing`` says why."""
+
+    settings: Settings
+    ledger: Ledger
+    catalog: Any = None
+    graph: Any = None
+    features: FeatureReader | None = None
+    models: Any = None
+    bandit: Any = None
+    ingest: Callable[..., dict] | None = None
+    missing: dict[str, str] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=lambda: random.Random(secrets.randbits(64)))
+
+    def offers(self) -> list[Any]:
+        return list(getattr(self.catalog, "offers", []) or []) if self.catalog is not None else []
+
+    def health(self) -> dict[str, Any]:
+        parts = ("catalog", "graph", "features", "models", "bandit", "ingest")
+        state = {p: self.missing.get(p, "ok") for p in parts}
+        if self.features is not None and self.features.failing():
+            state["features"] = f"failing: {self.features.failing()}"
+        return {
+            "status": "ok" if all(v == "ok" for v in state.values()) else "degraded",
+            "parts": state,
+            "model_versions": dict(getattr(self.models, "versions", {}) or {}),
+        }
+
+
+def _try(deps: Deps, name: str, load: Callable[[], Any]) -> Any:
+    try:
+        value = load()
+    except Exception as exc:  # noqa: BLE001 - any failure degrades to a fallback, with its reason
+        deps.missing[name] = f"{type(exc).__name__}: {exc}"[:300]
+        log.warning("dependency %s unavailable: %s", name, deps.missing[name])
+        return None
+    if value is None:
+        deps.missing[name] = "nothing promoted yet"
+    return value
+
+
+def _catalog() -> Any:
+    from serving.catalog import load_catalog
+
+    return load_catalog()
+
+
+def _graph(settings: Settings) -> Any:
+    from features.identity import graph_for
+
+    return graph_for(settings)
+
+
+def _features(settings: Settings) -> FeatureReader:
+    from features.store import get_store, read_online
+
+    return FeatureReader(get_store(settings), read_online)
+
+
+def _models(settings: Settings) -> Any:
+    from training.scoring import load_bundle
+
+    return load_bundle(settings)
+
+
+def _bandit(settings: Settings) -> Any:
+    from training.bandit import load_bandit
+
+    return load_bandit(settings)
+
+
+def _ingest() -> Callable[..., dict]:
+    from features.ingest import ingest_event
+
+    return ingest_event
+
+
+def load_deps(settings: Settings, ledger: Ledger | None = None, **override: Any) -> Deps:
+    """Load every part; keyword overrides replace a part (tests pass real ones they built)."""
+    ledger = ledger or Ledger(
+        engine_for(settings.ledger_db_url), synchronous=settings.ledger_synchronous
+    )
+    deps = Deps(settings=settings, ledger=ledger)
+    loaders: dict[str, Callable[[], Any]] = {
+        "catalog": _catalog,
+        "graph": lambda: _graph(settings),
+        "features": lambda: _features(settings),
+        "models": lambda: _models(settings),
+        "bandit": lambda: _bandit(settings),
+        "ingest": _ingest,
+    }
+    for name, load in loaders.items():
+        if name in override:
+            setattr(deps, name, override[name])
+            if override[name] is None:
+                deps.missing[name] = "disabled"
+        else:
+            setattr(deps, name, _try(deps, name, load))
+    return deps

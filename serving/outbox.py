@@ -1,0 +1,173 @@
+"""Act on intent: live baskets, abandoned-basket triggers, and the outbox that senders read.
+
+A basket left on the web or app without checkout for ``abandon_after_minutes`` becomes an
+outbound decision (e-mail, else SMS) through the same pipeline as any visit, so consent, caps
+and holdouts hold; a purchase anywhere, under any of the person's identities, cancels it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from experiments.ledger import baskets, now, outbox, utc
+from serving.catalog import NO_OFFER
+from serving.decide import DecideRequest, VisitContext, decide
+from serving.deps import Deps
+
+log = logging.getLogger("nextbest.outbox")
+BASKET_CHANNELS = ("web", "app")
+OUTBOUND_ORDER = ("email", "sms")
+
+
+def track_event(event: Any, customer_id: str, deps: Deps) -> dict[str, int]:
+    """Keep the live basket of web/app sessions; a purchase or checkout anywhere closes it and
+    cancels the person's pending messages."""
+    engine, ts = deps.ledger.engine, utc(event.ts)
+    if event.event_type in ("checkout", "purchase"):
+        with engine.begin() as conn:
+            closed = conn.execute(
+                update(baskets)
+                .where(baskets.c.customer_id == customer_id, baskets.c.status != "checked_out")
+                .values(status="checked_out", updated_at=ts)
+            ).rowcount
+            cancelled = conn.execute(
+                update(outbox)
+                .where(outbox.c.customer_id == customer_id, outbox.c.status == "pending")
+                .values(status="cancelled")
+            ).rowcount
+        return {"baskets_closed": closed, "messages_cancelled": cancelled}
+    if (
+        event.event_type not in ("basket_add", "basket_remove")
+        or event.channel not in BASKET_CHANNELS
+    ):
+        return {}
+    with engine.begin() as conn:
+        row = conn.execute(select(baskets).where(baskets.c.customer_id == customer_id)).first()
+        items = list(row.products) if row is not None and row.status == "open" else []
+        value = float(row.value) if row is not None and row.status == "open" else 0.0
+        sign = 1 if event.event_type == "basket_add" else -1
+        if event.product_id:
+            if sign > 0:
+                items.append(event.product_id)
+            elif event.product_id in items:
+                items.remove(event.product_id)
+        value = max(0.0, value + sign * float(event.value or 0.0))
+        fields = {"channel": event.channel, "updated_at": ts, "products": items, "value": value}
+        status = "open" if items or value > 0 else "checked_out"
+        if row is None:
+            try:
+                conn.execute(
+                    insert(baskets), [{"customer_id": customer_id, "status": status, **fields}]
+                )
+            except IntegrityError:  # another worker created it first
+                row = True
+        if row is not None:
+            conn.execute(
+                update(baskets)
+                .where(baskets.c.customer_id == customer_id)
+                .values(status=status, **fields)
+            )
+    return {"basket_items": len(items)}
+
+
+def live_basket(customer_id: str, deps: Deps) -> dict[str, Any] | None:
+    with deps.ledger.engine.connect() as conn:
+        row = (
+            conn.execute(select(baskets).where(baskets.c.customer_id == customer_id))
+            .mappings()
+            .first()
+        )
+    if row is None or row["status"] != "open":
+        return None
+    return {**dict(row), "updated_at": utc(row["updated_at"]).isoformat()}
+
+
+def _claim(customer_id: str, deps: Deps) -> bool:
+    """Atomically take an open basket, so two workers scanning at once trigger it once."""
+    with deps.ledger.engine.begin() as conn:
+        return (
+            conn.execute(
+                update(baskets)
+                .where(baskets.c.customer_id == customer_id, baskets.c.status == "open")
+                .values(status="triggered")
+            ).rowcount
+            == 1
+        )
+
+
+def scan_abandoned(deps: Deps, at: datetime | None = None) -> list[dict[str, Any]]:
+    """Turn every basket idle for ``abandon_after_minutes`` into at most one outbound decision
+    (e-mail first, SMS when e-mail has no consent or is capped). Returns what was queued."""
+    at = at or now()
+    cutoff = at - timedelta(minutes=deps.settings.abandon_after_minutes)
+    with deps.ledger.engine.connect() as conn:
+        due = conn.execute(
+            select(baskets.c.customer_id, baskets.c.products).where(
+                baskets.c.status == "open",
+                baskets.c.channel.in_(BASKET_CHANNELS),
+                baskets.c.updated_at <= cutoff,
+            )
+        ).all()
+    queued = []
+    for customer_id, items in due:
+        if not _claim(customer_id, deps):
+            continue
+        context = VisitContext(intent="abandoned_basket", basket=list(items)[:100])
+        for channel in OUTBOUND_ORDER:
+            request = DecideRequest(customer_id=customer_id, channel=channel, context=context)
+            decision = decide(request, deps)
+            if decision.arm == "holdout":
+                break  # the holdout gets no message, on any channel, but keeps its ledger row
+            real = [o for o in decision.offers if o.offer_id != NO_OFFER]
+            if real:
+                queued.append(_enqueue(customer_id, channel, decision, at, deps))
+                break
+    return queued
+
+
+def _enqueue(
+    customer_id: str, channel: str, decision: Any, at: datetime, deps: Deps
+) -> dict[str, Any]:
+    row = {
+        "message_id": uuid.uuid4().hex,
+        "created_at": at,
+        "customer_id": customer_id,
+        "channel": channel,
+        "decision_id": decision.decision_id,
+        "offer_id": decision.offers[0].offer_id,
+        "trigger": "abandoned_basket",
+        "payload": decision.model_dump(mode="json"),
+        "status": "pending",
+    }
+    with deps.ledger.engine.begin() as conn:
+        conn.execute(insert(outbox), [row])
+    return row
+
+
+def pending(deps: Deps, channel: str, limit: int = 100, claim: bool = True) -> list[dict[str, Any]]:
+    """Messages waiting for one channel's sender; claimed (marked sent) unless peeking."""
+    with deps.ledger.engine.begin() as conn:
+        rows = (
+            conn.execute(
+                select(outbox)
+                .where(outbox.c.channel == channel, outbox.c.status == "pending")
+                .order_by(outbox.c.created_at)
+                .limit(limit)
+            )
+            .mappings()
+            .all()
+        )
+        ids = [r["message_id"] for r in rows]
+        if claim and ids:
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.message_id.in_(ids), outbox.c.status == "pending")
+                .values(status="sent")
+            )
+    return [{**dict(r), "created_at": utc(r["created_at"]).isoformat()} for r in rows]

@@ -1,0 +1,108 @@
+"""Start and stop ``bentoml serve`` for the service (used by ``nextbest serve``, the benchmark
+and the real-server tests, so all three run the server the same way)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from nextbest.settings import PROJECT_ROOT, Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The child's environment: the same home and telemetry off."""
+    env = dict(os.environ)
+    env.update(
+        NEXTBEST_HOME=str(settings.home),
+        BENTOML_HOME=str(settings.bentoml_home),
+        BENTOML_DO_NOT_TRACK="True",
+        DO_NOT_TRACK="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        PYTHONPATH=str(PROJECT_ROOT),
+    )
+    env.update(extra)
+    return env
+
+
+def server_cmd(target: str, port: int, host: str = "127.0.0.1") -> list[str]:
+    bentoml = Path(sys.executable).with_name("bentoml")
+    return [
+        str(bentoml),
+        "serve",
+        target,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--working-dir",
+        str(PROJECT_ROOT),
+    ]
+
+
+def start(
+    settings: Settings,
+    port: int,
+    target: str = "serving.service:Nextbest",
+    log: Path | None = None,
+    **env: str,
+) -> subprocess.Popen:
+    """A server in its own process group (so a SIGKILL takes its workers too)."""
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - lives with the child
+    return subprocess.Popen(
+        server_cmd(target, port, settings.host),
+        env=server_env(settings, NEXTBEST_WORKERS=str(settings.workers), **env),
+        cwd=PROJECT_ROOT,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_ready(proc: subprocess.Popen, port: int, timeout: float = 60.0) -> None:
+    """Until /readyz answers 200; a child that dies first is an error with its exit code."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with code {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"server on port {port} not ready after {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Signal the server and every worker it started, and reap them. BentoML's workers run
+    in sessions of their own, so a process-group kill would leave them holding the port."""
+    import psutil
+
+    try:
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.send_signal(sig)
+    _, alive = psutil.wait_procs(family, timeout=15)
+    for member in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    psutil.wait_procs(alive, timeout=5)
+    if proc.poll() is None:
+        proc.wait(timeout=5)

@@ -1,0 +1,70 @@
+"""The /decide request and response: the typed contract every channel codes against."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from simulator.schema import Channel
+
+ID_FIELDS = ("customer_id", "email", "phone", "loyalty_id", "login_id", "cookie_id")
+Id = Field(None, min_length=1, max_length=256)
+
+
+class VisitContext(BaseModel):
+    """What the channel knows about this visit."""
+
+    model_config = ConfigDict(extra="forbid")
+    page: str | None = Field(None, max_length=256)
+    basket: list[str] = Field(default_factory=list, max_length=100)
+    intent: str | None = Field(None, max_length=64)
+    campaign: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+
+
+# One example shared by the OpenAPI schema, the unit, ASGI and real-server tests.
+EXAMPLE_REQUEST: dict[str, Any] = {
+    "email": "visitor@example.com",
+    "channel": "web",
+    "context": {"page": "home", "basket": ["data_10gb"], "intent": "browse"},
+}
+
+
+class DecideRequest(BaseModel):
+    """One visit: any identifiers the channel has, the channel, the context."""
+
+    model_config = ConfigDict(
+        extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [EXAMPLE_REQUEST]}
+    )
+    customer_id: str | None = Id
+    email: str | None = Id
+    phone: str | None = Id
+    loyalty_id: str | None = Id
+    login_id: str | None = Id
+    cookie_id: str | None = Id
+    channel: Channel
+    context: VisitContext = Field(default_factory=VisitContext)
+    max_offers: int = Field(1, ge=1, le=10)
+
+    def identifiers(self) -> dict[str, str]:
+        return {f: getattr(self, f) for f in ID_FIELDS if getattr(self, f)}
+
+
+class RankedOffer(BaseModel):
+    offer_id: str
+    name: str = ""
+    creative: dict[str, Any] = Field(default_factory=dict)
+    score: float
+    probability: float = Field(description="probability this offer was the one chosen")
+    reason: str
+
+
+class DecideResponse(BaseModel):
+    decision_id: str
+    customer_id: str | None
+    experiment: str
+    arm: Literal["treatment", "holdout"]
+    offers: list[RankedOffer]
+    model_versions: dict[str, str]
+    fallback: bool
+    reasons: list[str] = Field(default_factory=list, description="why the decision fell back")

@@ -1,0 +1,160 @@
+"""The thin BentoML service: HTTP in, the plain functions of ``serving.decide`` / ``actions`` out.
+
+Run with ``nextbest serve`` (or ``bentoml serve serving.service:Nextbest``). Two measured
+fixes from the architecture notes apply: the timeout middleware's timer is cancelled when a
+request ends (``serving.bentofix``), and ``gc.freeze()`` after start-up keeps the long-lived
+objects out of every later collection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from typing import Any
+
+import bentoml
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from nextbest.settings import get_settings
+from serving import actions, outbox
+from serving.auth import ApiGuard
+from serving.batching import FeatureBatcher
+from serving.bentofix import cancel_timeout_timers
+from serving.decide import DecideRequest, DecideResponse, Known, plan, resolve
+from serving.deps import Deps, load_deps
+from serving.writer import GroupWriter
+from simulator.schema import CHANNELS
+
+log = logging.getLogger("nextbest.service")
+SETTINGS = get_settings()
+
+
+cancel_timeout_timers()
+
+
+class _State:
+    deps: Deps | None = None
+
+    def health(self) -> dict[str, Any]:
+        return self.deps.health() if self.deps else {"status": "starting"}
+
+
+STATE = _State()
+
+
+async def _profile(request: Request) -> JSONResponse:
+    channel = request.query_params.get("channel", "call_centre")
+    if channel not in CHANNELS:
+        return JSONResponse(
+            {"error": f"channel: unknown channel {channel!r}", "field": "channel"}, 400
+        )
+    try:
+        view = await asyncio.to_thread(
+            actions.profile, request.path_params["customer_id"], STATE.deps, channel
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(x) for x in err["loc"])
+        return JSONResponse({"error": f"{field}: {err['msg']}", "field": field}, 400)
+    return JSONResponse(view.model_dump(mode="json"))
+
+
+async def _outbox(request: Request) -> JSONResponse:
+    channel = request.query_params.get("channel", "")
+    if channel not in outbox.OUTBOUND_ORDER:
+        msg = f"channel: must be one of {', '.join(outbox.OUTBOUND_ORDER)}, got {channel!r}"
+        return JSONResponse({"error": msg, "field": "channel"}, 400)
+    peek = request.query_params.get("peek", "false").lower() in ("1", "true", "yes")
+    return JSONResponse({"messages": outbox.pending(STATE.deps, channel, claim=not peek)})
+
+
+reads = Starlette(
+    routes=[
+        Route("/profile/{customer_id}", _profile, methods=["GET"]),
+        Route("/outbox", _outbox, methods=["GET"]),
+    ]
+)
+
+
+@bentoml.asgi_app(reads, path="/")
+@bentoml.service(
+    name="nextbest",
+    workers=SETTINGS.workers,
+    traffic={"timeout": SETTINGS.request_timeout},
+    logging={"access": {"enabled": False}},
+)
+class Nextbest:
+    """One decision brain behind every channel."""
+
+    def __init__(self) -> None:
+        self.deps = load_deps(get_settings())
+        cheap_commit = (
+            self.deps.ledger.engine.dialect.name == "sqlite"
+            and self.deps.settings.ledger_synchronous == "NORMAL"
+        )
+        self.writer = GroupWriter(self.deps.ledger, inline=cheap_commit)
+        self.batcher = FeatureBatcher(self.deps.features) if self.deps.features else None
+        STATE.deps = self.deps
+        self._scanner: asyncio.Task | None = None
+
+    @bentoml.on_startup
+    async def _start(self) -> None:
+        self._scanner = asyncio.create_task(self._scan_forever())
+        gc.collect()
+        gc.freeze()  # start-up objects (models, catalogue, BentoML) leave the GC's generations
+
+    async def _scan_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.deps.settings.abandon_scan_seconds)
+            try:
+                queued = await asyncio.to_thread(outbox.scan_abandoned, self.deps)
+                if queued:
+                    log.info("abandoned baskets: %d messages queued", len(queued))
+            except Exception:  # noqa: BLE001 - the next scan retries
+                log.exception("abandoned-basket scan failed")
+
+    @bentoml.api(route="/decide")
+    async def decide(self, request: DecideRequest, /) -> DecideResponse:
+        # async: the pipeline is short CPU work on the loop; feature reads of concurrent
+        # requests are batched, and commits are grouped and run off the loop
+        known = Known(reasons=[])
+        known.customer_id = resolve(request, self.deps, known.reasons)
+        if known.customer_id is not None:
+            if self.batcher is None:
+                known.reasons.append(
+                    f"features: {self.deps.missing.get('features', 'unavailable')}"
+                )
+            else:
+                try:
+                    known.features = await self.batcher.read(known.customer_id)
+                except Exception as exc:  # noqa: BLE001 - a fallback decision, with the reason
+                    known.reasons.append(f"features: {type(exc).__name__}: {exc}")
+        response, row = plan(request, self.deps, known)
+        await self.writer.put(row)
+        return response
+
+    @bentoml.api(route="/outcome")
+    async def outcome(self, request: actions.OutcomeRequest, /) -> actions.OutcomeResponse:
+        return await asyncio.to_thread(actions.record_outcome, request, self.deps)
+
+    @bentoml.api(route="/events")
+    async def events(self, event: dict[str, Any], /) -> dict[str, Any]:
+        # off the loop: a feature push costs milliseconds and must not stall /decide
+        return await asyncio.to_thread(actions.ingest, event, self.deps)
+
+    @bentoml.api(route="/erase")
+    async def erase(self, request: actions.EraseRequest, /) -> dict[str, Any]:
+        return await asyncio.to_thread(actions.erase, request, self.deps)
+
+
+Nextbest.add_asgi_middleware(
+    ApiGuard,
+    channel_keys=SETTINGS.channel_keys,
+    admin_keys=SETTINGS.admin_keys,
+    health=STATE.health,
+)

@@ -1,0 +1,73 @@
+"""Real parts for the service tests: a SQLite ledger and identity graph in a temp folder, the
+real catalogue, and a feature reader over a small seeded table of profiles."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from experiments.ledger import Ledger
+from nextbest.db import engine_for
+from nextbest.settings import Settings
+from serving.catalog import load_catalog
+from serving.deps import Deps, FeatureReader
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # contract ending soon, consents to e-mail: device upgrade, retention, bundles are eligible
+    "c-post": {
+        "plan": "postpaid_m",
+        "tenure_days": 900,
+        "months_left_on_contract": 2.0,
+        "arpu": 45.0,
+        "consent_email": True,
+        "consent_sms": False,
+    },
+    # prepaid, no outbound consent
+    "c-pre": {
+        "plan": "prepaid",
+        "tenure_days": 100,
+        "months_left_on_contract": None,
+        "arpu": 10.0,
+        "consent_email": False,
+        "consent_sms": False,
+    },
+}
+
+
+def table_reader(profiles: dict[str, dict[str, Any]]) -> FeatureReader:
+    """H3's ``read_online`` contract over a dict: unknown customers get no values."""
+
+    def read_online(store: Any, service: str, ids: list[str]) -> list[dict[str, Any]]:
+        return [{"customer_id": c, **profiles.get(c, {})} for c in ids]
+
+    return FeatureReader(None, read_online)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path, global_holdout_share=0.0, experiment_holdout_share=0.0)
+
+
+@pytest.fixture
+def profiles() -> dict[str, dict[str, Any]]:
+    """This test's copy of the profile table; a test may add people to it."""
+    return {k: dict(v) for k, v in PROFILES.items()}
+
+
+@pytest.fixture
+def deps(settings: Settings, profiles: dict[str, dict[str, Any]]) -> Deps:
+    from features.identity import graph_for
+
+    ledger = Ledger(engine_for(settings.ledger_db_url))
+    return Deps(
+        settings=settings,
+        ledger=ledger,
+        catalog=load_catalog(),
+        graph=graph_for(settings),
+        features=table_reader(profiles),
+        missing={"models": "nothing promoted yet"},
+        rng=random.Random(7),
+    )

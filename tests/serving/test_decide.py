@@ -1,0 +1,235 @@
+"""The decision pipeline without HTTP, on the real catalogue, ledger and identity graph."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from experiments.assignment import assign_all
+from experiments.ledger import now
+from serving import policy
+from serving.catalog import load_catalog
+from serving.decide import DecideRequest, decide
+from serving.deps import Deps
+from serving.schemas import EXAMPLE_REQUEST
+
+
+def _req(**kw: Any) -> DecideRequest:
+    return DecideRequest(**{"channel": "web", **kw})
+
+
+def test_example_request_is_valid_and_decided(deps: Deps) -> None:
+    r = decide(DecideRequest(**EXAMPLE_REQUEST), deps)
+    assert r.decision_id and deps.ledger.decision(r.decision_id).context["basket"] == ["data_10gb"]
+
+
+def test_unknown_visitor_gets_a_cold_start(deps: Deps) -> None:
+    r = decide(_req(cookie_id="never-seen"), deps)
+    assert r.customer_id is None and "cold start: unknown visitor" in r.reasons
+    assert [o.offer_id for o in r.offers] == ["no_offer"]  # no profile: no rule can hold
+    row = deps.ledger.decision(r.decision_id)
+    assert row.offer_id == "no_offer" and row.propensity == 1.0
+
+
+def test_identity_resolves_any_identifier(deps: Deps) -> None:
+    from features.identity import Identifiers
+
+    cid = deps.graph.link(Identifiers(email="Ann@Example.com", phone="07700 900123"))
+    r = decide(_req(phone="+447700900123"), deps)
+    assert r.customer_id == cid
+
+
+def test_eligibility_and_logged_probability(deps: Deps) -> None:
+    r = decide(_req(customer_id="c-post", max_offers=10), deps)
+    row = deps.ledger.decision(r.decision_id)
+    allowed = set(row.probabilities)
+    assert "prepaid_to_postpaid" not in allowed and "device_upgrade" in allowed
+    assert "retention_discount" not in allowed  # not offered on the web
+    assert row.scores["dropped"]["prepaid_to_postpaid"].startswith("rule plan == 'prepaid'")
+    assert sum(row.probabilities.values()) == pytest.approx(1.0)
+    assert row.propensity == row.probabilities[row.offer_id] == r.offers[0].probability
+    assert r.fallback and any(x.startswith("models:") for x in r.reasons)
+
+
+def test_logged_probability_is_the_true_frequency(deps: Deps) -> None:
+    """Draw many decisions: each offer's share of draws matches its logged probability."""
+    deps.settings.epsilon = 0.3
+    counts: Counter[str] = Counter()
+    for _ in range(3000):
+        r = decide(_req(customer_id="c-post"), deps, record=False)
+        counts[r.offers[0].offer_id] += 1
+    assert deps.ledger.counts()["decisions"] == 0
+    expected = policy.epsilon_greedy({o: 0.0 for o in counts}, 0.3)  # no model: all tie
+    for offer, n in counts.items():
+        assert n / 3000 == pytest.approx(expected[offer], abs=0.03)
+
+
+@pytest.mark.parametrize(
+    ("customer", "channel", "allowed"),
+    [
+        (
+            "c-post",
+            "email",
+            {
+                "device_upgrade",
+                "streaming_bundle",
+                "family_plan",
+                "data_addon",
+                "retention_discount",
+                "loyalty_reward",
+                "no_offer",
+            },
+        ),
+        ("c-post", "sms", {"loyalty_reward", "no_offer"}),  # no SMS consent: service only
+        ("c-pre", "email", {"no_offer"}),  # loyalty needs 24 months of tenure
+        ("c-pre", "web", {"data_addon", "prepaid_to_postpaid", "no_offer"}),
+    ],
+)
+def test_consent_per_channel(deps: Deps, customer: str, channel: str, allowed: set[str]) -> None:
+    r = decide(_req(customer_id=customer, channel=channel), deps)
+    assert set(deps.ledger.decision(r.decision_id).probabilities) == allowed
+
+
+def test_two_emails_a_week(deps: Deps) -> None:
+    shown = []
+    for _ in range(6):
+        r = decide(_req(customer_id="c-post", channel="email"), deps)
+        shown.append(r.offers[0].offer_id)
+    real = [o for o in shown if o != "no_offer"]
+    assert len(real) <= 2  # after two contacts only "no offer" is allowed on e-mail
+    r = decide(_req(customer_id="c-post", channel="email"), deps)
+    if len(real) == 2:
+        assert set(deps.ledger.decision(r.decision_id).probabilities) == {"no_offer"}
+
+
+def test_suppression_after_ignored_shows() -> None:
+    offer = load_catalog().get("data_addon")  # suppress_after_ignored 4, max 4 per 30 days
+    t = now()
+    old = [("data_addon", t - timedelta(days=40 + i)) for i in range(4)]
+    kw = dict(per_channel=Counter(), now=t, channel_caps={})
+    assert policy.caps_ok(offer, "web", shows=old, last_response=None, **kw).startswith(
+        "suppressed"
+    )
+    answered = t - timedelta(days=39)  # a response after the 4th show resets the count
+    assert policy.caps_ok(offer, "web", shows=old, last_response=answered, **kw) is None
+
+
+def test_holdout_gets_no_offer_but_a_row(deps: Deps) -> None:
+    deps.settings.global_holdout_share = 0.2
+    s = deps.settings
+    cid = next(
+        f"h{i}"
+        for i in range(1000)
+        if assign_all(
+            f"h{i}", "nbo", global_share=0.2, experiment_share=0.0, salt=s.assignment_salt
+        ).arm
+        == "holdout"
+    )
+    r = decide(_req(customer_id=cid), deps)
+    assert r.arm == "holdout" and r.offers == []
+    row = deps.ledger.decision(r.decision_id)
+    assert row.arm == "holdout" and row.offer_id is None and row.scores["holdout"] == "global"
+    assert all(
+        decide(_req(customer_id=cid, channel=c), deps).arm == "holdout" for c in ("app", "sms")
+    )
+
+
+def test_arbitration_on_incremental_value() -> None:
+    cat = load_catalog()
+    upgrade, addon = cat.get("device_upgrade"), cat.get("data_addon")
+    # high propensity but no uplift, and a discount paid to people who would buy anyway
+    sure_thing = policy.incremental_value(upgrade, 0.50, 0.50, 0.0, 0.0)
+    persuadable = policy.incremental_value(addon, 0.10, 0.02, 0.0, 0.0)
+    assert sure_thing == pytest.approx(-0.5 * 40.0) and persuadable == pytest.approx(0.08 * 40.0)
+    retention = cat.get("retention_discount")
+    assert policy.incremental_value(retention, 0.2, 0.1, 0.8, 1.0) > policy.incremental_value(
+        retention, 0.2, 0.1, 0.0, 1.0
+    )
+    probs = policy.epsilon_greedy({"a": sure_thing, "b": persuadable}, 0.1)
+    assert probs == {"a": pytest.approx(0.05), "b": pytest.approx(0.95)}
+
+
+class Broken:
+    """A dependency that loaded but fails at call time (a dead store, a corrupt model)."""
+
+    versions = {"churn": "7"}
+    version = "3"
+
+    def __getattr__(self, name: str) -> Any:
+        def fail(*a: Any, **k: Any) -> Any:
+            raise ConnectionError(f"{name} is down")
+
+        return fail
+
+
+def test_failing_dependencies_fall_back(deps: Deps) -> None:
+    deps.features, deps.models, deps.bandit = Broken(), Broken(), Broken()
+    r = decide(_req(customer_id="c-post"), deps)
+    assert r.fallback and r.offers
+    text = " | ".join(r.reasons)
+    for part in (
+        "features: ConnectionError",
+        "churn model: ConnectionError",
+        "propensity model: ConnectionError",
+        "bandit: ConnectionError",
+    ):
+        assert part in text
+    assert deps.ledger.decision(r.decision_id).fallback is True
+
+
+def test_no_catalogue_still_answers(deps: Deps) -> None:
+    deps.catalog, deps.missing["catalog"] = None, "CatalogError: offers.yaml:3: bad"
+    r = decide(_req(customer_id="c-post"), deps)
+    assert r.offers == [] and "catalog: CatalogError: offers.yaml:3: bad" in r.reasons
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ({"channel": "fax"}, "channel\n  Input should be 'web'"),
+        (
+            {"channel": "web", "max_offers": 0},
+            "max_offers\n  Input should be greater than or equal to 1",
+        ),
+        ({"channel": "web", "shoe_size": 9}, "shoe_size\n  Extra inputs are not permitted"),
+        (
+            {"channel": "web", "context": {"mood": "x"}},
+            "context.mood\n  Extra inputs are not permitted",
+        ),
+        ({"channel": "web", "email": ""}, "email\n  String should have at least 1 character"),
+        ({}, "channel\n  Field required"),
+    ],
+)
+def test_bad_requests(body: dict, match: str) -> None:
+    with pytest.raises(ValidationError, match=match):
+        DecideRequest(**body)
+
+
+def test_rng_is_the_only_randomness(deps: Deps) -> None:
+    deps.rng = random.Random(1)
+    a = [
+        decide(_req(customer_id="c-post"), deps, record=False).offers[0].offer_id for _ in range(20)
+    ]
+    deps.rng = random.Random(1)
+    b = [
+        decide(_req(customer_id="c-post"), deps, record=False).offers[0].offer_id for _ in range(20)
+    ]
+    assert a == b
+
+
+def test_real_bandit_distribution_is_logged(deps: Deps) -> None:
+    """With H6's VW policy the logged probabilities are its distribution over the allowed set."""
+    from training.bandit import BanditPolicy, offer_features
+
+    deps.bandit = BanditPolicy(offer_features(deps.catalog), exploration="epsilon", epsilon=0.2)
+    r = decide(_req(customer_id="c-post", channel="email"), deps)
+    row = deps.ledger.decision(r.decision_id)
+    assert set(row.probabilities) == set(row.scores["value"])  # the allowed set, nothing else
+    assert sum(row.probabilities.values()) == pytest.approx(1.0)
+    assert row.propensity == row.probabilities[row.offer_id] > 0
+    assert r.model_versions["bandit"] == deps.bandit.version

@@ -1,0 +1,109 @@
+"""Act on intent: an abandoned web basket becomes an e-mail decision in the outbox; a purchase
+under another of the person's identifiers cancels it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from pydantic import ValidationError
+
+from experiments.ledger import now
+from serving import actions, outbox
+from serving.deps import Deps
+
+
+def _event(kind: str, minutes_ago: float, **kw: object) -> dict:
+    ts = (now() - timedelta(minutes=minutes_ago)).isoformat()
+    return {"ts": ts, "channel": "web", "event_type": kind, **kw}
+
+
+def _basket(deps: Deps, email: str, minutes_ago: float) -> str:
+    r = actions.ingest(
+        _event("basket_add", minutes_ago, email=email, product_id="data_10gb", value=5.0), deps
+    )
+    return r["customer_id"]
+
+
+def test_abandoned_basket_queues_an_email_and_purchase_cancels(deps: Deps, profiles: dict) -> None:
+    from features.identity import Identifiers
+
+    cid = deps.graph.link(Identifiers(email="ann@example.com", phone="07700 900123"))
+    profiles[cid] = profiles["c-post"]  # e-mail consent, several offers eligible
+    deps.settings.epsilon = 0.0  # no model: every offer ties, so one of the real ones is drawn
+    assert _basket(deps, "ANN@example.com ", minutes_ago=90) == cid
+    assert outbox.live_basket(cid, deps)["products"] == ["data_10gb"]
+    queued = outbox.scan_abandoned(deps)
+    assert outbox.scan_abandoned(deps) == []  # a basket triggers once
+    rows = deps.ledger.logs()
+    if rows["offer_id"].iloc[0] == "no_offer":  # the tie includes "no offer": then SMS is tried
+        assert set(rows["channel"]) == {"email", "sms"}
+        return
+    (msg,) = queued
+    assert msg["channel"] == "email" and msg["trigger"] == "abandoned_basket"
+    row = deps.ledger.decision(msg["decision_id"])
+    assert row.context["intent"] == "abandoned_basket" and row.channel == "email"
+    assert [m["message_id"] for m in outbox.pending(deps, "email", claim=False)] == [
+        msg["message_id"]
+    ]
+    # bought in store, identified only by the phone number, written another way
+    ev = _event("purchase", 1, channel="store", phone="+44 7700 900123", value=5.0)
+    res = actions.ingest({**ev, "product_id": "data_10gb"}, deps)
+    assert res["customer_id"] == cid and res["messages_cancelled"] == 1
+    assert outbox.pending(deps, "email") == []
+
+
+def test_fresh_basket_and_no_consent_send_nothing(deps: Deps, profiles: dict) -> None:
+    _basket(deps, "fresh@example.com", minutes_ago=5)
+    assert outbox.scan_abandoned(deps) == []  # not idle long enough
+    assert deps.ledger.counts()["decisions"] == 0
+    cid = _basket(deps, "noconsent@example.com", minutes_ago=120)
+    profiles[cid] = profiles["c-pre"]  # no e-mail or SMS consent, nothing eligible
+    assert outbox.scan_abandoned(deps) == []
+    rows = deps.ledger.logs()
+    assert set(rows["channel"]) == {"email", "sms"}  # both tried, both logged
+    assert set(rows["offer_id"]) == {"no_offer"}
+
+
+def test_purchase_is_an_idempotent_outcome(deps: Deps) -> None:
+    ev = _event("purchase", 1, email="bob@example.com", value=12.0, event_id="e-1")
+    assert actions.ingest(ev, deps)["outcome_recorded"] is True
+    assert actions.ingest(ev, deps)["outcome_recorded"] is False
+
+
+@pytest.mark.parametrize(
+    ("event", "match"),
+    [
+        ({"channel": "web", "event_type": "basket_add", "email": "a@b.c"}, "ts\n  required"),
+        (_event("basket_add", 1, email="a@b.c"), "value\n  required for a basket_add event"),
+        (_event("teleport", 1, email="a@b.c"), "event_type\n  event_type 'teleport' is not in"),
+        (_event("purchase", 1), "identifiers\n  no identifier at all"),
+    ],
+)
+def test_bad_events(deps: Deps, event: dict, match: str) -> None:
+    with pytest.raises(ValidationError, match=match):
+        actions.ingest(event, deps)
+
+
+def test_holdout_basket_gets_no_message(deps: Deps, profiles: dict) -> None:
+    deps.settings.global_holdout_share = 0.99  # nearly everyone held out
+    cid = _basket(deps, "held@example.com", minutes_ago=120)
+    profiles[cid] = profiles["c-post"]
+    assert outbox.scan_abandoned(deps) == []
+    rows = deps.ledger.logs()
+    assert list(rows["arm"]) == ["holdout"] and rows["offer_id"].isna().all()  # a row, no offer
+    assert list(rows["channel"]) == ["email"]  # and no second try on SMS
+
+
+def test_email_cap_moves_the_message_to_sms(deps: Deps, profiles: dict) -> None:
+    deps.settings.contact_caps = {"email": 0}  # e-mail capped out: SMS is tried next
+    cid = _basket(deps, "capped@example.com", minutes_ago=120)
+    profiles[cid] = {**profiles["c-post"], "consent_sms": True}
+    deps.settings.epsilon = 0.0
+    queued = outbox.scan_abandoned(deps)
+    rows = deps.ledger.logs()
+    assert rows["channel"].iloc[0] == "email" and rows["offer_id"].iloc[0] == "no_offer"
+    assert list(rows["channel"]) == ["email", "sms"]
+    assert [m["channel"] for m in queued] == (
+        ["sms"] if rows["offer_id"].iloc[1] != "no_offer" else []
+    )

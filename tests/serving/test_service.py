@@ -1,0 +1,186 @@
+"""The BentoML service in process (ASGI): routes, API keys, and the exact 4xx of bad requests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from starlette.testclient import TestClient
+
+from serving.schemas import EXAMPLE_REQUEST
+
+CHANNEL = {"X-API-Key": "channel-dev-key"}
+ADMIN = {"X-API-Key": "admin-dev-key"}
+EXAMPLE = EXAMPLE_REQUEST
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    from serving.service import Nextbest
+
+    with TestClient(Nextbest.to_asgi()) as c:
+        yield c
+
+
+def test_decide_and_outcome_round_trip(client: TestClient) -> None:
+    r = client.post("/decide", json=EXAMPLE, headers=CHANNEL)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["arm"] in ("treatment", "holdout") and isinstance(body["fallback"], bool)
+    out = {"idempotency_key": "asgi-1", "decision_id": body["decision_id"], "type": "click"}
+    first = client.post("/outcome", json=out, headers=CHANNEL).json()
+    again = client.post("/outcome", json=out, headers=CHANNEL).json()
+    assert first["recorded"] is True and again["recorded"] is False
+
+
+def test_event_into_the_live_path(client: TestClient) -> None:
+    ev = {
+        "ts": "2026-01-01T10:00:00Z",
+        "channel": "web",
+        "event_type": "basket_add",
+        "email": "shopper@example.com",
+        "product_id": "data_10gb",
+        "value": 5.0,
+    }
+    r = client.post("/events", json=ev, headers=CHANNEL)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["customer_id"] and body["basket_items"] == 1
+
+
+def test_healthz_reports_every_part(client: TestClient) -> None:
+    body = client.get("/healthz").json()
+    assert set(body["parts"]) == {"catalog", "graph", "features", "models", "bandit", "ingest"}
+    assert body["parts"]["catalog"] == "ok"
+
+
+def test_profile_and_outbox(client: TestClient) -> None:
+    r = client.get("/profile/someone", headers=CHANNEL)
+    assert r.status_code == 200 and r.json()["recommended"]["customer_id"] == "someone"
+    assert r.json()["excluded"]["device_upgrade"].startswith("rule plan in")  # no profile
+    assert client.get("/outbox?channel=email", headers=CHANNEL).json() == {"messages": []}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers", "status", "error"),
+    [
+        ("post", "/decide", EXAMPLE, {}, 401, "X-API-Key: missing"),
+        ("post", "/decide", EXAMPLE, {"X-API-Key": "guess"}, 401, "X-API-Key: unknown API key"),
+        (
+            "post",
+            "/erase",
+            {"customer_id": "c1"},
+            CHANNEL,
+            403,
+            "X-API-Key: /erase needs an admin key",
+        ),
+        ("get", "/profile/c1", None, {}, 401, "X-API-Key: missing"),
+        (
+            "post",
+            "/decide",
+            {**EXAMPLE, "channel": "fax"},
+            CHANNEL,
+            400,
+            "channel: Input should be 'web', 'app', 'email', 'sms', 'call_centre', 'store' or "
+            "'paid_media'",
+        ),
+        ("post", "/decide", {"email": "a@b.c"}, CHANNEL, 400, "channel: required"),
+        (
+            "post",
+            "/decide",
+            {**EXAMPLE, "max_offers": 11},
+            CHANNEL,
+            400,
+            "max_offers: Input should be less than or equal to 10",
+        ),
+        (
+            "post",
+            "/decide",
+            {**EXAMPLE, "context": {"basket": "x"}},
+            CHANNEL,
+            400,
+            "context.basket: Input should be a valid array",
+        ),
+        ("post", "/decide", {**EXAMPLE, "request": {}}, CHANNEL, 400, "request: unknown field"),
+        (
+            "post",
+            "/outcome",
+            {"idempotency_key": "k", "type": "refund", "customer_id": "c"},
+            CHANNEL,
+            400,
+            "type: Input should be 'click', 'conversion' or 'revenue'",
+        ),
+        (
+            "post",
+            "/outcome",
+            {"idempotency_key": "k", "type": "click"},
+            CHANNEL,
+            400,
+            "decision_id: give a decision_id or an identifier",
+        ),
+        (
+            "post",
+            "/outcome",
+            {"idempotency_key": "k", "type": "click", "decision_id": "nope"},
+            CHANNEL,
+            400,
+            "decision_id: no such decision in the ledger",
+        ),
+        (
+            "post",
+            "/outcome",
+            {"idempotency_key": "", "type": "click", "customer_id": "c"},
+            CHANNEL,
+            400,
+            "idempotency_key: String should have at least 1 character",
+        ),
+        (
+            "post",
+            "/events",
+            {
+                "channel": "web",
+                "event_type": "purchase",
+                "email": "a@b.c",
+                "ts": "2026-01-01T00:00:00",
+            },
+            CHANNEL,
+            400,
+            "ts: timestamp has no timezone (send ISO 8601 with an offset, e.g. Z)",
+        ),
+        ("post", "/erase", {}, ADMIN, 400, "customer_id: required"),
+        (
+            "get",
+            "/outbox?channel=fax",
+            None,
+            CHANNEL,
+            400,
+            "channel: must be one of email, sms, got 'fax'",
+        ),
+        ("get", "/profile/c1?channel=fax", None, CHANNEL, 400, "channel: unknown channel 'fax'"),
+        (
+            "get",
+            "/profile/" + "x" * 257,
+            None,
+            CHANNEL,
+            400,
+            "customer_id: must be 1 to 256 characters",
+        ),
+    ],
+)
+def test_bad_requests(
+    client: TestClient,
+    method: str,
+    path: str,
+    body: dict | None,
+    headers: dict,
+    status: int,
+    error: str,
+) -> None:
+    r = client.request(method.upper(), path, json=body, headers=headers)
+    assert (r.status_code, r.json()["error"]) == (status, error)
+
+
+def test_erase_with_admin_key(client: TestClient) -> None:
+    client.post("/decide", json={"customer_id": "gone", "channel": "web"}, headers=CHANNEL)
+    r = client.post("/erase", json={"customer_id": "gone"}, headers=ADMIN)
+    assert r.status_code == 200 and r.json()["ledger"]["decisions"] == 1
