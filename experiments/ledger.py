@@ -1,0 +1,261 @@
+"""The decision ledger: who was shown what, with which probability, and what happened after.
+
+One set of SQLAlchemy Core tables serves SQLite (WAL, the default) and PostgreSQL (by URL).
+Every write commits before it returns, so an acknowledged decision or outcome survives a crash.
+Bandit training, off-policy evaluation and uplift reports all read from here.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import pandas as pd
+from pydantic import BaseModel, Field
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    delete,
+    event,
+    func,
+    insert,
+    null,
+    select,
+    union_all,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+metadata = MetaData()
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("decision_id", String(36), primary_key=True),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("customer_id", String(64), nullable=True),
+    Column("channel", String(16), nullable=False),
+    Column("context", JSON, nullable=False),
+    Column("experiment", String(64), nullable=False),
+    Column("arm", String(16), nullable=False),
+    Column("offer_id", String(64), nullable=True),
+    Column("propensity", Float, nullable=True),
+    Column("probabilities", JSON, nullable=False),  # offer -> final probability, allowed set
+    Column("scores", JSON, nullable=False),
+    Column("model_versions", JSON, nullable=False),
+    Column("fallback", Boolean, nullable=False, default=False),
+    Column("reason", String(200), nullable=False, default=""),
+    Index("ix_decisions_customer_ts", "customer_id", "ts"),
+    Index("ix_decisions_experiment", "experiment"),
+)
+
+outcomes = Table(
+    "outcomes",
+    metadata,
+    Column("outcome_id", Integer, primary_key=True, autoincrement=True),
+    Column("idempotency_key", String(128), nullable=False, unique=True),
+    Column("decision_id", String(36), nullable=True, index=True),
+    Column("customer_id", String(64), nullable=True, index=True),
+    Column("type", String(16), nullable=False),
+    Column("value", Float, nullable=False, default=1.0),
+    Column("ts", DateTime(timezone=True), nullable=False),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("message_id", String(36), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("customer_id", String(64), nullable=False, index=True),
+    Column("channel", String(16), nullable=False),
+    Column("decision_id", String(36), nullable=False),
+    Column("offer_id", String(64), nullable=True),
+    Column("trigger", String(32), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("status", String(16), nullable=False, index=True),  # pending|sent|cancelled
+)
+
+baskets = Table(
+    "baskets",
+    metadata,
+    Column("customer_id", String(64), primary_key=True),
+    Column("channel", String(16), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("products", JSON, nullable=False),
+    Column("value", Float, nullable=False, default=0.0),
+    Column("status", String(16), nullable=False, index=True),  # open|checked_out|triggered
+)
+
+OutcomeType = Literal["click", "conversion", "revenue"]
+
+# Built once: compiling a statement per decision cost more than running it.
+_HISTORY = union_all(
+    select(decisions.c.channel, decisions.c.offer_id, decisions.c.ts).where(
+        decisions.c.customer_id == bindparam("cid"),
+        decisions.c.ts >= bindparam("since"),
+        decisions.c.offer_id.is_not(None),
+    ),
+    select(null(), null(), func.max(outcomes.c.ts)).where(
+        outcomes.c.customer_id == bindparam("cid")
+    ),
+)
+
+
+class DecisionRow(BaseModel):
+    """One decision as the ledger stores it (the contract read by OPE and reports)."""
+
+    decision_id: str
+    ts: datetime
+    customer_id: str | None
+    channel: str
+    context: dict[str, Any] = Field(default_factory=dict)
+    experiment: str
+    arm: Literal["treatment", "holdout"]
+    offer_id: str | None
+    propensity: float | None
+    probabilities: dict[str, float] = Field(default_factory=dict)
+    scores: dict[str, Any] = Field(default_factory=dict)
+    model_versions: dict[str, str] = Field(default_factory=dict)
+    fallback: bool = False
+    reason: str = ""
+
+
+class OutcomeRow(BaseModel):
+    """One outcome; the idempotency key makes a retried report count once."""
+
+    idempotency_key: str = Field(min_length=1, max_length=128)
+    decision_id: str | None = None
+    customer_id: str | None = None
+    type: OutcomeType
+    value: float = 1.0
+    ts: datetime
+
+
+def utc(ts: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything in Nextbest is UTC."""
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+class Ledger:
+    """Reads and writes of the ledger tables over one engine (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine, create: bool = True, synchronous: str | None = None) -> None:
+        """``synchronous`` overrides SQLite's setting for this engine's connections (see
+        ``Settings.ledger_synchronous``); PostgreSQL ignores it."""
+        self.engine = engine
+        if synchronous is not None and engine.dialect.name == "sqlite":
+            if synchronous not in ("FULL", "NORMAL"):
+                raise ValueError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
+
+            @event.listens_for(engine, "connect")
+            def _sync(dbapi_conn: Any, _record: Any) -> None:
+                dbapi_conn.execute(f"PRAGMA synchronous={synchronous}")
+
+            engine.dispose()  # pooled connections pick the setting up on reconnect
+        if create:
+            metadata.create_all(engine)
+
+    def record_decision(self, row: DecisionRow) -> None:
+        """Insert and commit before the caller acknowledges the decision."""
+        self.record_decisions([row])
+
+    def record_decisions(self, rows: list[DecisionRow]) -> None:
+        """Several decisions in one transaction: one commit (one fsync) for a group."""
+        with self.engine.begin() as conn:
+            conn.execute(insert(decisions), [r.model_dump() for r in rows])
+
+    def record_outcome(self, row: OutcomeRow) -> bool:
+        """Insert once per idempotency key; False when the key was already recorded."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(outcomes), [row.model_dump()])
+        except IntegrityError:
+            return False
+        return True
+
+    def decision(self, decision_id: str) -> DecisionRow | None:
+        with self.engine.connect() as conn:
+            r = conn.execute(select(decisions).where(decisions.c.decision_id == decision_id))
+            row = r.mappings().first()
+        return DecisionRow(**row) if row else None
+
+    def contact_history(
+        self, customer_id: str, since: datetime
+    ) -> tuple[list[tuple[str, str, datetime]], datetime | None]:
+        """(channel, offer, ts) of every offer shown since ``since`` and the customer's last
+        response: everything the contact caps and suppression rules need, in one round trip
+        (the last response rides along as a row with a null channel)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(_HISTORY, {"cid": customer_id, "since": since}).all()
+        shown = [(ch, o, utc(t)) for ch, o, t in rows if ch is not None]
+        last = next((t for ch, _, t in rows if ch is None and t is not None), None)
+        return shown, utc(last) if last else None
+
+    def logs(self, since: datetime | None = None, channel: str | None = None) -> pd.DataFrame:
+        """Decisions with their summed outcome value (0 when none): bandit training and OPE."""
+        reward = (
+            select(outcomes.c.decision_id, func.sum(outcomes.c.value).label("reward"))
+            .where(outcomes.c.decision_id.is_not(None))
+            .group_by(outcomes.c.decision_id)
+            .subquery()
+        )
+        q = select(decisions, func.coalesce(reward.c.reward, 0.0).label("reward")).outerjoin(
+            reward, reward.c.decision_id == decisions.c.decision_id
+        )
+        if since is not None:
+            q = q.where(decisions.c.ts >= since)
+        if channel is not None:
+            q = q.where(decisions.c.channel == channel)
+        with self.engine.connect() as conn:
+            return pd.DataFrame(conn.execute(q.order_by(decisions.c.ts)).mappings().all())
+
+    def experiment_exposures(self, experiment: str) -> pd.DataFrame:
+        """Per decision of one experiment: arm, offer, customer and outcome counts by type."""
+        df = self.logs()
+        if df.empty:
+            return df
+        return df[df["experiment"] == experiment].reset_index(drop=True)
+
+    def outcomes_frame(self) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            return pd.DataFrame(conn.execute(select(outcomes)).mappings().all())
+
+    def erase(self, customer_id: str) -> dict[str, int]:
+        """Remove a person's personal data; decisions stay, anonymised, so experiment
+        counts remain valid while nothing links them to the person."""
+        anon = {"customer_id": None, "context": {}, "scores": {}}
+        with self.engine.begin() as conn:
+            n_dec = conn.execute(
+                update(decisions).where(decisions.c.customer_id == customer_id).values(**anon)
+            ).rowcount
+            n_out = conn.execute(
+                update(outcomes)
+                .where(outcomes.c.customer_id == customer_id)
+                .values(customer_id=None)
+            ).rowcount
+            n_box = conn.execute(delete(outbox).where(outbox.c.customer_id == customer_id)).rowcount
+            n_bsk = conn.execute(
+                delete(baskets).where(baskets.c.customer_id == customer_id)
+            ).rowcount
+        return {"decisions": n_dec, "outcomes": n_out, "outbox": n_box, "baskets": n_bsk}
+
+    def counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            return {
+                t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
+                for t in (decisions, outcomes, outbox, baskets)
+            }
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,175 @@
+"""Charts and HTML of the uplift report, plus the off-policy section (H6's estimators).
+
+Plotly figures are built here as JSON and drawn by plotly.js, which is inlined once into the
+page so the file opens anywhere without a network (no CDN).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from experiments.report import DIMENSIONS, PolicyEstimate, ReportData
+
+TEMPLATES = Path(__file__).parent / "templates"
+TREATED, HOLDOUT, LIGHT = "#1f6feb", "#8b949e", "rgba(31,111,235,0.25)"
+
+
+def ope_estimates(settings: Any) -> tuple[list[PolicyEstimate], str]:
+    """IPS and SNIPS of simple candidate policies on the ledger's logged decisions.
+
+    Candidates need no model: the logging policy itself, uniform choice among the offers that
+    were allowed, and each offer "whenever allowed, else as logged".
+    """
+    try:
+        from experiments.ope import ips, snips
+    except ImportError:
+        return [], "Off-policy estimators (experiments/ope.py) are not installed."
+    url = settings.ledger_db_url
+    if url.startswith("sqlite") and not Path(url.split("///", 1)[-1]).exists():
+        return [], "No decision ledger yet: off-policy estimates need logged decisions."
+    from sqlalchemy import inspect
+
+    from experiments.ledger import Ledger
+    from nextbest.db import engine_for
+
+    try:
+        engine = engine_for(url)
+        has_table = inspect(engine).has_table("decisions")
+        logs = Ledger(engine, create=False).logs() if has_table else pd.DataFrame()
+    except Exception as exc:  # noqa: BLE001 - the rest of the report stands without it
+        return [], f"The ledger could not be read ({type(exc).__name__})."
+    if logs.empty:
+        return [], "No logged decisions yet: off-policy estimates need the service to have run."
+    logs = logs[logs["offer_id"].notna() & (logs["propensity"].fillna(0) > 0)]
+    if len(logs) < 20:
+        return [], f"Only {len(logs)} logged decisions with propensities: too few to estimate."
+    reward, p = logs["reward"].to_numpy(float), logs["propensity"].to_numpy(float)
+    allowed = logs["probabilities"].map(lambda d: list(d) if isinstance(d, dict) else [])
+    logged = logs["offer_id"].to_numpy()
+    targets = {
+        "logging policy": p,
+        "uniform among allowed offers": np.array(
+            [1 / len(a) if o in a else 0.0 for o, a in zip(logged, allowed, strict=True)]
+        ),
+    }
+    for offer in sorted(set(logged)):
+        targets[f"always {offer} when allowed"] = np.array(
+            [(1.0 if o == offer else 0.0) if offer in a else pi
+             for o, a, pi in zip(logged, allowed, p, strict=True)]
+        )  # fmt: skip
+    out = []
+    for name, target in targets.items():
+        for est in (ips, snips):
+            try:
+                e = est(reward, p, target)
+            except ValueError:
+                continue
+            fields = e.model_dump(include={"estimator", "value", "ci_low", "ci_high", "n", "ess"})
+            out.append(PolicyEstimate(policy=name, **fields))
+    return out, f"IPS and SNIPS on {len(logs)} logged decisions (reward: outcome value)."
+
+
+def _forest(data: ReportData, dim: str) -> go.Figure | None:
+    rows = [ln for ln in data.lines if ln.dimension == dim and ln.conversion and ln.conversion.ci]
+    if not rows:
+        return None
+    rows = rows[::-1]
+    y = [ln.label for ln in rows]
+    lift = np.array([100 * ln.conversion.lift for ln in rows])
+    lo = np.array([100 * ln.conversion.ci.low for ln in rows])
+    hi = np.array([100 * ln.conversion.ci.high for ln in rows])
+    seq_lo = np.array([100 * ln.conversion.sequential_ci.low for ln in rows])
+    seq_hi = np.array([100 * ln.conversion.sequential_ci.high for ln in rows])
+    fig = go.Figure()
+    fig.add_scatter(x=lift, y=y, mode="markers", name="always-valid 95% (for peeking)",
+                    marker={"color": LIGHT, "size": 1},
+                    error_x={"type": "data", "array": seq_hi - lift, "arrayminus": lift - seq_lo,
+                             "color": LIGHT, "thickness": 8, "width": 0})  # fmt: skip
+    fig.add_scatter(x=lift, y=y, mode="markers", name="lift, 95% CI",
+                    marker={"color": TREATED, "size": 9},
+                    error_x={"type": "data", "array": hi - lift, "arrayminus": lift - lo,
+                             "color": TREATED, "thickness": 2})  # fmt: skip
+    fig.add_vline(x=0, line_color="#444", line_dash="dot")
+    fig.update_layout(
+        title=f"{DIMENSIONS[dim]}: lift in {data.window_days}-day conversion (points)",
+        xaxis_title="treated minus holdout, percentage points",
+        height=140 + 34 * len(rows), margin={"l": 260},
+    )  # fmt: skip
+    return fig
+
+
+def _cumulative(series) -> go.Figure:
+    fig = go.Figure()
+    fig.add_scatter(x=series.dates, y=[100 * v for v in series.treated], name="treated",
+                    line={"color": TREATED})  # fmt: skip
+    fig.add_scatter(x=series.dates, y=[100 * v for v in series.holdout], name="holdout",
+                    line={"color": HOLDOUT})  # fmt: skip
+    fig.update_layout(title=f"{series.experiment}: cumulative conversion", height=320,
+                      yaxis_title="% of customers exposed so far")  # fmt: skip
+    return fig
+
+
+def _qini(data: ReportData) -> go.Figure:
+    fig = go.Figure()
+    for i, c in enumerate(data.qini):
+        dash = "solid" if i == 0 else "dot"
+        fig.add_scatter(x=c.fraction, y=c.incremental, name=f"{c.label} (Qini {c.qini:.4g})",
+                        line={"dash": dash})  # fmt: skip
+    if data.qini:
+        c = data.qini[0]
+        fig.add_scatter(x=c.fraction, y=c.random, name="random targeting",
+                        line={"color": HOLDOUT, "dash": "dash"})  # fmt: skip
+    fig.update_layout(title="Qini curves", xaxis_title="share of customers targeted",
+                      yaxis_title="incremental conversions", height=380)  # fmt: skip
+    return fig
+
+
+def _ope(data: ReportData) -> go.Figure | None:
+    rows = [e for e in data.ope if e.estimator == "snips"]
+    if not rows:
+        return None
+    v = np.array([e.value for e in rows])
+    fig = go.Figure(go.Bar(
+        x=v, y=[e.policy for e in rows], orientation="h", marker_color=TREATED,
+        error_x={"type": "data", "array": [e.ci_high for e in rows] - v,
+                 "arrayminus": v - [e.ci_low for e in rows]},
+    ))  # fmt: skip
+    fig.update_layout(title="Off-policy value per decision (SNIPS, 95% CI)",
+                      height=140 + 34 * len(rows), margin={"l": 260})  # fmt: skip
+    return fig
+
+
+def figures(data: ReportData) -> list[dict[str, str]]:
+    """Every chart as {id, section, json}, in page order."""
+    figs: list[tuple[str, go.Figure | None]] = [("lift", _forest(data, d)) for d in DIMENSIONS]
+    figs += [("cumulative", _cumulative(s)) for s in data.cumulative]
+    figs += [("qini", _qini(data)), ("ope", _ope(data))]
+    out = []
+    for i, (section, fig) in enumerate(f for f in figs if f[1] is not None):
+        fig.update_layout(template="plotly_white", font={"size": 12})
+        text = pio.to_json(fig, validate=False).replace("</", "<\\/")
+        out.append({"id": f"fig-{i}", "section": section, "json": text})
+    return out
+
+
+@lru_cache(maxsize=1)
+def _plotly_js() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
+
+
+def render_html(data: ReportData) -> str:
+    """The page: template + inline plotly.js + charts; same numbers as ``data`` (the JSON)."""
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
+    return env.get_template("report.html").render(
+        data=data, figures=figures(data), plotly_js=_plotly_js(), dimensions=DIMENSIONS
+    )

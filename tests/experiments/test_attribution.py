@@ -1,0 +1,147 @@
+"""Attribution window rules on a small table of cases, and the real ledger path."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+
+from experiments.attribution import attribute, ledger_units
+
+T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
+
+
+def day(d: float) -> datetime:
+    return T0 + timedelta(days=d)
+
+
+# customer, arm, exposure days, outcome (days, channel, value), expected converted, revenue
+CASES = [
+    ("before", "treatment", [0], [(-1, "store", 10.0)], False, 0.0),
+    ("inside", "treatment", [0], [(5, "store", 20.0)], True, 20.0),
+    ("edge", "treatment", [0], [(30, "web", 7.0)], True, 7.0),
+    ("after_window", "treatment", [0], [(31, "web", 9.0)], False, 0.0),
+    ("second_no_restart", "treatment", [0, 20], [(40, "app", 5.0)], False, 0.0),
+    ("second_inside_first", "treatment", [0, 20], [(25, "app", 5.0)], True, 5.0),
+    ("holdout_counts", "holdout", [0], [(3, "call_centre", 12.0)], True, 12.0),
+    ("holdout_none", "holdout", [0], [], False, 0.0),
+    ("two_outcomes", "treatment", [0], [(1, "web", 1.0), (2, "store", 2.0)], True, 3.0),
+]
+
+
+@pytest.fixture
+def frames() -> tuple[pd.DataFrame, pd.DataFrame]:
+    exp, out = [], []
+    for cid, arm, days, outcomes, *_ in CASES:
+        # the later exposure comes first in the table: order of rows must not matter
+        for d in reversed(days):
+            exp.append({"experiment": "e1", "customer_id": cid, "arm": arm, "ts": day(d),
+                        "channel": "web", "offer_id": "o1"})  # fmt: skip
+        out += [
+            {"customer_id": cid, "ts": day(d), "channel": ch, "value": v} for d, ch, v in outcomes
+        ]
+    return pd.DataFrame(exp), pd.DataFrame(out)
+
+
+def test_window_rules(frames: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    units = attribute(*frames, window_days=30).set_index("customer_id")
+    assert len(units) == len(CASES)  # one unit per customer, however many exposures
+    for cid, arm, days, _, converted, revenue in CASES:
+        row = units.loc[cid]
+        assert row["arm"] == arm
+        assert row["ts"] == day(days[0]), cid  # the first exposure anchors the window
+        assert bool(row["converted"]) is converted, cid
+        assert row["revenue"] == pytest.approx(revenue), cid
+    assert units.loc["two_outcomes", "converted_at"] == day(1)
+
+
+def test_window_length_and_experiments_are_separate(frames) -> None:
+    exposures, outcomes = frames
+    short = attribute(exposures, outcomes, window_days=4).set_index("customer_id")
+    assert not short.loc["inside", "converted"] and short.loc["holdout_counts", "converted"]
+    # the same customer in a second experiment is a second unit with its own clock
+    later = exposures[exposures.customer_id == "after_window"].assign(experiment="e2", ts=day(10))
+    both = attribute(pd.concat([exposures, later]), outcomes, window_days=30)
+    e2 = both[(both.experiment == "e2")].iloc[0]
+    assert (
+        e2["converted"]
+        and not both[(both.experiment == "e1") & (both.customer_id == "after_window")].iloc[0][
+            "converted"
+        ]
+    )
+
+
+def test_match_offer_only_counts_the_offered_product() -> None:
+    exposures = pd.DataFrame([{"experiment": "e", "customer_id": "a", "arm": "treatment",
+                               "ts": day(0), "offer_id": "o", "product_id": "router"}])  # fmt: skip
+    outcomes = pd.DataFrame([
+        {"customer_id": "a", "ts": day(1), "product_id": "phone", "value": 300.0},
+        {"customer_id": "a", "ts": day(2), "product_id": "router", "value": 50.0},
+    ])  # fmt: skip
+    unit = attribute(exposures, outcomes, 30, match_product=True).iloc[0]
+    assert unit["converted"] and unit["revenue"] == 50.0 and unit["converted_at"] == day(2)
+
+
+def test_missing_columns_are_named() -> None:
+    with pytest.raises(ValueError, match=r"exposures lack column\(s\) \['arm'\]"):
+        attribute(pd.DataFrame({"experiment": [], "customer_id": [], "ts": []}), pd.DataFrame())
+
+
+def test_ledger_outcomes_on_any_channel_count(nextbest_home) -> None:
+    """Real SQLite ledger: a conversion reported without a decision id (a store purchase)
+    still counts for the customer's web decision; a duplicate outcome counts once."""
+    ledger_mod = pytest.importorskip("experiments.ledger")
+    from nextbest.db import engine_for
+
+    engine = engine_for(f"sqlite:///{nextbest_home / 'attr_ledger.db'}")
+    ledger = ledger_mod.Ledger(engine)
+    for i, (cid, arm) in enumerate([("c1", "treatment"), ("c2", "holdout"), ("c3", "treatment")]):
+        ledger.record_decision(ledger_mod.DecisionRow(
+            decision_id=f"d{i}", ts=day(0), customer_id=cid, channel="web",
+            context={"segment": "postpaid"} if cid != "c3" else {}, experiment="basket", arm=arm,
+            offer_id="o1" if arm == "treatment" else None, propensity=0.9,
+            scores={"features": {"plan": "prepaid"}},  # c3's segment comes from its features
+        ))  # fmt: skip
+    for key, cid, typ, value, d in [
+        ("k1", "c1", "conversion", 1.0, 3), ("k1", "c1", "conversion", 1.0, 3),
+        ("k2", "c1", "revenue", 40.0, 3), ("k3", "c2", "conversion", 1.0, 4),
+        ("k4", "c3", "conversion", 1.0, 45),
+    ]:  # fmt: skip
+        ledger.record_outcome(ledger_mod.OutcomeRow(
+            idempotency_key=key, customer_id=cid, type=typ, value=value, ts=day(d)
+        ))  # fmt: skip
+    units = ledger_units(engine, 30).set_index("customer_id")
+    assert units["converted"].to_dict() == {"c1": True, "c2": True, "c3": False}
+    assert units.loc["c1", "n_outcomes"] == 1 and units.loc["c1", "revenue"] == 40.0
+    assert units.loc["c2", "arm"] == "holdout"
+    assert units["segment"].to_dict() == {"c1": "postpaid", "c2": "postpaid", "c3": "prepaid"}
+
+
+def test_simulated_world_attribution_matches_the_campaign_flag(tmp_path) -> None:
+    """The real path: H1's simulator writes a world, H2's identity graph resolves it, and our
+    attribution of purchase events (any channel, any identity) reproduces the simulator's own
+    converted flag for its campaigns."""
+    world_mod = pytest.importorskip("simulator.world")
+    identity = pytest.importorskip("features.identity")
+    from experiments.attribution import offer_catalog, world_units
+    from nextbest.db import engine_for
+    from simulator.schema import IDENTITY_INPUT_COLUMNS
+
+    world = tmp_path / "world"
+    world_mod.simulate_world(customers=400, days=60, seed=3, out=world)
+    records = pd.read_parquet(world / "identities.parquet")
+    keys = ["email", "phone", "loyalty_id", "login_id", "cookie_id"]
+    records = records[records[keys].notna().any(axis=1)]
+    graph = identity.IdentityGraph(engine_for(f"sqlite:///{tmp_path / 'id.db'}"), "salt", "GB")
+    graph.resolve(records[list(IDENTITY_INPUT_COLUMNS)])
+    products = {k: o.product_id for k, o in offer_catalog().items()}
+    units = world_units(world, 30, graph.map_identifiers, products)
+    assert units.attrs["outcome_source"].startswith("purchase events")
+    exposures = pd.read_parquet(world / "exposures.parquet")
+    flag = units["exposure_id"].map(exposures.set_index("exposure_id")["converted"])
+    assert len(units) > 300 and units["converted"].sum() > 10
+    # the misses are the world's, not the window's: cookie-only web exposures the identity
+    # records never saw, and a few purchases that carry no identifier at all
+    assert (units["converted"] == flag).mean() >= 0.95
+    assert not (units["converted"] & ~flag).any()  # nothing counted that did not happen

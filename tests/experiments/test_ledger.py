@@ -1,0 +1,91 @@
+"""The ledger on SQLite and on a real PostgreSQL: idempotent outcomes, cap reads, logs, erase."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from experiments.ledger import DecisionRow, Ledger, OutcomeRow, metadata, now
+from nextbest.db import engine_for
+
+
+def _decision(cid: str | None, offer: str | None, channel: str = "web", **kw) -> DecisionRow:
+    return DecisionRow(
+        decision_id=uuid.uuid4().hex,
+        ts=kw.pop("ts", now()),
+        customer_id=cid,
+        channel=channel,
+        context={"page": "home"},
+        experiment="exp",
+        arm=kw.pop("arm", "treatment"),
+        offer_id=offer,
+        propensity=0.5 if offer else None,
+        probabilities={offer: 0.5} if offer else {},
+        scores={"churn_risk": 0.1},
+        model_versions={"churn": "1"},
+        **kw,
+    )
+
+
+def exercise(ledger: Ledger) -> None:
+    """The same checks for every backend."""
+    d1, d2 = _decision("c1", "data_addon", "email"), _decision("c1", "data_addon", "web")
+    old = _decision("c1", "family_plan", "email", ts=now() - timedelta(days=40))
+    for d in (d1, d2, old, _decision("c2", None, arm="holdout")):
+        ledger.record_decision(d)
+    assert ledger.decision(d1.decision_id).propensity == 0.5
+    out = OutcomeRow(
+        idempotency_key="k1",
+        decision_id=d1.decision_id,
+        customer_id="c1",
+        type="conversion",
+        value=40.0,
+        ts=now(),
+    )
+    assert ledger.record_outcome(out) is True
+    assert ledger.record_outcome(out) is False  # the retry counts once
+    shows, last = ledger.contact_history("c1", now() - timedelta(days=7))
+    assert sorted(ch for ch, _, _ in shows) == ["email", "web"] and last is not None
+    logs = ledger.logs()
+    assert len(logs) == 4
+    assert logs.set_index("decision_id").loc[d1.decision_id, "reward"] == 40.0
+    assert logs.set_index("decision_id").loc[d2.decision_id, "reward"] == 0.0
+    assert set(ledger.experiment_exposures("exp")["arm"]) == {"treatment", "holdout"}
+    erased = ledger.erase("c1")
+    assert erased["decisions"] == 3 and erased["outcomes"] == 1
+    assert ledger.contact_history("c1", now() - timedelta(days=90)) == ([], None)
+    assert len(ledger.logs()) == 4  # experiment counts survive, anonymised
+
+
+def test_sqlite_ledger(tmp_path: Path) -> None:
+    exercise(Ledger(engine_for(f"sqlite:///{tmp_path / 'ledger.db'}")))
+
+
+def test_bad_outcome_type() -> None:
+    with pytest.raises(
+        ValueError, match="type\n  Input should be 'click', 'conversion' or 'revenue'"
+    ):
+        OutcomeRow(idempotency_key="k", type="refund", ts=now())
+
+
+def test_postgresql_ledger() -> None:
+    engine = engine_for("postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432/test does not answer: {type(exc).__name__}")
+    schema = f"nb_ledger_{uuid.uuid4().hex[:8]}"
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        scoped = engine.execution_options(schema_translate_map={None: schema})
+        metadata.create_all(scoped)
+        exercise(Ledger(scoped, create=False))
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
