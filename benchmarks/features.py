@@ -64,7 +64,7 @@ def _synthetic_snapshots(settings: Settings, customers: int, end: datetime) -> N
     ):
         frame = pd.DataFrame({"customer_id": ids, "event_timestamp": stamp})
         for view in views:
-            for field in view.schema:
+            for field in view.features:  # not .schema: Feast adds the entity column to it
                 frame[field.name] = column(field.dtype)
         path = settings.feature_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
