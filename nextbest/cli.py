@@ -403,7 +403,6 @@ def bench_uplift(
     emit(run(experiments, seed), as_json)
 
 
-
 @app.command()
 def ope(
     policy: Annotated[
@@ -463,7 +462,28 @@ def replay(
     emit(result.model_dump(), as_json)
 
 
-# --- demo and benchmarks ------------------------------------------------------------------
+# --- demo ---------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    visits: Annotated[int, typer.Option(min=1, help="visits sent to the live service")] = 300,
+    replay_visits: Annotated[int, typer.Option(min=1, help="visits in the bandit replay")] = 2000,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="reuse the home instead of starting from nothing")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """The whole loop on a simulated world: simulate, resolve identities, build features,
+    train and promote models, serve visits over HTTP, replay the bandit, write the report."""
+    from nextbest.demo import DemoError, run_demo
+
+    try:
+        summary = run_demo(get_settings(), visits, replay_visits, keep)
+    except DemoError as exc:
+        fail(str(exc))
+    if as_json:
+        emit(summary, as_json)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""SQLAlchemy engines for the ledger and identity graph: SQLite (WAL) by default, PostgreSQL by URL."""
+"""SQLAlchemy engines for the ledger and identity graph: SQLite (WAL) by default, PostgreSQL
+by URL."""
 
 from __future__ import annotations
 

@@ -1,0 +1,286 @@
+"""``nextbest demo``: the whole loop on a simulated world, listen -> predict -> decide ->
+measure, on embedded defaults only (no server to install; the service is a local
+``bentoml serve`` subprocess on 127.0.0.1 that the demo starts and stops).
+
+Every stage is the product's own code path; the demo only sequences them and prints what a
+newcomer would want to see. It is also what ``tests/test_demo.py`` runs on a tiny world.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from nextbest.settings import Settings
+
+MARKER = ".nextbest-home"  # a home the demo may wipe carries this file
+CHANNEL_KEY_HEADER = "X-API-Key"
+
+
+class DemoError(RuntimeError):
+    """A demo that cannot run (e.g. a home it must not wipe)."""
+
+
+def fresh_home(settings: Settings) -> None:
+    """Start from nothing, but only wipe a folder Nextbest made: a mistyped NEXTBEST_HOME
+    pointing at someone's data must not be deleted."""
+    home = settings.home
+    if home.exists() and any(home.iterdir()) and not (home / MARKER).exists():
+        raise DemoError(
+            f"home: {home} is not empty and was not made by nextbest; "
+            "choose an empty NEXTBEST_HOME or pass --keep"
+        )
+    if home.exists():
+        shutil.rmtree(home)
+    settings.ensure_dirs()
+    (home / MARKER).write_text("made by `nextbest demo`; safe to delete\n")
+
+
+def _stage(console: Console, timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
+    console.rule(f"[bold]{name}")
+    t0 = time.perf_counter()
+    try:
+        out = fn()
+    except (ValueError, RuntimeError) as exc:  # the stages' own errors: one line, not a trace
+        raise DemoError(f"{name}: {exc}") from exc
+    timings[name] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def _identities(settings: Settings, console: Console) -> dict[str, Any]:
+    from features.identity_eval import evaluate_world
+
+    ev = evaluate_world(settings.world_dir, settings.identity_salt, settings.region)
+    console.print(
+        f"identity resolution vs truth: precision {ev['precision']:.4f}, recall "
+        f"{ev['recall']:.4f}, F1 {ev['f1']:.4f} ({ev['records']:,} records -> "
+        f"{ev['customers']:,} customers; {ev['people']:,} real people)"
+    )
+    return {k: ev[k] for k in ("precision", "recall", "f1", "records", "customers", "people")}
+
+
+def _features(settings: Settings, console: Console) -> dict[str, Any]:
+    from features.build import build_features
+    from features.store import apply_repo, get_store, materialize
+
+    built = build_features(settings)
+    store = get_store(settings)
+    apply_repo(store)
+    with contextlib.redirect_stderr(io.StringIO()):  # Feast prints a banner per view
+        mat = materialize(store)
+    console.print(
+        f"{built['events_mapped']:,} of {built['events']:,} events mapped to "
+        f"{built['customers']:,} customers; {mat['rows']:,} online rows materialised"
+    )
+    return {"customers": built["customers"], "online_rows": mat["rows"]}
+
+
+def _train(settings: Settings, console: Console) -> dict[str, Any]:
+    from training.train import train_model
+
+    out = {}
+    for model in ("churn", "propensity"):
+        result = train_model(settings, model, promote=True, console=console)  # type: ignore[arg-type]
+        promo = result.get("promotion", {})
+        metrics = ", ".join(f"{k} {v}" for k, v in list(result["metrics"].items())[:5])
+        console.print(
+            f"{model}: {metrics}; promoted: {promo.get('promoted')} ({promo.get('reason')})"
+        )
+        out[model] = {"metrics": result["metrics"], "promoted": promo.get("promoted")}
+    return out
+
+
+def _visit_body(visit: Any) -> dict[str, Any]:
+    ids = ("email", "phone", "loyalty_id", "login_id", "cookie_id")
+    body: dict[str, Any] = {c: getattr(visit, c) for c in ids if isinstance(getattr(visit, c), str)}
+    page = "basket" if visit.open_basket else "home"
+    body["channel"] = visit.channel
+    if visit.channel in ("web", "app"):
+        body["context"] = {"page": page}
+    return body
+
+
+def _serve_visits(settings: Settings, console: Console, visits: int) -> dict[str, Any]:
+    """Real HTTP against a real server: visits from every channel, outcomes drawn from the
+    truth, an abandoned basket that reaches the call centre and the outbox."""
+    from serving import run
+    from simulator.truth import Truth
+
+    truth = Truth.load(settings.world_dir)
+    rng = np.random.default_rng(settings.seed)
+    frame = truth.sample_visits(rng, visits)
+    port = run.free_port()
+    log = settings.home / "server.log"
+    proc = run.start(settings, port, log=log, NEXTBEST_ABANDON_SCAN_SECONDS="1")
+    headers = {CHANNEL_KEY_HEADER: settings.channel_keys[0]}
+    try:
+        run.wait_ready(proc, port, timeout=120)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30) as c:
+            shown, samples, offered = _decide_all(c, frame, truth, rng, console)
+            agent = _abandoned_basket_story(c, frame, console)
+    finally:
+        run.stop(proc)
+    _print_samples(console, samples)
+    return {"decisions": len(frame), "with_offer": offered, "by_channel": shown, **agent}
+
+
+def _decide_all(
+    client: httpx.Client, frame: Any, truth: Any, rng: np.random.Generator, console: Console
+) -> tuple[dict[str, int], list[dict[str, Any]], int]:
+    from rich.progress import Progress
+
+    shown: dict[str, int] = {}
+    samples: list[dict[str, Any]] = []
+    offered = 0
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("visits", total=len(frame))
+        for visit in frame.itertuples(index=False):
+            r = client.post("/decide", json=_visit_body(visit))
+            r.raise_for_status()
+            d = r.json()
+            shown[visit.channel] = shown.get(visit.channel, 0) + 1
+            if d["offers"]:
+                offered += 1
+                top = d["offers"][0]
+                p1, p0 = truth.conversion_probs(
+                    np.array([visit.person_id]), np.array([visit.at]),
+                    np.array([visit.channel]), np.array([top["offer_id"]], dtype=object),
+                    np.array([bool(visit.open_basket)]),
+                )  # fmt: skip
+                if rng.random() < float(p1[0]):
+                    client.post(
+                        "/outcome",
+                        json={"idempotency_key": f"demo:{d['decision_id']}",
+                              "decision_id": d["decision_id"], "type": "conversion",
+                              "value": float(truth.catalog.get(top["offer_id"]).value)},
+                    ).raise_for_status()  # fmt: skip
+            if len(samples) < 8 and not any(s["channel"] == visit.channel for s in samples[-2:]):
+                samples.append({"channel": visit.channel, **d})
+            bar.advance(task)
+    return shown, samples, offered
+
+
+def _print_samples(console: Console, samples: list[dict[str, Any]]) -> None:
+    table = Table(title="sample decisions", show_lines=False)
+    for col in ("channel", "customer", "arm", "offer", "p(shown)", "why"):
+        table.add_column(col, overflow="fold")
+    for s in samples:
+        top = s["offers"][0] if s["offers"] else None
+        table.add_row(
+            s["channel"],
+            s["customer_id"] or "(unknown visitor)",
+            s["arm"],
+            top["offer_id"] if top else "-",
+            f"{top['probability']:.3f}" if top else "-",
+            top["reason"] if top else "; ".join(s["reasons"]) or "holdout: no offer",
+        )
+    console.print(table)
+
+
+def _abandoned_basket_story(client: httpx.Client, frame: Any, console: Console) -> dict[str, Any]:
+    """A web basket left two hours ago: the call-centre agent sees it, and the outbox holds
+    the reminder the abandoned-basket trigger queued."""
+    web = frame[frame["channel"].isin(["web", "app"]) & frame["login_id"].notna()]
+    if web.empty:
+        return {}
+    login = str(web.iloc[0]["login_id"])
+    when = datetime.now(UTC) - timedelta(hours=2)
+    event = {"ts": when.isoformat(), "channel": "web", "event_type": "basket_add",
+             "login_id": login, "product_id": "data_10gb", "value": 10.0}  # fmt: skip
+    pushed = client.post("/events", json=event)
+    pushed.raise_for_status()
+    cid = pushed.json()["customer_id"]
+    view = client.get(f"/profile/{cid}", params={"channel": "call_centre"}).json()
+    console.print(f"[bold]call-centre agent's view of {cid}[/bold] (basket left on the web):")
+    console.print(
+        {
+            "live basket": view.get("basket"),
+            "churn risk": view.get("churn_risk"),
+            "plan": view["profile"].get("plan"),
+            "recommended": [(o["offer_id"], o["reason"]) for o in view["recommended"]["offers"]],
+        }
+    )
+    deadline = time.monotonic() + 10
+    messages: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not messages:
+        time.sleep(1)
+        for channel in ("email", "sms"):
+            r = client.get("/outbox", params={"channel": channel, "peek": "true"})
+            messages += [m for m in r.json()["messages"] if m.get("customer_id") == cid]
+    queued = [(m["channel"], m["offer_id"], m["trigger"]) for m in messages]
+    console.print(f"outbox for {cid}: {queued or 'nothing (consent, caps or holdout)'}")
+    return {"agent_view_customer": cid, "outbox_messages": len(messages)}
+
+
+def _replay(settings: Settings, console: Console, visits: int) -> dict[str, Any]:
+    from experiments.replay import run_replay
+
+    r = run_replay(settings, visits, retrain_every=max(1, visits // 4))
+    console.print(
+        f"per visit: learned {r.policy:.3f}, random {r.random:.3f}, best single offer "
+        f"({r.best_single_offer}) {r.best_single:.3f}, oracle {r.oracle:.3f}: gap closed "
+        f"{r.gap_closed:.2f}. Learning curve: {r.plot}"
+    )
+    return {"gap_closed": r.gap_closed, "plot": r.plot}
+
+
+def _report(settings: Settings, console: Console) -> dict[str, Any]:
+    from experiments.report import write_report
+
+    paths = write_report(settings, settings.reports_dir)
+    console.print(f"marketers' report: {paths.get('html')} (numbers: {paths.get('json')})")
+    return paths
+
+
+def run_demo(
+    settings: Settings, visits: int = 300, replay_visits: int = 2000, keep: bool = False
+) -> dict[str, Any]:
+    """Simulate, resolve, featurise, train, serve, replay, report; returns a summary."""
+    from simulator.world import simulate_world
+
+    console = Console(width=max(Console().width, 120))
+    warnings.filterwarnings("ignore")  # library deprecation chatter, not the demo's story
+    for name in ("mlflow", "alembic", "feast"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if not keep:
+        fresh_home(settings)
+    settings.ensure_dirs()
+    timings: dict[str, float] = {}
+    out: dict[str, Any] = {"home": str(settings.home)}
+    out["world"] = _stage(
+        console, timings, "1. simulate the omnichannel world",
+        lambda: simulate_world(customers=settings.customers, days=settings.days,
+                               seed=settings.seed, out=settings.world_dir),
+    )  # fmt: skip
+    out["identity"] = _stage(
+        console, timings, "2. resolve identities", lambda: _identities(settings, console)
+    )
+    out["features"] = _stage(
+        console, timings, "3. features into Feast", lambda: _features(settings, console)
+    )
+    out["models"] = _stage(
+        console, timings, "4. train, register, promote", lambda: _train(settings, console)
+    )
+    out["serving"] = _stage(
+        console, timings, "5. serve visits", lambda: _serve_visits(settings, console, visits)
+    )
+    out["replay"] = _stage(
+        console, timings, "6. bandit replay", lambda: _replay(settings, console, replay_visits)
+    )
+    out["report"] = _stage(console, timings, "7. report", lambda: _report(settings, console))
+    out["seconds"] = timings
+    console.rule("[bold]done")
+    console.print(f"everything is under {settings.home}; report: {out['report'].get('html')}")
+    return out
