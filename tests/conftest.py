@@ -1,4 +1,5 @@
-"""Shared fixtures: every test session gets its own NEXTBEST_HOME, so nothing touches ./.nextbest."""
+"""Shared fixtures: every test session gets its own NEXTBEST_HOME, so nothing touches
+./.nextbest."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("NEXTBEST_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -29,5 +30,5 @@ def shared_file(name: str) -> Path:
     """A file of ../shared/data, or a skip that says what is missing."""
     path = SHARED_DATA / name
     if not path.exists():
-        pytest.skip(f"{path} is not here (real data sets live in ../shared/data)")
+        pytest.skip(f"{path} is not here (real data sets: ../shared/data or NEXTBEST_SHARED_DATA)")
     return path
