@@ -251,6 +251,8 @@ def run_demo(
     from simulator.world import simulate_world
 
     console = Console(width=max(Console().width, 120))
+    import mlflow  # noqa: F401 - configures its loggers on import: quieten them after
+
     warnings.filterwarnings("ignore")  # library deprecation chatter, not the demo's story
     for name in ("mlflow", "alembic", "feast"):
         logging.getLogger(name).setLevel(logging.ERROR)

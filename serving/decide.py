@@ -251,8 +251,12 @@ def plan(
 
 def _ranked(offer: Any, value: float, p: float, chosen: bool, detail: dict) -> RankedOffer:
     oid = offer.id
-    uplift = detail["p_treated"][oid] - detail["p_untreated"][oid]
     why = "chosen" if chosen else "runner-up"
+    if policy.is_no_offer(offer):  # a model score for "nothing" is not an uplift
+        reason = f"{why}: no offer is expected to add more than doing nothing"
+        return RankedOffer(offer_id=oid, name=offer.name, score=round(value, 6), probability=p,
+                           reason=reason)  # fmt: skip
+    uplift = detail["p_treated"][oid] - detail["p_untreated"][oid]
     return RankedOffer(
         offer_id=oid,
         name=offer.name,
