@@ -1,8 +1,9 @@
 """API keys and clear errors at the HTTP edge, as one small ASGI middleware.
 
-Channel keys may decide, send outcomes and events, read profiles and the outbox; only admin
-keys may erase. BentoML answers a malformed body with ``"1 validation error for Input"``; this
-rewrites that 400 so its ``error`` names the field and the reason.
+Channel keys may decide, send outcomes and events, read profiles, the outbox and the reports;
+only admin keys may erase and promote. BentoML answers a malformed body with
+``"1 validation error for Input"``; this rewrites that 400 so its ``error`` names the field and
+the reason.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 Scope = dict[str, Any]
-ADMIN_PATHS = ("/erase",)
-KEYED_PATHS = ("/decide", "/outcome", "/events", "/profile/", "/outbox", "/erase")
+ADMIN_PATHS = ("/erase", "/promote/")
+KEYED_PATHS = ("/decide", "/outcome", "/events", "/profile/", "/outbox", "/erase", "/reports",
+               "/promote/")  # fmt: skip
 HEADER = b"x-api-key"
 
 

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from nextbest.settings import get_settings
-from serving import actions, outbox
+from serving import actions, admin, outbox
 from serving.auth import ApiGuard
 from serving.batching import FeatureBatcher
 from serving.bentofix import cancel_timeout_timers
@@ -77,6 +77,7 @@ reads = Starlette(
     routes=[
         Route("/profile/{customer_id}", _profile, methods=["GET"]),
         Route("/outbox", _outbox, methods=["GET"]),
+        *admin.routes(lambda: STATE.deps),
     ]
 )
 

@@ -1,0 +1,56 @@
+"""The report and promotion routes of the service, in process, behind their keys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from starlette.testclient import TestClient
+
+from serving.schemas import EXAMPLE_REQUEST
+
+CHANNEL = {"X-API-Key": "channel-dev-key"}
+ADMIN = {"X-API-Key": "admin-dev-key"}
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    from serving.service import Nextbest
+
+    with TestClient(Nextbest.to_asgi()) as c:
+        yield c
+
+
+def test_report_served_behind_a_key(client: TestClient) -> None:
+    assert client.get("/reports").status_code == 401
+    for i in range(3):
+        body = {**EXAMPLE_REQUEST, "email": None, "customer_id": f"report-{i}"}
+        assert client.post("/decide", json=body, headers=CHANNEL).status_code == 200
+    html = client.get("/reports", headers=CHANNEL)
+    assert html.status_code == 200, html.text
+    assert html.headers["content-type"].startswith("text/html") and "<html" in html.text.lower()
+    numbers = client.get("/reports", params={"format": "json"}, headers=CHANNEL)
+    assert numbers.status_code == 200 and numbers.json()["n_units"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status", "error"),
+    [
+        ("/reports?format=pdf", CHANNEL, 400, "format: must be html or json, got 'pdf'"),
+        ("/promote/churn", None, 401, "X-API-Key: missing"),
+        ("/promote/churn", CHANNEL, 403, "X-API-Key: /promote/churn needs an admin key"),
+        ("/promote/pricing", ADMIN, 400, "model: 'pricing' is not one of churn, propensity"),
+    ],
+)
+def test_bad_admin_requests(
+    client: TestClient, path: str, headers: dict | None, status: int, error: str
+) -> None:
+    method = client.get if path.startswith("/reports") else client.post
+    r = method(path, headers=headers or {})
+    assert (r.status_code, r.json()["error"]) == (status, error)
+
+
+def test_promote_without_a_challenger_is_a_conflict(client: TestClient) -> None:
+    r = client.post("/promote/churn", headers=ADMIN)
+    assert r.status_code == 409, r.text
+    assert r.json()["error"].startswith("model: 'churn' has no challenger")
