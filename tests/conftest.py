@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,3 +34,34 @@ def shared_file(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is not here (real data sets: ../shared/data or NEXTBEST_SHARED_DATA)")
     return path
+
+
+PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A throw-away database on the PostgreSQL at 127.0.0.1:5432 (the scale-out ledger), dropped
+    afterwards; a skip that says so when the server does not answer."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(f"{PG_SERVER}/test".replace("://", "+psycopg://", 1),
+                          isolation_level="AUTOCOMMIT")  # fmt: skip
+    try:
+        with admin.connect() as conn:
+            conn.execute(text("select 1"))
+    except Exception as exc:  # noqa: BLE001
+        admin.dispose()
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432/test does not answer: {type(exc).__name__}")
+    name = f"nb_test_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield f"{PG_SERVER}/{name}"
+    finally:
+        from nextbest.db import engine_for
+
+        engine_for.cache_clear()  # close pooled connections before the drop
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()

@@ -487,35 +487,17 @@ def test_evaluate_on_a_simulated_world(small_world: Path) -> None:
     assert json.loads(result.stdout.strip().splitlines()[-1])["f1"] == pytest.approx(scores["f1"])
 
 
-def test_postgresql_graph_matches_sqlite() -> None:
+def test_postgresql_graph_matches_sqlite(pg_url: str) -> None:
     """Scale-out: the same graph code on PostgreSQL gives the same ids as on SQLite."""
-    import uuid
-
     from nextbest.db import engine_for
 
-    engine = engine_for("postgresql://postgres@127.0.0.1:5432/test")
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("select 1"))
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432/test does not answer: {type(exc).__name__}")
-    schema = f"nb_identity_{uuid.uuid4().hex[:8]}"
-    with engine.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    try:
-        scoped = engine.execution_options(schema_translate_map={None: schema})
-        graph = IdentityGraph(scoped, "test-salt", "GB", name_only=True)
-        expected = new_graph(name_only=True).resolve(BATCH)
-        assert graph.resolve(BATCH).equals(expected) and graph.resolve(BATCH).equals(expected)
-        ids = dict(zip(expected.record_id, expected.customer_id, strict=True))
-        assert graph.lookup(Identifiers(login_id="U9")) == ids["b"]
-        assert graph.map_identifiers(pd.DataFrame({"cookie_id": ["ck9"]})).tolist() == [ids["e"]]
-        bridge = frame(
-            {"id": "f", "email": "amy@example.com", "cookie_id": "ck9", "first_name": "Amy"}
-        )
-        assert graph.resolve(bridge)["customer_id"][0] in (ids["a"], ids["e"])
-        assert graph.last_stats["merged_customers"] == 1
-        assert graph.erase(ids["b"]) >= 4 and graph.lookup(Identifiers(login_id="u9")) is None
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    graph = IdentityGraph(engine_for(pg_url), "test-salt", "GB", name_only=True)
+    expected = new_graph(name_only=True).resolve(BATCH)
+    assert graph.resolve(BATCH).equals(expected) and graph.resolve(BATCH).equals(expected)
+    ids = dict(zip(expected.record_id, expected.customer_id, strict=True))
+    assert graph.lookup(Identifiers(login_id="U9")) == ids["b"]
+    assert graph.map_identifiers(pd.DataFrame({"cookie_id": ["ck9"]})).tolist() == [ids["e"]]
+    bridge = frame({"id": "f", "email": "amy@example.com", "cookie_id": "ck9", "first_name": "Amy"})
+    assert graph.resolve(bridge)["customer_id"][0] in (ids["a"], ids["e"])
+    assert graph.last_stats["merged_customers"] == 1
+    assert graph.erase(ids["b"]) >= 4 and graph.lookup(Identifiers(login_id="u9")) is None
