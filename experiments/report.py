@@ -86,9 +86,16 @@ def verdict(
         f"{100 * comp.ci.low:+.1f} to {100 * comp.ci.high:+.1f}; {comp.baseline.mean:.0%} of "
         f"holdout customers converted on their own"
     )
-    if comp.significant:
+    excludes_zero = comp.ci.low > 0 or comp.ci.high < 0
+    p_small = comp.p_value is not None and comp.p_value < 0.05
+    if p_small != excludes_zero:  # the test and the interval disagree: small counts
+        text += (
+            f". Not conclusive yet: the test (p = {comp.p_value:.2f}) and the interval disagree "
+            "at this sample size."
+        )
+    elif comp.significant:
         text += ". A real gain." if comp.lift > 0 else ". It costs conversions."
-    elif comp.p_value is not None and comp.p_value < 0.05:
+    elif p_small:
         text += (
             f". Promising, but not significant once corrected for the {family} lines compared "
             f"(Holm p = {comp.p_adjusted:.2f})."

@@ -195,3 +195,26 @@ def test_report_from_ledger_and_world_with_ope(world: Path, tmp_path: Path) -> N
     worst = by_policy[("always family_plan when allowed", "snips")]
     assert best.value > worst.value and best.ci_low < 0.4 < best.ci_high
     assert "IPS and SNIPS on 320 logged decisions" in data.ope_note
+
+
+@pytest.mark.parametrize(
+    ("treated", "holdout", "expected"),
+    [
+        ((60, 400), (20, 400), r"\+10\.0 points .* A real gain\.$"),
+        ((21, 400), (20, 400), r"\+0\.2 points .* No effect distinguishable from zero yet\.$"),
+        ((4, 30), (0, 30), r"Not conclusive yet: the test \(p = 0\.04\) and the interval disagree"),
+        ((0, 50), (0, 50), r"^Offer: no conversions in either group: there is no variance"),
+    ],
+)
+def test_verdict_says_what_the_numbers_say(
+    treated: tuple[int, int], holdout: tuple[int, int], expected: str
+) -> None:
+    from experiments.report import verdict
+    from experiments.uplift import compare
+
+    def outcomes(k: int, n: int) -> np.ndarray:
+        return np.r_[np.ones(k), np.zeros(n - k)]
+
+    comp = compare("treatment", "holdout", outcomes(*treated), outcomes(*holdout), True)
+    comp.p_adjusted, comp.significant = comp.p_value, (comp.p_value or 1) < 0.05
+    assert re.search(expected, verdict("Offer", comp, 30)), verdict("Offer", comp, 30)
