@@ -19,6 +19,9 @@ IDENTIFIER_FIELDS = ("customer_id", "email", "phone", "loyalty_id", "login_id", 
 BASKET_TYPES = ("basket_add", "basket_remove")
 BASKET_CLEARING_TYPES = ("checkout", "purchase")
 VISIT_TYPES = ("session_start", "store_visit", "call_contact")
+# Sent by live channels only (no simulated history has them): a store clerk or an agent
+# records what the customer wants, with its product_id.
+LIVE_ONLY_TYPES = ("purchase_intent",)
 # Channels a visit can happen on, and channels a customer can opt in or out of; the feature
 # views and the aggregates both build their column names from these tuples.
 VISIT_CHANNELS = ("web", "app", "store", "call_centre")
@@ -74,7 +77,7 @@ class Event(BaseModel):
     @field_validator("event_type")
     @classmethod
     def _known_type(cls, v: str) -> str:
-        if v not in EVENT_TYPES:
+        if v not in EVENT_TYPES and v not in LIVE_ONLY_TYPES:
             raise ValueError(f"event_type {v!r} is not in the schema")
         return v
 
@@ -116,6 +119,8 @@ class Event(BaseModel):
                 raise InvalidEvent("consent_channel", "required for a consent_change event")
             if self.consent_value is None:
                 raise InvalidEvent("consent_value", "required for a consent_change event")
+        if self.event_type == "purchase_intent" and self.product_id is None:
+            raise InvalidEvent("product_id", "required for a purchase_intent event")
         if self.event_type in BASKET_TYPES and self.value is None:
             raise InvalidEvent("value", f"required for a {self.event_type} event")
         return self

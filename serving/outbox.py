@@ -3,6 +3,8 @@
 A basket left on the web or app without checkout for ``abandon_after_minutes`` becomes an
 outbound decision (e-mail, else SMS) through the same pipeline as any visit, so consent, caps
 and holdouts hold; a purchase anywhere, under any of the person's identities, cancels it.
+A ``purchase_intent`` recorded by a store clerk or an agent joins the live basket, so every
+channel sees it; it is the channel's own follow-up, so it triggers no abandoned-basket message.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def track_event(event: Any, customer_id: str, deps: Deps) -> dict[str, int]:
                 .values(status="cancelled")
             ).rowcount
         return {"baskets_closed": closed, "messages_cancelled": cancelled}
-    if (
+    intent = event.event_type == "purchase_intent"  # recorded by a clerk, on any channel
+    if not intent and (
         event.event_type not in ("basket_add", "basket_remove")
         or event.channel not in BASKET_CHANNELS
     ):
@@ -51,7 +54,7 @@ def track_event(event: Any, customer_id: str, deps: Deps) -> dict[str, int]:
         row = conn.execute(select(baskets).where(baskets.c.customer_id == customer_id)).first()
         items = list(row.products) if row is not None and row.status == "open" else []
         value = float(row.value) if row is not None and row.status == "open" else 0.0
-        sign = 1 if event.event_type == "basket_add" else -1
+        sign = 1 if event.event_type in ("basket_add", "purchase_intent") else -1
         if event.product_id:
             if sign > 0:
                 items.append(event.product_id)

@@ -107,3 +107,22 @@ def test_email_cap_moves_the_message_to_sms(deps: Deps, profiles: dict) -> None:
     assert [m["channel"] for m in queued] == (
         ["sms"] if rows["offer_id"].iloc[1] != "no_offer" else []
     )
+
+
+def test_store_clerk_records_an_intent_every_channel_sees(deps: Deps, profiles: dict) -> None:
+    ev = _event("purchase_intent", 120, channel="store", loyalty_id="LC-77", product_id="phone_x")
+    res = actions.ingest(ev, deps)
+    cid = res["customer_id"]
+    basket = outbox.live_basket(cid, deps)
+    assert basket["products"] == ["phone_x"] and basket["channel"] == "store"
+    assert outbox.scan_abandoned(deps) == []  # the clerk follows up, not an e-mail robot
+    bought = actions.ingest(
+        _event("purchase", 1, channel="web", loyalty_id="LC-77", product_id="phone_x", value=499.0),
+        deps,
+    )
+    assert bought["baskets_closed"] == 1
+
+
+def test_intent_without_a_product_is_refused(deps: Deps) -> None:
+    with pytest.raises(ValidationError, match="product_id"):
+        actions.ingest(_event("purchase_intent", 1, channel="store", loyalty_id="LC-78"), deps)
