@@ -7,6 +7,7 @@ named profile fields: no expressions are evaluated.
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -21,14 +22,16 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 DEFAULT_PATH = Path(__file__).resolve().parent / "offers.yaml"
 NO_OFFER = "no_offer"
 CHANNELS = ("web", "app", "email", "sms", "call_centre", "store", "paid_media")
-# Profile fields rules may test (names of the unified profile's features).
-PROFILE_FIELDS: dict[str, type] = {
-    "plan": str,  # prepaid | postpaid_s | postpaid_m | postpaid_l
-    "tenure_months": float,
-    "months_left": float,  # months left on contract; missing (None/NaN) for prepaid
-    "arpu": float,
-    "age": float,
+# Rules test the features of this FeatureService, plus the derived fields below.
+PROFILE_SERVICE = "profile_v1"
+DAYS_PER_MONTH = 30.4375
+# Fields the catalogue speaks in (months) computed from a feature (days): name -> (feature,
+# divisor). ``serving.policy.profile_fields`` adds them to a profile before rules run.
+DERIVED_FIELDS: dict[str, tuple[str, float]] = {
+    "tenure_months": ("tenure_days", DAYS_PER_MONTH),
+    "months_left": ("months_left_on_contract", 1.0),  # missing (None/NaN) for prepaid
 }
+KINDS = ("text", "number", "boolean")  # what a rule can compare
 Op = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not_in"]
 _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     "==": operator.eq,
@@ -45,6 +48,29 @@ class CatalogError(ValueError):
     """An invalid catalogue; the message names the file line, the field and the reason."""
 
 
+@functools.cache
+def rule_fields() -> dict[str, str]:
+    """Every profile field name -> its kind (text, number, boolean, or the Feast type a rule
+    cannot compare), read from the FeatureService definition so a rule can only name a field
+    the decision will see. Derived fields count when their feature is in the service."""
+    from feast.types import Bool, Float32, Float64, Int32, Int64, String
+
+    from features.repo.feature_services import ALL_SERVICES
+
+    kinds = {String: "text", Bool: "boolean", Float32: "number", Float64: "number"}
+    kinds |= {Int32: "number", Int64: "number"}
+    service = next(s for s in ALL_SERVICES if s.name == PROFILE_SERVICE)
+    fields = {
+        f.name: kinds.get(f.dtype, str(f.dtype))
+        for projection in service.feature_view_projections
+        for f in projection.features
+    }
+    for name, (source, _) in DERIVED_FIELDS.items():
+        if fields.get(source) == "number":
+            fields[name] = "number"
+    return fields
+
+
 class Rule(BaseModel):
     """One eligibility condition: ``profile[field] <op> value``; a missing field never matches."""
 
@@ -55,24 +81,30 @@ class Rule(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> Rule:
-        if self.field not in PROFILE_FIELDS:
+        fields = rule_fields()
+        kind = fields.get(self.field)
+        if kind is None:
+            known = ", ".join(f for f, k in fields.items() if k in KINDS)
+            raise ValueError(f"unknown profile field {self.field!r} (known: {known})")
+        if kind not in KINDS:
             raise ValueError(
-                f"unknown profile field {self.field!r} (known: {', '.join(PROFILE_FIELDS)})"
+                f"field {self.field!r} is a {kind} feature: rules compare text, numbers or booleans"
             )
-        numeric = PROFILE_FIELDS[self.field] is float
         if self.op in ("in", "not_in"):
             if not isinstance(self.value, list) or not self.value:
                 raise ValueError(f"op {self.op} needs a non-empty list value")
         elif isinstance(self.value, list):
             raise ValueError(f"op {self.op} needs a single value, not a list")
-        elif self.op in ("<", "<=", ">", ">=") and not numeric:
-            raise ValueError(f"op {self.op} needs a numeric field, {self.field!r} is text")
+        elif self.op in ("<", "<=", ">", ">=") and kind != "number":
+            raise ValueError(f"op {self.op} needs a numeric field, {self.field!r} is {kind}")
         values = self.value if isinstance(self.value, list) else [self.value]
         for v in values:
-            if numeric and (isinstance(v, bool) or not isinstance(v, int | float)):
+            if kind == "number" and (isinstance(v, bool) or not isinstance(v, int | float)):
                 raise ValueError(f"field {self.field!r} is numeric, got {v!r}")
-            if not numeric and not isinstance(v, str):
+            if kind == "text" and not isinstance(v, str):
                 raise ValueError(f"field {self.field!r} is text, got {v!r}")
+            if kind == "boolean" and not isinstance(v, bool):
+                raise ValueError(f"field {self.field!r} is boolean, got {v!r}")
         return self
 
     def matches(self, profile: Mapping[str, Any]) -> bool:

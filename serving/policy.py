@@ -15,20 +15,19 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from serving.catalog import NO_OFFER, Offer
+from serving.catalog import DERIVED_FIELDS, NO_OFFER, Offer
 
 OUTBOUND = ("email", "sms", "paid_media")  # contact the person: explicit consent required
-DAYS_PER_MONTH = 30.4375
 
 
 def profile_fields(features: Mapping[str, Any]) -> dict[str, Any]:
-    """The catalogue's rule fields from the feature store's names (the catalogue speaks in
-    months, the profile view in days); fields already present are kept."""
+    """The catalogue's derived rule fields (``serving.catalog.DERIVED_FIELDS``) from the
+    feature store's names (the catalogue speaks in months, the profile view in days); fields
+    already present are kept."""
     out = dict(features)
-    if out.get("tenure_months") is None and out.get("tenure_days") is not None:
-        out["tenure_months"] = float(out["tenure_days"]) / DAYS_PER_MONTH
-    if out.get("months_left") is None and out.get("months_left_on_contract") is not None:
-        out["months_left"] = out["months_left_on_contract"]
+    for name, (source, divisor) in DERIVED_FIELDS.items():
+        if out.get(name) is None and out.get(source) is not None:
+            out[name] = float(out[source]) / divisor
     return out
 
 

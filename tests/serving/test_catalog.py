@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.catalog import CatalogError, Rule, load_catalog, parse_catalog
+from serving.catalog import CatalogError, Rule, load_catalog, parse_catalog, rule_fields
 
 BASE = """\
 version: 1
@@ -178,6 +178,38 @@ INVALID = [
         "version: 1\noffers: []\n",
         r"^<t>:2: offers: List should have at least 1 item after validation, not 0$",
     ),
+    (
+        "field the profile lacks",
+        _edit("field: plan, op: in, value: [prepaid, postpaid_s]", "field: age, op: <, value: 26"),
+        r"^<t>:14: offers\[0\]\.eligibility\[0\]: unknown profile field 'age' \(known: plan, arpu, "
+        r"tenure_days, months_left_on_contract, consent_email, .*, tenure_months, months_left\)$",
+    ),
+    (
+        "timestamp field",
+        _edit(
+            "field: plan, op: in, value: [prepaid, postpaid_s]",
+            "field: last_visit_at, op: <, value: 3",
+        ),
+        r"^<t>:14: offers\[0\]\.eligibility\[0\]: field 'last_visit_at' is a UnixTimestamp "
+        r"feature: rules compare text, numbers or booleans$",
+    ),
+    (
+        "number for a boolean",
+        _edit(
+            "field: plan, op: in, value: [prepaid, postpaid_s]",
+            "field: consent_sms, op: ==, value: 1",
+        ),
+        r"^<t>:14: offers\[0\]\.eligibility\[0\]: field 'consent_sms' is boolean, got 1$",
+    ),
+    (
+        "order op on a boolean",
+        _edit(
+            "field: plan, op: in, value: [prepaid, postpaid_s]",
+            "field: consent_sms, op: <, value: true",
+        ),
+        r"^<t>:14: offers\[0\]\.eligibility\[0\]: op < needs a numeric field, 'consent_sms' is "
+        r"boolean$",
+    ),
 ]
 
 
@@ -253,6 +285,13 @@ def test_eligibility_follows_the_rules() -> None:
         ({"field": "months_left", "op": "<=", "value": 3}, {"months_left": float("nan")}, False),
         ({"field": "months_left", "op": "<", "value": 3}, {"months_left": -1.0}, True),
         ({"field": "plan", "op": "not_in", "value": ["prepaid"]}, {}, False),
+        ({"field": "consent_sms", "op": "==", "value": True}, {"consent_sms": True}, True),
+        (
+            {"field": "basket_abandoned", "op": "!=", "value": True},
+            {"basket_abandoned": True},
+            False,
+        ),
+        ({"field": "purchases_30d", "op": ">=", "value": 2}, {"purchases_30d": 3}, True),
     ],
 )
 def test_rules_scalar_and_vectorised_agree(rule: dict, profile: dict, expected: bool) -> None:
@@ -260,6 +299,19 @@ def test_rules_scalar_and_vectorised_agree(rule: dict, profile: dict, expected: 
     assert r.matches(profile) is expected
     frame = pd.DataFrame([profile]) if profile else pd.DataFrame(index=[0])
     assert bool(r.mask(frame)[0]) is expected
+
+
+def test_every_rule_field_reaches_the_decision() -> None:
+    """What serving evaluates rules on (``profile_v1`` names through ``profile_fields``) holds
+    every field the shipped catalogue names: no rule can be silently never true."""
+    from features.repo.feature_services import profile_v1
+    from serving.policy import profile_fields
+
+    served = {f.name: 1 for p in profile_v1.feature_view_projections for f in p.features}
+    have = profile_fields(served)
+    rules = [(o.id, r.field) for o in load_catalog().offers for r in o.eligibility]
+    assert rules and all(have.get(field) is not None for _, field in rules), rules
+    assert set(rule_fields()) == set(have)
 
 
 def test_offer_mask_matches_is_eligible_on_random_profiles() -> None:
