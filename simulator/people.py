@@ -182,7 +182,8 @@ def contract_end_at(people: pd.DataFrame, idx: np.ndarray, at_us: np.ndarray) ->
 
 
 def profile_at(people: pd.DataFrame, idx: np.ndarray, at_us: np.ndarray) -> pd.DataFrame:
-    """The profile fields offers' eligibility rules read (see serving.catalog.PROFILE_FIELDS)."""
+    """The profile fields offers' eligibility rules read, from the truth (rules may only name
+    fields of the profile_v1 FeatureService or its derived fields: serving.catalog.rule_fields)."""
     at = np.broadcast_to(np.asarray(at_us, dtype=np.int64), idx.shape)
     return pd.DataFrame(
         {
@@ -190,6 +191,5 @@ def profile_at(people: pd.DataFrame, idx: np.ndarray, at_us: np.ndarray) -> pd.D
             "tenure_months": months_between(people["tenure_start"].to_numpy()[idx], at),
             "months_left": months_between(at, contract_end_at(people, idx, at)),
             "arpu": people["arpu"].to_numpy()[idx],
-            "age": 2026 - people["birth_year"].to_numpy()[idx],
         }
     )
