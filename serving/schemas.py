@@ -34,7 +34,7 @@ class DecideRequest(BaseModel):
     """One visit: any identifiers the channel has, the channel, the context."""
 
     model_config = ConfigDict(
-        extra="forbid", str_strip_whitespace=True, json_schema_extra={"examples": [EXAMPLE_REQUEST]}
+        extra="forbid", str_strip_whitespace=True, json_schema_extra={"example": EXAMPLE_REQUEST}
     )
     customer_id: str | None = Id
     email: str | None = Id

@@ -4,10 +4,12 @@ real catalogue, and a feature reader over a small seeded table of profiles."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.testclient import TestClient
 
 from experiments.ledger import Ledger
 from nextbest.db import engine_for
@@ -71,3 +73,13 @@ def deps(settings: Settings, profiles: dict[str, dict[str, Any]]) -> Deps:
         missing={"models": "nothing promoted yet"},
         rng=random.Random(7),
     )
+
+
+@pytest.fixture(scope="session")
+def client() -> Iterator[TestClient]:
+    """The BentoML service in process (ASGI), once per session: a second instance in the same
+    process would register its Prometheus metrics twice."""
+    from serving.service import Nextbest
+
+    with TestClient(Nextbest.to_asgi()) as c:
+        yield c

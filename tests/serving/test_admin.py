@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from starlette.testclient import TestClient
 
@@ -11,14 +9,6 @@ from serving.schemas import EXAMPLE_REQUEST
 
 CHANNEL = {"X-API-Key": "channel-dev-key"}
 ADMIN = {"X-API-Key": "admin-dev-key"}
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[TestClient]:
-    from serving.service import Nextbest
-
-    with TestClient(Nextbest.to_asgi()) as c:
-        yield c
 
 
 def test_report_served_behind_a_key(client: TestClient) -> None:
