@@ -84,7 +84,48 @@ def _features(settings: Settings, console: Console) -> dict[str, Any]:
         f"{built['events_mapped']:,} of {built['events']:,} events mapped to "
         f"{built['customers']:,} customers; {mat['rows']:,} online rows materialised"
     )
+    _unified_profile(settings, store, console)
     return {"customers": built["customers"], "online_rows": mat["rows"]}
+
+
+def _unified_profile(settings: Settings, store: Any, console: Console) -> None:
+    """One person as the source systems hold them (messy, several systems) and the one
+    customer and profile Nextbest made of them."""
+    import pandas as pd
+
+    from features.identity import Identifiers, graph_for
+    from features.store import read_online
+
+    records = pd.read_parquet(settings.world_dir / "identities.parquet")
+    by_person = records.groupby("true_person_id")
+    messy = (
+        by_person["source"].nunique() + by_person["email"].nunique() + by_person["phone"].nunique()
+    )
+    busiest = messy.idxmax()  # the most systems and the most spellings of the same person
+    mine = records[records["true_person_id"] == busiest]
+    graph = graph_for(settings)
+    table = Table(
+        title=f"one person, {len(mine)} records in {mine['source'].nunique()} systems",
+        caption="customer_id '-': identifiers shared with others (a household e-mail or "
+        "landline) point to no one on their own",
+    )
+    cols = ("email", "phone", "loyalty_id", "login_id", "cookie_id")
+    for col in ("source", "first_name", "last_name", *cols, "customer_id"):
+        table.add_column(col, overflow="fold")
+    ids = set()
+    for r in mine.itertuples(index=False):
+        known = {c: getattr(r, c) for c in cols if isinstance(getattr(r, c), str)}
+        cid = graph.lookup(Identifiers(**known)) if known else None
+        ids.add(cid)
+        table.add_row(r.source, r.first_name, r.last_name,
+                      *(getattr(r, c) or "" for c in cols), cid or "-")  # fmt: skip
+    console.print(table)
+    cid = next((c for c in ids if c), None)
+    if cid is not None:
+        row = read_online(store, "profile_v1", [cid])[0]
+        shown = ("plan", "arpu", "tenure_days", "purchases_90d", "visits_web_30d",
+                 "email_open_rate_90d", "complaints_90d", "basket_items")  # fmt: skip
+        console.print(f"unified profile of {cid}:", {k: row.get(k) for k in shown})
 
 
 def _train(settings: Settings, console: Console) -> dict[str, Any]:
