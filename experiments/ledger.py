@@ -36,6 +36,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from nextbest.db import create_tables
+
 metadata = MetaData()
 
 decisions = Table(
@@ -163,7 +165,7 @@ class Ledger:
 
             engine.dispose()  # pooled connections pick the setting up on reconnect
         if create:
-            metadata.create_all(engine)
+            create_tables(engine, metadata)
 
     def record_decision(self, row: DecisionRow) -> None:
         """Insert and commit before the caller acknowledges the decision."""

@@ -31,6 +31,8 @@ from sqlalchemy import (
     update,
 )
 
+from nextbest.db import create_tables
+
 metadata = MetaData()
 customers = Table(
     "identity_customers",
@@ -72,7 +74,7 @@ CHUNK = 5000  # bound parameters per IN (...) query, well below SQLite's and Pos
 def ensure_schema(engine: Engine) -> None:
     """Create missing tables, and add nullable columns that older graphs lack (no data moves).
     Honours a ``schema_translate_map`` (tests and tenants put the graph in its own schema)."""
-    metadata.create_all(engine)
+    create_tables(engine, metadata)
     schema = engine.get_execution_options().get("schema_translate_map", {}).get(None)
     with engine.begin() as conn:
         inspector = inspect(conn)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, MetaData, create_engine, event, text
 
 
 @lru_cache(maxsize=8)
@@ -32,3 +32,16 @@ def engine_for(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+DDL_LOCK = 0x4E425354  # one advisory-lock key for every Nextbest schema change
+
+
+def create_tables(engine: Engine, metadata: MetaData) -> None:
+    """``create_all`` that several workers may run at once: two PostgreSQL sessions creating
+    the same table collide in the catalogue (a unique violation), so creators take turns on
+    a transaction-scoped advisory lock. SQLite serialises writers on its own."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": DDL_LOCK})
+        metadata.create_all(conn)

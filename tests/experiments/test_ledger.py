@@ -73,3 +73,21 @@ def test_bad_outcome_type() -> None:
 
 def test_postgresql_ledger(pg_url: str) -> None:
     exercise(Ledger(engine_for(pg_url)))
+
+
+def test_workers_create_the_schema_at_once_on_postgresql(pg_url: str) -> None:
+    """Every service worker creates the tables at start; on PostgreSQL two concurrent CREATE
+    TABLEs of one name collide unless they take turns."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from features.graph_store import ensure_schema
+
+    engine = engine_for(pg_url)
+
+    def start_worker(_: int) -> None:
+        Ledger(engine)
+        ensure_schema(engine)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(start_worker, range(16)))
+    exercise(Ledger(engine))
