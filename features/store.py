@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from feast import FeatureStore
 
+    from features.online_read import ReadPlan
+
 PROJECT = "nextbest"
 
 
@@ -192,16 +194,48 @@ def read_online(
     now: datetime | None = None,
 ) -> list[dict[str, Any]]:
     """Online features of ``service`` per customer: ``customer_id`` then the features in the
-    service's order; unknown customers come back with None values."""
-    fs, needs_ts, names = _service(store, service)
-    rows: list[dict[str, Any]] = [{"customer_id": c} for c in customer_ids]
-    if needs_ts:
-        stamp = now or datetime.now(UTC)
-        for row in rows:
-            row["request_ts"] = stamp
-    columns = store.get_online_features(features=fs, entity_rows=rows).to_dict()
-    keys = ["customer_id", *names]
-    return [{k: columns[k][i] for k in keys} for i in range(len(customer_ids))]
+    service's order; unknown customers come back with None values.
+
+    Reads each feature view through the provider's ``online_read`` and runs the on-demand
+    views' own transforms (``features.online_read``), instead of ``get_online_features``:
+    ~0.2 ms against ~0.9-1.6 ms for one customer. Names, views and transforms all come from
+    the FeatureService; values come out exactly as Feast's own path gives them (a test holds
+    the two equal).
+    """
+    from features.online_read import request_ts, round_trip, to_python
+
+    plan = _read_plan(store, service)
+    unique = list(dict.fromkeys(customer_ids))
+    values: dict[str, list[Any]] = {plan.join_key: unique}
+    keys = plan.entity_keys(unique)
+    provider, config = store.provider, store.config
+    for view, wanted in plan.views:
+        rows = provider.online_read(config, view, keys, list(wanted))
+        for name in wanted:
+            kind = plan.types[name]
+            values[name] = [to_python(data.get(name) if data else None, kind) for _, data in rows]
+    if plan.odfvs:
+        stamp = request_ts((now or datetime.now(UTC)).replace(microsecond=0))
+        for name in plan.request_fields:
+            values[name] = [stamp] * len(unique)
+        for odfv, wanted in plan.odfvs:
+            out = plan.transform(odfv, values)
+            for name in wanted:
+                values[name] = round_trip(out[name], plan.types[name])
+    by_id = {c: i for i, c in enumerate(unique)}
+    keys_out = [plan.join_key, *plan.names]
+    return [{k: values[k][by_id[c]] for k in keys_out} for c in customer_ids]
+
+
+def _read_plan(store: FeatureStore, service: str) -> ReadPlan:
+    """The service's read plan, cached on the store like ``_service``."""
+    from features.online_read import ReadPlan
+
+    cache: dict[str, ReadPlan] = store.__dict__.setdefault("_nextbest_plans", {})
+    if service not in cache:
+        fs, _, names = _service(store, service)
+        cache[service] = ReadPlan(store, fs, names)
+    return cache[service]
 
 
 def historical_features(store: FeatureStore, service: str, entity_df: pd.DataFrame) -> pd.DataFrame:

@@ -228,3 +228,100 @@ def test_redis_online_store(feature_home, tmp_path) -> None:  # noqa: ANN001
     push_realtime(store, cid, state, datetime.now(UTC))
     seen = read_online(store, "offer_v1", [cid])[0]
     assert (seen["basket_items"], seen["basket_value"], seen["last_channel"]) == (5, 50.0, "app")
+
+
+def _fresh_home(home, tmp_path, **update):  # noqa: ANN001, ANN202
+    """A store of its own over a copy of the session's snapshots and batch event log, applied
+    and materialised (erasure tests must not delete rows other tests read)."""
+    import shutil
+
+    from features.store import apply_repo, get_store, materialize
+
+    settings = home.settings.model_copy(update={"home": tmp_path, **update})
+    shutil.copytree(home.settings.feature_dir / "snapshots", settings.feature_dir / "snapshots")
+    settings.event_log_dir.mkdir(parents=True)
+    shutil.copy(home.settings.event_log_dir / "batch.parquet", settings.event_log_dir)
+    store = get_store(settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        apply_repo(store)
+        end = pd.Timestamp(home.build["snapshots"][-1]).to_pydatetime()
+        materialize(store, end=end + timedelta(seconds=1))
+    return settings, store
+
+
+def _rows_of(settings, customer_id: str) -> dict[str, int]:  # noqa: ANN001
+    """Rows naming the customer in every Parquet file of the feature folder, and in the log."""
+    from features.ingest import read_event_log
+
+    counts = {}
+    for path in sorted(settings.feature_dir.rglob("*.parquet")):
+        frame = pd.read_parquet(path)
+        if "customer_id" in frame.columns:
+            counts[path.name] = int((frame["customer_id"] == customer_id).sum())
+    log = read_event_log(settings)
+    counts["event_log"] = int((log["customer_id"] == customer_id).sum())
+    return counts
+
+
+def _check_erasure(feature_home, settings, store, online_rows) -> None:  # noqa: ANN001
+    """Erase one customer with a live event and a basket: nothing of them is left in any store,
+    the neighbour's features and rows are exactly as before, and a second erase finds nothing."""
+    from features.erase import erase_customer
+    from features.events import parse_event
+    from features.ingest import append_event, push_realtime
+
+    gone, kept = list(_final_rows(feature_home).index[:2])
+    now = datetime.now(UTC)
+    for i, cid in enumerate((gone, kept)):
+        event = {"ts": now.isoformat(), "channel": "app", "event_type": "session_start"}
+        event.update(event_id=f"e{i}", customer_id=cid)
+        assert append_event(settings, parse_event(event), cid)
+        state = {"basket_items": 1, "basket_value": 5.0, "last_channel": "app"}
+        push_realtime(store, cid, state, now)
+    before = read_online(store, "profile_v1", [gone, kept], now=now)
+    assert before[0]["plan"] is not None and before[0]["basket_items"] == 1
+    rows_gone, rows_kept = _rows_of(settings, gone), _rows_of(settings, kept)
+    assert rows_gone["customer_features.parquet"] > 0 and rows_gone["event_log"] > 0
+
+    erased = erase_customer(store, gone, settings)
+
+    assert erased == {
+        "online": online_rows,
+        "offline": sum(n for k, n in rows_gone.items() if k != "event_log"),
+        "event_log": rows_gone["event_log"],
+    }
+    after = read_online(store, "profile_v1", [gone, kept], now=now)
+    assert all(
+        v is None for k, v in after[0].items() if k not in ("customer_id", "basket_abandoned")
+    )
+    assert after[1] == before[1]
+    assert set(_rows_of(settings, gone).values()) == {0}
+    assert gone.encode() not in (settings.event_log_dir / "live.db").read_bytes()
+    assert _rows_of(settings, kept) == rows_kept
+    assert erase_customer(store, gone, settings) == {"online": 0, "offline": 0, "event_log": 0}
+
+
+def test_erase_customer_sqlite(feature_home, tmp_path) -> None:  # noqa: ANN001
+    settings, store = _fresh_home(feature_home, tmp_path)
+    # SQLite keeps one row per (customer, feature) in each view's table
+    per_feature = sum(len(v.features) for v in store.list_feature_views())
+    _check_erasure(feature_home, settings, store, online_rows=per_feature)
+    raw = (settings.feature_dir / "online.db").read_bytes()
+    assert _final_rows(feature_home).index[0].encode() not in raw  # secure_delete zeroed it
+
+
+def test_erase_customer_redis(feature_home, tmp_path) -> None:  # noqa: ANN001
+    if not _redis_up():
+        pytest.skip("Redis is not answering on 127.0.0.1:6379 (erasure from the Redis store)")
+    import redis
+
+    redis.Redis(host="127.0.0.1", port=6379, db=REDIS_TEST_DB).flushdb()
+    settings, store = _fresh_home(
+        feature_home,
+        tmp_path,
+        online_store="redis",
+        redis_url=f"127.0.0.1:6379,db={REDIS_TEST_DB}",
+    )
+    # Redis keeps one hash per customer holding every view
+    _check_erasure(feature_home, settings, store, online_rows=1)

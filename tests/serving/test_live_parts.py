@@ -10,12 +10,13 @@ import pytest
 from nextbest.settings import Settings
 from serving import actions
 from serving.decide import DecideRequest, decide
-from serving.deps import load_deps
+from serving.deps import Deps, load_deps
 
 
 @pytest.mark.slow
 def test_decide_and_ingest_on_a_real_feature_store(tmp_path: Path) -> None:
     from benchmarks.decide import prepare_features
+    from features.ingest import REALTIME_FIELDS
 
     settings = Settings(home=tmp_path).ensure_dirs()
     prepare_features(settings, customers=20)
@@ -39,3 +40,23 @@ def test_decide_and_ingest_on_a_real_feature_store(tmp_path: Path) -> None:
     assert res["pushed"] is True and res["basket_items"] == 1, res
     live = deps.features.read(res["customer_id"])
     assert live["basket_items"] == 1  # pushed online, read back by the decision path
+
+    erased = actions.erase(actions.EraseRequest(customer_id=res["customer_id"]), deps)
+    features = erased["features"]
+    # a customer born live has one online row: the real-time view, one row per feature
+    assert features == {"online": len(REALTIME_FIELDS), "offline": 0, "event_log": 1}, erased
+    assert "basket_items" not in deps.features.read(res["customer_id"])
+    erased = actions.erase(actions.EraseRequest(customer_id="bench000003"), deps)
+    assert erased["features"]["offline"] > 0 and erased["ledger"]["decisions"] == 1, erased
+    assert "plan" not in deps.features.read("bench000003")
+
+
+def test_erase_reports_a_failing_feature_store(deps: Deps) -> None:
+    """Redis refusing connections: the result says so (no 500), the rest is still erased."""
+    deps.settings = deps.settings.model_copy(
+        update={"online_store": "redis", "redis_url": "127.0.0.1:1"}
+    )
+    decide(DecideRequest(customer_id="c-post", channel="web"), deps)
+    erased = actions.erase(actions.EraseRequest(customer_id="c-post"), deps)
+    assert erased["ledger"]["decisions"] == 1
+    assert erased["features"].startswith("failed: ConnectionError"), erased

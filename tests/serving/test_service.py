@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from starlette.testclient import TestClient
 
@@ -12,14 +10,6 @@ from serving.schemas import EXAMPLE_REQUEST
 CHANNEL = {"X-API-Key": "channel-dev-key"}
 ADMIN = {"X-API-Key": "admin-dev-key"}
 EXAMPLE = EXAMPLE_REQUEST
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[TestClient]:
-    from serving.service import Nextbest
-
-    with TestClient(Nextbest.to_asgi()) as c:
-        yield c
 
 
 def test_decide_and_outcome_round_trip(client: TestClient) -> None:
@@ -184,3 +174,9 @@ def test_erase_with_admin_key(client: TestClient) -> None:
     client.post("/decide", json={"customer_id": "gone", "channel": "web"}, headers=CHANNEL)
     r = client.post("/erase", json={"customer_id": "gone"}, headers=ADMIN)
     assert r.status_code == 200 and r.json()["ledger"]["decisions"] == 1
+    assert r.json()["features"] == {"online": 0, "offline": 0, "event_log": 0}
+    ev = {"ts": "2026-01-02T10:00:00Z", "channel": "app", "event_type": "session_start"}
+    ev["email"] = "erase-me@example.com"
+    cid = client.post("/events", json=ev, headers=CHANNEL).json()["customer_id"]
+    r = client.post("/erase", json={"customer_id": cid}, headers=ADMIN)
+    assert r.json()["features"]["event_log"] == 1 and r.json()["identities"] >= 2, r.json()
