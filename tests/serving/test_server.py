@@ -47,8 +47,8 @@ def _load(base: str, acked: dict[str, list[str]], stop: threading.Event, k: int)
 
 @pytest.mark.slow
 def test_real_server_and_sigkill(tmp_path: Path) -> None:
-    """Run with the weaker ``synchronous=NORMAL``: in WAL mode it loses nothing to a process
-    crash (only to power loss), and the default FULL is strictly stronger."""
+    """Run with ``synchronous=NORMAL`` (the default): in WAL mode it loses nothing to a process
+    crash (only to power loss), and the opt-in FULL is strictly stronger."""
     settings = Settings(home=tmp_path, workers=1, ledger_synchronous="NORMAL")
     env = {"NEXTBEST_LEDGER_SYNCHRONOUS": "NORMAL"}
     port = run.free_port()
