@@ -320,6 +320,19 @@ def serve(
     os.execve(cmd[0], cmd, env)  # bentoml becomes this process: signals reach it directly
 
 
+@app.command()
+def bento(as_json: JsonFlag = False) -> None:
+    """Build the service into a Bento carrying the promoted models (`bentoml containerize`
+    makes an image of it)."""
+    from serving.bento import BentoBuildError, build_bento
+
+    s = get_settings().ensure_dirs()
+    try:
+        emit(build_bento(s), as_json)
+    except BentoBuildError as exc:
+        fail(str(exc))
+
+
 @bench_app.command("decide")
 def bench_decide_cmd(
     seconds: Annotated[float, typer.Option(help="seconds per load level")] = 5.0,

@@ -12,9 +12,10 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from experiments.ledger import Ledger
+from experiments.ledger import Ledger, now
 from nextbest.db import engine_for
 from nextbest.settings import Settings
 
@@ -44,7 +45,7 @@ class FeatureReader:
         return merged
 
     def read_many(self, customer_ids: list[str], service: str = "profile_v1") -> list[dict]:
-        """Several customers in one call: Feast's cost is mostly per call, not per row."""
+        """Several customers in one call: one query per feature view for all of them."""
         if time.monotonic() < self._down_until:  # a failing store is not retried per request
             raise RuntimeError(f"unavailable, retrying soon ({self._why})")
         try:
@@ -70,6 +71,8 @@ class Deps:
     ingest: Callable[..., dict] | None = None
     missing: dict[str, str] = field(default_factory=dict)
     rng: random.Random = field(default_factory=lambda: random.Random(secrets.randbits(64)))
+    # the decision time: the wall clock, or a simulated one (the replay runs on the world's time)
+    clock: Callable[[], datetime] = now
 
     def offers(self) -> list[Any]:
         return list(getattr(self.catalog, "offers", []) or []) if self.catalog is not None else []
@@ -132,6 +135,31 @@ def _ingest() -> Callable[..., dict]:
     from features.ingest import ingest_event
 
     return ingest_event
+
+
+def pinned_models(settings: Settings) -> dict[str, Any]:
+    """``BentoModel`` references to the promoted models in the store now, by exact version, for
+    the service's class scope: ``bentoml build`` packs those into the Bento (and ``serve``
+    resolves them before starting). Nothing promoted, or no store: an empty dict, and the
+    service starts anyway with fallback decisions. The models themselves are still loaded
+    by ``load_deps`` from ``name:latest``, which in a built Bento are exactly these."""
+    try:
+        import bentoml
+
+        from training.bandit import MODEL_NAME as BANDIT
+        from training.scoring import MODEL_NAMES, bentoml_models
+
+        store = bentoml_models(settings)
+    except Exception as exc:  # noqa: BLE001 - no store: nothing to pin
+        log.warning("no model store to pin models from: %s", exc)
+        return {}
+    pinned: dict[str, Any] = {}
+    for name in (*MODEL_NAMES, BANDIT):
+        try:
+            pinned[name] = bentoml.models.BentoModel(store.get(f"{name}:latest").tag)
+        except Exception:  # noqa: BLE001, S112 - bentoml.exceptions.NotFound: not promoted yet
+            continue
+    return pinned
 
 
 def load_deps(settings: Settings, ledger: Ledger | None = None, **override: Any) -> Deps:

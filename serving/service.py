@@ -26,12 +26,13 @@ from serving.auth import ApiGuard
 from serving.batching import FeatureBatcher
 from serving.bentofix import cancel_timeout_timers
 from serving.decide import DecideRequest, DecideResponse, Known, plan, resolve
-from serving.deps import Deps, load_deps
-from serving.writer import GroupWriter
+from serving.deps import Deps, load_deps, pinned_models
+from serving.writer import GroupWriter, WalCheckpointer
 from simulator.schema import CHANNELS
 
 log = logging.getLogger("nextbest.service")
 SETTINGS = get_settings()
+PINNED = pinned_models(SETTINGS)
 
 
 cancel_timeout_timers()
@@ -92,6 +93,12 @@ reads = Starlette(
 class Nextbest:
     """One decision brain behind every channel."""
 
+    # Pinned at class scope so a built Bento carries the promoted models (None: not promoted;
+    # decisions then fall back). Loading stays in ``load_deps``: ``name:latest`` is these.
+    churn_model = PINNED.get("churn")
+    propensity_model = PINNED.get("propensity")
+    bandit_model = PINNED.get("bandit")
+
     def __init__(self) -> None:
         self.deps = load_deps(get_settings())
         cheap_commit = (
@@ -99,6 +106,7 @@ class Nextbest:
             and self.deps.settings.ledger_synchronous == "NORMAL"
         )
         self.writer = GroupWriter(self.deps.ledger, inline=cheap_commit)
+        self.checkpointer = WalCheckpointer(self.deps.ledger.engine)
         self.batcher = FeatureBatcher(self.deps.features) if self.deps.features else None
         STATE.deps = self.deps
         self._scanner: asyncio.Task | None = None
@@ -106,8 +114,13 @@ class Nextbest:
     @bentoml.on_startup
     async def _start(self) -> None:
         self._scanner = asyncio.create_task(self._scan_forever())
+        self.checkpointer.start()  # WAL checkpoints off the decisions' commits
         gc.collect()
         gc.freeze()  # start-up objects (models, catalogue, BentoML) leave the GC's generations
+
+    @bentoml.on_shutdown
+    async def _stop(self) -> None:
+        self.checkpointer.stop()
 
     async def _scan_forever(self) -> None:
         while True:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,18 +268,24 @@ class ModelBundle:
 
 
 _installed: dict[str, Any] = {}  # the model store this module installed, by home folder
+# A BENTOML_HOME set before Nextbest ran (serving a built Bento, a deployment's own store)
+# wins over the project's home: the models the Bento pinned live there.
+EXTERNAL_BENTOML_HOME = os.environ.get("BENTOML_HOME")
 
 
 def bentoml_models(settings: Settings) -> Any:
-    """``bentoml.models`` over the store in the project's home (``settings.bentoml_home``).
+    """``bentoml.models`` over the store in the project's home (``settings.bentoml_home``),
+    unless BENTOML_HOME was set from outside and names another store.
 
     BENTOML_HOME is read once per process, so when the home changes (tests, several settings)
     the store provider is pointed at the new folder. A store chosen by someone else (a built
     Bento being served installs its own) is left alone: the champions travel inside the Bento.
     """
-    import os
-
     home = str(settings.bentoml_home)
+    if EXTERNAL_BENTOML_HOME and Path(EXTERNAL_BENTOML_HOME).resolve() != Path(home).resolve():
+        import bentoml
+
+        return bentoml.models
     os.environ.setdefault("BENTOML_HOME", home)
     import bentoml
     from bentoml._internal.configuration.containers import BentoMLContainer
