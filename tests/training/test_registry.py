@@ -12,7 +12,7 @@ import pytest
 
 from nextbest.settings import Settings
 from training.churn import evaluate_churn, fit_churn
-from training.registry import RegistryError, log_model_run, promote
+from training.registry import RegistryError, client_for, log_model_run, promote
 from training.scoring import Scorer, bentoml_models, load_bundle
 
 FEATURES = ["plan", "tenure_days", "complaints_90d"]
@@ -95,7 +95,7 @@ def test_champion_by_alias_scores_like_training(registry: dict) -> None:
     settings, good = registry["settings"], registry["good"]
     known = registry["valid"][FEATURES].head(5)
     at_training = good.predict_frame(known)["churn_risk"].to_numpy()
-    mlflow.set_tracking_uri(settings.tracking_uri)
+    client_for(settings)  # tracking and registry URIs: a loaded alias reads this store
     by_alias = mlflow.pyfunc.load_model("models:/churn@champion").predict(known)
     np.testing.assert_array_equal(by_alias["churn_risk"].to_numpy(), at_training)
     bundle = load_bundle(settings)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from training.datasets import CHURN_HORIZON, churn_frames, propensity_frames
-from training.registry import load_version
+from training.registry import client_for, load_version
 from training.scoring import load_bundle
 
 pytestmark = pytest.mark.slow
@@ -102,7 +102,7 @@ def test_train_serve_consistency(trained_world) -> None:  # noqa: ANN001
         {"customer_id": customers, "event_timestamp": last + pd.Timedelta(seconds=1)}
     )
     offline = historical_features(store, "churn_v1", entity).set_index("customer_id").loc[customers]
-    mlflow.set_tracking_uri(settings.tracking_uri)
+    client_for(settings)  # tracking and registry URIs: a loaded alias reads this store
     by_alias = mlflow.pyfunc.load_model("models:/churn@champion")
     trained = load_version(settings, "churn", trained_world.churn["version"])
     at_training = trained.predict_frame(offline.reset_index())["churn_risk"].to_numpy()
