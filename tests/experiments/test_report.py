@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -52,6 +53,16 @@ def make_world(folder: Path, seed: int = 5) -> Path:
     pd.DataFrame(rows).to_parquet(folder / "exposures.parquet")
     pd.DataFrame(people).to_parquet(folder / "people.parquet")
     return folder
+
+
+@pytest.fixture(autouse=True)
+def own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """An empty home per test: decisions other tests left in the session's home must not
+    appear in these reports."""
+    monkeypatch.setenv("NEXTBEST_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="module")
