@@ -183,7 +183,7 @@ def evaluate_policy(settings: Any, name: str, days: float | None = None) -> dict
     from datetime import timedelta
 
     from experiments.ledger import now
-    from training.bandit import ledger_examples
+    from training.bandit import ledger_examples, logged_distribution
 
     since = now() - timedelta(days=days) if days else None
     ex = ledger_examples(settings, since=since)
@@ -191,10 +191,7 @@ def evaluate_policy(settings: Any, name: str, days: float | None = None) -> dict
         raise ValueError("ledger: no learnable decisions to evaluate on (treatment, offer shown)")
     policy = _named_policy(settings, name, ex)
     r, p = ex["reward"].to_numpy(float), ex["propensity"].to_numpy(float)
-    dists = [
-        policy.distribution(x.features, x.channel, x.context, x.allowed)
-        for x in ex.itertuples(index=False)
-    ]
+    dists = [logged_distribution(policy, x) for x in ex.itertuples(index=False)]
     target = np.array([d.get(o, 0.0) for d, o in zip(dists, ex["offer_id"], strict=True)])
     # reward model for DM/DR: the logged mean reward of each offer (self-normalised per offer)
     means = {o: float(np.average(r[ex["offer_id"] == o], weights=1 / p[ex["offer_id"] == o]))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -125,22 +126,24 @@ class Recorder:
 
     def __init__(self, policy: Any) -> None:
         self.policy = policy
-        self.last: tuple[dict, str, dict, list[str], dict[str, float]] | None = None
+        self.last: tuple[dict, str, dict, list[str], dict[str, float], Any] | None = None
 
     @property
     def version(self) -> str:
         return self.policy.version
 
     def distribution(
-        self, features: dict, channel: str, context: dict, allowed: list[str]
+        self, features: dict, channel: str, context: dict, allowed: list[str], scores: Any = None
     ) -> dict[str, float]:
-        probs = self.policy.distribution(features, channel, context, allowed)
-        self.last = (dict(features), channel, dict(context), list(allowed), probs)
+        probs = self.policy.distribution(features, channel, context, allowed, scores)
+        self.last = (dict(features), channel, dict(context), list(allowed), probs, scores)
         return probs
 
-    def choose(self, features: dict, channel: str, context: dict, allowed: list[str]) -> Any:
-        offer, probs = self.policy.choose(features, channel, context, allowed)
-        self.last = (dict(features), channel, dict(context), list(allowed), probs)
+    def choose(
+        self, features: dict, channel: str, context: dict, allowed: list[str], scores: Any = None
+    ) -> Any:
+        offer, probs = self.policy.choose(features, channel, context, allowed, scores)
+        self.last = (dict(features), channel, dict(context), list(allowed), probs, scores)
         return offer, probs
 
 
@@ -209,6 +212,19 @@ def _outcomes(
 
 
 ID_COLUMNS = ("email", "phone", "loyalty_id", "login_id", "cookie_id")
+# decision opportunities (sessions, store visits, calls) per customer per day in the default
+# world's history: ~50,000 in 90 days for 2,000 customers
+VISITS_PER_CUSTOMER_DAY = 0.28
+
+
+class Clock:
+    """The decision pipeline's clock set to the visit being replayed."""
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
 
 
 def _truth_matrices(truth: Any, frame: Any, offer_ids: list[str]) -> tuple[np.ndarray, ...]:
@@ -238,6 +254,7 @@ def run_replay(
     days: int | None = None,
     check_every: int = 25,
     outcomes: Literal["sampled", "expected"] = "sampled",
+    span_days: float | None = None,
     plot: bool = True,
     progress: bool = True,
 ) -> ReplayResult:
@@ -246,7 +263,13 @@ def run_replay(
     ``outcomes="sampled"`` reports the purchases the truth draws; ``"expected"`` reports each
     decision's expected window value instead (same path, same reward, no sampling noise), which
     separates what the learner can learn from how noisy a world's conversions are.
+
+    The visits arrive over ``span_days`` of world time (default: at the world's own visit rate)
+    and the pipeline runs on that clock: contact caps (2-4 shows of an offer per 30 days) then
+    bind as they would live, instead of every visit of the replay falling in one cap window.
     """
+    if span_days is not None and not span_days > 0:
+        raise ValueError(f"span_days must be > 0, got {span_days}")
     from features.identity import graph_for
     from serving.actions import OutcomeRequest, record_outcome
     from serving.decide import decide
@@ -273,7 +296,8 @@ def run_replay(
     rs = replay_settings(settings).model_copy(update={"bandit_exploration": exploration})
     rng = np.random.default_rng(settings.seed if seed is None else seed)
     truth = Truth.load(settings.world_dir)
-    frame = truth.sample_visits(rng, visits)
+    span = span_days or visits / (VISITS_PER_CUSTOMER_DAY * len(truth.people))
+    frame = truth.sample_visits(rng, visits, span_days=span)
     offer_ids = list(truth.catalog.ids)
     col = {o: j for j, o in enumerate(offer_ids)}
     p1, p0, values, value, cost = _truth_matrices(truth, frame, offer_ids)
@@ -286,6 +310,9 @@ def run_replay(
     # the identity graph lives in the project's ledger database: resolve against it
     deps = load_deps(rs, bandit=bandit, graph=graph_for(settings))
     deps.rng = random.Random(int(rng.integers(2**31)))  # the pipeline's draws, reproducible
+    clock = Clock(frame["at"].iloc[0].to_pydatetime())
+    deps.clock = clock  # caps and attribution windows run on the visits' time, not the wall's
+    champion: Any = None
     allowed = np.zeros(values.shape, dtype=bool)
     probs = np.zeros(values.shape)
     treated = np.zeros(visits, dtype=bool)
@@ -298,9 +325,10 @@ def run_replay(
         task = bar.add_task("replay", total=visits, status="", visible=progress)
         for i, visit in enumerate(frame.itertuples(index=False)):
             bandit.last = None
+            clock.at = visit.at.to_pydatetime()
             response = decide(_request(visit), deps)
             if bandit.last is not None and response.offers:
-                feats, channel, context, allowed_ids, dist = bandit.last
+                feats, channel, context, allowed_ids, dist, scores = bandit.last
                 chosen = response.offers[0].offer_id
                 for o, p in dist.items():
                     allowed[i, col[o]], probs[i, col[o]] = True, p
@@ -337,21 +365,22 @@ def run_replay(
                     record_outcome(
                         OutcomeRequest(idempotency_key=f"{visit.visit_id}:{offer_ids[j]}",
                                        decision_id=response.decision_id, type=kind,
-                                       value=amount),
+                                       value=amount, ts=clock.at),
                         deps,
                     )  # fmt: skip
                     reward += amount - (cost[j] if kind == "conversion" else 0.0)
                 bandit.policy.learn(
-                    feats, channel, context, allowed_ids, chosen, dist[chosen], reward
+                    feats, channel, context, allowed_ids, chosen, dist[chosen], reward, scores
                 )
             if (i + 1) % retrain_every == 0 and i + 1 < visits:
                 bar.update(task, status="retraining")
-                try:
-                    info = train_bandit(rs, promote=True)
+                try:  # judged against this replay's last promotion, not an earlier run's
+                    info = train_bandit(rs, promote=True, champion=champion)
                 except BanditError as exc:
                     info = {"error": str(exc)}
                 if info.get("promoted"):
                     bandit.policy = load_bandit(rs) or bandit.policy
+                    champion = load_bandit(rs)  # as promoted: serving goes on learning online
                 retrains.append({"visits": i + 1, "serving": bandit.version, **info})
             if (i + 1) % every == 0 or i + 1 == visits:
                 seg = np.flatnonzero(treated[last : i + 1]) + last

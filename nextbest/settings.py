@@ -52,20 +52,24 @@ class Settings(BaseSettings):
     abandon_after_minutes: int = Field(60, gt=0)
     epsilon: float = Field(0.05, ge=0, le=1, description="exploration floor")
     bandit_exploration: Literal["epsilon", "squarecb"] = Field(
-        "epsilon", description="VW exploration of the bandit (epsilon uses `epsilon`)"
+        "squarecb", description="VW exploration of the bandit (epsilon uses `epsilon`)"
     )
     experiment: str = Field("nbo", description="experiment of decisions without a campaign")
     contact_caps: dict[str, int] = Field(
         {"email": 2, "sms": 2}, description="outbound contacts per channel per cap window"
     )
     cap_window_days: int = Field(7, gt=0)
-    churn_lever: float = Field(1.0, ge=0, description="extra weight of retention offers x churn risk")
+    churn_lever: float = Field(
+        1.0, ge=0, description="extra weight of retention offers x churn risk"
+    )
     retention_offers: list[str] = Field(["retention_discount"], description="churn lever applies")
     abandon_scan_seconds: float = Field(30.0, gt=0, description="how often serve scans baskets")
     request_timeout: int = Field(10, gt=0, description="BentoML request timeout, seconds")
     ledger_synchronous: Literal["FULL", "NORMAL"] = Field(
-        "FULL", description="SQLite ledger: FULL survives power loss; NORMAL (WAL) survives "
-        "process crashes (SIGKILL) and commits without an fsync each time"
+        "NORMAL",
+        description="SQLite ledger: NORMAL (WAL) survives process crashes (SIGKILL: "
+        "a commit is in the WAL file before it returns) without an fsync per commit; FULL also "
+        "survives power loss, at 2.6-3.8 ms per commit",
     )
     channel_keys: list[str] = ["channel-dev-key"]
     admin_keys: list[str] = ["admin-dev-key"]

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from experiments.assignment import assign_all
-from experiments.ledger import DecisionRow, now
+from experiments.ledger import DecisionRow
 from serving import policy
 from serving.deps import Deps
 from serving.schemas import DecideRequest, DecideResponse, RankedOffer, VisitContext
@@ -157,7 +157,8 @@ def explore(
             # only the distribution is needed: the draw is ours, with the logged probability
             spread = getattr(deps.bandit, "distribution", None)
             args = (features, request.channel, request.context.model_dump(), allowed)
-            probs = spread(*args) if spread else deps.bandit.choose(*args)[1]
+            # the models' expected incremental values: the bandit starts from their ranking
+            probs = spread(*args, values) if spread else deps.bandit.choose(*args, values)[1]
             return policy.normalise(probs, allowed)
         except Exception as exc:  # noqa: BLE001
             reasons.append(f"bandit: {type(exc).__name__}: {exc}")
@@ -177,7 +178,7 @@ def plan(
 ) -> tuple[DecideResponse, DecisionRow]:
     """The decision and its ledger row, not yet written (the service commits rows in groups).
     ``known`` carries identity and features already read (the service batches feature reads)."""
-    ts = now()
+    ts = deps.clock()
     if known is None:
         known = Known(reasons=[])
         known.customer_id = resolve(request, deps, known.reasons)

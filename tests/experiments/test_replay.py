@@ -23,7 +23,11 @@ def test_summary_values_by_hand() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"visits": 0}, "visits must be >= 1, got 0"), ({"retrain_every": 0}, "retrain_every")],
+    [
+        ({"visits": 0}, "visits must be >= 1, got 0"),
+        ({"retrain_every": 0}, "retrain_every"),
+        ({"span_days": 0}, "span_days must be > 0, got 0"),
+    ],
 )
 def test_bad_arguments(kwargs, message, tmp_path) -> None:
     from nextbest.settings import Settings
@@ -34,27 +38,29 @@ def test_bad_arguments(kwargs, message, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_replay_learns_through_the_real_pipeline(tmp_path_factory) -> None:
-    """A small world, 1,000 visits: the bandit beats uniform random, and every logged
-    probability is the one the bandit drew from. Outcomes are reported as expected values so
-    that 1,000 visits are enough to see learning (sampled conversions need far more)."""
+    """A small world, 1,000 visits: the bandit beats uniform random and the best single offer,
+    and every logged probability is the one the bandit drew from. Outcomes are reported as
+    expected values so that 1,000 visits are enough to see learning (sampled conversions need
+    far more). Measured: gap closed 0.57 when the bandit learns, 0.00 when ``learn`` and the
+    retraining are made no-ops (no models are trained here, so there are no scores to lean on)."""
     from experiments.ledger import Ledger
     from nextbest.db import engine_for
     from nextbest.settings import Settings
 
     settings = Settings(home=tmp_path_factory.mktemp("replay_home"), customers=400, days=30)
     result = run_replay(
-        settings, 1000, retrain_every=500, exploration="epsilon", outcomes="expected",
+        settings, 1000, retrain_every=500, exploration="squarecb", outcomes="expected",
         checkpoints=4, window=500, progress=False,
     )  # fmt: skip
     assert result.logged_matches_policy == 1.0
-    assert result.policy > result.random + 0.25 * (result.oracle - result.random), result
+    assert result.gap_closed > 0.3 and result.policy > result.best_single, result
     assert result.oracle >= result.policy
     assert result.retrains[0]["promoted"] and result.retrains[0]["serving"] == "bandit:1"
     ledger = Ledger(engine_for(f"sqlite:///{settings.home / 'replay' / 'ledger.db'}"))
     counts = ledger.counts()
     assert counts["decisions"] == 1000
     assert counts["outcomes"] == result.treated_visits  # one expected-value report each
-    assert result.plot and (settings.reports_dir / "replay_epsilon_expected.png").exists()
+    assert result.plot and (settings.reports_dir / "replay_squarecb_expected.png").exists()
 
 
 @pytest.mark.parametrize(
