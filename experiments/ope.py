@@ -150,7 +150,7 @@ class FixedPolicy:
 
 
 def _named_policy(settings: Any, name: str, examples: Any) -> Any:
-    from training.bandit import load_bandit, load_registered
+    from training.bandit_registry import load_bandit, load_registered
 
     if name == "uniform":
         return FixedPolicy()
@@ -172,7 +172,7 @@ def _named_policy(settings: Any, name: str, examples: Any) -> Any:
 
 
 def _target(policy: Any, examples: Any) -> np.ndarray:
-    from training.bandit import target_probabilities
+    from training.bandit_ledger import target_probabilities
 
     return target_probabilities(policy, examples)
 
@@ -183,7 +183,7 @@ def evaluate_policy(settings: Any, name: str, days: float | None = None) -> dict
     from datetime import timedelta
 
     from experiments.ledger import now
-    from training.bandit import ledger_examples, logged_distribution
+    from training.bandit_ledger import ledger_examples, logged_distribution
 
     since = now() - timedelta(days=days) if days else None
     ex = ledger_examples(settings, since=since)

@@ -15,180 +15,13 @@ from __future__ import annotations
 
 import random
 import time
-from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from experiments.replay_harness import Clock, Recorder, ensure_world, progress_bar, replay_settings
+from experiments.replay_results import Checkpoint, ReplayResult, gap, plot_curve, summarise
 from nextbest.settings import Settings
-
-
-class Checkpoint(BaseModel):
-    """Values per treated visit over the window of visits ending at ``visits``."""
-
-    visits: int
-    policy: float
-    random: float
-    best_single: float
-    oracle: float
-    gap_closed: float
-
-
-class ReplayResult(BaseModel):
-    visits: int
-    treated_visits: int
-    exploration: str
-    outcomes: str
-    retrain_every: int
-    policy: float  # over the last ``window`` treated visits
-    random: float
-    best_single: float
-    best_single_offer: str
-    oracle: float
-    gap_closed: float
-    window: int
-    curve: list[Checkpoint]
-    retrains: list[dict[str, Any]]
-    seconds: float
-    visits_per_second: float
-    plot: str | None
-    logged_matches_policy: float  # share of treated decisions whose logged probabilities
-    # equal the bandit's distribution for the same visit
-
-
-def gap(policy: float, random: float, oracle: float) -> float:
-    """Share of the random-to-oracle gap closed (1 = oracle, 0 = no better than random)."""
-    return (policy - random) / (oracle - random) if oracle > random else float("nan")
-
-
-def summarise(
-    values: np.ndarray, allowed: np.ndarray, policy_probs: np.ndarray
-) -> tuple[float, float, float, float, int]:
-    """Per-visit value of the policy, uniform random, the best single offer and the oracle.
-
-    ``values`` (visits x offers) holds each offer's true incremental value, ``allowed`` which
-    offers the pipeline allowed, ``policy_probs`` the logged probabilities. The best single
-    offer shows one offer to everyone it is allowed for, and nothing (value 0) otherwise.
-    """
-    v, a, p = values, allowed, policy_probs
-    k = a.sum(axis=1)
-    policy = float((p * v).sum(axis=1).mean())
-    random = float((np.where(a, v, 0).sum(axis=1) / k).mean())
-    oracle = float(np.where(a, v, -np.inf).max(axis=1).mean())
-    single = np.where(a, v, 0.0).mean(axis=0)
-    best = int(np.argmax(single))
-    return policy, random, float(single[best]), oracle, best
-
-
-def plot_curve(curve: list[Checkpoint], path: Path, title: str) -> Path:
-    """Learning curve (value per visit vs visits) as a PNG, without a display."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = [c.visits for c in curve]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(x, [c.oracle for c in curve], "k--", label="oracle")
-    ax.plot(x, [c.policy for c in curve], "C0-o", ms=3, label="learned policy (bandit)")
-    ax.plot(x, [c.best_single for c in curve], "C2:", label="best single offer")
-    ax.plot(x, [c.random for c in curve], "C3-.", label="uniform random")
-    ax.set_xlabel("visits")
-    ax.set_ylabel("incremental value per visit (truth)")
-    ax.set_title(title)
-    ax.legend(loc="best", framealpha=0.9)
-    ax.grid(alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def progress_bar() -> Progress:
-    return Progress(
-        TextColumn("[bold]replay"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
-
-
-class Recorder:
-    """The bandit as the pipeline sees it, remembering what it was last asked and answered,
-    so the replay learns from exactly the inputs of each decision and can check the ledger."""
-
-    def __init__(self, policy: Any) -> None:
-        self.policy = policy
-        self.last: tuple[dict, str, dict, list[str], dict[str, float], Any] | None = None
-
-    @property
-    def version(self) -> str:
-        return self.policy.version
-
-    def distribution(
-        self, features: dict, channel: str, context: dict, allowed: list[str], scores: Any = None
-    ) -> dict[str, float]:
-        probs = self.policy.distribution(features, channel, context, allowed, scores)
-        self.last = (dict(features), channel, dict(context), list(allowed), probs, scores)
-        return probs
-
-    def choose(
-        self, features: dict, channel: str, context: dict, allowed: list[str], scores: Any = None
-    ) -> Any:
-        offer, probs = self.policy.choose(features, channel, context, allowed, scores)
-        self.last = (dict(features), channel, dict(context), list(allowed), probs, scores)
-        return offer, probs
-
-
-def replay_settings(settings: Settings) -> Settings:
-    """The project's settings with a ledger of its own: simulated visits never mix with real
-    decision logs (and, being a simulation, it commits without waiting for the disk)."""
-    from sqlalchemy import event
-
-    from nextbest.db import engine_for
-
-    folder = settings.home / "replay"
-    folder.mkdir(parents=True, exist_ok=True)
-    db = folder / "ledger.db"
-    for f in folder.glob("ledger.db*"):
-        f.unlink()
-    rs = settings.model_copy(update={"ledger_url": f"sqlite:///{db}"})
-    engine = engine_for(rs.ledger_db_url)
-
-    @event.listens_for(engine, "connect")
-    def _fast(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.execute("PRAGMA synchronous=OFF")
-
-    return rs
-
-
-def ensure_world(settings: Settings, customers: int | None, days: int | None) -> dict[str, Any]:
-    """Simulate the world and fill the feature store when they are not there yet."""
-    from features.build import build_features
-    from features.store import apply_repo, get_store, materialize
-    from simulator.world import simulate_world
-
-    done: dict[str, Any] = {}
-    if not (settings.world_dir / "people.parquet").exists():
-        done["simulate"] = simulate_world(
-            customers=customers or settings.customers,
-            days=days or settings.days,
-            seed=settings.seed,
-            out=settings.world_dir,
-        )
-    if not (settings.feature_dir / "registry.db").exists() or done:
-        done["features"] = build_features(settings)
-        store = get_store(settings)
-        apply_repo(store)
-        done["materialize"] = materialize(store)
-    return done
 
 
 def _request(visit: Any) -> Any:
@@ -215,16 +48,6 @@ ID_COLUMNS = ("email", "phone", "loyalty_id", "login_id", "cookie_id")
 # decision opportunities (sessions, store visits, calls) per customer per day in the default
 # world's history: ~50,000 in 90 days for 2,000 customers
 VISITS_PER_CUSTOMER_DAY = 0.28
-
-
-class Clock:
-    """The decision pipeline's clock set to the visit being replayed."""
-
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-
-    def __call__(self) -> datetime:
-        return self.at
 
 
 def _truth_matrices(truth: Any, frame: Any, offer_ids: list[str]) -> tuple[np.ndarray, ...]:
@@ -275,13 +98,9 @@ def run_replay(
     from serving.decide import decide
     from serving.deps import load_deps
     from simulator.truth import Truth
-    from training.bandit import (
-        BanditError,
-        BanditPolicy,
-        catalog_actions,
-        load_bandit,
-        train_bandit,
-    )
+    from training.bandit import BanditPolicy
+    from training.bandit_ledger import catalog_actions, train_bandit
+    from training.bandit_registry import BanditError, load_bandit
 
     if visits < 1:
         raise ValueError(f"visits must be >= 1, got {visits}")

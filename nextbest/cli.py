@@ -249,7 +249,8 @@ def train(
         return
     s = get_settings()
     if model == "bandit":
-        from training.bandit import BanditError, train_bandit
+        from training.bandit_ledger import train_bandit
+        from training.bandit_registry import BanditError
 
         try:
             emit(train_bandit(s, promote), as_json)

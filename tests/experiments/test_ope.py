@@ -186,7 +186,7 @@ def _uniform_logs(settings, n: int, seed: int = 0) -> None:
 def test_named_policies_on_ledger_logs(tmp_path) -> None:
     from experiments.ope import evaluate_policy
     from nextbest.settings import Settings
-    from training.bandit import ledger_examples
+    from training.bandit_ledger import ledger_examples
 
     settings = Settings(home=tmp_path)
     with pytest.raises(ValueError, match="ledger: no learnable decisions"):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from experiments.replay import gap, run_replay, summarise
+from experiments.replay import run_replay
+from experiments.replay_results import gap, summarise
 
 
 def test_summary_values_by_hand() -> None:

@@ -8,15 +8,9 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from training.bandit import (
-    BanditError,
-    BanditPolicy,
-    format_example,
-    load_bandit,
-    load_registered,
-    logged_examples,
-    train_bandit,
-)
+from training.bandit import BanditPolicy, format_example
+from training.bandit_ledger import logged_examples, train_bandit
+from training.bandit_registry import BanditError, load_bandit, load_registered
 
 ACTIONS = {
     "disc": {"category": "discount", "cost": 2.0},
@@ -250,7 +244,7 @@ def test_train_from_ledger_register_promote_and_load(nextbest_home) -> None:
 def test_a_model_of_another_example_format_is_refused(tmp_path) -> None:
     import json
 
-    from training.bandit import FORMAT_VERSION, _from_folder
+    from training.bandit_registry import FORMAT_VERSION, _from_folder
 
     BanditPolicy(ACTIONS).save(tmp_path / "model.vw")
     meta = {"actions": ACTIONS, "exploration": "epsilon", "reward_scale": 1.0, "format": 1}

@@ -1,0 +1,109 @@
+"""What the replay puts around the real decision pipeline: its own ledger, a world with
+filled features, the pipeline's clock set to the visit, a bandit that records what it was asked,
+and a progress bar.
+
+Split from :mod:`experiments.replay` so the driver holds only the visit loop: these isolate the
+replay (its own ledger), set it in world time (the clock) or observe it (the recorder).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from nextbest.settings import Settings
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]replay"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+
+
+class Recorder:
+    """The bandit as the pipeline sees it, remembering what it was last asked and answered,
+    so the replay learns from exactly the inputs of each decision and can check the ledger."""
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+        self.last: tuple[dict, str, dict, list[str], dict[str, float], Any] | None = None
+
+    @property
+    def version(self) -> str:
+        return self.policy.version
+
+    def distribution(
+        self, features: dict, channel: str, context: dict, allowed: list[str], scores: Any = None
+    ) -> dict[str, float]:
+        probs = self.policy.distribution(features, channel, context, allowed, scores)
+        self.last = (dict(features), channel, dict(context), list(allowed), probs, scores)
+        return probs
+
+    def choose(
+        self, features: dict, channel: str, context: dict, allowed: list[str], scores: Any = None
+    ) -> Any:
+        offer, probs = self.policy.choose(features, channel, context, allowed, scores)
+        self.last = (dict(features), channel, dict(context), list(allowed), probs, scores)
+        return offer, probs
+
+
+def replay_settings(settings: Settings) -> Settings:
+    """The project's settings with a ledger of its own: simulated visits never mix with real
+    decision logs (and, being a simulation, it commits without waiting for the disk)."""
+    from sqlalchemy import event
+
+    from nextbest.db import engine_for
+
+    folder = settings.home / "replay"
+    folder.mkdir(parents=True, exist_ok=True)
+    db = folder / "ledger.db"
+    for f in folder.glob("ledger.db*"):
+        f.unlink()
+    rs = settings.model_copy(update={"ledger_url": f"sqlite:///{db}"})
+    engine = engine_for(rs.ledger_db_url)
+
+    @event.listens_for(engine, "connect")
+    def _fast(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute("PRAGMA synchronous=OFF")
+
+    return rs
+
+
+def ensure_world(settings: Settings, customers: int | None, days: int | None) -> dict[str, Any]:
+    """Simulate the world and fill the feature store when they are not there yet."""
+    from features.build import build_features
+    from features.store import apply_repo, get_store, materialize
+    from simulator.world import simulate_world
+
+    done: dict[str, Any] = {}
+    if not (settings.world_dir / "people.parquet").exists():
+        done["simulate"] = simulate_world(
+            customers=customers or settings.customers,
+            days=days or settings.days,
+            seed=settings.seed,
+            out=settings.world_dir,
+        )
+    if not (settings.feature_dir / "registry.db").exists() or done:
+        done["features"] = build_features(settings)
+        store = get_store(settings)
+        apply_repo(store)
+        done["materialize"] = materialize(store)
+    return done
+
+
+class Clock:
+    """The decision pipeline's clock set to the visit being replayed."""
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at

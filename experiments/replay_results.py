@@ -1,0 +1,96 @@
+"""What a replay reports: values per visit from the truth, the learning curve and its plot.
+
+Split from :mod:`experiments.replay` so the measures (policy, uniform random, best single
+offer, oracle, share of the gap closed) are plain functions of arrays, testable by hand
+without driving a pipeline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+
+class Checkpoint(BaseModel):
+    """Values per treated visit over the window of visits ending at ``visits``."""
+
+    visits: int
+    policy: float
+    random: float
+    best_single: float
+    oracle: float
+    gap_closed: float
+
+
+class ReplayResult(BaseModel):
+    visits: int
+    treated_visits: int
+    exploration: str
+    outcomes: str
+    retrain_every: int
+    policy: float  # over the last ``window`` treated visits
+    random: float
+    best_single: float
+    best_single_offer: str
+    oracle: float
+    gap_closed: float
+    window: int
+    curve: list[Checkpoint]
+    retrains: list[dict[str, Any]]
+    seconds: float
+    visits_per_second: float
+    plot: str | None
+    logged_matches_policy: float  # share of treated decisions whose logged probabilities
+    # equal the bandit's distribution for the same visit
+
+
+def gap(policy: float, random: float, oracle: float) -> float:
+    """Share of the random-to-oracle gap closed (1 = oracle, 0 = no better than random)."""
+    return (policy - random) / (oracle - random) if oracle > random else float("nan")
+
+
+def summarise(
+    values: np.ndarray, allowed: np.ndarray, policy_probs: np.ndarray
+) -> tuple[float, float, float, float, int]:
+    """Per-visit value of the policy, uniform random, the best single offer and the oracle.
+
+    ``values`` (visits x offers) holds each offer's true incremental value, ``allowed`` which
+    offers the pipeline allowed, ``policy_probs`` the logged probabilities. The best single
+    offer shows one offer to everyone it is allowed for, and nothing (value 0) otherwise.
+    """
+    v, a, p = values, allowed, policy_probs
+    k = a.sum(axis=1)
+    policy = float((p * v).sum(axis=1).mean())
+    random = float((np.where(a, v, 0).sum(axis=1) / k).mean())
+    oracle = float(np.where(a, v, -np.inf).max(axis=1).mean())
+    single = np.where(a, v, 0.0).mean(axis=0)
+    best = int(np.argmax(single))
+    return policy, random, float(single[best]), oracle, best
+
+
+def plot_curve(curve: list[Checkpoint], path: Path, title: str) -> Path:
+    """Learning curve (value per visit vs visits) as a PNG, without a display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [c.visits for c in curve]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(x, [c.oracle for c in curve], "k--", label="oracle")
+    ax.plot(x, [c.policy for c in curve], "C0-o", ms=3, label="learned policy (bandit)")
+    ax.plot(x, [c.best_single for c in curve], "C2:", label="best single offer")
+    ax.plot(x, [c.random for c in curve], "C3-.", label="uniform random")
+    ax.set_xlabel("visits")
+    ax.set_ylabel("incremental value per visit (truth)")
+    ax.set_title(title)
+    ax.legend(loc="best", framealpha=0.9)
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,123 @@
+"""The bandit's lifecycle after training: MLflow registry, BentoML model store, loading.
+
+Split from :mod:`training.bandit` so the policy does not depend on MLflow or BentoML; the
+saved meta (example format, actions, exploration, reward scale) is checked here on load, so a
+model written for another example format is refused instead of silently misread.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from nextbest.settings import Settings
+from training.bandit import BanditPolicy
+
+
+class BanditError(ValueError):
+    """Training or loading the bandit cannot go on; the message says why."""
+
+
+MODEL_NAME = "bandit"
+FORMAT_VERSION = 3  # bump whenever format_example changes: old weights would mean other things
+
+
+def _mlflow(settings: Settings) -> Any:
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    if mlflow.get_experiment_by_name(MODEL_NAME) is None:
+        art = settings.home / "mlartifacts" / MODEL_NAME
+        mlflow.create_experiment(MODEL_NAME, artifact_location=art.as_uri())
+    mlflow.set_experiment(MODEL_NAME)
+    return mlflow
+
+
+def _meta(policy: BanditPolicy) -> dict[str, Any]:
+    return {
+        "format": FORMAT_VERSION,
+        "actions": policy.actions,
+        "exploration": policy.exploration,
+        "reward_scale": policy.reward_scale,
+    }
+
+
+def register(
+    settings: Settings, policy: BanditPolicy, ope: dict[str, Any], n: int, promote: bool
+) -> str:
+    """Log the model to MLflow, register a version (alias ``challenger``), and when promoted
+    make it ``champion`` and import it into the BentoML model store the service loads from."""
+    mlflow = _mlflow(settings)
+    client = mlflow.MlflowClient()
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run() as run:
+        model = policy.save(Path(tmp) / "model.vw")
+        mlflow.log_params({"exploration": policy.exploration, "examples": n})
+        mlflow.log_params({"reward_scale": policy.reward_scale, "vw": policy.args})
+        mlflow.log_metrics({f"ope_{k}": float(v.value) for k, v in ope.items()})
+        mlflow.log_metrics({f"ope_{k}_ess": float(v.ess or 0.0) for k, v in ope.items()})
+        mlflow.log_artifact(str(model), artifact_path=MODEL_NAME)
+        mlflow.log_dict(_meta(policy), f"{MODEL_NAME}/meta.json")
+        if not client.search_registered_models(f"name='{MODEL_NAME}'"):
+            client.create_registered_model(MODEL_NAME)
+        mv = client.create_model_version(
+            MODEL_NAME, source=f"{run.info.artifact_uri}/{MODEL_NAME}", run_id=run.info.run_id
+        )
+    client.set_registered_model_alias(MODEL_NAME, "challenger", mv.version)
+    if promote:
+        client.set_registered_model_alias(MODEL_NAME, "champion", mv.version)
+        to_bentoml(settings, policy, str(mv.version))
+    return str(mv.version)
+
+
+def to_bentoml(settings: Settings, policy: BanditPolicy, version: str) -> str:
+    """Copy the champion into the BentoML model store (what ``serve`` and ``load_bandit`` read)."""
+    from training.scoring import bentoml_models
+
+    meta = {**_meta(policy), "mlflow_version": version}
+    with bentoml_models(settings).create(MODEL_NAME, metadata=meta) as bento_model:
+        policy.save(Path(bento_model.path_of("model.vw")))
+        Path(bento_model.path_of("meta.json")).write_text(json.dumps(_meta(policy)))
+    return str(bento_model.tag)
+
+
+def _from_folder(folder: Path, version: str, seed: int) -> BanditPolicy:
+    meta = json.loads((folder / "meta.json").read_text())
+    if meta.get("format") != FORMAT_VERSION:
+        raise BanditError(
+            f"{version}: written with example format {meta.get('format')}, this code reads "
+            f"format {FORMAT_VERSION}; retrain with `nextbest train bandit --promote`"
+        )
+    return BanditPolicy(
+        meta["actions"],
+        version=version,
+        model_path=folder / "model.vw",
+        exploration=meta["exploration"],
+        reward_scale=meta["reward_scale"],
+        seed=seed,
+    )
+
+
+def load_bandit(settings: Settings) -> BanditPolicy | None:
+    """The promoted bandit from the BentoML model store, or None when none is promoted."""
+    from training.scoring import bentoml_models
+
+    try:
+        bento_model = bentoml_models(settings).get(f"{MODEL_NAME}:latest")
+    except Exception:  # bentoml.exceptions.NotFound: nothing promoted yet
+        return None
+    version = bento_model.info.metadata.get("mlflow_version", "?")
+    folder = Path(bento_model.path_of("model.vw")).parent
+    return _from_folder(folder, f"{MODEL_NAME}:{version}", settings.seed)
+
+
+def load_registered(settings: Settings, alias: str) -> BanditPolicy | None:
+    """A registered version by alias (``challenger``/``champion``), straight from MLflow."""
+    mlflow = _mlflow(settings)
+    try:
+        mv = mlflow.MlflowClient().get_model_version_by_alias(MODEL_NAME, alias)
+    except Exception:  # no such model or alias yet
+        return None
+    folder = Path(mlflow.artifacts.download_artifacts(mv.source))
+    return _from_folder(folder, f"{MODEL_NAME}:{mv.version}", settings.seed)
