@@ -42,6 +42,29 @@ def prepare_features(settings: Settings, customers: int) -> dict[str, Any]:
     return materialize(store, end=end + timedelta(seconds=1), start=end - timedelta(days=1))
 
 
+def prepare_models(settings: Settings) -> dict[str, Any]:
+    """Promoted churn and uplift models and a bandit, trained on a small simulated world, so
+    /decide pays for the whole pipeline (scores, arbitration, the bandit), not a fallback."""
+    from experiments.replay import run_replay
+    from features.build import build_features
+    from features.store import apply_repo, get_store, materialize
+    from simulator.world import simulate_world
+    from training.train import train_model
+
+    simulate_world(customers=400, days=90, seed=settings.seed, out=settings.world_dir)
+    build_features(settings)
+    store = get_store(settings)
+    apply_repo(store)
+    materialize(store)
+    versions = {
+        m: train_model(settings, m, promote=True, max_rounds=200)["version"]  # type: ignore[arg-type]
+        for m in ("churn", "propensity")
+    }
+    replay = run_replay(settings, 1500, retrain_every=500, plot=False, progress=False)
+    versions["bandit_retrains"] = len(replay.retrains)  # promoted into the home's store
+    return versions
+
+
 def _loadgen(url: str, key: str, mode: str, seconds: float, customers: int, **opts: Any) -> dict:
     cmd = [
         sys.executable,
@@ -154,8 +177,9 @@ def bench_decide(
     customers: int = 1000,
     workers: int | None = None,
 ) -> dict[str, Any]:
-    """Floor and /decide in one run. Without ``settings`` a fresh home gets a real Feast store
-    of synthetic customers; with it, the home as it is (promoted models included)."""
+    """Floor and /decide in one run. Without ``settings`` a fresh home gets promoted models
+    (trained on a small world) and a real Feast store of synthetic customers; with it, the
+    home as it is."""
     concurrencies = concurrencies or [8, 32]
     with (
         tempfile.TemporaryDirectory(prefix="nextbest-bench-") as tmp,
@@ -164,8 +188,9 @@ def bench_decide(
         prepared: dict[str, Any] | str = "existing home"
         if settings is None:
             settings = Settings(home=Path(tmp)).ensure_dirs()
-            progress.add_task("preparing a feature store", total=None)
-            prepared = prepare_features(settings, customers)
+            progress.add_task("training models, preparing a feature store", total=None)
+            prepared = {"models": prepare_models(settings)}
+            prepared["features"] = prepare_features(settings, customers)
         if workers is not None:
             settings = settings.model_copy(update={"workers": workers})
         figures = _measure(settings, concurrencies, seconds, n_seq, customers, progress)

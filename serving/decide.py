@@ -210,9 +210,7 @@ def plan(
     shown = policy.rank(chosen, values, request.max_offers) if chosen else []
     by_id = {o.id: o for o in offers}
     ranked = [_ranked(by_id[o], values[o], probs[o], o == chosen, detail) for o in shown]
-    versions = dict(getattr(deps.models, "versions", {}) or {})
-    if deps.bandit is not None:
-        versions["bandit"] = str(getattr(deps.bandit, "version", "unknown"))
+    versions = deps.model_versions()
     row = DecisionRow(
         decision_id=uuid.uuid4().hex,
         ts=ts,

@@ -85,8 +85,15 @@ class Deps:
         return {
             "status": "ok" if all(v == "ok" for v in state.values()) else "degraded",
             "parts": state,
-            "model_versions": dict(getattr(self.models, "versions", {}) or {}),
+            "model_versions": self.model_versions(),
         }
+
+    def model_versions(self) -> dict[str, str]:
+        """The versions every decision records: the promoted models' and the bandit's."""
+        versions = dict(getattr(self.models, "versions", {}) or {})
+        if self.bandit is not None:
+            versions["bandit"] = str(getattr(self.bandit, "version", "unknown"))
+        return versions
 
 
 def _try(deps: Deps, name: str, load: Callable[[], Any]) -> Any:
@@ -126,7 +133,7 @@ def _models(settings: Settings) -> Any:
 
 
 def _bandit(settings: Settings) -> Any:
-    from training.bandit import load_bandit
+    from training.bandit_registry import load_bandit
 
     return load_bandit(settings)
 
@@ -146,7 +153,7 @@ def pinned_models(settings: Settings) -> dict[str, Any]:
     try:
         import bentoml
 
-        from training.bandit import MODEL_NAME as BANDIT
+        from training.bandit_registry import MODEL_NAME as BANDIT
         from training.scoring import MODEL_NAMES, bentoml_models
 
         store = bentoml_models(settings)
