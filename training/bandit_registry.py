@@ -25,9 +25,13 @@ FORMAT_VERSION = 3  # bump whenever format_example changes: old weights would me
 
 
 def _mlflow(settings: Settings) -> Any:
+    """MLflow on this home's stores: tracking and registry (a registry URI left by another
+    home would register the bandit there)."""
     import mlflow
 
-    mlflow.set_tracking_uri(settings.tracking_uri)
+    from training.registry import client_for
+
+    client_for(settings)
     if mlflow.get_experiment_by_name(MODEL_NAME) is None:
         art = settings.home / "mlartifacts" / MODEL_NAME
         mlflow.create_experiment(MODEL_NAME, artifact_location=art.as_uri())
