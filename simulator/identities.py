@@ -15,6 +15,7 @@ import pandas as pd
 
 from simulator.clock import START_US, US_PER_DAY
 from simulator.people import NICKNAMES, Population
+from simulator.schema import IDENTITY_COLUMNS
 
 DOMAINS = (
     "gmail.com",
@@ -297,18 +298,7 @@ def make_identities(rng: np.random.Generator, pop: Population) -> tuple[pd.DataF
             )
         )
 
-    cols = [
-        "source",
-        "email",
-        "phone",
-        "first_name",
-        "last_name",
-        "loyalty_id",
-        "login_id",
-        "cookie_id",
-        "created_at",
-        "true_person_id",
-    ]
+    cols = [c for c in IDENTITY_COLUMNS if c != "record_id"]  # the rows' order, from the contract
     ident = pd.DataFrame(rows, columns=cols)
     ident = ident.sample(frac=1.0, random_state=np.random.RandomState(int(rng.integers(2**31))))
     ident.insert(0, "record_id", [f"R{i:08d}" for i in range(len(ident))])
