@@ -7,6 +7,7 @@ Bandit training, off-policy evaluation and uplift reports all read from here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -34,7 +35,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from nextbest.db import create_tables
 
@@ -166,6 +167,9 @@ class Ledger:
             engine.dispose()  # pooled connections pick the setting up on reconnect
         if create:
             create_tables(engine, metadata)
+        sqlite = engine.dialect.name == "sqlite"
+        self._history = _sqlite_history(engine) if sqlite else None
+        self._insert = _sqlite_insert(engine) if sqlite else None
 
     def record_decision(self, row: DecisionRow) -> None:
         """Insert and commit before the caller acknowledges the decision."""
@@ -173,6 +177,9 @@ class Ledger:
 
     def record_decisions(self, rows: list[DecisionRow]) -> None:
         """Several decisions in one transaction: one commit (one fsync) for a group."""
+        if self._insert is not None:
+            self._insert([r.model_dump() for r in rows])
+            return
         with self.engine.begin() as conn:
             conn.execute(insert(decisions), [r.model_dump() for r in rows])
 
@@ -197,8 +204,11 @@ class Ledger:
         """(channel, offer, ts) of every offer shown since ``since`` and the customer's last
         response: everything the contact caps and suppression rules need, in one round trip
         (the last response rides along as a row with a null channel)."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(_HISTORY, {"cid": customer_id, "since": since}).all()
+        if self._history is not None:
+            rows = self._history(customer_id, since)
+        else:
+            with self.engine.connect() as conn:
+                rows = conn.execute(_HISTORY, {"cid": customer_id, "since": since}).all()
         shown = [(ch, o, utc(t)) for ch, o, t in rows if ch is not None]
         last = next((t for ch, _, t in rows if ch is None and t is not None), None)
         return shown, utc(last) if last else None
@@ -257,6 +267,73 @@ class Ledger:
                 t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
                 for t in (decisions, outcomes, outbox, baskets)
             }
+
+
+# SQLite fast paths: once or twice per decision, SQLAlchemy's Connection, execution context
+# and result objects cost more than the statements themselves. These run SQLAlchemy's own SQL
+# text and type conversions (datetimes, JSON, booleans) on a pooled DBAPI connection, so rows
+# and values are the same as ``conn.execute``'s, and errors are raised as SQLAlchemy's.
+
+
+def _raw(engine: Engine, sql: str, params: Any, write: bool) -> list[tuple[Any, ...]]:
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        try:
+            if write:
+                cur.executemany(sql, params)
+                raw.commit()  # durable (the WAL) before the caller acknowledges
+                return []
+            cur.execute(sql, params)
+            return cur.fetchall()
+        finally:
+            cur.close()
+    except engine.dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(sql, params, exc, engine.dialect.loaded_dbapi.Error) from exc
+    finally:
+        raw.close()  # back to the pool, rolled back like a Connection's on return
+
+
+def _sqlite_history(engine: Engine) -> Callable[[str, datetime], list[tuple[Any, ...]]] | None:
+    """``_HISTORY`` for one customer (measured in the decision pipeline: ~100 -> ~35 us)."""
+    dialect = engine.dialect
+    compiled = _HISTORY.compile(dialect=dialect)
+    sql, order = str(compiled), list(compiled.positiontup or ())
+    ts_type = decisions.c.ts.type.dialect_impl(dialect)
+    to_db = ts_type.bind_processor(dialect) or (lambda v: v)
+    from_db = ts_type.result_processor(dialect, None) or (lambda v: v)
+    if set(order) != {"cid", "since"}:  # not the positional SQL expected: the general path
+        return None
+
+    def parse(t: Any) -> Any:
+        # SQLAlchemy's own format, "YYYY-MM-DD HH:MM:SS.ffffff": the C parser, same datetime
+        if type(t) is str and len(t) == 26 and t[10] == " ":
+            return datetime.fromisoformat(t)
+        return from_db(t)
+
+    def run(customer_id: str, since: datetime) -> list[tuple[Any, ...]]:
+        values = {"cid": customer_id, "since": to_db(since)}
+        rows = _raw(engine, sql, [values[name] for name in order], write=False)
+        return [(ch, o, parse(t)) for ch, o, t in rows]
+
+    return run
+
+
+def _sqlite_insert(engine: Engine) -> Callable[[list[dict[str, Any]]], None] | None:
+    """Insert and commit decision rows (``DecisionRow.model_dump()`` dicts), every column."""
+    dialect = engine.dialect
+    compiled = insert(decisions).compile(dialect=dialect)
+    sql, order = str(compiled), list(compiled.positiontup or ())
+    if sorted(order) != sorted(c.key for c in decisions.columns):
+        return None
+    procs = [decisions.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in order]
+    pairs = list(zip(order, procs, strict=True))
+
+    def run(rows: list[dict[str, Any]]) -> None:
+        params = [[row[n] if p is None else p(row[n]) for n, p in pairs] for row in rows]
+        _raw(engine, sql, params, write=True)
+
+    return run
 
 
 def now() -> datetime:

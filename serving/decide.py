@@ -83,7 +83,9 @@ def allowed_offers(
     silent = {o.id for o in catalogue if policy.is_no_offer(o)}
     window = ts - timedelta(days=s.cap_window_days)
     per_channel = Counter(c for c, o, t in shows if t >= window and o not in silent)
-    offer_shows = [(o, t) for _, o, t in shows]
+    by_offer: dict[str, list[tuple[str, datetime]]] = {}  # caps_ok counts one offer's shows
+    for _, o, t in shows:
+        by_offer.setdefault(o, []).append((o, t))
     kept, dropped = [], {}
     for offer in catalogue:
         why = (
@@ -95,7 +97,7 @@ def allowed_offers(
                 offer,
                 ch,
                 per_channel=per_channel,
-                shows=offer_shows,
+                shows=by_offer.get(offer.id, []),
                 last_response=last,
                 now=ts,
                 channel_caps=s.contact_caps,

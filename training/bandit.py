@@ -12,6 +12,7 @@ drawn with, so the ledger's propensity is the true logging probability.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import threading
@@ -27,12 +28,18 @@ _UNSAFE = re.compile(r"[\s|:]+")
 BINS = True
 _FREE_TEXT = {"name", "headline", "body", "cta", "description", "title", "text"}
 # one weight per customer and offer would memorise noise, not generalise
-_IDENTIFIERS = {"customer_id", "person_id"}
+_IDENTIFIERS = frozenset({"customer_id", "person_id"})
 
 
 def _token(x: object) -> str:
     """A VW-safe feature name or value: no spaces, bars or colons."""
-    return _UNSAFE.sub("_", str(x)) or "_"
+    return _safe(x) if type(x) is str else _safe(str(x))
+
+
+@functools.lru_cache(maxsize=8192)
+def _safe(text: str) -> str:
+    # names and category values repeat on every example: the regex runs once per string
+    return _UNSAFE.sub("_", text) or "_"
 
 
 def _bucket(x: float) -> int:
@@ -40,26 +47,61 @@ def _bucket(x: float) -> int:
     return round(math.copysign(math.log2(1.0 + abs(x)) * 3.0, x))
 
 
-def _features(values: Mapping[str, Any], bins: bool = False) -> str:
+def _number(parts: list[str], name: str, f: float, bins: bool) -> None:
+    if math.isfinite(f):
+        if f != 0.0:
+            parts.append(f"{name}:{f:.6g}")
+        if bins:
+            parts.append(f"{name}#{_bucket(f)}")
+
+
+def _features(
+    values: Mapping[str, Any], bins: bool = False, skip: frozenset[str] = frozenset()
+) -> str:
     """Numbers as ``name:value`` (scaled by VW's normalised updates) and, with ``bins``, also as
-    a bin indicator ``name#bin``; text as ``name=value``."""
+    a bin indicator ``name#bin``; text as ``name=value``. Names in ``skip`` are left out."""
     parts: list[str] = []
     for name, v in values.items():
-        if v is None:
+        if v is None or name in skip:
             continue
-        if isinstance(v, bool):
+        t = type(v)
+        if t is float or t is int:  # the common case first (exact types: bool is not int here)
+            f = float(v)
+            if math.isfinite(f):  # _number inlined: this runs for every number of each example
+                key = _token(name)
+                if f != 0.0:
+                    parts.append(f"{key}:{f:.6g}")
+                if bins:
+                    parts.append(f"{key}#{_bucket(f)}")
+        elif t is str:
+            parts.append(f"{_token(name)}={_safe(v)}")
+        elif isinstance(v, bool):
             parts.append(f"{_token(name)}:{int(v)}")
         elif isinstance(v, int | float | np.integer | np.floating):
-            f = float(v)
-            if math.isfinite(f) and f != 0.0:
-                parts.append(f"{_token(name)}:{f:.6g}")
-            if bins and math.isfinite(f):
-                parts.append(f"{_token(name)}#{_bucket(f)}")
+            _number(parts, _token(name), float(v), bins)
         elif isinstance(v, str | np.str_):
             parts.append(f"{_token(name)}={_token(v)}")
         elif isinstance(v, list | tuple):  # e.g. the basket: one indicator per item
             parts.extend(f"{_token(name)}={_token(x)}" for x in v if isinstance(x, str))
     return " ".join(parts)
+
+
+@functools.lru_cache(maxsize=1024)
+def _action_body(offer_id: str, attrs: tuple[tuple[str, type, Any], ...]) -> str:
+    """An offer's line without label and score: fixed per catalogue offer, so built once.
+    The key carries each value's type: ``False``, ``0`` and ``0.0`` are equal but format apart."""
+    text = _features({k: v for k, _, v in attrs if isinstance(v, str)})
+    line = f"|a offer={_token(offer_id)} {text}".rstrip()
+    numbers = _features({k: v for k, _, v in attrs if not isinstance(v, str)})
+    return f"{line} |v {numbers}" if numbers else line
+
+
+def _action_line(offer_id: str, attrs: Mapping[str, Any]) -> str:
+    key = tuple((k, type(v), v) for k, v in attrs.items())
+    try:
+        return _action_body(offer_id, key)
+    except TypeError:  # an unhashable attribute (a list): formatted each time
+        return _action_body.__wrapped__(offer_id, key)
 
 
 def format_example(
@@ -82,15 +124,13 @@ def format_example(
     trust the model and the bandit starts from its ranking instead of from nothing.
     """
     context_part = f"channel={_token(channel)} {_features(context)}".rstrip()
-    customer = {k: v for k, v in features.items() if k not in _IDENTIFIERS}
-    lines = [f"shared |u {_features(customer, BINS)} |c {context_part}"]
+    lines = [f"shared |u {_features(features, BINS, _IDENTIFIERS)} |c {context_part}"]
+    scores = scores or {}
     for i, (offer_id, attrs) in enumerate(actions):
-        head = f"0:{label[1]:.6g}:{label[2]:.6g} " if label is not None and i == label[0] else ""
-        text = _features({k: v for k, v in attrs.items() if isinstance(v, str)})
-        line = f"{head}|a offer={_token(offer_id)} {text}".rstrip()
-        numbers = _features({k: v for k, v in attrs.items() if not isinstance(v, str)})
-        line = f"{line} |v {numbers}" if numbers else line
-        score = (scores or {}).get(offer_id)
+        line = _action_line(offer_id, attrs)
+        if label is not None and i == label[0]:
+            line = f"0:{label[1]:.6g}:{label[2]:.6g} {line}"
+        score = scores.get(offer_id)
         if score is not None and math.isfinite(score) and score != 0.0:
             line += f" |s uplift:{score:.6g}"
         lines.append(line)
@@ -250,9 +290,13 @@ class BanditPolicy:
 def feature_snapshot(features: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON-safe part of a decision's features, logged with it so the bandit can be
     retrained from the ledger on exactly what it saw (timestamps and the like are dropped)."""
-    return {
-        k: (v.item() if isinstance(v, np.generic) else v)
-        for k, v in features.items()
-        if isinstance(v, bool | int | float | str | np.generic)
-        and not (isinstance(v, float) and not math.isfinite(v))
-    }
+    out: dict[str, Any] = {}
+    for k, v in features.items():
+        t = type(v)
+        if t is str or t is int or t is bool or (t is float and math.isfinite(v)):
+            out[k] = v  # the common, exact types first; the general rule below
+        elif isinstance(v, bool | int | float | str | np.generic) and not (
+            isinstance(v, float) and not math.isfinite(v)
+        ):
+            out[k] = v.item() if isinstance(v, np.generic) else v
+    return out

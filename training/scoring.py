@@ -227,6 +227,8 @@ class ModelBundle:
             if propensity
             else []
         )
+        self._matrices: dict[int, np.ndarray] = {}  # offer_scores' inputs, by row count
+        self._offer_columns = len(propensity.spec.columns) if propensity else 0
         if propensity:
             spec = propensity.spec
             self._offers = {v: float(i) for i, v in enumerate(spec.categories["offer_id"])}
@@ -248,23 +250,41 @@ class ModelBundle:
         scorer = self.propensity
         if scorer is None:
             raise LookupError("no propensity champion is promoted")
-        spec = scorer.spec
-        n_feat = len(spec.features)
-        x = np.zeros((len(offer_ids), len(spec.columns)))
-        if not offer_ids:
+        n, spec = len(offer_ids), scorer.spec
+        if not n:
             return np.zeros(0), np.zeros(0)
-        scorer.row(features, x[0])
-        x[1:, :n_feat] = x[0, :n_feat]
-        x[:, n_feat] = [self._offers.get(o, math.nan) for o in offer_ids]
-        x[:, n_feat + 1] = self._channels.get(channel, math.nan)
+        n_feat = len(spec.features)
+        codes = [self._offers.get(o, math.nan) for o in offer_ids]
+        channel_code = self._channels.get(channel, math.nan)
         with self._lock:
             if spec.learner == "t":
+                x = self._matrix(n)
+                scorer.row(features, x[0])
+                x[1:, :n_feat] = x[0, :n_feat]
+                x[:, n_feat] = codes
+                x[:, n_feat + 1] = channel_code
+                x[:, n_feat + 2 :] = 0.0
                 treated, untreated = self._offer_fast
                 return treated.many(x), untreated.many(x)
-            both = np.repeat(x, 2, axis=0)  # rows: offer 1 treated, offer 1 untreated, ...
-            both[:, -1] = np.tile([1.0, 0.0], len(offer_ids))
-            p = self._offer_fast[0].many(both)
+            # rows: offer 1 treated, offer 1 untreated, offer 2 treated, ...
+            x = self._matrix(2 * n)
+            scorer.row(features, x[0])
+            x[1:, :n_feat] = x[0, :n_feat]
+            x[0::2, n_feat] = codes
+            x[1::2, n_feat] = codes
+            x[:, n_feat + 1] = channel_code
+            x[:, n_feat + 2 :] = 0.0
+            x[0::2, -1] = 1.0
+            x[1::2, -1] = 0.0
+            p = self._offer_fast[0].many(x)
         return p[0::2], p[1::2]
+
+    def _matrix(self, rows: int) -> np.ndarray:
+        """A reused C-contiguous input matrix of ``rows`` rows (callers hold the lock)."""
+        x = self._matrices.get(rows)
+        if x is None:
+            x = self._matrices[rows] = np.zeros((rows, self._offer_columns))
+        return x
 
 
 _installed: dict[str, Any] = {}  # the model store this module installed, by home folder
