@@ -46,16 +46,10 @@ def prepare_models(settings: Settings) -> dict[str, Any]:
     """Promoted churn and uplift models and a bandit, trained on a small simulated world, so
     /decide pays for the whole pipeline (scores, arbitration, the bandit), not a fallback."""
     from experiments.replay import run_replay
-    from features.build import build_features
-    from features.store import apply_repo, get_store, materialize
-    from simulator.world import simulate_world
+    from experiments.replay_harness import ensure_world
     from training.train import train_model
 
-    simulate_world(customers=400, days=90, seed=settings.seed, out=settings.world_dir)
-    build_features(settings)
-    store = get_store(settings)
-    apply_repo(store)
-    materialize(store)
+    ensure_world(settings, customers=400, days=90)
     versions = {
         m: train_model(settings, m, promote=True, max_rounds=200)["version"]  # type: ignore[arg-type]
         for m in ("churn", "propensity")

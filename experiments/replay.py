@@ -22,9 +22,11 @@ import numpy as np
 from experiments.replay_harness import Clock, Recorder, ensure_world, progress_bar, replay_settings
 from experiments.replay_results import Checkpoint, ReplayResult, gap, plot_curve, summarise
 from nextbest.settings import Settings
+from simulator.schema import ID_COLUMNS
 
 
-def _request(visit: Any) -> Any:
+def visit_request(visit: Any) -> Any:
+    """The /decide request a channel would send for a simulated visit (what it knows)."""
     from serving.decide import DecideRequest, VisitContext
 
     ids = {c: getattr(visit, c) for c in ID_COLUMNS if isinstance(getattr(visit, c), str)}
@@ -44,7 +46,6 @@ def _outcomes(
     return [(int(j), "conversion" if j == shown else "revenue") for j in bought]
 
 
-ID_COLUMNS = ("email", "phone", "loyalty_id", "login_id", "cookie_id")
 # decision opportunities (sessions, store visits, calls) per customer per day in the default
 # world's history: ~50,000 in 90 days for 2,000 customers
 VISITS_PER_CUSTOMER_DAY = 0.28
@@ -145,7 +146,7 @@ def run_replay(
         for i, visit in enumerate(frame.itertuples(index=False)):
             bandit.last = None
             clock.at = visit.at.to_pydatetime()
-            response = decide(_request(visit), deps)
+            response = decide(visit_request(visit), deps)
             if bandit.last is not None and response.offers:
                 feats, channel, context, allowed_ids, dist, scores = bandit.last
                 chosen = response.offers[0].offer_id

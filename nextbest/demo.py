@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nextbest.settings import Settings
+from simulator.schema import ID_COLUMNS
 
 MARKER = ".nextbest-home"  # a home the demo may wipe carries this file
 CHANNEL_KEY_HEADER = "X-API-Key"
@@ -109,16 +110,15 @@ def _unified_profile(settings: Settings, store: Any, console: Console) -> None:
         caption="customer_id '-': identifiers shared with others (a household e-mail or "
         "landline) point to no one on their own",
     )
-    cols = ("email", "phone", "loyalty_id", "login_id", "cookie_id")
-    for col in ("source", "first_name", "last_name", *cols, "customer_id"):
+    for col in ("source", "first_name", "last_name", *ID_COLUMNS, "customer_id"):
         table.add_column(col, overflow="fold")
     ids = set()
     for r in mine.itertuples(index=False):
-        known = {c: getattr(r, c) for c in cols if isinstance(getattr(r, c), str)}
+        known = {c: getattr(r, c) for c in ID_COLUMNS if isinstance(getattr(r, c), str)}
         cid = graph.lookup(Identifiers(**known)) if known else None
         ids.add(cid)
         table.add_row(r.source, r.first_name, r.last_name,
-                      *(getattr(r, c) or "" for c in cols), cid or "-")  # fmt: skip
+                      *(getattr(r, c) or "" for c in ID_COLUMNS), cid or "-")  # fmt: skip
     console.print(table)
     cid = next((c for c in ids if c), None)
     if cid is not None:
@@ -141,16 +141,6 @@ def _train(settings: Settings, console: Console) -> dict[str, Any]:
         )
         out[model] = {"metrics": result["metrics"], "promoted": promo.get("promoted")}
     return out
-
-
-def _visit_body(visit: Any) -> dict[str, Any]:
-    ids = ("email", "phone", "loyalty_id", "login_id", "cookie_id")
-    body: dict[str, Any] = {c: getattr(visit, c) for c in ids if isinstance(getattr(visit, c), str)}
-    page = "basket" if visit.open_basket else "home"
-    body["channel"] = visit.channel
-    if visit.channel in ("web", "app"):
-        body["context"] = {"page": page}
-    return body
 
 
 def _serve_visits(settings: Settings, console: Console, visits: int) -> dict[str, Any]:
@@ -182,13 +172,15 @@ def _decide_all(
 ) -> tuple[dict[str, int], list[dict[str, Any]], int]:
     from rich.progress import Progress
 
+    from experiments.replay import visit_request
+
     shown: dict[str, int] = {}
     samples: list[dict[str, Any]] = []
     offered = 0
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("visits", total=len(frame))
         for visit in frame.itertuples(index=False):
-            r = client.post("/decide", json=_visit_body(visit))
+            r = client.post("/decide", json=visit_request(visit).model_dump(exclude_none=True))
             r.raise_for_status()
             d = r.json()
             shown[visit.channel] = shown.get(visit.channel, 0) + 1

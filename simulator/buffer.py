@@ -10,9 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simulator.schema import EVENT_COLUMNS
+from simulator.schema import EVENT_COLUMNS, ID_COLUMNS
 
-ID_COLUMNS = ("email", "phone", "loyalty_id", "login_id", "cookie_id")
 _OBJECT = (*ID_COLUMNS, "product_id", "campaign_id", "consent_channel")
 
 

@@ -77,6 +77,8 @@ IDENTITY_COLUMNS = {
     "created_at": "timestamp",
     "true_person_id": "string",
 }
+# The identifiers a channel may know about a person (events, visits, decision requests).
+ID_COLUMNS = ("email", "phone", "loyalty_id", "login_id", "cookie_id")
 # The CSV contract of `nextbest identity resolve`: the same minus source/created_at/truth.
 IDENTITY_INPUT_COLUMNS = (
     "record_id",

@@ -38,7 +38,8 @@ from simulator.response import (
     conversion_probs,
     features_at,
 )
-from simulator.visits import ID_COLUMNS, Visit, draw_visits, identifiers_by_person
+from simulator.schema import ID_COLUMNS
+from simulator.visits import Visit, draw_visits, identifiers_by_person
 
 Ids = Sequence[str] | np.ndarray | pd.Series
 

@@ -16,11 +16,11 @@ from pydantic import BaseModel
 
 from simulator.clock import to_timestamp
 from simulator.events import RETAIL_PRICE, RETAIL_WEIGHT
+from simulator.schema import ID_COLUMNS
 
 if TYPE_CHECKING:
     from simulator.truth import Truth
 
-ID_COLUMNS = ("email", "phone", "loyalty_id", "login_id", "cookie_id")
 # Where live decisions happen (share of visits); paid_media is bought reach, not a visit.
 VISIT_CHANNELS = {"web": 0.45, "app": 0.25, "email": 0.12, "sms": 0.05, "call_centre": 0.06,
                   "store": 0.07}  # fmt: skip
@@ -91,10 +91,7 @@ def draw_visits(
         w = weights[ch]
         if m.any():
             person[m] = rng.choice(len(w), int(m.sum()), p=w / w.sum())
-    ids = {
-        c: np.full(n, None, dtype=object)
-        for c in ("email", "phone", "loyalty_id", "login_id", "cookie_id")
-    }
+    ids = {c: np.full(n, None, dtype=object) for c in ID_COLUMNS}
     src = truth._ids
     m = channel == "web"
     owner, cookies = src["cookie_owner"], src["cookie_id"]
