@@ -42,6 +42,7 @@ _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     ">=": operator.ge,
 }
 Scalar = str | float | int | bool
+_KNOWN = frozenset((str, int, bool))  # never "unknown" (see ``Rule.matches``)
 
 
 class CatalogError(ValueError):
@@ -110,7 +111,12 @@ class Rule(BaseModel):
     def matches(self, profile: Mapping[str, Any]) -> bool:
         """Whether one profile satisfies the rule (missing or null fields do not)."""
         x = profile.get(self.field)
-        if x is None or (np.ndim(x) == 0 and not isinstance(x, str) and pd.isna(x)):
+        if type(x) is float:  # plain types first: np.ndim and pd.isna cost ~1 us a rule
+            if x != x:
+                return False  # NaN
+        elif type(x) not in _KNOWN and (
+            x is None or (np.ndim(x) == 0 and not isinstance(x, str) and pd.isna(x))
+        ):
             return False  # None, NaN, NaT and pd.NA all mean "unknown"
         if self.op == "in":
             return x in self.value  # type: ignore[operator]
