@@ -2,13 +2,13 @@
 
 One set of SQLAlchemy Core tables serves SQLite (WAL, the default) and PostgreSQL (by URL).
 Every write commits before it returns, so an acknowledged decision or outcome survives a crash.
+On an SQLite file, a decision's insert and contact-history read take the fast paths of
+``experiments.ledger_sqlite`` (same rows and values, less overhead per decision).
 Bandit training, off-policy evaluation and uplift reports all read from here.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -36,8 +36,9 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 
+from experiments.ledger_sqlite import Held, sqlite_history, sqlite_insert
 from nextbest.db import create_tables
 
 metadata = MetaData()
@@ -168,11 +169,14 @@ class Ledger:
             engine.dispose()  # pooled connections pick the setting up on reconnect
         if create:
             create_tables(engine, metadata)
-        # a file: a memory database lives in one pooled connection, which _Held would detach
+        # SQLite fast paths (experiments.ledger_sqlite) for a file: a memory database lives in
+        # one pooled connection, which Held would detach
         fast = engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
-        self._held = held = _Held()
-        self._history = _sqlite_history(engine, held) if fast else None
-        self._insert = _sqlite_insert(engine, held) if fast else None
+        self._held = held = Held()
+        self._history = (
+            sqlite_history(engine, held, _HISTORY, decisions.c.ts.type) if fast else None
+        )
+        self._insert = sqlite_insert(engine, held, decisions) if fast else None
 
     def record_decision(self, row: DecisionRow) -> None:
         """Insert and commit before the caller acknowledges the decision."""
@@ -270,98 +274,6 @@ class Ledger:
                 t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
                 for t in (decisions, outcomes, outbox, baskets)
             }
-
-
-# SQLite fast paths: once or twice per decision, SQLAlchemy's Connection, execution context
-# and result objects cost more than the statements themselves. These run SQLAlchemy's own SQL
-# text and type conversions (datetimes, JSON, booleans) on a DBAPI connection of the engine,
-# so rows and values are the same as ``conn.execute``'s, and errors are raised as SQLAlchemy's.
-
-
-class _Held(threading.local):
-    """This thread's connection for the fast paths, kept: a pool checkout and checkin per
-    statement cost more than the statement (~6 us). Made by the engine's pool (its connect
-    events, the pragmas, apply) and detached from it; replaced after ``engine.dispose()``, as
-    pooled ones are (``WalCheckpointer`` sets a pragma that way). Between calls it holds no
-    transaction: reads open none, writes commit, and a failed statement drops it."""
-
-    pool: Any = None
-    conn: Any = None
-
-    def get(self, engine: Engine) -> Any:
-        if self.pool is not engine.pool:
-            self.drop()
-            fairy = engine.raw_connection()
-            fairy.detach()
-            self.conn, self.pool = fairy.dbapi_connection, engine.pool
-        return self.conn
-
-    def drop(self) -> None:
-        if self.conn is not None:
-            self.conn.close()  # rolls back whatever a failed statement left open
-        self.conn = self.pool = None
-
-
-def _raw(engine: Engine, held: _Held, sql: str, params: Any, write: bool) -> list[tuple]:
-    conn = held.get(engine)
-    try:
-        cur = conn.cursor()
-        try:
-            if write:
-                cur.executemany(sql, params)
-                conn.commit()  # durable (the WAL) before the caller acknowledges
-                return []
-            cur.execute(sql, params)
-            return cur.fetchall()
-        finally:
-            cur.close()
-    except engine.dialect.loaded_dbapi.Error as exc:
-        held.drop()
-        raise DBAPIError.instance(sql, params, exc, engine.dialect.loaded_dbapi.Error) from exc
-
-
-def _sqlite_history(
-    engine: Engine, held: _Held
-) -> Callable[[str, datetime], list[tuple[Any, ...]]] | None:
-    """``_HISTORY`` for one customer (measured in the decision pipeline: ~100 -> ~35 us)."""
-    dialect = engine.dialect
-    compiled = _HISTORY.compile(dialect=dialect)
-    sql, order = str(compiled), list(compiled.positiontup or ())
-    ts_type = decisions.c.ts.type.dialect_impl(dialect)
-    to_db = ts_type.bind_processor(dialect) or (lambda v: v)
-    from_db = ts_type.result_processor(dialect, None) or (lambda v: v)
-    if set(order) != {"cid", "since"}:  # not the positional SQL expected: the general path
-        return None
-
-    def parse(t: Any) -> Any:
-        # SQLAlchemy's own format, "YYYY-MM-DD HH:MM:SS.ffffff": the C parser, same datetime
-        if type(t) is str and len(t) == 26 and t[10] == " ":
-            return datetime.fromisoformat(t)
-        return from_db(t)
-
-    def run(customer_id: str, since: datetime) -> list[tuple[Any, ...]]:
-        values = {"cid": customer_id, "since": to_db(since)}
-        rows = _raw(engine, held, sql, [values[name] for name in order], write=False)
-        return [(ch, o, parse(t)) for ch, o, t in rows]
-
-    return run
-
-
-def _sqlite_insert(engine: Engine, held: _Held) -> Callable[[list[DecisionRow]], None] | None:
-    """Insert and commit decision rows, every column read off the row (no model_dump copy)."""
-    dialect = engine.dialect
-    compiled = insert(decisions).compile(dialect=dialect)
-    sql, order = str(compiled), list(compiled.positiontup or ())
-    if sorted(order) != sorted(c.key for c in decisions.columns):
-        return None
-    procs = [decisions.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in order]
-    pairs = list(zip(order, procs, strict=True))
-
-    def run(rows: list[DecisionRow]) -> None:
-        params = [[p(getattr(r, n)) if p else getattr(r, n) for n, p in pairs] for r in rows]
-        _raw(engine, held, sql, params, write=True)
-
-    return run
 
 
 def now() -> datetime:

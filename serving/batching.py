@@ -1,8 +1,9 @@
 """Micro-batching of online feature reads across concurrent decisions.
 
-An online read of ``profile_v1`` is one query per feature view, so decisions that arrive in
-the same event-loop turn share one read (measured through ``read_online``: ~200 us for one
-customer, ~150 us each in a read of eight). A lone request is read at once, on its own.
+Decisions that arrive in the same event-loop turn share one read of ``profile_v1``: on SQLite
+one query over Feast's tables for all of them (``features.online_read.SqliteViews``), on other
+online stores one query per feature view. Measured through ``read_online`` on SQLite: ~40-46 us
+for one customer, ~31 us each in a read of eight. A lone request is read at once, on its own.
 """
 
 from __future__ import annotations

@@ -2,17 +2,17 @@
 
 A model is a folder with ``spec.json`` (feature order, category vocabularies, learner) and one or
 two LightGBM text files. Training writes it, MLflow logs it as a pyfunc artifact, BentoML imports
-the champion, and the service scores one visit through LightGBM's C fast path on a preallocated
-numpy row. Every path encodes with the same vocabularies and column order from ``spec.json``, and
-tests hold served scores equal to training-time ones.
+the champion, and the service scores one visit through LightGBM's C API on preallocated numpy
+rows (``training.scoring_native``). Every path encodes with the same vocabularies and column
+order from ``spec.json``, and tests hold served scores equal to training-time ones.
 """
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -21,6 +21,8 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel
+
+from training.scoring_native import FastRow
 
 if TYPE_CHECKING:
     from nextbest.settings import Settings
@@ -75,79 +77,6 @@ def encode(spec: ModelSpec, frame: pd.DataFrame) -> np.ndarray:
     return out
 
 
-class FastRow:
-    """LightGBM's single-row fast path (``LGBM_BoosterPredictForMatSingleRowFast``): the
-    prediction config is parsed once, so a row costs a few microseconds instead of the ~100 us
-    of ``Booster.predict`` (which re-parses parameters and converts inputs on every call)."""
-
-    def __init__(self, booster: lgb.Booster, ncol: int) -> None:
-        from lightgbm.basic import _C_API_DTYPE_FLOAT64, _C_API_PREDICT_NORMAL, _LIB, _c_str
-
-        self._lib, self._booster = _LIB, booster  # keep the booster alive as long as we are
-        self.handle = ctypes.c_void_p()
-        _check(
-            _LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
-                booster._handle,
-                ctypes.c_int(_C_API_PREDICT_NORMAL),
-                ctypes.c_int(0),
-                ctypes.c_int(-1),
-                ctypes.c_int(_C_API_DTYPE_FLOAT64),
-                ctypes.c_int32(ncol),
-                _c_str("num_threads=1"),
-                ctypes.byref(self.handle),
-            )
-        )
-        self._dtype, self._predict_type = _C_API_DTYPE_FLOAT64, _C_API_PREDICT_NORMAL
-        self._params = _c_str("num_threads=1")
-        self._out = np.zeros(1)
-        self._out_ptr = self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
-        self._len = ctypes.c_int64()
-
-    def __call__(self, row: np.ndarray) -> float:
-        """Probability for one C-contiguous float64 row."""
-        _check(
-            self._lib.LGBM_BoosterPredictForMatSingleRowFast(
-                self.handle,
-                row.ctypes.data_as(ctypes.c_void_p),
-                ctypes.byref(self._len),
-                self._out_ptr,
-            )
-        )
-        return float(self._out[0])
-
-    def many(self, rows: np.ndarray) -> np.ndarray:
-        """Probabilities for a small C-contiguous float64 matrix in one C call (a handful of
-        offers: cheaper than one fast single-row call each, and than ``Booster.predict``)."""
-        out = np.empty(len(rows))
-        _check(
-            self._lib.LGBM_BoosterPredictForMat(
-                self._booster._handle,
-                rows.ctypes.data_as(ctypes.c_void_p),
-                ctypes.c_int(self._dtype),
-                ctypes.c_int32(rows.shape[0]),
-                ctypes.c_int32(rows.shape[1]),
-                ctypes.c_int(1),  # row-major
-                ctypes.c_int(self._predict_type),
-                ctypes.c_int(0),
-                ctypes.c_int(-1),
-                self._params,
-                ctypes.byref(self._len),
-                out.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
-            )
-        )
-        return out
-
-    def __del__(self) -> None:
-        if getattr(self, "handle", None) is not None and self.handle.value:
-            self._lib.LGBM_FastConfigFree(self.handle)
-
-
-def _check(ret: int) -> None:
-    from lightgbm.basic import _safe_call
-
-    _safe_call(ret)
-
-
 def unweight(p: Any, w: float) -> Any:
     """Undo positive-class weight ``w``: weighted training multiplies the odds by ``w``."""
     return p if w == 1.0 else p / (p + w * (1.0 - p))
@@ -184,14 +113,14 @@ class Scorer:
 
     def row(self, features: dict[str, Any], out: np.ndarray) -> None:
         """Encode one feature dict into ``out`` (only the feature columns)."""
-        for j, (name, lookup) in enumerate(zip(self.spec.features, self._lookups, strict=False)):
-            v = features.get(name)
-            if v is None:
-                out[j] = math.nan
-            elif lookup is not None:
-                out[j] = lookup.get(str(v), math.nan)
-            else:
-                out[j] = float(v)
+        out[: len(self.spec.features)] = self.codes(map(features.get, self.spec.features))
+
+    def codes(self, values: Iterable[Any]) -> list[float]:
+        """The first feature columns' inputs for their values, in order (None: missing)."""
+        return [
+            math.nan if v is None else float(v) if lookup is None else lookup.get(str(v), math.nan)
+            for v, lookup in zip(values, self._lookups, strict=False)
+        ]
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Batch scores: churn_risk, or p_treated/p_untreated/uplift for (features, offer)."""
@@ -222,13 +151,9 @@ class ModelBundle:
         self._lock = threading.Lock()
         self._churn_row = np.zeros((1, len(churn.spec.columns))) if churn else None
         self._churn_fast = FastRow(churn.boosters[0], len(churn.spec.columns)) if churn else None
-        self._offer_fast = (
-            [FastRow(b, len(propensity.spec.columns)) for b in propensity.boosters]
-            if propensity
-            else []
-        )
+        self._offer_columns = cols = len(propensity.spec.columns) if propensity else 0
+        self._offer_fast = [FastRow(b, cols) for b in propensity.boosters] if propensity else []
         self._matrices: dict[int, np.ndarray] = {}  # offer_scores' inputs, by row count
-        self._offer_columns = len(propensity.spec.columns) if propensity else 0
         if propensity:
             spec = propensity.spec
             self._offers = {v: float(i) for i, v in enumerate(spec.categories["offer_id"])}
