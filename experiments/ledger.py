@@ -62,6 +62,7 @@ decisions = Table(
     Column("reason", String(200), nullable=False, default=""),
     Index("ix_decisions_customer_ts", "customer_id", "ts"),
     Index("ix_decisions_experiment", "experiment"),
+    Index("ix_decisions_ts", "ts"),  # the online learner's window of matured decisions
 )
 
 outcomes = Table(

@@ -40,8 +40,12 @@ DDL_LOCK = 0x4E425354  # one advisory-lock key for every Nextbest schema change
 def create_tables(engine: Engine, metadata: MetaData) -> None:
     """``create_all`` that several workers may run at once: two PostgreSQL sessions creating
     the same table collide in the catalogue (a unique violation), so creators take turns on
-    a transaction-scoped advisory lock. SQLite serialises writers on its own."""
+    a transaction-scoped advisory lock. SQLite serialises writers on its own. Indexes added
+    since a ledger was created are created too (``create_all`` skips existing tables')."""
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": DDL_LOCK})
         metadata.create_all(conn)
+        for table in metadata.sorted_tables:
+            for index in table.indexes:
+                index.create(conn, checkfirst=True)

@@ -64,6 +64,15 @@ class Settings(BaseSettings):
     )
     retention_offers: list[str] = Field(["retention_discount"], description="churn lever applies")
     abandon_scan_seconds: float = Field(30.0, gt=0, description="how often serve scans baskets")
+    bandit_reward_wait_minutes: float = Field(
+        60.0 * 24,
+        ge=0,
+        description="the served bandit learns a decision once it is this old, from the outcomes "
+        "that arrived within it (capped by attribution_days)",
+    )
+    bandit_learn_every_seconds: float = Field(
+        30.0, gt=0, description="how often serve learns the decisions that matured"
+    )
     request_timeout: int = Field(10, gt=0, description="BentoML request timeout, seconds")
     ledger_synchronous: Literal["FULL", "NORMAL"] = Field(
         "NORMAL",

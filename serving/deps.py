@@ -73,6 +73,8 @@ class Deps:
     rng: random.Random = field(default_factory=lambda: random.Random(secrets.randbits(64)))
     # the decision time: the wall clock, or a simulated one (the replay runs on the world's time)
     clock: Callable[[], datetime] = now
+    # the service's incremental bandit learner (``serving.learner.Learner``), when it runs
+    learner: Any = None
 
     def offers(self) -> list[Any]:
         return list(getattr(self.catalog, "offers", []) or []) if self.catalog is not None else []
@@ -82,11 +84,14 @@ class Deps:
         state = {p: self.missing.get(p, "ok") for p in parts}
         if self.features is not None and self.features.failing():
             state["features"] = f"failing: {self.features.failing()}"
-        return {
+        body = {
             "status": "ok" if all(v == "ok" for v in state.values()) else "degraded",
             "parts": state,
             "model_versions": self.model_versions(),
         }
+        if self.learner is not None:
+            body["bandit_learner"] = self.learner.state()
+        return body
 
     def model_versions(self) -> dict[str, str]:
         """The versions every decision records: the promoted models' and the bandit's."""

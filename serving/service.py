@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from nextbest.settings import get_settings
-from serving import actions, admin, outbox
+from serving import actions, admin, learner, outbox
 from serving.auth import ApiGuard
 from serving.batching import FeatureBatcher
 from serving.bentofix import cancel_timeout_timers
@@ -109,17 +109,23 @@ class Nextbest:
         self.checkpointer = WalCheckpointer(self.deps.ledger.engine)
         self.batcher = FeatureBatcher(self.deps.features) if self.deps.features else None
         STATE.deps = self.deps
+        # decisions from now on are learned online; older ones are the batch retrain's
+        self.deps.learner = learner.Learner(start=self.deps.clock())
         self._scanner: asyncio.Task | None = None
+        self._learning: asyncio.Task | None = None
 
     @bentoml.on_startup
     async def _start(self) -> None:
         self._scanner = asyncio.create_task(self._scan_forever())
+        self._learning = asyncio.create_task(self._learn_forever())
         self.checkpointer.start()  # WAL checkpoints off the decisions' commits
         gc.collect()
         gc.freeze()  # start-up objects (models, catalogue, BentoML) leave the GC's generations
 
     @bentoml.on_shutdown
     async def _stop(self) -> None:
+        if self._learning is not None:
+            self._learning.cancel()
         self.checkpointer.stop()
 
     async def _scan_forever(self) -> None:
@@ -131,6 +137,19 @@ class Nextbest:
                     log.info("abandoned baskets: %d messages queued", len(queued))
             except Exception:  # noqa: BLE001 - the next scan retries
                 log.exception("abandoned-basket scan failed")
+
+    async def _learn_forever(self) -> None:
+        """The bandit learns the decisions whose reward wait has passed (``serving.learner``),
+        in a thread: /decide only waits for the policy's lock, one example at a time."""
+        while True:
+            await asyncio.sleep(self.deps.settings.bandit_learn_every_seconds)
+            try:
+                n = await asyncio.to_thread(learner.learn_matured, self.deps, self.deps.clock())
+                if n:
+                    version = self.deps.model_versions().get("bandit")
+                    log.info("bandit learned %d matured decisions: now %s", n, version)
+            except Exception:  # noqa: BLE001 - recorded for /healthz; the next tick retries
+                log.exception("bandit learning failed")
 
     @bentoml.api(route="/decide")
     async def decide(self, request: DecideRequest, /) -> DecideResponse:

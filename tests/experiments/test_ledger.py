@@ -91,3 +91,15 @@ def test_workers_create_the_schema_at_once_on_postgresql(pg_url: str) -> None:
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(start_worker, range(16)))
     exercise(Ledger(engine))
+
+
+def test_a_ledger_created_before_an_index_gains_it(tmp_path: Path) -> None:
+    from sqlalchemy import inspect, text
+
+    engine = engine_for(f"sqlite:///{tmp_path / 'old.db'}")
+    Ledger(engine)
+    with engine.begin() as conn:  # the ledger as it was before the online learner's index
+        conn.execute(text("DROP INDEX ix_decisions_ts"))
+    assert "ix_decisions_ts" not in {i["name"] for i in inspect(engine).get_indexes("decisions")}
+    Ledger(engine)
+    assert "ix_decisions_ts" in {i["name"] for i in inspect(engine).get_indexes("decisions")}

@@ -1,0 +1,293 @@
+"""The service's incremental bandit updates (``serving.learner``): a real SQLite ledger, a real
+VW policy, the batch path's rewards; then a real ``bentoml serve`` learning as outcomes arrive."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import ValidationError
+from sqlalchemy import text
+
+from experiments.ledger import DecisionRow, OutcomeRow
+from experiments.replay_harness import Recorder
+from nextbest.settings import Settings
+from serving import learner
+from serving.actions import OutcomeRequest, record_outcome
+from serving.decide import DecideRequest, decide
+from serving.deps import Deps
+from serving.learner import Learner, learn_matured
+from training.bandit import BanditPolicy, offer_features
+from training.bandit_ledger import logged_examples
+
+T0 = datetime(2026, 1, 1, 12, tzinfo=UTC)
+MIN = timedelta(minutes=1)
+PAIR = ("device_upgrade", "data_addon")
+
+
+class Spy(BanditPolicy):
+    """The real policy, remembering which decisions (by their ``tag`` feature) it learned and
+    with which reward."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: list[tuple[str, float]] = []
+
+    def learn(self, *args: Any) -> None:  # features, ..., reward, scores: as BanditPolicy's
+        super().learn(*args)
+        self.seen.append((args[0].get("tag", "?"), args[6]))
+
+
+def _spy(deps: Deps, version: str = "untrained") -> Spy:
+    return Spy(offer_features(deps.catalog), version=version, exploration="epsilon", epsilon=0.2)
+
+
+@pytest.fixture
+def ldeps(deps: Deps) -> Deps:
+    """The shared test deps with a one-hour reward wait, a spying policy and a learner that
+    started at T0."""
+    deps.settings = deps.settings.model_copy(
+        update={"bandit_reward_wait_minutes": 60.0, "request_timeout": 10}
+    )
+    deps.bandit = _spy(deps)
+    deps.learner = Learner(start=T0)
+    return deps
+
+
+def _decision(
+    deps: Deps,
+    tag: str,
+    ts: datetime,
+    offer: str = "device_upgrade",
+    allowed: tuple[str, ...] = PAIR,
+    arm: str = "treatment",
+    customer: str | None = "c-post",
+    snapshot: bool = True,
+) -> str:
+    probs = dict.fromkeys(allowed, 1 / len(allowed)) if arm == "treatment" else {}
+    scores = {"features": {"arpu": 45.0, "tag": tag}, "value": dict.fromkeys(allowed, 1.0)}
+    deps.ledger.record_decision(
+        DecisionRow(decision_id=tag, ts=ts, customer_id=customer, channel="web",
+                    context={"page": "home"}, experiment="nbo", arm=arm,
+                    offer_id=offer if probs else None, propensity=probs.get(offer),
+                    probabilities=probs, scores=scores if snapshot else {}, model_versions={})
+    )  # fmt: skip
+    return tag
+
+
+def _outcome(
+    deps: Deps, key: str, ts: datetime, kind: str, value: float, decision: str | None = None,
+    customer: str | None = None,
+) -> None:  # fmt: skip
+    row = OutcomeRow(idempotency_key=key, decision_id=decision, customer_id=customer, type=kind,
+                     value=value, ts=ts)  # fmt: skip
+    assert deps.ledger.record_outcome(row)
+
+
+def _costs(deps: Deps) -> dict[str, float]:
+    return {o.id: float(o.cost) for o in deps.offers()}
+
+
+def test_each_matured_decision_is_learned_once_with_the_batch_reward(ldeps: Deps) -> None:
+    d = ldeps
+    _decision(d, "early", T0 - MIN)  # before the service started: the batch retrain's
+    _decision(d, "a", T0 + MIN)
+    _outcome(d, "a-conv", T0 + 20 * MIN, "conversion", 180.0, decision="a")
+    _outcome(d, "a-click", T0 + 5 * MIN, "click", 1.0, decision="a")  # not a reward
+    _outcome(d, "post-rev", T0 + 30 * MIN, "revenue", 20.0, customer="c-post")  # other spending
+    _decision(d, "b", T0 + 2 * MIN, offer="data_addon", customer="c-pre")
+    _outcome(d, "pre-rev", T0 + 10 * MIN, "revenue", 5.0, customer="c-pre")
+    # b's conversion came 70 minutes after it, past the one-hour wait: not counted, no cost
+    _outcome(d, "b-conv", T0 + 72 * MIN, "conversion", 40.0, decision="b")
+    _decision(d, "hold", T0 + 3 * MIN, arm="holdout")
+    _decision(d, "forced", T0 + 4 * MIN, offer="no_offer", allowed=("no_offer",))
+    _decision(d, "nosnap", T0 + 5 * MIN, snapshot=False)
+    _decision(d, "late", T0 + 90 * MIN)
+    spy: Spy = d.bandit
+
+    assert learn_matured(d, T0 + 30 * MIN) == 0  # nothing an hour old yet
+    assert learn_matured(d, T0 + 2 * 60 * MIN) == 2
+    assert spy.seen == [("a", 180.0 - 40.0 + 20.0), ("b", 5.0)]
+    # exactly what the batch path computes with the wait as the attribution window
+    batch = logged_examples(d.ledger.logs(), d.ledger.outcomes_frame(), _costs(d), 1 / 24)
+    by_id = dict(zip(batch["decision_id"], batch["reward"], strict=True))
+    assert [r for _, r in spy.seen] == [by_id["a"], by_id["b"]]
+    assert {"hold", "forced", "nosnap"}.isdisjoint(by_id)  # the batch path skips them too
+
+    assert learn_matured(d, T0 + 2 * 60 * MIN) == 0  # learned once
+    # an outcome reported after its decision was learned does not teach it twice
+    _outcome(d, "a-late", T0 + 25 * MIN, "revenue", 9.0, decision="a")
+    assert learn_matured(d, T0 + 2 * 60 * MIN + MIN) == 0
+    assert learn_matured(d, T0 + 3 * 60 * MIN) == 1  # "late" matured
+    assert [t for t, _ in spy.seen] == ["a", "b", "late"]
+    assert spy.version == "untrained+3" and d.model_versions()["bandit"] == "untrained+3"
+    state = d.health()["bandit_learner"]
+    assert state["learned"] == 3 and state["skipped"] == 3 and state["last_error"] is None
+    assert state["watermark"] == (T0 + 90 * MIN).isoformat()
+
+
+def test_pages_and_decisions_at_the_same_instant(ldeps: Deps, monkeypatch) -> None:
+    monkeypatch.setattr(learner, "PAGE", 3)
+    tags = [_decision(ldeps, f"same{i}", T0 + MIN) for i in range(8)]
+    tags += [_decision(ldeps, f"next{i}", T0 + 2 * MIN) for i in range(2)]
+    assert learn_matured(ldeps, T0 + 3 * 60 * MIN) == 10
+    assert sorted(t for t, _ in ldeps.bandit.seen) == sorted(tags)
+    assert learn_matured(ldeps, T0 + 4 * 60 * MIN) == 0
+
+
+def test_wrapped_missing_and_swapped_bandits(ldeps: Deps) -> None:
+    """The replay's Recorder wraps the policy; with no bandit matured decisions are passed
+    over; a promotion that swaps the bandit keeps the watermark."""
+    first = ldeps.bandit
+    ldeps.bandit = Recorder(first)
+    _decision(ldeps, "one", T0 + MIN)
+    assert learn_matured(ldeps, T0 + 2 * 60 * MIN) == 1 and first.seen[0][0] == "one"
+    ldeps.bandit = None
+    _decision(ldeps, "two", T0 + 2 * 60 * MIN)
+    assert learn_matured(ldeps, T0 + 4 * 60 * MIN) == 0
+    promoted = ldeps.bandit = _spy(ldeps, version="bandit:2")
+    _decision(ldeps, "three", T0 + 4 * 60 * MIN)
+    assert learn_matured(ldeps, T0 + 6 * 60 * MIN) == 1
+    assert [t for t, _ in promoted.seen] == ["three"] and len(first.seen) == 1
+    assert ldeps.model_versions()["bandit"] == "bandit:2+1"
+    assert ldeps.learner.skipped == 1  # "two"
+
+
+def test_decisions_record_the_updated_version(ldeps: Deps) -> None:
+    """The real pipeline: /decide's function logs the version, /outcome's the reward, and the
+    next decision records the version with the update."""
+    ldeps.bandit = BanditPolicy(offer_features(ldeps.catalog), version="bandit:1",
+                                exploration="epsilon", epsilon=0.2)  # fmt: skip
+    ldeps.clock = lambda: T0 + MIN
+    first = decide(DecideRequest(customer_id="c-post", channel="web"), ldeps)
+    assert first.model_versions["bandit"] == "bandit:1" and first.offers
+    chosen = first.offers[0].offer_id
+    report = {"idempotency_key": "k1", "decision_id": first.decision_id, "type": "conversion"}
+    record_outcome(OutcomeRequest(**report, value=180.0, ts=T0 + 9 * MIN), ldeps)
+    assert learn_matured(ldeps, T0 + 2 * 60 * MIN) == 1
+    again = decide(DecideRequest(customer_id="c-post", channel="web"), ldeps)
+    assert again.model_versions["bandit"] == "bandit:1+1"
+    assert ldeps.ledger.decision(again.decision_id).model_versions["bandit"] == "bandit:1+1"
+    assert chosen in ldeps.ledger.decision(first.decision_id).probabilities
+
+
+def test_a_refused_decision_is_passed_over(ldeps: Deps) -> None:
+    """An offer since removed from the catalogue cannot be learned: counted, not retried."""
+    _decision(ldeps, "gone", T0 + MIN, offer="retired_offer", allowed=("retired_offer", "no_offer"))
+    _decision(ldeps, "fine", T0 + 2 * MIN)
+    assert learn_matured(ldeps, T0 + 2 * 60 * MIN) == 1
+    assert ldeps.learner.refused == 1 and learn_matured(ldeps, T0 + 3 * 60 * MIN) == 0
+
+
+def test_a_failing_ledger_is_reported_and_retried(ldeps: Deps) -> None:
+    _decision(ldeps, "a", T0 + MIN)
+    with ldeps.ledger.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE outcomes RENAME TO outcomes_away"))
+    with pytest.raises(Exception, match="outcomes"):
+        learn_matured(ldeps, T0 + 2 * 60 * MIN)
+    assert "outcomes" in ldeps.health()["bandit_learner"]["last_error"]
+    with ldeps.ledger.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE outcomes_away RENAME TO outcomes"))
+    assert learn_matured(ldeps, T0 + 2 * 60 * MIN) == 1  # the watermark did not move
+    assert ldeps.learner.last_error is None
+
+
+def test_no_wait_still_leaves_a_request_its_commit(ldeps: Deps) -> None:
+    """Wait 0: a decision is learned once older than a request may take (request_timeout)."""
+    ldeps.settings = ldeps.settings.model_copy(update={"bandit_reward_wait_minutes": 0.0})
+    _decision(ldeps, "a", T0 + MIN)
+    assert learn_matured(ldeps, T0 + MIN + timedelta(seconds=5)) == 0
+    assert learn_matured(ldeps, T0 + MIN + timedelta(seconds=10)) == 1
+    assert ldeps.bandit.seen == [("a", 0.0)]
+
+
+def test_a_wait_past_the_attribution_window_counts_only_the_window(ldeps: Deps) -> None:
+    ldeps.settings = ldeps.settings.model_copy(
+        update={"bandit_reward_wait_minutes": 40 * 24 * 60.0, "attribution_days": 30}
+    )
+    _decision(ldeps, "a", T0 + MIN)
+    _outcome(ldeps, "in", T0 + timedelta(days=29), "revenue", 10.0, customer="c-post")
+    _outcome(ldeps, "out", T0 + timedelta(days=35), "revenue", 70.0, customer="c-post")
+    assert learn_matured(ldeps, T0 + timedelta(days=39)) == 0
+    assert learn_matured(ldeps, T0 + timedelta(days=41)) == 1
+    assert ldeps.bandit.seen == [("a", 10.0)]
+
+
+def test_a_first_call_starts_the_watermark_now(deps: Deps) -> None:
+    deps.bandit = _spy(deps)
+    _decision(deps, "old", T0 - 2 * 24 * 60 * MIN)
+    assert learn_matured(deps, T0) == 0 and deps.learner.ts == T0
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("bandit_reward_wait_minutes", "-1", "greater than or equal to 0"),
+        ("bandit_reward_wait_minutes", "a day", "valid number"),
+        ("bandit_learn_every_seconds", "0", "greater than 0"),
+        ("bandit_learn_every_seconds", "-0.5", "greater than 0"),
+    ],
+)
+def test_bad_settings_name_the_field(name: str, value: str, message: str, monkeypatch) -> None:
+    monkeypatch.setenv(f"NEXTBEST_{name.upper()}", value)
+    with pytest.raises(ValidationError) as exc:
+        Settings()
+    err = exc.value.errors()[0]
+    assert err["loc"] == (name,) and message in err["msg"], err
+
+
+def test_default_settings() -> None:
+    s = Settings()
+    assert s.bandit_reward_wait_minutes == 24 * 60 and s.bandit_learn_every_seconds == 30
+
+
+@pytest.mark.slow
+def test_the_running_service_learns_as_outcomes_arrive(tmp_path: Path) -> None:
+    """A real ``bentoml serve`` with a promoted bandit, no reward wait and a 0.2 s tick: the
+    decision after an outcome records the bandit's version with its updates."""
+    from benchmarks.decide import prepare_features
+    from serving import run
+    from serving.catalog import load_catalog
+    from training.bandit_registry import to_bentoml
+
+    settings = Settings(home=tmp_path).ensure_dirs()
+    prepare_features(settings, customers=5)  # bench000004 may see data_addon, streaming, none
+    actions = offer_features(load_catalog())
+    to_bentoml(settings, BanditPolicy(actions, exploration="epsilon", epsilon=0.2), "1")
+    env = {
+        "NEXTBEST_BANDIT_REWARD_WAIT_MINUTES": "0",
+        "NEXTBEST_BANDIT_LEARN_EVERY_SECONDS": "0.2",
+        "NEXTBEST_REQUEST_TIMEOUT": "2",  # also how long a decision waits for its commit
+        "NEXTBEST_GLOBAL_HOLDOUT_SHARE": "0",
+        "NEXTBEST_EXPERIMENT_HOLDOUT_SHARE": "0",
+    }
+    port = run.free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    proc = run.start(settings, port, log=log, **env)
+    try:
+        run.wait_ready(proc, port, timeout=120)
+        with httpx.Client(base_url=base, headers={"X-API-Key": "channel-dev-key"}) as client:
+            body = {"customer_id": "bench000004", "channel": "web"}
+            first = client.post("/decide", json=body).json()
+            assert first["model_versions"]["bandit"] == "bandit:1", first
+            assert first["arm"] == "treatment" and first["offers"], first
+            out = {"idempotency_key": "e2e-1", "decision_id": first["decision_id"],
+                   "type": "conversion", "value": 40.0}  # fmt: skip
+            assert client.post("/outcome", json=out).status_code == 200
+            deadline, health = time.monotonic() + 30, {}
+            while time.monotonic() < deadline:
+                health = client.get("/healthz").json()
+                if health["bandit_learner"]["learned"] >= 1:
+                    break
+                time.sleep(0.2)
+            assert health["bandit_learner"]["learned"] >= 1, (health, log.read_text()[-2000:])
+            later = client.post("/decide", json=body).json()
+        version = later["model_versions"]["bandit"]
+        assert version.startswith("bandit:1+") and int(version.split("+")[1]) >= 1, later
+    finally:
+        run.stop(proc)
