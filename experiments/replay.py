@@ -3,8 +3,10 @@
 Each visit goes through ``serving.decide.decide`` with the real dependencies (identity graph,
 Feast online store, promoted models, ledger) and the bandit; what the customer then buys is
 drawn from the simulator's response model and reported through the outcome path the channels
-use (``serving.actions.record_outcome``). The bandit learns each outcome as it arrives and is
-retrained from the ledger, OPE-gated and promoted, every ``retrain_every`` visits.
+use (``serving.actions.record_outcome``). The bandit learns them as the service does
+(``serving.learner``: each decision once, from the ledger, when its reward is in; here the
+outcomes arrive with the decision) and is retrained from the ledger, OPE-gated and promoted,
+every ``retrain_every`` visits.
 
 The scores come from the truth, not from the logs: for every treated visit we know each allowed
 offer's expected incremental value, so the policy's value is exact given its probabilities,
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import random
 import time
+from datetime import timedelta
 from typing import Any, Literal
 
 import numpy as np
@@ -46,6 +49,8 @@ def _outcomes(
     return [(int(j), "conversion" if j == shown else "revenue") for j in bought]
 
 
+# visits between the learner's ticks: it learns each decision a few visits after it was made
+LEARN_EVERY = 20
 # decision opportunities (sessions, store visits, calls) per customer per day in the default
 # world's history: ~50,000 in 90 days for 2,000 customers
 VISITS_PER_CUSTOMER_DAY = 0.28
@@ -98,6 +103,7 @@ def run_replay(
     from serving.actions import OutcomeRequest, record_outcome
     from serving.decide import decide
     from serving.deps import load_deps
+    from serving.learner import Learner, learn_matured
     from simulator.truth import Truth
     from training.bandit import BanditPolicy
     from training.bandit_ledger import catalog_actions, train_bandit
@@ -113,7 +119,10 @@ def run_replay(
     if exploration not in ("epsilon", "squarecb"):
         raise ValueError(f"exploration: {exploration!r} is not one of epsilon, squarecb")
     ensure_world(settings, customers, days)
-    rs = replay_settings(settings).model_copy(update={"bandit_exploration": exploration})
+    # the outcomes are reported with the decision: no reward wait
+    rs = replay_settings(settings).model_copy(
+        update={"bandit_exploration": exploration, "bandit_reward_wait_minutes": 0.0}
+    )
     rng = np.random.default_rng(settings.seed if seed is None else seed)
     truth = Truth.load(settings.world_dir)
     span = span_days or visits / (VISITS_PER_CUSTOMER_DAY * len(truth.people))
@@ -132,6 +141,7 @@ def run_replay(
     deps.rng = random.Random(int(rng.integers(2**31)))  # the pipeline's draws, reproducible
     clock = Clock(frame["at"].iloc[0].to_pydatetime())
     deps.clock = clock  # caps and attribution windows run on the visits' time, not the wall's
+    deps.learner = Learner(start=clock.at - timedelta(seconds=1))
     champion: Any = None
     allowed = np.zeros(values.shape, dtype=bool)
     probs = np.zeros(values.shape)
@@ -148,7 +158,7 @@ def run_replay(
             clock.at = visit.at.to_pydatetime()
             response = decide(visit_request(visit), deps)
             if bandit.last is not None and response.offers:
-                feats, channel, context, allowed_ids, dist, scores = bandit.last
+                dist = bandit.last
                 chosen = response.offers[0].offer_id
                 for o, p in dist.items():
                     allowed[i, col[o]], probs[i, col[o]] = True, p
@@ -162,7 +172,6 @@ def run_replay(
                         and all(abs(row.probabilities[o] - p) < 1e-9 for o, p in dist.items())
                         and abs((row.propensity or 0) - dist[chosen]) < 1e-9
                     )
-                reward = 0.0
                 if outcomes == "expected":  # the window's expected value, as one report
                     j = col[chosen]
                     bought = [
@@ -188,10 +197,8 @@ def run_replay(
                                        value=amount, ts=clock.at),
                         deps,
                     )  # fmt: skip
-                    reward += amount - (cost[j] if kind == "conversion" else 0.0)
-                bandit.policy.learn(
-                    feats, channel, context, allowed_ids, chosen, dist[chosen], reward, scores
-                )
+            if (i + 1) % LEARN_EVERY == 0:
+                learn_matured(deps, clock.at)
             if (i + 1) % retrain_every == 0 and i + 1 < visits:
                 bar.update(task, status="retraining")
                 try:  # judged against this replay's last promotion, not an earlier run's

@@ -29,12 +29,12 @@ def progress_bar() -> Progress:
 
 
 class Recorder:
-    """The bandit as the pipeline sees it, remembering what it was last asked and answered,
-    so the replay learns from exactly the inputs of each decision and can check the ledger."""
+    """The bandit as the pipeline sees it, remembering the distribution it last answered, so
+    the replay scores each decision exactly and checks the ledger against it."""
 
     def __init__(self, policy: Any) -> None:
         self.policy = policy
-        self.last: tuple[dict, str, dict, list[str], dict[str, float], Any] | None = None
+        self.last: dict[str, float] | None = None
 
     @property
     def version(self) -> str:
@@ -43,16 +43,14 @@ class Recorder:
     def distribution(
         self, features: dict, channel: str, context: dict, allowed: list[str], scores: Any = None
     ) -> dict[str, float]:
-        probs = self.policy.distribution(features, channel, context, allowed, scores)
-        self.last = (dict(features), channel, dict(context), list(allowed), probs, scores)
-        return probs
+        self.last = self.policy.distribution(features, channel, context, allowed, scores)
+        return self.last
 
     def choose(
         self, features: dict, channel: str, context: dict, allowed: list[str], scores: Any = None
     ) -> Any:
-        offer, probs = self.policy.choose(features, channel, context, allowed, scores)
-        self.last = (dict(features), channel, dict(context), list(allowed), probs, scores)
-        return offer, probs
+        offer, self.last = self.policy.choose(features, channel, context, allowed, scores)
+        return offer, self.last
 
 
 def replay_settings(settings: Settings) -> Settings:
