@@ -46,14 +46,10 @@ def prepare_models(settings: Settings) -> dict[str, Any]:
     """Promoted churn and uplift models and a bandit, trained on a small simulated world, so
     /decide pays for the whole pipeline (scores, arbitration, the bandit), not a fallback."""
     from experiments.replay import run_replay
-    from experiments.replay_harness import ensure_world
-    from training.train import train_model
+    from experiments.replay_harness import ensure_models, ensure_world
 
     ensure_world(settings, customers=400, days=90)
-    versions = {
-        m: train_model(settings, m, promote=True, max_rounds=200)["version"]  # type: ignore[arg-type]
-        for m in ("churn", "propensity")
-    }
+    versions: dict[str, Any] = ensure_models(settings, max_rounds=200)
     replay = run_replay(settings, 1500, retrain_every=500, plot=False, progress=False)
     versions["bandit_retrains"] = len(replay.retrains)  # promoted into the home's store
     return versions

@@ -22,7 +22,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from experiments.replay_harness import Clock, Recorder, ensure_world, progress_bar, replay_settings
+from experiments.replay_harness import (
+    Clock,
+    Recorder,
+    ensure_models,
+    ensure_world,
+    progress_bar,
+    replay_settings,
+)
 from experiments.replay_results import Checkpoint, ReplayResult, gap, plot_curve, summarise
 from nextbest.settings import Settings
 from simulator.schema import ID_COLUMNS
@@ -119,6 +126,7 @@ def run_replay(
     if exploration not in ("epsilon", "squarecb"):
         raise ValueError(f"exploration: {exploration!r} is not one of epsilon, squarecb")
     ensure_world(settings, customers, days)
+    ensure_models(settings)
     # the outcomes are reported with the decision: no reward wait
     rs = replay_settings(settings).model_copy(
         update={"bandit_exploration": exploration, "bandit_reward_wait_minutes": 0.0}
@@ -241,6 +249,7 @@ def run_replay(
         seconds=seconds,
         visits_per_second=visits / seconds,
         plot=None,
+        model_versions=deps.model_versions(),
         logged_matches_policy=matched / checked if checked else float("nan"),
     )
     if plot and curve:

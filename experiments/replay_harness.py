@@ -97,6 +97,28 @@ def ensure_world(settings: Settings, customers: int | None, days: int | None) ->
     return done
 
 
+def ensure_models(settings: Settings, max_rounds: int = 2000) -> dict[str, str]:
+    """Train and promote the churn and uplift models the pipeline scores with, where none is
+    promoted yet: without them every offer is worth the same and the replay would measure a
+    pipeline no one runs. The versions trained by model, or why one could not be (a world
+    too short to label): the replay then runs on the pipeline's fallback, as serving would."""
+    from training.datasets import DatasetError
+    from training.scoring import MODEL_NAMES, bentoml_models
+    from training.train import train_model
+
+    store, trained = bentoml_models(settings), {}
+    for name in MODEL_NAMES:
+        try:
+            store.get(f"{name}:latest")
+        except Exception:  # noqa: BLE001 - bentoml's NotFound: nothing promoted yet
+            try:
+                info = train_model(settings, name, promote=True, max_rounds=max_rounds)
+                trained[name] = str(info["version"])
+            except DatasetError as exc:
+                trained[name] = f"not trained: {exc}"
+    return trained
+
+
 class Clock:
     """The decision pipeline's clock set to the visit being replayed."""
 

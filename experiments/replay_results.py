@@ -43,6 +43,7 @@ class ReplayResult(BaseModel):
     seconds: float
     visits_per_second: float
     plot: str | None
+    model_versions: dict[str, str]  # the models the pipeline scored with at the end
     logged_matches_policy: float  # share of treated decisions whose logged probabilities
     # equal the bandit's distribution for the same visit
 
