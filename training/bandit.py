@@ -227,10 +227,11 @@ class BanditPolicy:
             features, channel, context, self._actions(allowed), scores=self._scaled(scores)
         )
         with self._lock:
-            pmf = np.asarray(self._vw.predict(example), dtype=float)
-        pmf = np.clip(pmf, 0.0, None)
-        pmf /= pmf.sum()
-        return dict(zip(allowed, pmf.tolist(), strict=True))
+            raw = self._vw.predict(example)
+        # plain floats: a handful of offers costs less in Python than in numpy's small arrays
+        pmf = [p if p > 0.0 else 0.0 for p in raw]
+        total = sum(pmf)
+        return {a: p / total for a, p in zip(allowed, pmf, strict=True)}
 
     def choose(
         self,
