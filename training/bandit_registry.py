@@ -21,7 +21,7 @@ class BanditError(ValueError):
 
 
 MODEL_NAME = "bandit"
-FORMAT_VERSION = 3  # bump whenever format_example changes: old weights would mean other things
+FORMAT_VERSION = 4  # bump whenever format_example changes: old weights would mean other things
 
 
 def _mlflow(settings: Settings) -> Any:

@@ -26,8 +26,8 @@ def test_one_formatter_for_predict_and_learn() -> None:
     ctx = {"page": "home|x", "basket": ["a", "b"], "intent": None}
     predict = format_example(feats, "web", ctx, actions)
     assert predict == [
-        # numbers also get a third-of-an-octave bin (log2(1 + 31.5) * 3 = 15.0), zero only a bin
-        "shared |u plan=postpaid_m arpu:31.5 arpu#15 app:1 n#0 |c channel=web page=home_x "
+        # numbers as they are (a zero is VW's absent feature), text as indicators
+        "shared |u plan=postpaid_m arpu:31.5 app:1 |c channel=web page=home_x "
         "basket=a basket=b",
         "|a offer=disc category=discount |v cost:2",  # numbers outside the -q interactions
         "|a offer=none category=none",
@@ -45,7 +45,7 @@ def test_model_scores_are_an_action_feature_and_identifiers_are_not() -> None:
     lines = format_example(
         {"customer_id": "C1", "arpu": 3.0}, "web", {}, actions, scores={"disc": 0.25, "none": 0.0}
     )
-    assert lines[0] == "shared |u arpu:3 arpu#6 |c channel=web"
+    assert lines[0] == "shared |u arpu:3 |c channel=web"
     assert lines[1] == "|a offer=disc category=discount |v cost:2 |s uplift:0.25"
     assert lines[2] == "|a offer=none category=none"  # a zero score is no feature
     policy = BanditPolicy(ACTIONS, reward_scale=4.0)
