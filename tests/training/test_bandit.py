@@ -27,8 +27,7 @@ def test_one_formatter_for_predict_and_learn() -> None:
     predict = format_example(feats, "web", ctx, actions)
     assert predict == [
         # numbers as they are (a zero is VW's absent feature), text as indicators
-        "shared |u plan=postpaid_m arpu:31.5 app:1 |c channel=web page=home_x "
-        "basket=a basket=b",
+        "shared |u plan=postpaid_m arpu:31.5 app:1 |c channel=web page=home_x basket=a basket=b",
         "|a offer=disc category=discount |v cost:2",  # numbers outside the -q interactions
         "|a offer=none category=none",
     ]
