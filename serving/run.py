@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -106,3 +107,21 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
     psutil.wait_procs(alive, timeout=5)
     if proc.poll() is None:
         proc.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def served(
+    settings: Settings,
+    target: str = "serving.service:Nextbest",
+    log: Path | None = None,
+    timeout: float = 120.0,
+    **env: str,
+) -> Iterator[str]:
+    """A ready server on a free local port for the block (its base URL), stopped after it."""
+    port = free_port()
+    proc = start(settings, port, target, log, **env)
+    try:
+        wait_ready(proc, port, timeout)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)

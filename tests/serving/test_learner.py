@@ -265,12 +265,8 @@ def test_the_running_service_learns_as_outcomes_arrive(tmp_path: Path) -> None:
         "NEXTBEST_GLOBAL_HOLDOUT_SHARE": "0",
         "NEXTBEST_EXPERIMENT_HOLDOUT_SHARE": "0",
     }
-    port = run.free_port()
-    base = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
-    proc = run.start(settings, port, log=log, **env)
-    try:
-        run.wait_ready(proc, port, timeout=120)
+    with run.served(settings, log=log, **env) as base:
         with httpx.Client(base_url=base, headers={"X-API-Key": "channel-dev-key"}) as client:
             body = {"customer_id": "bench000004", "channel": "web"}
             first = client.post("/decide", json=body).json()
@@ -289,5 +285,3 @@ def test_the_running_service_learns_as_outcomes_arrive(tmp_path: Path) -> None:
             later = client.post("/decide", json=body).json()
         version = later["model_versions"]["bandit"]
         assert version.startswith("bandit:1+") and int(version.split("+")[1]) >= 1, later
-    finally:
-        run.stop(proc)

@@ -22,12 +22,8 @@ ADMIN = {"X-API-Key": "admin-dev-key"}
 @pytest.mark.slow
 def test_two_workers_on_postgresql(pg_url: str, tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, ledger_url=pg_url, workers=2)
-    port = run.free_port()
     log = tmp_path / "server.log"
-    proc = run.start(settings, port, log=log, NEXTBEST_LEDGER_URL=pg_url)
-    try:
-        run.wait_ready(proc, port, timeout=120)
-        base = f"http://127.0.0.1:{port}"
+    with run.served(settings, log=log, NEXTBEST_LEDGER_URL=pg_url) as base:
 
         def visit(i: int) -> dict:
             body = {"customer_id": f"pg-{i % 7}", "channel": ("web", "app", "email")[i % 3]}
@@ -45,8 +41,6 @@ def test_two_workers_on_postgresql(pg_url: str, tmp_path: Path) -> None:
         assert (first["recorded"], again["recorded"]) == (True, False)
         erased = httpx.post(f"{base}/erase", json={"customer_id": "pg-3"}, headers=ADMIN)
         assert erased.status_code == 200, erased.text
-    finally:
-        run.stop(proc)
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
     ledger = Ledger(engine_for(pg_url))

@@ -22,15 +22,9 @@ def test_bento_carries_and_serves_the_champions(trained_world, tmp_path: Path) -
     assert champions <= set(built["models"]), built
 
     empty_home = settings.model_copy(update={"home": tmp_path / "elsewhere"})
-    port = run.free_port()
     log = tmp_path / "bento.log"
     # the Bento's store is the one BENTOML_HOME names; the project home has nothing in it
-    proc = run.start(empty_home, port, target=built["tag"], log=log,
-                     BENTOML_HOME=str(settings.bentoml_home))  # fmt: skip
-    try:
-        run.wait_ready(proc, port, timeout=120)
-        health = httpx.get(f"http://127.0.0.1:{port}/healthz").json()
-    finally:
-        run.stop(proc)
+    with run.served(empty_home, built["tag"], log, BENTOML_HOME=str(settings.bentoml_home)) as base:
+        health = httpx.get(f"{base}/healthz").json()
     assert health["parts"]["models"] == "ok", (health, log.read_text()[-2000:])
     assert set(health["model_versions"]) >= {"churn", "propensity"}
