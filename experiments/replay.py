@@ -216,6 +216,8 @@ def run_replay(
                 if info.get("promoted"):
                     bandit.policy = load_bandit(rs) or bandit.policy
                     champion = load_bandit(rs)  # as promoted: serving goes on learning online
+                    # it was trained on every decision so far: online learning resumes after
+                    deps.learner = Learner(start=clock.at + timedelta(microseconds=1))
                 retrains.append({"visits": i + 1, "serving": bandit.version, **info})
             if (i + 1) % every == 0 or i + 1 == visits:
                 seg = np.flatnonzero(treated[last : i + 1]) + last
