@@ -1,0 +1,122 @@
+"""Experiment commands: uplift analysis, the uplift report, off-policy evaluation, replay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nextbest.cli_common import JsonFlag, console, emit, fail
+from nextbest.settings import get_settings
+
+uplift_app = typer.Typer(no_args_is_help=True, help="Uplift statistics for experiment exports.")
+
+# nextbest.cli mounts this group and registers the other commands on the root app and `bench`.
+
+
+@uplift_app.command("analyze")
+def uplift_analyze(
+    csv: Annotated[Path, typer.Option("--csv", help="experiment export (CSV, may be .gz)")],
+    arm: Annotated[str, typer.Option(help="column holding the arm label")],
+    outcome: Annotated[str, typer.Option(help="column holding the outcome (0/1, Yes/No, amount)")],
+    control: Annotated[str | None, typer.Option(help="label of the control arm")] = None,
+    covariate: Annotated[
+        str | None, typer.Option(help="pre-period column for CUPED variance reduction")
+    ] = None,
+    alpha: Annotated[float, typer.Option(help="1 - confidence level")] = 0.05,
+    as_json: JsonFlag = False,
+) -> None:
+    """Lift of every arm against the control: intervals, p-values (Holm), CUPED, always-valid."""
+    from experiments.exports import analyze_export
+    from experiments.uplift import UpliftError
+
+    try:
+        result = analyze_export(csv, arm, outcome, control, covariate, alpha)
+    except UpliftError as exc:
+        fail(str(exc))
+    emit(result.model_dump(), as_json)
+
+
+def report(
+    out: Annotated[Path | None, typer.Option(help="folder for report.html and report.json")] = None,
+    world: Annotated[Path | None, typer.Option(help="simulated world folder")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Write the marketers' uplift report: one self-contained HTML file, same numbers as JSON."""
+    from experiments.report import ReportError, write_report
+
+    s = get_settings()
+    try:
+        paths = write_report(s, out or s.reports_dir, world_dir=world)
+    except ReportError as exc:
+        fail(str(exc))
+    emit(paths, as_json)
+
+
+def bench_uplift(
+    experiments: Annotated[int, typer.Option(min=100, help="simulated experiments")] = 20_000,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Interval coverage and false-positive rate over simulated experiments with known uplift."""
+    from benchmarks.uplift_coverage import run
+
+    emit(run(experiments, seed), as_json)
+
+
+def ope(
+    policy: Annotated[
+        str, typer.Option(help="champion | challenger | uniform | best_single | offer:ID")
+    ] = "challenger",
+    days: Annotated[float | None, typer.Option(help="only logs of the last DAYS days")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Off-policy value of a candidate policy on the ledger's logs (IPS, SNIPS, DM, DR, ESS)."""
+    from experiments.ope import evaluate_policy
+
+    try:
+        result = evaluate_policy(get_settings(), policy, days)
+    except ValueError as exc:
+        fail(str(exc))
+    for warning in result["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    emit(result, as_json)
+
+
+def replay(
+    visits: Annotated[int, typer.Option(help="simulated visits through the decision pipeline")],
+    retrain_every: Annotated[
+        int, typer.Option(help="retrain the bandit from the ledger every K visits")
+    ] = 10_000,
+    exploration: Annotated[
+        str | None, typer.Option(help="epsilon | squarecb (default: settings)")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed of the visits")] = None,
+    outcomes: Annotated[
+        str, typer.Option(help="sampled (drawn purchases) | expected (expected window value)")
+    ] = "sampled",
+    as_json: JsonFlag = False,
+) -> None:
+    """Learn online against the simulator's truth: value of the bandit vs random, best single
+    offer and oracle per visit, the share of the random-to-oracle gap closed, a learning curve."""
+    from experiments.replay import run_replay
+
+    try:
+        result = run_replay(
+            get_settings(),
+            visits,
+            retrain_every=retrain_every,
+            exploration=exploration,
+            seed=seed,
+            outcomes=outcomes,  # type: ignore[arg-type]
+        )
+    except ValueError as exc:
+        fail(str(exc))
+    if not as_json:
+        console.print(
+            f"per visit: policy {result.policy:.3f}, random {result.random:.3f}, best single "
+            f"({result.best_single_offer}) {result.best_single:.3f}, oracle {result.oracle:.3f}; "
+            f"gap closed {result.gap_closed:.2f}; learning curve: {result.plot}"
+        )
+    emit(result.model_dump(), as_json)

@@ -1,0 +1,69 @@
+"""Serving commands: run the decision service, build its Bento, benchmark /decide."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from nextbest.cli_common import JsonFlag, console, emit, fail
+from nextbest.settings import get_settings
+
+# nextbest.cli registers these commands on the root app and `bench`.
+
+
+def serve(
+    port: Annotated[int | None, typer.Option(help="HTTP port (default: settings.port)")] = None,
+    workers: Annotated[int | None, typer.Option(help="worker processes")] = None,
+) -> None:
+    """Run the decision service (bentoml serve) on 127.0.0.1 until interrupted."""
+    import os
+
+    from nextbest.settings import PROJECT_ROOT
+    from serving.run import server_cmd, server_env
+
+    s = get_settings()
+    if workers is not None and workers < 1:
+        fail(f"--workers must be >= 1, got {workers}")
+    s.ensure_dirs()
+    env = server_env(s, NEXTBEST_WORKERS=str(workers or s.workers))
+    cmd = server_cmd("serving.service:Nextbest", port or s.port, s.host)
+    console.print(f"serving on http://{s.host}:{port or s.port} ({workers or s.workers} workers)")
+    os.chdir(PROJECT_ROOT)
+    os.execve(cmd[0], cmd, env)  # bentoml becomes this process: signals reach it directly
+
+
+def bento(as_json: JsonFlag = False) -> None:
+    """Build the service into a Bento carrying the promoted models (`bentoml containerize`
+    makes an image of it)."""
+    from serving.bento import BentoBuildError, build_bento
+
+    s = get_settings().ensure_dirs()
+    try:
+        emit(build_bento(s), as_json)
+    except BentoBuildError as exc:
+        fail(str(exc))
+
+
+def bench_decide_cmd(
+    seconds: Annotated[float, typer.Option(help="seconds per load level")] = 5.0,
+    concurrency: Annotated[list[int] | None, typer.Option(help="closed-loop connections")] = None,
+    workers: Annotated[int | None, typer.Option(help="server worker processes")] = None,
+    use_home: Annotated[
+        bool, typer.Option(help="bench the home as it is (promoted models) instead of a fresh one")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """/decide vs an empty BentoML endpoint: sequential, closed-loop and open-loop figures.
+
+    By default a fresh home with a real Feast store of synthetic customers is used."""
+    from benchmarks.decide import bench_decide
+
+    if seconds <= 0 or seconds > 30:
+        fail(f"--seconds must be in (0, 30], got {seconds}")
+    if concurrency and min(concurrency) < 1:
+        fail(f"--concurrency must be >= 1, got {min(concurrency)}")
+    if workers is not None and workers < 1:
+        fail(f"--workers must be >= 1, got {workers}")
+    s = get_settings().ensure_dirs() if use_home else None
+    emit(bench_decide(s, concurrency or None, seconds, workers=workers), as_json)
