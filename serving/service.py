@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import bentoml
@@ -111,45 +112,54 @@ class Nextbest:
         STATE.deps = self.deps
         # decisions from now on are learned online; older ones are the batch retrain's
         self.deps.learner = learner.Learner(start=self.deps.clock())
-        self._scanner: asyncio.Task | None = None
-        self._learning: asyncio.Task | None = None
+        self._background: list[asyncio.Task] = []
 
     @bentoml.on_startup
     async def _start(self) -> None:
-        self._scanner = asyncio.create_task(self._scan_forever())
-        self._learning = asyncio.create_task(self._learn_forever())
+        s = self.deps.settings
+        self._background = [
+            asyncio.create_task(
+                self._every(s.abandon_scan_seconds, self._scan, "abandoned-basket scan")
+            ),
+            asyncio.create_task(
+                self._every(s.bandit_learn_every_seconds, self._learn, "bandit learning")
+            ),
+        ]
         self.checkpointer.start()  # WAL checkpoints off the decisions' commits
         gc.collect()
         gc.freeze()  # start-up objects (models, catalogue, BentoML) leave the GC's generations
 
     @bentoml.on_shutdown
     async def _stop(self) -> None:
-        if self._learning is not None:
-            self._learning.cancel()
+        for task in self._background:
+            task.cancel()
         self.checkpointer.stop()
 
-    async def _scan_forever(self) -> None:
+    async def _every(self, seconds: float, job: Callable[[], str | None], what: str) -> None:
+        """``job`` in a thread every ``seconds`` while the service runs, off the loop that
+        decides; a failure is logged (the learner's also in /healthz) and the next round retries.
+        ``job`` returns a line worth logging, if any."""
         while True:
-            await asyncio.sleep(self.deps.settings.abandon_scan_seconds)
+            await asyncio.sleep(seconds)
             try:
-                queued = await asyncio.to_thread(outbox.scan_abandoned, self.deps)
-                if queued:
-                    log.info("abandoned baskets: %d messages queued", len(queued))
-            except Exception:  # noqa: BLE001 - the next scan retries
-                log.exception("abandoned-basket scan failed")
+                done = await asyncio.to_thread(job)
+            except Exception:  # noqa: BLE001 - the next round retries
+                log.exception("%s failed", what)
+            else:
+                if done:
+                    log.info("%s", done)
 
-    async def _learn_forever(self) -> None:
-        """The bandit learns the decisions whose reward wait has passed (``serving.learner``),
-        in a thread: /decide only waits for the policy's lock, one example at a time."""
-        while True:
-            await asyncio.sleep(self.deps.settings.bandit_learn_every_seconds)
-            try:
-                n = await asyncio.to_thread(learner.learn_matured, self.deps, self.deps.clock())
-                if n:
-                    version = self.deps.model_versions().get("bandit")
-                    log.info("bandit learned %d matured decisions: now %s", n, version)
-            except Exception:  # noqa: BLE001 - recorded for /healthz; the next tick retries
-                log.exception("bandit learning failed")
+    def _scan(self) -> str | None:
+        """Abandoned baskets become outbound decisions (``serving.outbox``)."""
+        queued = outbox.scan_abandoned(self.deps)
+        return f"abandoned baskets: {len(queued)} messages queued" if queued else None
+
+    def _learn(self) -> str | None:
+        """The bandit learns the decisions whose reward wait has passed (``serving.learner``);
+        /decide only waits for the policy's lock, one example at a time."""
+        n = learner.learn_matured(self.deps, self.deps.clock())
+        bandit = self.deps.model_versions().get("bandit")
+        return f"bandit learned {n} matured decisions: now {bandit}" if n else None
 
     @bentoml.api(route="/decide")
     async def decide(self, request: DecideRequest, /) -> DecideResponse:
