@@ -39,7 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from experiments.ledger_sqlite import Held, sqlite_history, sqlite_insert
-from nextbest.db import create_tables
+from nextbest.db import create_tables, is_sqlite_file
 
 metadata = MetaData()
 
@@ -172,7 +172,7 @@ class Ledger:
             create_tables(engine, metadata)
         # SQLite fast paths (experiments.ledger_sqlite) for a file: a memory database lives in
         # one pooled connection, which Held would detach
-        fast = engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
+        fast = is_sqlite_file(engine)
         self._held = held = Held()
         self._history = (
             sqlite_history(engine, held, _HISTORY, decisions.c.ts.type) if fast else None

@@ -34,6 +34,12 @@ def engine_for(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+def is_sqlite_file(engine: Engine) -> bool:
+    """A SQLite database in a file: WAL and one connection per thread apply (a memory database
+    lives in one pooled connection; PostgreSQL manages its own)."""
+    return engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
+
+
 DDL_LOCK = 0x4E425354  # one advisory-lock key for every Nextbest schema change
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Engine, event
 
 from experiments.ledger import DecisionRow, Ledger
+from nextbest.db import is_sqlite_file
 
 log = logging.getLogger("nextbest.writer")
 
@@ -84,8 +85,7 @@ class WalCheckpointer:
     @staticmethod
     def applies(engine: Engine) -> bool:
         """Only for a SQLite file (WAL); PostgreSQL and memory databases are left alone."""
-        db = engine.url.database or ""
-        return engine.dialect.name == "sqlite" and db not in ("", ":memory:")
+        return is_sqlite_file(engine)
 
     def start(self) -> WalCheckpointer:
         if self._thread is not None or not self.applies(self.engine):
