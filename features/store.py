@@ -167,24 +167,19 @@ def materialize(
     }
 
 
-def _service(store: FeatureStore, name: str) -> tuple[Any, bool, list[str]]:
-    """The FeatureService, whether it needs ``request_ts``, and its feature names in the
-    service's order; cached on the store (Feast caches its request plan per service object,
-    and ``get_feature_service`` costs ~2 ms of registry proto parsing)."""
-    cache: dict[str, tuple[Any, bool, list[str]]] = store.__dict__.setdefault(
-        "_nextbest_services", {}
-    )
+def _service(store: FeatureStore, name: str) -> tuple[Any, list[str]]:
+    """The FeatureService and its feature names in the service's order; cached on the store
+    (``get_feature_service`` costs ~2 ms of registry proto parsing)."""
+    cache: dict[str, tuple[Any, list[str]]] = store.__dict__.setdefault("_nextbest_services", {})
     if name not in cache:
         fs = store.get_feature_service(name)
-        needs_ts = any(p.name == "customer_basket_live" for p in fs.feature_view_projections)
-        names = [f.name for p in fs.feature_view_projections for f in p.features]
-        cache[name] = (fs, needs_ts, names)
+        cache[name] = (fs, [f.name for p in fs.feature_view_projections for f in p.features])
     return cache[name]
 
 
 def feature_names(store: FeatureStore, service: str) -> list[str]:
     """The service's feature names in a stable order (for model inputs)."""
-    return list(_service(store, service)[2])
+    return list(_service(store, service)[1])
 
 
 def read_online(
@@ -225,8 +220,7 @@ def _read_plan(store: FeatureStore, service: str) -> ReadPlan:
 
     cache: dict[str, ReadPlan] = store.__dict__.setdefault("_nextbest_plans", {})
     if service not in cache:
-        fs, _, names = _service(store, service)
-        cache[service] = ReadPlan(store, fs, names)
+        cache[service] = ReadPlan(store, *_service(store, service))
     return cache[service]
 
 

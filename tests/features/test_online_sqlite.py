@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 def _provider_plan(store, service: str) -> ReadPlan:  # noqa: ANN001
     """The same plan, reading through the provider (as for Redis)."""
-    fs, _, names = _service(store, service)
+    fs, names = _service(store, service)
     plan = ReadPlan(store, fs, names)
     plan._sqlite = False
     return plan
@@ -27,7 +27,7 @@ def test_sqlite_read_equals_the_provider_read(feature_home, monkeypatch, chunk: 
     store = feature_home.store
     monkeypatch.setattr(SqliteViews, "CHUNK", chunk)  # 4 views: 10, then 1 customer a query
     ids = list(feature_home.batch()["customer_id"].drop_duplicates()[:30]) + ["no-such-one"]
-    fs, _, names = _service(store, "profile_v1")
+    fs, names = _service(store, "profile_v1")
     fast = ReadPlan(store, fs, names)
     assert isinstance(SqliteViews.for_plan(fast, store), SqliteViews)
     want = _provider_plan(store, "profile_v1").stored(store, ids)
