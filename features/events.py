@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from simulator.schema import CHANNELS, EVENT_TYPES
+from simulator.schema import CHANNELS, EVENT_TYPES, ID_COLUMNS
 
-IDENTIFIER_FIELDS = ("customer_id", "email", "phone", "loyalty_id", "login_id", "cookie_id")
+IDENTIFIER_FIELDS = ("customer_id", *ID_COLUMNS)
 BASKET_TYPES = ("basket_add", "basket_remove")
 BASKET_CLEARING_TYPES = ("checkout", "purchase")
 VISIT_TYPES = ("session_start", "store_visit", "call_contact")

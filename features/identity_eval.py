@@ -18,6 +18,7 @@ import pandas as pd
 from features import normalize as nz
 from features.identity import Identifiers, IdentityGraph
 from features.identity_records import KEY_FIELDS, prepare
+from simulator.schema import ID_COLUMNS
 
 
 def _pairs(counts: pd.Series) -> int:
@@ -110,7 +111,7 @@ def evaluate_world(world_dir: Path, salt: str, region: str, **options: Any) -> d
 def _timings(graph: IdentityGraph, frame: pd.DataFrame, events: Path) -> dict[str, float]:
     """Real-time lookup latency (one record's identifiers each) and event mapping rate."""
     sample = frame.sample(min(len(frame), 1000), random_state=0)
-    fields = ["email", "phone", "loyalty_id", "login_id", "cookie_id"]
+    fields = list(ID_COLUMNS)
     calls = [Identifiers(**{f: r[f] for f in fields}) for r in sample[fields].to_dict("records")]
     for ids in calls[:100]:  # warm the pool and the statement cache
         graph.lookup(ids)

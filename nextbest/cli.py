@@ -11,10 +11,8 @@ from typing import Annotated
 import typer
 
 from nextbest import cli_experiments, cli_features, cli_models, cli_serving
-from nextbest.cli_common import JsonFlag, console, emit, fail
+from nextbest.cli_common import JsonFlag, emit, fail
 from nextbest.settings import get_settings
-
-__all__ = ["JsonFlag", "app", "console", "emit", "fail"]
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: figures printed against a floor.")

@@ -6,9 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from simulator.schema import Channel
+from simulator.schema import ID_COLUMNS, Channel
 
-ID_FIELDS = ("customer_id", "email", "phone", "loyalty_id", "login_id", "cookie_id")
+ID_FIELDS = ("customer_id", *ID_COLUMNS)
 Id = Field(None, min_length=1, max_length=256)
 
 
