@@ -143,7 +143,10 @@ class FixedPolicy:
         self.offer_id = offer_id
         self.version = f"offer:{offer_id}" if offer_id else "uniform"
 
-    def distribution(self, features: Any, channel: str, context: Any, allowed: list[str]) -> dict:
+    def distribution(
+        self, features: Any, channel: str, context: Any, allowed: list[str], scores: Any = None
+    ) -> dict:
+        """The policy's distribution; ``scores`` (the models' values) do not move a fixed one."""
         if self.offer_id in allowed:
             return {o: float(o == self.offer_id) for o in allowed}
         return {o: 1.0 / len(allowed) for o in allowed}

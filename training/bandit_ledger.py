@@ -100,12 +100,10 @@ def fit(policy: BanditPolicy, examples: pd.DataFrame) -> BanditPolicy:
 
 
 def logged_distribution(policy: Any, row: Any) -> dict[str, float]:
-    """A policy's distribution for a logged example (a row of :func:`logged_examples`): the
-    bandit also gets the model scores the decision saw; fixed policies take no scores."""
-    args = (row.features, row.channel, row.context, row.allowed)
-    if isinstance(policy, BanditPolicy):
-        return policy.distribution(*args, getattr(row, "scores", None))
-    return policy.distribution(*args)
+    """A policy's distribution for a logged example (a row of :func:`logged_examples`), given
+    the model scores the decision saw (a fixed policy ignores them)."""
+    scores = getattr(row, "scores", None)
+    return policy.distribution(row.features, row.channel, row.context, row.allowed, scores)
 
 
 def target_probabilities(policy: Any, examples: pd.DataFrame) -> np.ndarray:
