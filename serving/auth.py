@@ -15,8 +15,7 @@ from typing import Any
 
 Scope = dict[str, Any]
 ADMIN_PATHS = ("/erase", "/promote/")
-KEYED_PATHS = ("/decide", "/outcome", "/events", "/profile/", "/outbox", "/erase", "/reports",
-               "/promote/")  # fmt: skip
+KEYED_PATHS = ("/decide", "/outcome", "/events", "/profile/", "/outbox", "/reports", *ADMIN_PATHS)
 HEADER = b"x-api-key"
 
 

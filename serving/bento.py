@@ -9,14 +9,12 @@ service module pins exactly the champions of this home.
 from __future__ import annotations
 
 import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from nextbest.settings import PROJECT_ROOT, Settings
-from serving.run import server_env
+from serving.run import BENTOML, server_env
 
 
 class BentoBuildError(RuntimeError):
@@ -25,8 +23,7 @@ class BentoBuildError(RuntimeError):
 
 def build_bento(settings: Settings) -> dict[str, Any]:
     """Build the Bento; returns its tag, folder and the model tags it carries."""
-    bentoml = Path(sys.executable).with_name("bentoml")
-    cmd = [str(bentoml), "build", "-f", "pyproject.toml", "-o", "tag", str(PROJECT_ROOT)]
+    cmd = [str(BENTOML), "build", "-f", "pyproject.toml", "-o", "tag", str(PROJECT_ROOT)]
     done = subprocess.run(
         cmd, cwd=PROJECT_ROOT, env=server_env(settings), capture_output=True, text=True
     )

@@ -28,7 +28,7 @@ import pandas as pd
 from sqlalchemy import and_, or_, select
 
 from experiments.ledger import decisions, outcomes, utc
-from training.bandit_ledger import logged_examples
+from training.bandit_ledger import REWARDED, logged_examples, offer_costs
 
 log = logging.getLogger("nextbest.learner")
 
@@ -36,7 +36,6 @@ log = logging.getLogger("nextbest.learner")
 PAGE = 400
 _COLUMNS = ("decision_id", "ts", "customer_id", "channel", "context", "arm", "offer_id")
 _COLUMNS += ("propensity", "probabilities", "scores")
-_REWARDED = ("conversion", "revenue")  # the outcome types logged_examples counts
 
 
 class Learner:
@@ -112,7 +111,7 @@ def learn_matured(deps: Any, now: datetime) -> int:
 
 def _learn(deps: Any, learner: Learner, upper: datetime) -> int:
     window = reward_window(deps.settings)
-    costs = {o.id: float(o.cost) for o in deps.offers()}
+    costs = offer_costs(deps.offers())
     learned = 0
     while True:
         rows = _matured(deps.ledger.engine, learner, upper)
@@ -175,7 +174,7 @@ def _examples(
         later = and_(o.decision_id.is_(None), o.customer_id.in_(people), o.ts >= min(times))
         linked = or_(linked, later)
     q = select(o.decision_id, o.customer_id, o.type, o.value, o.ts).where(
-        o.type.in_(_REWARDED), o.ts <= max(times) + window, linked
+        o.type.in_(REWARDED), o.ts <= max(times) + window, linked
     )
     with engine.connect() as conn:
         found = pd.DataFrame(conn.execute(q).mappings().all())

@@ -39,10 +39,12 @@ def server_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+BENTOML = Path(sys.executable).with_name("bentoml")  # the CLI of the venv we run in
+
+
 def server_cmd(target: str, port: int, host: str = "127.0.0.1") -> list[str]:
-    bentoml = Path(sys.executable).with_name("bentoml")
     return [
-        str(bentoml),
+        str(BENTOML),
         "serve",
         target,
         "--host",

@@ -7,7 +7,7 @@ policy, scores policies on logs (for OPE) and runs ``nextbest train bandit``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Literal
 
@@ -19,6 +19,7 @@ from training.bandit import BanditPolicy, offer_features
 from training.bandit_registry import MODEL_NAME, BanditError, load_bandit, register
 
 MIN_EXAMPLES = 50
+REWARDED = ("conversion", "revenue")  # the outcome types a decision's reward counts
 
 
 def logged_examples(
@@ -48,7 +49,7 @@ def logged_examples(
     value = pd.Series(0.0, index=df["decision_id"])
     converted = pd.Series(False, index=df["decision_id"])
     if not outcomes.empty:
-        o = outcomes[outcomes["type"].isin(["conversion", "revenue"])]
+        o = outcomes[outcomes["type"].isin(REWARDED)]
         o = o.assign(ts=pd.to_datetime(o["ts"], utc=True))
         keys = df[["decision_id", "customer_id", "ts"]].rename(columns={"ts": "ts_decision"})
         linked = o[o["decision_id"].notna()].merge(keys.drop(columns="customer_id"))
@@ -116,12 +117,17 @@ def target_probabilities(policy: Any, examples: pd.DataFrame) -> np.ndarray:
     )
 
 
+def offer_costs(offers: Iterable[Any]) -> dict[str, float]:
+    """What each offer gives away when it converts: the cost a reward subtracts."""
+    return {o.id: float(o.cost) for o in offers}
+
+
 def catalog_actions(settings: Settings) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
     """Action features and cost per offer, from the one offer catalogue."""
     from serving.catalog import load_catalog
 
     catalog = load_catalog()
-    return offer_features(catalog), {o.id: float(o.cost) for o in catalog.offers}
+    return offer_features(catalog), offer_costs(catalog.offers)
 
 
 def ledger_examples(settings: Settings, since: datetime | None = None) -> pd.DataFrame:
