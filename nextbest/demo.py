@@ -95,7 +95,7 @@ def _unified_profile(settings: Settings, store: Any, console: Console) -> None:
     import pandas as pd
 
     from features.identity import Identifiers, graph_for
-    from features.store import read_online
+    from features.store import unified_profile
 
     records = pd.read_parquet(settings.world_dir / "identities.parquet")
     by_person = records.groupby("true_person_id")
@@ -112,20 +112,22 @@ def _unified_profile(settings: Settings, store: Any, console: Console) -> None:
     )
     for col in ("source", "first_name", "last_name", *ID_COLUMNS, "customer_id"):
         table.add_column(col, overflow="fold")
-    ids = set()
+    resolved = None  # the first record that resolves to a customer
     for r in mine.itertuples(index=False):
         known = {c: getattr(r, c) for c in ID_COLUMNS if isinstance(getattr(r, c), str)}
         cid = graph.lookup(Identifiers(**known)) if known else None
-        ids.add(cid)
+        resolved = resolved or cid
         table.add_row(r.source, r.first_name, r.last_name,
                       *(getattr(r, c) or "" for c in ID_COLUMNS), cid or "-")  # fmt: skip
     console.print(table)
-    cid = next((c for c in ids if c), None)
-    if cid is not None:
-        row = read_online(store, "profile_v1", [cid])[0]
+    if resolved is not None:
+        profile = unified_profile(settings, resolved, store)
+        row = {**profile["features"], **profile["basket"]}
         shown = ("plan", "arpu", "tenure_days", "purchases_90d", "visits_web_30d",
                  "email_open_rate_90d", "complaints_90d", "basket_items")  # fmt: skip
-        console.print(f"unified profile of {cid}:", {k: row.get(k) for k in shown})
+        console.print(
+            f"unified profile of {profile['customer_id']}:", {k: row.get(k) for k in shown}
+        )
 
 
 def _train(settings: Settings, console: Console) -> dict[str, Any]:
@@ -152,17 +154,14 @@ def _serve_visits(settings: Settings, console: Console, visits: int) -> dict[str
     truth = Truth.load(settings.world_dir)
     rng = np.random.default_rng(settings.seed)
     frame = truth.sample_visits(rng, visits)
-    port = run.free_port()
     log = settings.home / "server.log"
-    proc = run.start(settings, port, log=log, NEXTBEST_ABANDON_SCAN_SECONDS="1")
     headers = {CHANNEL_KEY_HEADER: settings.channel_keys[0]}
-    try:
-        run.wait_ready(proc, port, timeout=120)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30) as c:
-            shown, samples, offered = _decide_all(c, frame, truth, rng, console)
-            agent = _abandoned_basket_story(c, frame, console)
-    finally:
-        run.stop(proc)
+    with (
+        run.served(settings, log=log, NEXTBEST_ABANDON_SCAN_SECONDS="1") as base,
+        httpx.Client(base_url=base, headers=headers, timeout=30) as c,
+    ):
+        shown, samples, offered = _decide_all(c, frame, truth, rng, console)
+        agent = _abandoned_basket_story(c, frame, console)
     _print_samples(console, samples)
     return {"decisions": len(frame), "with_offer": offered, "by_channel": shown, **agent}
 
