@@ -181,34 +181,28 @@ class ModelBundle:
         n_feat = len(spec.features)
         codes = [self._offers.get(o, math.nan) for o in offer_ids]
         channel_code = self._channels.get(channel, math.nan)
+        reps = 1 if spec.learner == "t" else 2  # S-learner rows: offer 1 treated, untreated, ...
         with self._lock:
-            if spec.learner == "t":
-                x = self._matrix(n)
-                scorer.row(features, x[0])
-                x[1:, :n_feat] = x[0, :n_feat]
-                x[:, n_feat] = codes
-                x[:, n_feat + 1] = channel_code
-                x[:, n_feat + 2 :] = 0.0
-                treated, untreated = self._offer_fast
-                return treated.many(x), untreated.many(x)
-            # rows: offer 1 treated, offer 1 untreated, offer 2 treated, ...
-            x = self._matrix(2 * n)
+            x = self._matrix(reps * n)
             scorer.row(features, x[0])
             x[1:, :n_feat] = x[0, :n_feat]
-            x[0::2, n_feat] = codes
-            x[1::2, n_feat] = codes
+            for r in range(reps):
+                x[r::reps, n_feat] = codes
             x[:, n_feat + 1] = channel_code
-            x[:, n_feat + 2 :] = 0.0
-            x[0::2, -1] = 1.0
-            x[1::2, -1] = 0.0
+            if reps == 1:  # T-learner: one model per arm
+                treated, untreated = self._offer_fast
+                return treated.many(x), untreated.many(x)
             p = self._offer_fast[0].many(x)
         return p[0::2], p[1::2]
 
     def _matrix(self, rows: int) -> np.ndarray:
-        """A reused C-contiguous input matrix of ``rows`` rows (callers hold the lock)."""
+        """A reused C-contiguous input matrix of ``rows`` rows (callers hold the lock); an
+        S-learner's last column, ``treated``, alternates 1, 0 and never changes."""
         x = self._matrices.get(rows)
         if x is None:
             x = self._matrices[rows] = np.zeros((rows, self._offer_columns))
+            if self.propensity is not None and self.propensity.spec.learner == "s":
+                x[0::2, -1] = 1.0
         return x
 
 
