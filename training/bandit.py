@@ -75,33 +75,25 @@ def _features(values: Mapping[str, Any], skip: frozenset[str] = frozenset()) -> 
     return " ".join(parts)
 
 
-@functools.lru_cache(maxsize=1024)
-def _action_body(offer_id: str, attrs: tuple[tuple[str, type, Any], ...]) -> str:
-    """An offer's line without label and score: fixed per catalogue offer, so built once.
-    The key carries each value's type: ``False``, ``0`` and ``0.0`` are equal but format apart."""
-    text = _features({k: v for k, _, v in attrs if isinstance(v, str)})
+def action_line(offer_id: str, attrs: Mapping[str, Any]) -> str:
+    """An offer's line without label and score: fixed per catalogue offer, so a policy builds
+    it once (text attributes in ``a``, numbers in ``v``)."""
+    text = _features({k: v for k, v in attrs.items() if isinstance(v, str)})
     line = f"|a offer={_token(offer_id)} {text}".rstrip()
-    numbers = _features({k: v for k, _, v in attrs if not isinstance(v, str)})
+    numbers = _features({k: v for k, v in attrs.items() if not isinstance(v, str)})
     return f"{line} |v {numbers}" if numbers else line
-
-
-def _action_line(offer_id: str, attrs: Mapping[str, Any]) -> str:
-    key = tuple((k, type(v), v) for k, v in attrs.items())
-    try:
-        return _action_body(offer_id, key)
-    except TypeError:  # an unhashable attribute (a list): formatted each time
-        return _action_body.__wrapped__(offer_id, key)
 
 
 def format_example(
     features: Mapping[str, Any],
     channel: str,
     context: Mapping[str, Any],
-    actions: Sequence[tuple[str, Mapping[str, Any]]],
+    actions: Sequence[tuple[str, str]],
     label: tuple[int, float, float] | None = None,
     scores: Mapping[str, float] | None = None,
 ) -> list[str]:
-    """The one VW ADF example: a shared line, then one line per allowed offer.
+    """The one VW ADF example: a shared line, then one line per allowed offer (``actions``:
+    offer id and its :func:`action_line`).
 
     Offer numbers (value, cost) sit in ``v``, outside the interactions: crossed with customer
     features they would tie every offer's model to its price (measured: 0.83 -> 0.87 of the gap
@@ -115,8 +107,7 @@ def format_example(
     context_part = f"channel={_token(channel)} {_features(context)}".rstrip()
     lines = [f"shared |u {_features(features, _IDENTIFIERS)} |c {context_part}"]
     scores = scores or {}
-    for i, (offer_id, attrs) in enumerate(actions):
-        line = _action_line(offer_id, attrs)
+    for i, (offer_id, line) in enumerate(actions):
         if label is not None and i == label[0]:
             line = f"0:{label[1]:.6g}:{label[2]:.6g} {line}"
         score = scores.get(offer_id)
@@ -173,6 +164,7 @@ class BanditPolicy:
         if reward_scale <= 0:
             raise ValueError(f"reward_scale must be > 0, got {reward_scale}")
         self.actions = {k: dict(v) for k, v in actions.items()}
+        self._lines = {k: action_line(k, v) for k, v in self.actions.items()}
         self.base_version = version
         self.exploration: Exploration = exploration
         self.reward_scale = float(reward_scale)
@@ -195,11 +187,11 @@ class BanditPolicy:
             return None
         return {o: float(v) / self.reward_scale for o, v in scores.items() if v is not None}
 
-    def _actions(self, allowed: Sequence[str]) -> list[tuple[str, Mapping[str, Any]]]:
-        unknown = [a for a in allowed if a not in self.actions]
+    def _actions(self, allowed: Sequence[str]) -> list[tuple[str, str]]:
+        unknown = [a for a in allowed if a not in self._lines]
         if unknown:
             raise ValueError(f"allowed: offers not in the catalogue: {unknown}")
-        return [(a, self.actions[a]) for a in allowed]
+        return [(a, self._lines[a]) for a in allowed]
 
     def distribution(
         self,

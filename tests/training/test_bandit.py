@@ -8,7 +8,7 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from training.bandit import BanditPolicy, format_example
+from training.bandit import BanditPolicy, action_line, format_example
 from training.bandit_ledger import logged_examples, train_bandit
 from training.bandit_registry import BanditError, load_bandit, load_registered
 
@@ -22,7 +22,7 @@ ACTIONS = {
 
 def test_one_formatter_for_predict_and_learn() -> None:
     feats = {"plan": "postpaid m", "arpu": 31.5, "months_left": None, "app": True, "n": 0}
-    actions = [("disc", ACTIONS["disc"]), ("none", ACTIONS["none"])]
+    actions = [(o, action_line(o, ACTIONS[o])) for o in ("disc", "none")]
     ctx = {"page": "home|x", "basket": ["a", "b"], "intent": None}
     predict = format_example(feats, "web", ctx, actions)
     assert predict == [
@@ -40,7 +40,7 @@ def test_model_scores_are_an_action_feature_and_identifiers_are_not() -> None:
     """Arbitration's expected incremental value rides on each offer's line (namespace ``s``,
     outside the interactions); the customer id is left out (one weight per customer and offer
     would memorise noise)."""
-    actions = [("disc", ACTIONS["disc"]), ("none", ACTIONS["none"])]
+    actions = [(o, action_line(o, ACTIONS[o])) for o in ("disc", "none")]
     lines = format_example(
         {"customer_id": "C1", "arpu": 3.0}, "web", {}, actions, scores={"disc": 0.25, "none": 0.0}
     )
