@@ -24,9 +24,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     insert,
-    inspect,
     select,
-    text,
     tuple_,
     update,
 )
@@ -72,19 +70,9 @@ CHUNK = 5000  # bound parameters per IN (...) query, well below SQLite's and Pos
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Create missing tables, and add nullable columns that older graphs lack (no data moves).
-    Honours a ``schema_translate_map`` (tests and tenants put the graph in its own schema)."""
+    """Create missing tables, and the nullable columns and indexes older graphs lack, under
+    ``nextbest.db.create_tables``' lock (several workers may start at once)."""
     create_tables(engine, metadata)
-    schema = engine.get_execution_options().get("schema_translate_map", {}).get(None)
-    with engine.begin() as conn:
-        inspector = inspect(conn)
-        for table in metadata.sorted_tables:
-            have = {c["name"] for c in inspector.get_columns(table.name, schema=schema)}
-            for col in table.columns:
-                if col.name not in have and col.nullable:
-                    kind = col.type.compile(dialect=engine.dialect)
-                    name = f"{schema}.{table.name}" if schema else table.name
-                    conn.execute(text(f"ALTER TABLE {name} ADD COLUMN {col.name} {kind}"))
 
 
 def fetch(conn: Connection, col: Any, values: list[str], *cols: Any) -> list[tuple]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import Engine, MetaData, create_engine, event, text
+from sqlalchemy import Engine, MetaData, create_engine, event, inspect, text
 
 
 @lru_cache(maxsize=8)
@@ -46,12 +46,22 @@ DDL_LOCK = 0x4E425354  # one advisory-lock key for every Nextbest schema change
 def create_tables(engine: Engine, metadata: MetaData) -> None:
     """``create_all`` that several workers may run at once: two PostgreSQL sessions creating
     the same table collide in the catalogue (a unique violation), so creators take turns on
-    a transaction-scoped advisory lock. SQLite serialises writers on its own. Indexes added
-    since a ledger was created are created too (``create_all`` skips existing tables')."""
+    a transaction-scoped advisory lock. SQLite serialises writers on its own. What was added
+    since a database was created comes too (``create_all`` skips existing tables): nullable
+    columns (no data moves) and indexes. Honours a ``schema_translate_map`` (tests and
+    tenants put a graph in its own schema)."""
+    schema = engine.get_execution_options().get("schema_translate_map", {}).get(None)
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": DDL_LOCK})
         metadata.create_all(conn)
+        inspector = inspect(conn)
         for table in metadata.sorted_tables:
+            have = {c["name"] for c in inspector.get_columns(table.name, schema=schema)}
+            for col in table.columns:
+                if col.name not in have and col.nullable:
+                    kind = col.type.compile(dialect=engine.dialect)
+                    name = f"{schema}.{table.name}" if schema else table.name
+                    conn.execute(text(f"ALTER TABLE {name} ADD COLUMN {col.name} {kind}"))
             for index in table.indexes:
                 index.create(conn, checkfirst=True)

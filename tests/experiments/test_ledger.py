@@ -103,3 +103,15 @@ def test_a_ledger_created_before_an_index_gains_it(tmp_path: Path) -> None:
     assert "ix_decisions_ts" not in {i["name"] for i in inspect(engine).get_indexes("decisions")}
     Ledger(engine)
     assert "ix_decisions_ts" in {i["name"] for i in inspect(engine).get_indexes("decisions")}
+
+
+def test_a_ledger_created_before_a_nullable_column_gains_it(tmp_path: Path) -> None:
+    from sqlalchemy import inspect, text
+
+    engine = engine_for(f"sqlite:///{tmp_path / 'old.db'}")
+    Ledger(engine)
+    with engine.begin() as conn:  # a ledger from before the column existed
+        conn.execute(text("ALTER TABLE decisions DROP COLUMN propensity"))
+    assert "propensity" not in {c["name"] for c in inspect(engine).get_columns("decisions")}
+    Ledger(engine)
+    assert "propensity" in {c["name"] for c in inspect(engine).get_columns("decisions")}
