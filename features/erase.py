@@ -40,26 +40,15 @@ def erase_customer(
     }
 
 
-def _entity_key_bin(store: FeatureStore, customer_id: str) -> bytes:
-    """The customer's key as Feast serialises it for the online stores (SQLite's
-    ``entity_key`` column; Redis appends the project to it)."""
-    from feast.infra.key_encoding_utils import serialize_entity_key
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import Value
-
-    from features.repo.entities import customer
-
-    key = EntityKey(join_keys=[customer.join_key], entity_values=[Value(string_val=customer_id)])
-    version = store.config.entity_key_serialization_version
-    return serialize_entity_key(key, entity_key_serialization_version=version)
-
-
 def _erase_online(store: FeatureStore, customer_id: str) -> int:
     """SQLite: the customer's rows in each view's table (one per feature). Redis: the one
     hash holding every view of the entity, keyed as feast's ``_redis_key`` builds it."""
     from feast.infra.online_stores.helpers import compute_table_id
 
-    key = _entity_key_bin(store, customer_id)
+    from features.online_read import entity_key_bytes
+    from features.repo.entities import customer
+
+    key = entity_key_bytes(store.config, customer.join_key, customer_id)
     online = store.provider.online_store
     kind = store.config.online_store.type
     if kind == "redis":

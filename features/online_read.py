@@ -108,6 +108,17 @@ class ReadPlan:
         return values
 
 
+def entity_key_bytes(config: Any, join_key: str, customer_id: str) -> bytes:
+    """A customer's entity key as Feast serialises it for the online stores (SQLite's
+    ``entity_key`` column; Redis appends the project to it)."""
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    key = EntityKey(join_keys=[join_key], entity_values=[Value(string_val=customer_id)])
+    return serialize_entity_key(key, config.entity_key_serialization_version)
+
+
 class SqliteViews:
     """The stored views of a plan read from Feast's SQLite online store in one query (what
     the provider's ``online_read`` runs once per view, less its per-view cursor, timestamp
@@ -150,16 +161,13 @@ class SqliteViews:
         return cls(plan, store, tables)
 
     def key(self, customer_id: str) -> bytes:
-        """The entity key as Feast stores it (``serialize_entity_key``), once per customer."""
+        """The entity key as Feast stores it (:func:`entity_key_bytes`), once per customer."""
         got = self._keys.get(customer_id)
         if got is None:
-            from feast.infra.key_encoding_utils import serialize_entity_key
-
             if len(self._keys) >= self.CACHE_SIZE:
                 self._keys.clear()
-            version = self.config.entity_key_serialization_version
-            proto = self.plan.entity_keys([customer_id])[0]
-            got = self._keys[customer_id] = serialize_entity_key(proto, version)
+            key = entity_key_bytes(self.config, self.plan.join_key, customer_id)
+            got = self._keys[customer_id] = key
         return got
 
     def columns(self, ids: list[str]) -> dict[str, list[Any]]:
