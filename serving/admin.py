@@ -42,7 +42,7 @@ async def report(request: Request, deps: Deps) -> Response:
 async def promote(request: Request, deps: Deps) -> JSONResponse:
     """``POST /promote/{model}``: the same gate as ``nextbest promote``; when the challenger
     wins, this worker swaps in the new champion at once (other workers on their restart)."""
-    from training.registry import RegistryError
+    from training.registry import RegistryError, UnknownModel
     from training.registry import promote as promote_model
 
     model = request.path_params["model"]
@@ -50,7 +50,7 @@ async def promote(request: Request, deps: Deps) -> JSONResponse:
         decision = await asyncio.to_thread(promote_model, deps.settings, model)
     except RegistryError as exc:
         field, _, reason = str(exc).partition(": ")
-        status = 400 if "is not one of" in reason else 409  # a bad name, or nothing to promote
+        status = 400 if isinstance(exc, UnknownModel) else 409  # a bad name, or nothing to promote
         return _error(status, field or "model", reason or str(exc))
     body: dict[str, Any] = decision.model_dump()
     if decision.promoted:

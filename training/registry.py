@@ -32,6 +32,10 @@ class RegistryError(ValueError):
     """A promotion that cannot run (no challenger, unknown model)."""
 
 
+class UnknownModel(RegistryError):
+    """A model name the registry does not keep (a bad request, not a state of the registry)."""
+
+
 class Promotion(BaseModel):
     """What ``nextbest promote`` decided, and why."""
 
@@ -152,7 +156,7 @@ def promote(settings: Settings, model: str) -> Promotion:
     from mlflow.exceptions import MlflowException
 
     if model not in GATE_METRIC:
-        raise RegistryError(f"model: '{model}' is not one of {', '.join(GATE_METRIC)}")
+        raise UnknownModel(f"model: '{model}' is not one of {', '.join(GATE_METRIC)}")
     client = client_for(settings)
     try:
         challenger = client.get_model_version_by_alias(model, CHALLENGER)
