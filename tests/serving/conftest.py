@@ -4,6 +4,7 @@ real catalogue, and a feature reader over a small seeded table of profiles."""
 from __future__ import annotations
 
 import random
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,29 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from experiments.ledger import Ledger
+from experiments.ledger import DecisionRow, Ledger, now
 from nextbest.db import engine_for
 from nextbest.settings import Settings
 from serving.catalog import load_catalog
 from serving.deps import Deps, FeatureReader
+
+CHANNEL = {"X-API-Key": "channel-dev-key"}  # the development keys of the default settings
+ADMIN = {"X-API-Key": "admin-dev-key"}
+
+
+def decision_row(customer: str = "c") -> DecisionRow:
+    """A minimal ledger row for the writer and connection tests."""
+    return DecisionRow(
+        decision_id=uuid.uuid4().hex,
+        ts=now(),
+        customer_id=customer,
+        channel="web",
+        experiment="e",
+        arm="treatment",
+        offer_id="no_offer",
+        propensity=1.0,
+    )
+
 
 PROFILES: dict[str, dict[str, Any]] = {
     # contract ending soon, consents to e-mail: device upgrade, retention, bundles are eligible

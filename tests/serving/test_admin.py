@@ -6,9 +6,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from serving.schemas import EXAMPLE_REQUEST
-
-CHANNEL = {"X-API-Key": "channel-dev-key"}
-ADMIN = {"X-API-Key": "admin-dev-key"}
+from tests.serving.conftest import ADMIN, CHANNEL
 
 
 def test_report_served_behind_a_key(client: TestClient) -> None:

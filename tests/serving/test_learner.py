@@ -21,6 +21,7 @@ from serving.actions import OutcomeRequest, record_outcome
 from serving.decide import DecideRequest, decide
 from serving.deps import Deps
 from serving.learner import Learner, learn_matured
+from tests.serving.conftest import CHANNEL
 from training.bandit import BanditPolicy, offer_features
 from training.bandit_ledger import logged_examples
 
@@ -267,7 +268,7 @@ def test_the_running_service_learns_as_outcomes_arrive(tmp_path: Path) -> None:
     }
     log = tmp_path / "server.log"
     with run.served(settings, log=log, **env) as base:
-        with httpx.Client(base_url=base, headers={"X-API-Key": "channel-dev-key"}) as client:
+        with httpx.Client(base_url=base, headers=CHANNEL) as client:
             body = {"customer_id": "bench000004", "channel": "web"}
             first = client.post("/decide", json=body).json()
             assert first["model_versions"]["bandit"] == "bandit:1", first

@@ -5,27 +5,14 @@ nothing open, every commit is visible to other connections at once)."""
 from __future__ import annotations
 
 import threading
-import uuid
 from datetime import timedelta
 
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from experiments.ledger import DecisionRow, Ledger, now
+from experiments.ledger import Ledger, now
 from nextbest.db import engine_for
-
-
-def _row(customer: str = "c") -> DecisionRow:
-    return DecisionRow(
-        decision_id=uuid.uuid4().hex,
-        ts=now(),
-        customer_id=customer,
-        channel="web",
-        experiment="e",
-        arm="treatment",
-        offer_id="no_offer",
-        propensity=1.0,
-    )
+from tests.serving.conftest import decision_row
 
 
 def _autocheckpoint(ledger: Ledger) -> int:
@@ -37,11 +24,11 @@ def test_the_held_connection_follows_dispose(tmp_path) -> None:  # noqa: ANN001
 
     engine = engine_for(f"sqlite:///{tmp_path / 'ledger.db'}")
     ledger = Ledger(engine, synchronous="NORMAL")
-    ledger.record_decision(_row())
+    ledger.record_decision(decision_row())
     assert _autocheckpoint(ledger) == 1000
     checkpointer = WalCheckpointer(engine, every=0.05).start()  # listener + dispose
     try:
-        ledger.record_decision(_row())
+        ledger.record_decision(decision_row())
         assert _autocheckpoint(ledger) == 0  # commits no longer checkpoint on their own
     finally:
         checkpointer.stop()
@@ -51,12 +38,12 @@ def test_the_held_connection_follows_dispose(tmp_path) -> None:  # noqa: ANN001
 
 def test_a_failed_write_leaves_nothing_open(tmp_path) -> None:  # noqa: ANN001
     ledger = Ledger(engine_for(f"sqlite:///{tmp_path / 'ledger.db'}"), synchronous="NORMAL")
-    first = _row()
+    first = decision_row()
     ledger.record_decision(first)
     with pytest.raises(IntegrityError, match="UNIQUE constraint failed"):
-        ledger.record_decisions([_row(), first])  # the second row repeats a key
+        ledger.record_decisions([decision_row(), first])  # the second row repeats a key
     assert ledger.counts()["decisions"] == 1  # the whole group rolled back
-    ledger.record_decision(_row())  # a fresh connection, no transaction left over
+    ledger.record_decision(decision_row())  # a fresh connection, no transaction left over
     assert ledger.counts()["decisions"] == 2
     shows, _ = ledger.contact_history("c", now() - timedelta(days=1))
     assert len(shows) == 2
@@ -69,7 +56,7 @@ def test_threads_write_through_their_own_connections(tmp_path) -> None:  # noqa:
     def write(customer: str) -> None:
         try:
             for _ in range(50):
-                ledger.record_decision(_row(customer))
+                ledger.record_decision(decision_row(customer))
                 assert ledger.contact_history(customer, now() - timedelta(days=1))[0]
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
@@ -86,5 +73,5 @@ def test_threads_write_through_their_own_connections(tmp_path) -> None:  # noqa:
 def test_a_memory_ledger_takes_the_general_path() -> None:
     ledger = Ledger(engine_for("sqlite://"))
     assert ledger._insert is None and ledger._history is None
-    ledger.record_decision(_row())
+    ledger.record_decision(decision_row())
     assert len(ledger.contact_history("c", now() - timedelta(days=1))[0]) == 1

@@ -14,9 +14,7 @@ from experiments.ledger import Ledger
 from nextbest.db import engine_for
 from nextbest.settings import Settings
 from serving import run
-
-CHANNEL = {"X-API-Key": "channel-dev-key"}
-ADMIN = {"X-API-Key": "admin-dev-key"}
+from tests.serving.conftest import ADMIN, CHANNEL
 
 
 @pytest.mark.slow

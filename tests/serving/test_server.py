@@ -17,8 +17,8 @@ from nextbest.db import engine_for
 from nextbest.settings import Settings
 from serving import run
 from serving.schemas import EXAMPLE_REQUEST
+from tests.serving.conftest import CHANNEL
 
-CHANNEL = {"X-API-Key": "channel-dev-key"}
 EXAMPLE = EXAMPLE_REQUEST
 
 

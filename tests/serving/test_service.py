@@ -6,9 +6,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from serving.schemas import EXAMPLE_REQUEST
+from tests.serving.conftest import ADMIN, CHANNEL
 
-CHANNEL = {"X-API-Key": "channel-dev-key"}
-ADMIN = {"X-API-Key": "admin-dev-key"}
 EXAMPLE = EXAMPLE_REQUEST
 
 

@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 
-from experiments.ledger import DecisionRow, Ledger, now
+from experiments.ledger import DecisionRow, Ledger
 from serving.writer import GroupWriter
-
-
-def _row() -> DecisionRow:
-    return DecisionRow(
-        decision_id=uuid.uuid4().hex,
-        ts=now(),
-        customer_id="c",
-        channel="web",
-        experiment="e",
-        arm="treatment",
-        offer_id="no_offer",
-        propensity=1.0,
-    )
+from tests.serving.conftest import decision_row
 
 
 def test_concurrent_puts_are_committed_in_groups(deps) -> None:  # noqa: ANN001
@@ -35,7 +22,7 @@ def test_concurrent_puts_are_committed_in_groups(deps) -> None:  # noqa: ANN001
 
     ledger.record_decisions = counting  # type: ignore[method-assign]
     writer = GroupWriter(ledger)
-    rows = [_row() for _ in range(50)]
+    rows = [decision_row() for _ in range(50)]
 
     async def go() -> None:
         await asyncio.gather(*(writer.put(r) for r in rows))
@@ -47,11 +34,11 @@ def test_concurrent_puts_are_committed_in_groups(deps) -> None:  # noqa: ANN001
 
 def test_a_failed_commit_reaches_every_waiter(deps) -> None:  # noqa: ANN001
     writer = GroupWriter(deps.ledger)
-    row = _row()
+    row = decision_row()
 
     async def go() -> None:
         await writer.put(row)
-        await asyncio.gather(writer.put(row), writer.put(_row()))  # duplicate primary key
+        await asyncio.gather(writer.put(row), writer.put(decision_row()))  # duplicate primary key
 
     with pytest.raises(Exception, match="UNIQUE constraint failed: decisions.decision_id"):
         asyncio.run(go())
@@ -75,7 +62,7 @@ def test_wal_checkpoints_move_off_the_commits(tmp_path) -> None:  # noqa: ANN001
         with engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
         for _ in range(6):  # ~1.5k pages: past SQLite's 1000-page auto-checkpoint
-            ledger.record_decisions([_row().model_copy(update={"scores": {"x": "y" * 4000}})
+            ledger.record_decisions([decision_row().model_copy(update={"scores": {"x": "y" * 4000}})
                                      for _ in range(250)])  # fmt: skip
         seen = checkpointer.checkpoints
         deadline = time.monotonic() + 10
