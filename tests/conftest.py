@@ -17,6 +17,20 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("NEXTBEST_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+@pytest.fixture
+def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A home of this test's own (``tmp_path / "home"``) for what reads NEXTBEST_HOME (the CLI,
+    ``get_settings``), with the cached settings dropped before and after; yields ``tmp_path``
+    for the test's other files. Nothing the session's home holds leaks in."""
+    from nextbest.settings import get_settings
+
+    monkeypatch.setenv("NEXTBEST_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    yield tmp_path
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def nextbest_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private home for the whole session; settings are re-read after pointing at it."""

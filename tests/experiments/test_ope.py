@@ -214,23 +214,17 @@ def test_named_policies_on_ledger_logs(tmp_path) -> None:
         evaluate_policy(settings, "bogus")
 
 
-def test_ope_cli(tmp_path, monkeypatch) -> None:
+def test_ope_cli(private_home) -> None:  # noqa: ANN001
     import json
 
     from typer.testing import CliRunner
 
     from nextbest.cli import app
-    from nextbest.settings import Settings, get_settings
+    from nextbest.settings import get_settings
 
-    monkeypatch.setenv("NEXTBEST_HOME", str(tmp_path))
-    get_settings.cache_clear()
-    try:
-        _uniform_logs(Settings(home=tmp_path), 150, seed=1)
-        ok = CliRunner().invoke(app, ["ope", "--policy", "uniform", "--json"])
-        assert ok.exit_code == 0, ok.output
-        assert json.loads(ok.stdout.strip().splitlines()[-1])["n"] == 150
-        bad = CliRunner().invoke(app, ["ope", "--policy", "bogus"])
-        assert bad.exit_code == 2 and "error: policy: 'bogus' is not one of" in bad.output
-    finally:
-        monkeypatch.undo()
-        get_settings.cache_clear()
+    _uniform_logs(get_settings(), 150, seed=1)  # in the test's own home, where the CLI reads
+    ok = CliRunner().invoke(app, ["ope", "--policy", "uniform", "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout.strip().splitlines()[-1])["n"] == 150
+    bad = CliRunner().invoke(app, ["ope", "--policy", "bogus"])
+    assert bad.exit_code == 2 and "error: policy: 'bogus' is not one of" in bad.output

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +20,9 @@ from typer.testing import CliRunner
 from experiments.report import ReportError, build_report, report_html
 from nextbest.cli import app
 from nextbest.settings import get_settings
+
+# an empty home per test: decisions other tests left in the session's home must not appear
+pytestmark = pytest.mark.usefixtures("private_home")
 
 # campaign, offer, channel, customers, true conversion if treated / untreated
 CAMPAIGNS = [
@@ -53,16 +55,6 @@ def make_world(folder: Path, seed: int = 5) -> Path:
     pd.DataFrame(rows).to_parquet(folder / "exposures.parquet")
     pd.DataFrame(people).to_parquet(folder / "people.parquet")
     return folder
-
-
-@pytest.fixture(autouse=True)
-def own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """An empty home per test: decisions other tests left in the session's home must not
-    appear in these reports."""
-    monkeypatch.setenv("NEXTBEST_HOME", str(tmp_path / "home"))
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from nextbest.cli import app
-from nextbest.settings import get_settings
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def cli_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
-    monkeypatch.setenv("NEXTBEST_HOME", str(tmp_path))
-    get_settings.cache_clear()
-    yield tmp_path
-    get_settings.cache_clear()
 
 
 def _json(result) -> dict:  # noqa: ANN001
@@ -27,13 +18,13 @@ def _json(result) -> dict:  # noqa: ANN001
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_build_apply_materialize_profile(cli_home: Path, small_world: Path) -> None:
+def test_build_apply_materialize_profile(private_home: Path, small_world: Path) -> None:
     runner = CliRunner()
     built = _json(runner.invoke(app, ["features", "build", "--world", str(small_world), "--json"]))
     assert built["customers"] > 150 and built["rows"] == built["customers"] * len(
         built["snapshots"]
     )
-    assert Path(built["feature_file"]).is_relative_to(cli_home)
+    assert Path(built["feature_file"]).is_relative_to(private_home)
     applied = _json(runner.invoke(app, ["features", "apply", "--json"]))
     assert {"churn_v1", "offer_v1", "profile_v1"} <= set(applied["objects"])
     mat = _json(runner.invoke(app, ["features", "materialize", "--json"]))
@@ -63,7 +54,7 @@ def test_build_apply_materialize_profile(cli_home: Path, small_world: Path) -> N
         (["features", "materialize"], "error: the feature registry is empty"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(cli_home: Path, args: list[str], message: str) -> None:
+def test_bad_input_exits_2_with_one_line(private_home: Path, args: list[str], message: str) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines()[-1].startswith(message)

@@ -417,16 +417,6 @@ def test_lenient_mode_warns_and_keeps_going() -> None:
 runner = CliRunner()
 
 
-@pytest.fixture
-def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """The CLI writes to the ledger of NEXTBEST_HOME: give it one of its own."""
-    monkeypatch.setenv("NEXTBEST_HOME", str(tmp_path / "home"))
-    get_settings.cache_clear()
-    yield tmp_path
-    monkeypatch.undo()
-    get_settings.cache_clear()
-
-
 def test_cli_resolve_writes_ids_and_rejects_bad_rows(private_home: Path) -> None:
     src, out = private_home / "in.csv", private_home / "out.csv"
     BATCH.to_csv(src, index=False)

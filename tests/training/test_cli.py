@@ -9,17 +9,6 @@ import pytest
 from typer.testing import CliRunner
 
 from nextbest.cli import app
-from nextbest.settings import get_settings
-
-
-@pytest.fixture
-def empty_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
-    monkeypatch.setenv("NEXTBEST_HOME", str(tmp_path))
-    get_settings.cache_clear()
-    yield tmp_path
-    monkeypatch.undo()
-    get_settings.cache_clear()
-
 
 BAD = [
     (["train", "ranker"], r"^error: model: 'ranker' is not one of churn, propensity, bandit$"),
@@ -38,7 +27,7 @@ BAD = [
 
 
 @pytest.mark.parametrize(("args", "error"), BAD)
-def test_bad_commands(empty_home: Path, args: list[str], error: str) -> None:
+def test_bad_commands(private_home: Path, args: list[str], error: str) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
