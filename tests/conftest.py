@@ -75,7 +75,7 @@ def pg_url() -> Iterator[str]:
     finally:
         from nextbest.db import engine_for
 
-        engine_for.cache_clear()  # close pooled connections before the drop
+        engine_for(f"{PG_SERVER}/{name}").dispose()  # close its pooled connections first
         with admin.connect() as conn:
             conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         admin.dispose()
