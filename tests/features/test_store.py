@@ -183,34 +183,10 @@ def _redis_up() -> bool:
 
 
 def test_redis_online_store(feature_home, tmp_path) -> None:  # noqa: ANN001
-    if not _redis_up():
-        pytest.skip("Redis is not answering on 127.0.0.1:6379 (scale-out online store test)")
-    import shutil
-
-    import redis
-
     from features.ingest import push_realtime
-    from features.store import apply_repo, get_store, materialize
 
-    # a database of its own, emptied first: Feast's Redis store ignores a write that is not
-    # newer than the stored row, so rows left by an earlier run would win
-    redis.Redis(host="127.0.0.1", port=6379, db=REDIS_TEST_DB).flushdb()
-    settings = feature_home.settings.model_copy(
-        update={
-            "home": tmp_path,
-            "online_store": "redis",
-            "redis_url": f"127.0.0.1:6379,db={REDIS_TEST_DB}",
-        }
-    )
-    snap = settings.feature_dir / "snapshots"
-    shutil.copytree(feature_home.settings.feature_dir / "snapshots", snap)
-    store = get_store(settings)
+    _, store = _redis_home(feature_home, tmp_path, "scale-out online store test")
     assert store.config.online_store.type == "redis"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        apply_repo(store)
-        end = pd.Timestamp(feature_home.build["snapshots"][-1]).to_pydatetime()
-        materialize(store, end=end + timedelta(seconds=1))
     expected = _final_rows(feature_home)
     ids = list(expected.index[:20])
     for row in read_online(store, "churn_v1", ids):
@@ -248,6 +224,19 @@ def _fresh_home(home, tmp_path, **update):  # noqa: ANN001, ANN202
         end = pd.Timestamp(home.build["snapshots"][-1]).to_pydatetime()
         materialize(store, end=end + timedelta(seconds=1))
     return settings, store
+
+
+def _redis_home(home, tmp_path, why: str):  # noqa: ANN001, ANN202
+    """:func:`_fresh_home` on Redis, in a database of its own emptied first (Feast's Redis
+    store ignores a write that is not newer than the stored row, so rows left by an earlier
+    run would win); a skip saying ``why`` when Redis does not answer."""
+    if not _redis_up():
+        pytest.skip(f"Redis is not answering on 127.0.0.1:6379 ({why})")
+    import redis
+
+    redis.Redis(host="127.0.0.1", port=6379, db=REDIS_TEST_DB).flushdb()
+    redis_url = f"127.0.0.1:6379,db={REDIS_TEST_DB}"
+    return _fresh_home(home, tmp_path, online_store="redis", redis_url=redis_url)
 
 
 def _rows_of(settings, customer_id: str) -> dict[str, int]:  # noqa: ANN001
@@ -312,16 +301,6 @@ def test_erase_customer_sqlite(feature_home, tmp_path) -> None:  # noqa: ANN001
 
 
 def test_erase_customer_redis(feature_home, tmp_path) -> None:  # noqa: ANN001
-    if not _redis_up():
-        pytest.skip("Redis is not answering on 127.0.0.1:6379 (erasure from the Redis store)")
-    import redis
-
-    redis.Redis(host="127.0.0.1", port=6379, db=REDIS_TEST_DB).flushdb()
-    settings, store = _fresh_home(
-        feature_home,
-        tmp_path,
-        online_store="redis",
-        redis_url=f"127.0.0.1:6379,db={REDIS_TEST_DB}",
-    )
+    settings, store = _redis_home(feature_home, tmp_path, "erasure from the Redis store")
     # Redis keeps one hash per customer holding every view
     _check_erasure(feature_home, settings, store, online_rows=1)
