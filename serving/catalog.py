@@ -22,8 +22,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 DEFAULT_PATH = Path(__file__).resolve().parent / "offers.yaml"
 NO_OFFER = "no_offer"
 CHANNELS = ("web", "app", "email", "sms", "call_centre", "store", "paid_media")
-# Rules test the features of this FeatureService, plus the derived fields below.
-PROFILE_SERVICE = "profile_v1"
+# Rules test the features of the profile_v1 FeatureService, plus the derived fields below.
 DAYS_PER_MONTH = 30.4375
 # Fields the catalogue speaks in (months) computed from a feature (days): name -> (feature,
 # divisor). ``serving.policy.profile_fields`` adds them to a profile before rules run.
@@ -56,14 +55,13 @@ def rule_fields() -> dict[str, str]:
     the decision will see. Derived fields count when their feature is in the service."""
     from feast.types import Bool, Float32, Float64, Int32, Int64, String
 
-    from features.repo.feature_services import ALL_SERVICES
+    from features.repo.feature_services import profile_v1
 
     kinds = {String: "text", Bool: "boolean", Float32: "number", Float64: "number"}
     kinds |= {Int32: "number", Int64: "number"}
-    service = next(s for s in ALL_SERVICES if s.name == PROFILE_SERVICE)
     fields = {
         f.name: kinds.get(f.dtype, str(f.dtype))
-        for projection in service.feature_view_projections
+        for projection in profile_v1.feature_view_projections
         for f in projection.features
     }
     for name, (source, _) in DERIVED_FIELDS.items():
