@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.catalog import CatalogError, Rule, load_catalog, parse_catalog, rule_fields
+from serving.catalog import CatalogError, load_catalog, parse_catalog
+from serving.rules import Rule, rule_fields
 
 BASE = """\
 version: 1
