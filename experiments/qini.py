@@ -7,6 +7,8 @@ the curve above the straight line of random targeting.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel
@@ -77,3 +79,62 @@ def cell_uplift_scores(
         cell_score = (rate[True] - rate[False]).to_dict()
         scores[~train] = [cell_score.get(k, base) for k in key[~train]]
     return scores
+
+
+def report_curves(units: pd.DataFrame, settings: Any) -> tuple[list[QiniCurve], str]:
+    """The uplift report's Qini curves: the promoted uplift model's against the cell averages
+    it has to beat, or cross-fitted cell uplift alone without a model."""
+    treated = (units["arm"] == "treatment").to_numpy(float)
+    y = units["converted"].to_numpy(float)
+    model, mask, source = model_uplift(units, settings)
+    cells = ["experiment", "offer_id", "channel", "segment"]
+    scores = cell_uplift_scores(units.fillna({c: "?" for c in cells}), cells)
+    if model is not None:  # the cell averages are the bar a model has to clear
+        return [
+            qini_curve(model, treated[mask], y[mask], "uplift model"),
+            qini_curve(scores[mask], treated[mask], y[mask], "cell-average baseline"),
+        ], source
+    source = (source + " " if source else "") + (
+        "No uplift model predictions are available, so these curves rank customers by a "
+        "cross-fitted cell-average uplift (experiment x offer x channel x segment, 2 folds)."
+    )
+    curves = [qini_curve(scores, treated, y, "all experiments")]
+    for exp in units["experiment"].value_counts().index[:3]:
+        m = (units["experiment"] == exp).to_numpy()
+        curves.append(qini_curve(scores[m], treated[m], y[m], str(exp)))
+    return curves, source
+
+
+def model_uplift(units: pd.DataFrame, settings: Any) -> tuple[np.ndarray | None, Any, str]:
+    """The promoted propensity model's uplift (training/propensity.py, via the BentoML store)
+    on the latest quarter of exposures with an offer (its validation window, so the curve is
+    out of sample), with point-in-time features from the feature store."""
+    try:
+        from training.datasets import point_in_time
+        from training.scoring import load_bundle
+
+        bundle = load_bundle(settings)
+    except Exception as exc:  # noqa: BLE001 - no training stack: say so, fall back
+        return None, None, f"Uplift model not loadable ({type(exc).__name__})."
+    if bundle is None or bundle.propensity is None:
+        return None, None, ""
+    mask = (units["offer_id"].notna() & units["ts"].ge(units["ts"].quantile(0.75))).to_numpy()
+    entities = pd.DataFrame({"customer_id": units.loc[mask, "customer_id"].to_numpy(),
+                             "event_timestamp": units.loc[mask, "ts"].to_numpy(),
+                             "offer_id": units.loc[mask, "offer_id"].to_numpy(),
+                             "channel": units.loc[mask, "channel"].to_numpy()})  # fmt: skip
+    try:
+        scorer = bundle.propensity
+        frame = point_in_time(settings, scorer.spec.feature_service, entities)
+        scores = scorer.predict_frame(frame)["uplift"].to_numpy(float)
+    except Exception as exc:  # noqa: BLE001 - e.g. features not built for these customers
+        return None, None, f"The uplift model could not score these exposures ({exc})."
+    version = bundle.versions.get("propensity", "?")
+    return (
+        scores,
+        mask,
+        (
+            f"Customers ranked by the promoted uplift model (propensity {version}), on the latest "
+            f"quarter of exposures ({int(mask.sum())} customers, its validation window)."
+        ),
+    )

@@ -17,7 +17,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from experiments.attribution import ReportError, load_units, offer_catalog
-from experiments.qini import QiniCurve, cell_uplift_scores, qini_curve
+from experiments.qini import QiniCurve, report_curves
 from experiments.uplift import ArmComparison, compare, holm
 
 __all__ = ["ReportError", "ReportData", "build_report", "report_html", "write_report"]
@@ -211,64 +211,6 @@ def cumulative(units: pd.DataFrame, top: int = 6) -> list[CumulativeSeries]:
     return series
 
 
-def qini(units: pd.DataFrame, settings: Any) -> tuple[list[QiniCurve], str]:
-    """Qini curves of the promoted uplift model, or of cross-fitted cell uplift without one."""
-    treated = (units["arm"] == "treatment").to_numpy(float)
-    y = units["converted"].to_numpy(float)
-    model, mask, source = _model_uplift(units, settings)
-    cells = ["experiment", "offer_id", "channel", "segment"]
-    scores = cell_uplift_scores(units.fillna({c: "?" for c in cells}), cells)
-    if model is not None:  # the cell averages are the bar a model has to clear
-        return [
-            qini_curve(model, treated[mask], y[mask], "uplift model"),
-            qini_curve(scores[mask], treated[mask], y[mask], "cell-average baseline"),
-        ], source
-    source = (source + " " if source else "") + (
-        "No uplift model predictions are available, so these curves rank customers by a "
-        "cross-fitted cell-average uplift (experiment x offer x channel x segment, 2 folds)."
-    )
-    curves = [qini_curve(scores, treated, y, "all experiments")]
-    for exp in units["experiment"].value_counts().index[:3]:
-        m = (units["experiment"] == exp).to_numpy()
-        curves.append(qini_curve(scores[m], treated[m], y[m], str(exp)))
-    return curves, source
-
-
-def _model_uplift(units: pd.DataFrame, settings: Any) -> tuple[np.ndarray | None, Any, str]:
-    """The promoted propensity model's uplift (training/propensity.py, via the BentoML store)
-    on the latest quarter of exposures with an offer (its validation window, so the curve is
-    out of sample), with point-in-time features from the feature store."""
-    try:
-        from training.datasets import point_in_time
-        from training.scoring import load_bundle
-
-        bundle = load_bundle(settings)
-    except Exception as exc:  # noqa: BLE001 - no training stack: say so, fall back
-        return None, None, f"Uplift model not loadable ({type(exc).__name__})."
-    if bundle is None or bundle.propensity is None:
-        return None, None, ""
-    mask = (units["offer_id"].notna() & units["ts"].ge(units["ts"].quantile(0.75))).to_numpy()
-    entities = pd.DataFrame({"customer_id": units.loc[mask, "customer_id"].to_numpy(),
-                             "event_timestamp": units.loc[mask, "ts"].to_numpy(),
-                             "offer_id": units.loc[mask, "offer_id"].to_numpy(),
-                             "channel": units.loc[mask, "channel"].to_numpy()})  # fmt: skip
-    try:
-        scorer = bundle.propensity
-        frame = point_in_time(settings, scorer.spec.feature_service, entities)
-        scores = scorer.predict_frame(frame)["uplift"].to_numpy(float)
-    except Exception as exc:  # noqa: BLE001 - e.g. features not built for these customers
-        return None, None, f"The uplift model could not score these exposures ({exc})."
-    version = bundle.versions.get("propensity", "?")
-    return (
-        scores,
-        mask,
-        (
-            f"Customers ranked by the promoted uplift model (propensity {version}), on the latest "
-            f"quarter of exposures ({int(mask.sum())} customers, its validation window)."
-        ),
-    )
-
-
 def build_report(settings: Any = None, world_dir: Path | None = None) -> ReportData:
     """Every number of the report, from the ledger and the world."""
     from experiments.report_charts import ope_estimates
@@ -277,7 +219,7 @@ def build_report(settings: Any = None, world_dir: Path | None = None) -> ReportD
     settings = settings or get_settings()
     units, sources, outcome_source = load_units(settings, world_dir)
     window, alpha = settings.attribution_days, 0.05
-    curves, qini_source = qini(units, settings)
+    curves, qini_source = report_curves(units, settings)
     policies, ope_note = ope_estimates(settings)
     return ReportData(
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
