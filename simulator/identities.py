@@ -14,20 +14,18 @@ import numpy as np
 import pandas as pd
 
 from simulator.clock import START_US, US_PER_DAY
-from simulator.people import NICKNAMES, Population
-from simulator.schema import IDENTITY_COLUMNS
-
-DOMAINS = (
-    "gmail.com",
-    "outlook.com",
-    "yahoo.co.uk",
-    "hotmail.co.uk",
-    "btinternet.com",
-    "icloud.com",
+from simulator.messy import (
+    AREA_CODES,
+    DOMAINS,
+    MOBILE_PREFIXES,
+    format_phone,
+    mess_email,
+    mess_name,
+    numbers,
+    pick,
 )
-# Prefixes whose every number is valid to libphonenumber (London, Glasgow, Manchester, Liverpool).
-AREA_CODES = ("0207", "0208", "0141", "0161", "0151")
-MOBILE_PREFIXES = ("071", "073", "074", "075", "077", "078")
+from simulator.people import Population
+from simulator.schema import IDENTITY_COLUMNS
 
 
 @dataclass
@@ -46,71 +44,6 @@ class Keys:
     cookie_count: np.ndarray  # per person
 
 
-def _numbers(
-    rng: np.random.Generator, n: int, prefixes: tuple[str, ...], digits: int
-) -> np.ndarray:
-    """``n`` distinct national numbers under prefixes whose whole range libphonenumber accepts
-    as valid GB numbers (checked by the tests), drawn without a per-number parse."""
-    block = 8 * 10 ** (digits - 1)  # subscriber numbers 2xx..9xx
-    draw = rng.choice(len(prefixes) * block, n, replace=False)
-    pre = np.asarray(prefixes, dtype=object)[draw // block]
-    return np.array(
-        [f"{p}{2 * 10 ** (digits - 1) + d}" for p, d in zip(pre, draw % block, strict=True)],
-        dtype=object,
-    )
-
-
-def _pick(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> str:
-    return options[int(rng.integers(len(options)))]
-
-
-def mess_email(rng: np.random.Generator, email: str) -> str:
-    """Case and surrounding spaces only: the same mailbox, typed differently."""
-    r = rng.random()
-    if r < 0.15:
-        email = email.upper()
-    elif r < 0.35:
-        local, domain = email.split("@")
-        email = ".".join(p.capitalize() for p in local.split(".")) + "@" + domain.capitalize()
-    if rng.random() < 0.12:
-        email = " " * int(rng.integers(1, 3)) + email
-    if rng.random() < 0.12:
-        email = email + " "
-    return email
-
-
-def format_phone(rng: np.random.Generator, national: str) -> str:
-    """A GB number in one of the formats people and systems type (all parse to one E.164)."""
-    rest = national[1:]
-    head = 5 if national.startswith("07") or len(national) == 11 and national[1] == "1" else 3
-    a, b = national[:head], national[head:]
-    forms = (
-        f"{a} {b}",
-        f"+44 {rest[: head - 1]} {b}",
-        f"+44{rest}",
-        f"{a}-{b[:3]}-{b[3:]}",
-        national,
-        f"({a}) {b}",
-        f"+44 (0){rest[: head - 1]} {b}",
-    )
-    return forms[int(rng.choice(len(forms), p=[0.3, 0.2, 0.12, 0.1, 0.15, 0.08, 0.05]))]
-
-
-def mess_name(rng: np.random.Generator, name: str, typo: float, nickname: float) -> str:
-    """Nicknames (Robert/Bob), the odd typo, and case as typed."""
-    if rng.random() < nickname and name in NICKNAMES:
-        name = NICKNAMES[name]
-    if rng.random() < typo and len(name) > 3:
-        i = int(rng.integers(1, len(name) - 1))
-        name = (
-            name[:i] + name[i + 1 :]
-            if rng.random() < 0.5
-            else name[:i] + name[i + 1] + name[i] + name[i + 2 :]
-        )
-    r = rng.random()
-    return name.upper() if r < 0.06 else name.lower() if r < 0.12 else name
-
-
 def make_identities(rng: np.random.Generator, pop: Population) -> tuple[pd.DataFrame, Keys]:
     """Identity records of every source (IDENTITY_COLUMNS) and the per-person keys for events."""
     p = pop.people
@@ -123,8 +56,8 @@ def make_identities(rng: np.random.Generator, pop: Population) -> tuple[pd.DataF
 
     # --- keys -------------------------------------------------------------------------------
     has_mobile = rng.random(n) < 0.97
-    mobile_nat = _numbers(rng, n, MOBILE_PREFIXES, 8)
-    land_nat = _numbers(rng, n_hh, AREA_CODES, 7)
+    mobile_nat = numbers(rng, n, MOBILE_PREFIXES, 8)
+    land_nat = numbers(rng, n_hh, AREA_CODES, 7)
     has_land = pop.household_has_landline[hh]
     has_personal_email = rng.random(n) < np.clip(0.7 + 0.35 * tech, 0, 0.98)
     stems = rng.integers(0, 4, n)
@@ -133,10 +66,10 @@ def make_identities(rng: np.random.Generator, pop: Population) -> tuple[pd.DataF
     for i in range(n):
         f, s = first[i].lower(), last[i].lower()
         local = (f"{f}.{s}", f"{f[0]}{s}", f"{f}{s}", f"{s}.{f}")[stems[i]]
-        personal[i] = f"{local}{suffix[i]}@{_pick(rng, DOMAINS)}"
+        personal[i] = f"{local}{suffix[i]}@{pick(rng, DOMAINS)}"
     hh_last = pd.Series(last).groupby(hh).first().to_numpy()
     family = np.array(
-        [f"the{hh_last[h].lower()}s{h + 1}@{_pick(rng, DOMAINS)}" for h in range(n_hh)],
+        [f"the{hh_last[h].lower()}s{h + 1}@{pick(rng, DOMAINS)}" for h in range(n_hh)],
         dtype=object,
     )
     uses_family = (
