@@ -30,7 +30,14 @@ from experiments.replay_harness import (
     progress_bar,
     replay_settings,
 )
-from experiments.replay_results import Checkpoint, ReplayResult, gap, plot_curve, summarise
+from experiments.replay_results import (
+    Checkpoint,
+    ReplayResult,
+    gap,
+    linear_ceiling,
+    plot_curve,
+    summarise,
+)
 from nextbest.settings import Settings
 from simulator.schema import ID_COLUMNS
 
@@ -75,6 +82,24 @@ def _truth_matrices(truth: Any, frame: Any, offer_ids: list[str]) -> tuple[np.nd
     cost = np.array([float(truth.catalog.get(o).cost) for o in offer_ids])
     p1, p0 = p1.reshape(n, k), p0.reshape(n, k)
     return p1, p0, p1 * (value - cost) - p0 * value, value, cost
+
+
+def _ceiling(
+    ledger: Any, ids: list[str], values: np.ndarray, allowed: np.ndarray, window: int
+) -> float | None:
+    """:func:`linear_ceiling` on the features the bandit saw for each treated decision
+    (the logged snapshot without identifiers, the channel, the visit context)."""
+    from training.bandit import IDENTIFIERS
+
+    if not 0 < window < len(ids):
+        return None
+    logs = ledger.logs().set_index("decision_id").loc[ids]
+    features = [
+        {**{k: v for k, v in (s.get("features") or {}).items() if k not in IDENTIFIERS},
+         **ctx, "channel": ch}
+        for s, ctx, ch in zip(logs["scores"], logs["context"], logs["channel"], strict=True)
+    ]  # fmt: skip
+    return linear_ceiling(features, values, allowed, window)
 
 
 def run_replay(
@@ -154,6 +179,7 @@ def run_replay(
     allowed = np.zeros(values.shape, dtype=bool)
     probs = np.zeros(values.shape)
     treated = np.zeros(visits, dtype=bool)
+    treated_ids: list[str] = []  # their decisions, in visit order
     checked = matched = 0
     curve: list[Checkpoint] = []
     retrains: list[dict[str, Any]] = []
@@ -171,6 +197,7 @@ def run_replay(
                 for o, p in dist.items():
                     allowed[i, col[o]], probs[i, col[o]] = True, p
                 treated[i] = True
+                treated_ids.append(response.decision_id)
                 if i % check_every == 0:
                     row = deps.ledger.decision(response.decision_id)
                     checked += 1
@@ -253,7 +280,9 @@ def run_replay(
         plot=None,
         model_versions=deps.model_versions(),
         logged_matches_policy=matched / checked if checked else float("nan"),
-    )
+        linear_ceiling=_ceiling(deps.ledger, treated_ids, values[treated], allowed[treated],
+                                len(tail)),
+    )  # fmt: skip
     if plot and curve:
         path = settings.reports_dir / f"replay_{exploration}_{outcomes}.png"
         title = f"Bandit replay ({exploration}, {outcomes} outcomes): gap closed"

@@ -46,6 +46,8 @@ class ReplayResult(BaseModel):
     model_versions: dict[str, str]  # the models the pipeline scored with at the end
     logged_matches_policy: float  # share of treated decisions whose logged probabilities
     # equal the bandit's distribution for the same visit
+    linear_ceiling: float | None = None  # gap closed by the bandit's model class given the
+    # truth itself (see ``linear_ceiling``), over the same window
 
 
 def gap(policy: float, random: float, oracle: float) -> float:
@@ -70,6 +72,42 @@ def summarise(
     single = np.where(a, v, 0.0).mean(axis=0)
     best = int(np.argmax(single))
     return policy, random, float(single[best]), oracle, best
+
+
+def linear_ceiling(
+    features: list[dict[str, Any]],
+    values: np.ndarray,
+    allowed: np.ndarray,
+    window: int,
+) -> float:
+    """Gap closed over the last ``window`` rows by a per-offer linear model of the logged
+    features (the bandit's model class: features crossed with the offer) fitted on the rows
+    before them with every offer's true incremental value: full information and no noise.
+
+    A yardstick for the bandit, which sees one noisy reward of one offer per visit: the
+    distance between the two is what learning from bandit feedback costs, and the distance
+    from this to 1 is what the features cannot tell. ``features``: one dict per row, numbers
+    and strings (strings are one-hot)."""
+    from sklearn.feature_extraction import DictVectorizer
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    n = len(features)
+    if not 0 < window < n:
+        raise ValueError(f"window must be in (0, {n}), got {window}")
+    rows = [{k: v for k, v in f.items() if isinstance(v, int | float | str)} for f in features]
+    train, test = slice(0, n - window), slice(n - window, n)
+    pred = np.empty((window, values.shape[1]))
+    for j in range(values.shape[1]):
+        model = make_pipeline(DictVectorizer(), StandardScaler(with_mean=False), Ridge(1.0))
+        pred[:, j] = model.fit(rows[train], values[train, j]).predict(rows[test])
+    a, v = allowed[test], values[test]
+    pick = np.where(a, pred, -np.inf).argmax(axis=1)
+    probs = np.zeros_like(v)
+    probs[np.arange(window), pick] = 1.0
+    policy, random, _, oracle, _ = summarise(v, a, probs)
+    return gap(policy, random, oracle)
 
 
 def plot_curve(curve: list[Checkpoint], path: Path, title: str) -> Path:

@@ -27,7 +27,7 @@ Exploration = Literal["squarecb", "epsilon"]
 _UNSAFE = re.compile(r"[\s|:]+")
 _FREE_TEXT = {"name", "headline", "body", "cta", "description", "title", "text"}
 # one weight per customer and offer would memorise noise, not generalise
-_IDENTIFIERS = frozenset({"customer_id", "person_id"})
+IDENTIFIERS = frozenset({"customer_id", "person_id"})
 
 
 def _token(x: object) -> str:
@@ -105,7 +105,7 @@ def format_example(
     trust the model and the bandit starts from its ranking instead of from nothing.
     """
     context_part = f"channel={_token(channel)} {_features(context)}".rstrip()
-    lines = [f"shared |u {_features(features, _IDENTIFIERS)} |c {context_part}"]
+    lines = [f"shared |u {_features(features, IDENTIFIERS)} |c {context_part}"]
     scores = scores or {}
     for i, (offer_id, line) in enumerate(actions):
         if label is not None and i == label[0]:

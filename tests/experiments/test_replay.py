@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments.replay import run_replay
-from experiments.replay_results import gap, summarise
+from experiments.replay_results import gap, linear_ceiling, summarise
 
 
 def test_summary_values_by_hand() -> None:
@@ -20,6 +20,45 @@ def test_summary_values_by_hand() -> None:
     # offer 1 for everyone: 2 where allowed, nothing (0) where not; offer 2: (-1 + 3) / 2
     assert (single, best) == (1.0, 1)
     assert gap(policy, random, oracle) == pytest.approx((1.75 - 11 / 12) / (2.5 - 11 / 12))
+
+
+def _linear_world(seed: int, n: int = 600) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """Three offers whose values are linear in one number and a category; ``no_offer`` is 0."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    kind = rng.choice(["a", "b"], size=n)
+    values = np.column_stack([x, -x + (kind == "b") * 1.5, 0.5 - 0.2 * x, np.zeros(n)])
+    allowed = rng.random((n, 4)) < 0.8
+    allowed[:, 3] = True
+    features = [{"x": float(v), "kind": str(k)} for v, k in zip(x, kind, strict=True)]
+    return features, values, allowed
+
+
+def test_linear_ceiling_is_one_when_the_features_explain_the_values() -> None:
+    features, values, allowed = _linear_world(0)
+    assert linear_ceiling(features, values, allowed, window=200) > 0.97
+
+
+def test_linear_ceiling_falls_to_the_best_average_offer_when_the_features_say_nothing() -> None:
+    features, values, allowed = _linear_world(1)
+    rng = np.random.default_rng(2)
+    noise = [{"x": float(v)} for v in rng.normal(size=len(features))]  # unrelated to values
+    # without information, the best a model can do is the offer best on average where allowed
+    mean = values[:400].mean(axis=0)
+    pick = np.where(allowed[400:], mean, -np.inf).argmax(axis=1)
+    probs = np.zeros((200, 4))
+    probs[np.arange(200), pick] = 1.0
+    policy, random, _, oracle, _ = summarise(values[400:], allowed[400:], probs)
+    assert linear_ceiling(noise, values, allowed, window=200) == pytest.approx(
+        gap(policy, random, oracle), abs=0.05
+    )
+
+
+@pytest.mark.parametrize("window", [0, 600, 700])
+def test_linear_ceiling_rejects_a_window_without_training_rows(window) -> None:
+    features, values, allowed = _linear_world(0)
+    with pytest.raises(ValueError, match=rf"window must be in \(0, 600\), got {window}"):
+        linear_ceiling(features, values, allowed, window=window)
 
 
 @pytest.mark.parametrize(
@@ -56,6 +95,7 @@ def test_replay_learns_through_the_real_pipeline(tmp_path_factory) -> None:
     assert result.logged_matches_policy == 1.0
     assert result.gap_closed > 0.3 and result.policy > result.best_single, result
     assert result.oracle >= result.policy
+    assert result.linear_ceiling is not None and result.linear_ceiling > 0.3, result
     assert result.retrains[0]["promoted"] and result.retrains[0]["serving"] == "bandit:1"
     ledger = Ledger(engine_for(f"sqlite:///{settings.home / 'replay' / 'ledger.db'}"))
     counts = ledger.counts()
