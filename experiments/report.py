@@ -18,7 +18,8 @@ from pydantic import BaseModel
 
 from experiments.attribution import ReportError, load_units, offer_catalog
 from experiments.qini import QiniCurve, report_curves
-from experiments.uplift import ArmComparison, compare, holm
+from experiments.uplift import ArmComparison, compare
+from experiments.uplift_stats import holm
 
 __all__ = ["ReportError", "ReportData", "build_report", "report_html", "write_report"]
 

@@ -13,14 +13,8 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from experiments.exports import analyze_export
-from experiments.uplift import (
-    UpliftError,
-    analyze,
-    compare,
-    holm,
-    proportion_diff,
-    sequential_halfwidth,
-)
+from experiments.uplift import UpliftError, analyze, compare
+from experiments.uplift_stats import holm, proportion_diff, sequential_halfwidth
 from nextbest.cli import app
 from tests.conftest import shared_file
 
