@@ -13,8 +13,9 @@ decision learned exactly once; it starts when the service starts, since older de
 the batch retrain's (``nextbest train bandit``). Each tick reads only the decisions between the
 watermark and ``now - wait`` (see :func:`matured_before`) and their outcomes, in pages. Each
 worker learns into its own policy from the one shared ledger, in the same order, so workers
-converge; the policy is read from ``deps.bandit`` for every decision, so a promotion that swaps
-it keeps learning (the watermark stays).
+converge. A bandit promoted while the service runs is adopted by every worker on its next
+tick (:func:`adopt_promoted`), and the watermark moves to the last decision it was trained
+on, so no decision is learned twice or skipped.
 """
 
 from __future__ import annotations
@@ -74,6 +75,38 @@ def policy_of(bandit: Any) -> Any:
     ``Recorder``) holds in ``.policy``; None when nothing promoted can learn."""
     policy = getattr(bandit, "policy", bandit)
     return policy if callable(getattr(policy, "learn", None)) else None
+
+
+def adopt_promoted(deps: Any) -> str | None:
+    """Swap in the promoted bandit when it is not the one serving (promoted by
+    ``nextbest train bandit --promote`` while the service runs), with the watermark just after
+    the last decision it learned. Its version, or None when nothing changed. A promoted model
+    that cannot be loaded leaves the serving one in place and ``/healthz`` degraded."""
+    from training.bandit_registry import load_bandit, promoted_version
+
+    found = promoted_version(deps.settings)
+    serving = getattr(policy_of(deps.bandit), "base_version", None)
+    if found is None or found[0] == serving:
+        return None
+    version, through = found
+    try:
+        policy = load_bandit(deps.settings)
+    except Exception as exc:  # noqa: BLE001 - e.g. an older example format: keep serving
+        deps.missing["bandit"] = f"promoted {version} not loaded: {type(exc).__name__}: {exc}"
+        log.warning("%s", deps.missing["bandit"])
+        return None
+    if policy is None:  # removed from the store since it was read
+        return None
+    learner: Learner | None = getattr(deps, "learner", None)
+    if learner is None:
+        deps.bandit = policy
+    else:
+        with learner._lock:  # not in the middle of a tick that learns into the old policy
+            deps.bandit = policy
+            if through is not None:
+                learner.ts, learner.ids = utc(through) + timedelta(microseconds=1), set()
+    deps.missing.pop("bandit", None)
+    return version
 
 
 def reward_window(settings: Any) -> timedelta:

@@ -155,11 +155,15 @@ class Nextbest:
         return f"abandoned baskets: {len(queued)} messages queued" if queued else None
 
     def _learn(self) -> str | None:
-        """The bandit learns the decisions whose reward wait has passed (``serving.learner``);
-        /decide only waits for the policy's lock, one example at a time."""
+        """The bandit adopts a newly promoted model, then learns the decisions whose reward
+        wait has passed (``serving.learner``); /decide only waits for the policy's lock, one
+        example at a time."""
+        adopted = learner.adopt_promoted(self.deps)
         n = learner.learn_matured(self.deps, self.deps.clock())
         bandit = self.deps.model_versions().get("bandit")
-        return f"bandit learned {n} matured decisions: now {bandit}" if n else None
+        done = [f"adopted the promoted {adopted}"] if adopted else []
+        done += [f"learned {n} matured decisions: now {bandit}"] if n else []
+        return f"bandit {'; '.join(done)}" if done else None
 
     @bentoml.api(route="/decide")
     async def decide(self, request: DecideRequest, /) -> DecideResponse:

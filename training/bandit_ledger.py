@@ -196,7 +196,10 @@ def train_bandit(
         ope["champion"] = snips(r, p, target_probabilities(champion, recent))
     fit(challenger, recent)
     better = champion is None or ope["challenger"].value >= ope["champion"].value
-    version = register(settings, challenger, ope, n=len(data), promote=promote and better)
+    through = pd.Timestamp(data["ts"].max()).to_pydatetime()
+    version = register(
+        settings, challenger, ope, n=len(data), promote=promote and better, trained_through=through
+    )
     return {
         "model": MODEL_NAME,
         "version": version,

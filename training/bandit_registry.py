@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +50,16 @@ def _meta(policy: BanditPolicy) -> dict[str, Any]:
 
 
 def register(
-    settings: Settings, policy: BanditPolicy, ope: dict[str, Any], n: int, promote: bool
+    settings: Settings,
+    policy: BanditPolicy,
+    ope: dict[str, Any],
+    n: int,
+    promote: bool,
+    trained_through: datetime | None = None,
 ) -> str:
     """Log the model to MLflow, register a version (alias ``challenger``), and when promoted
-    make it ``champion`` and import it into the BentoML model store the service loads from."""
+    make it ``champion`` and import it into the BentoML model store the service loads from.
+    ``trained_through``: the time of the last logged decision it learned."""
     mlflow = _mlflow(settings)
     client = mlflow.MlflowClient()
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run() as run:
@@ -71,15 +78,24 @@ def register(
     client.set_registered_model_alias(MODEL_NAME, "challenger", mv.version)
     if promote:
         client.set_registered_model_alias(MODEL_NAME, "champion", mv.version)
-        to_bentoml(settings, policy, str(mv.version))
+        to_bentoml(settings, policy, str(mv.version), trained_through)
     return str(mv.version)
 
 
-def to_bentoml(settings: Settings, policy: BanditPolicy, version: str) -> str:
-    """Copy the champion into the BentoML model store (what ``serve`` and ``load_bandit`` read)."""
+def to_bentoml(
+    settings: Settings,
+    policy: BanditPolicy,
+    version: str,
+    trained_through: datetime | None = None,
+) -> str:
+    """Copy the champion into the BentoML model store (what ``serve`` and ``load_bandit`` read),
+    with the time of the last decision it learned: a running service that adopts it learns
+    online from there on (``serving.learner.adopt_promoted``)."""
     from training.scoring import bentoml_models
 
     meta = {**_meta(policy), "mlflow_version": version}
+    if trained_through is not None:  # BentoML's metadata holds no None
+        meta["trained_through"] = trained_through.isoformat()
     with bentoml_models(settings).create(MODEL_NAME, metadata=meta) as bento_model:
         policy.save(Path(bento_model.path_of("model.vw")))
         Path(bento_model.path_of("meta.json")).write_text(json.dumps(_meta(policy)))
@@ -114,6 +130,21 @@ def load_bandit(settings: Settings) -> BanditPolicy | None:
     version = bento_model.info.metadata.get("mlflow_version", "?")
     folder = Path(bento_model.path_of("model.vw")).parent
     return _from_folder(folder, f"{MODEL_NAME}:{version}", settings.seed)
+
+
+def promoted_version(settings: Settings) -> tuple[str, datetime | None] | None:
+    """The promoted bandit's version (as decisions record it) and the time of the last
+    decision it learned, read from the store's metadata without loading the model; None when
+    none is promoted."""
+    from training.scoring import bentoml_models
+
+    try:
+        meta = bentoml_models(settings).get(f"{MODEL_NAME}:latest").info.metadata
+    except Exception:  # bentoml.exceptions.NotFound: nothing promoted yet
+        return None
+    through = meta.get("trained_through")
+    version = f"{MODEL_NAME}:{meta.get('mlflow_version', '?')}"
+    return version, datetime.fromisoformat(through) if through else None
 
 
 def load_registered(settings: Settings, alias: str) -> BanditPolicy | None:

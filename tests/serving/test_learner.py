@@ -158,6 +158,44 @@ def test_wrapped_missing_and_swapped_bandits(ldeps: Deps) -> None:
     assert ldeps.learner.skipped == 1  # "two"
 
 
+def _promote(deps: Deps, version: str, through: datetime | None, fmt: int | None = None) -> None:
+    """A bandit promoted into the deps' BentoML store, as ``nextbest train bandit --promote``
+    leaves it (``fmt``: overwrite its example format, as an older release would have)."""
+    import json
+
+    from training.bandit_registry import to_bentoml
+    from training.scoring import bentoml_models
+
+    to_bentoml(deps.settings, _spy(deps), version, through)
+    if fmt is not None:
+        meta = Path(bentoml_models(deps.settings).get("bandit:latest").path_of("meta.json"))
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), "format": fmt}))
+
+
+def test_a_bandit_promoted_while_serving_is_adopted_once(ldeps: Deps) -> None:
+    """The promoted model replaces the serving one, and the watermark moves to just after the
+    last decision it was trained on: "one" (trained on) is not learned again, "two" is."""
+    assert learner.adopt_promoted(ldeps) is None  # nothing promoted: the serving one stays
+    _decision(ldeps, "one", T0 + MIN)
+    _decision(ldeps, "two", T0 + 2 * MIN)
+    _promote(ldeps, "7", through=T0 + MIN)
+    assert learner.adopt_promoted(ldeps) == "bandit:7"
+    assert ldeps.bandit.base_version == ldeps.model_versions()["bandit"] == "bandit:7"
+    assert ldeps.learner.ts == T0 + MIN + timedelta(microseconds=1)
+    assert learner.adopt_promoted(ldeps) is None  # already serving it
+    assert learn_matured(ldeps, T0 + 3 * 60 * MIN) == 1
+    assert ldeps.model_versions()["bandit"] == "bandit:7+1"
+
+
+def test_a_promoted_bandit_that_cannot_load_leaves_the_serving_one(ldeps: Deps) -> None:
+    serving = ldeps.bandit
+    _promote(ldeps, "8", through=None, fmt=3)
+    assert learner.adopt_promoted(ldeps) is None and ldeps.bandit is serving
+    assert ldeps.missing["bandit"].startswith("promoted bandit:8 not loaded: BanditError: ")
+    assert ldeps.health()["status"] == "degraded"
+    assert ldeps.learner.ts == T0  # the watermark stays with the serving model
+
+
 def test_decisions_record_the_updated_version(ldeps: Deps) -> None:
     """The real pipeline: /decide's function logs the version, /outcome's the reward, and the
     next decision records the version with the update."""
@@ -249,7 +287,8 @@ def test_default_settings() -> None:
 @pytest.mark.slow
 def test_the_running_service_learns_as_outcomes_arrive(tmp_path: Path) -> None:
     """A real ``bentoml serve`` with a promoted bandit, no reward wait and a 0.2 s tick: the
-    decision after an outcome records the bandit's version with its updates."""
+    decision after an outcome records the bandit's version with its updates; a bandit promoted
+    while it runs is adopted on the next tick."""
     from benchmarks.decide import prepare_features
     from serving import run
     from serving.catalog import load_catalog
@@ -267,22 +306,40 @@ def test_the_running_service_learns_as_outcomes_arrive(tmp_path: Path) -> None:
         "NEXTBEST_EXPERIMENT_HOLDOUT_SHARE": "0",
     }
     log = tmp_path / "server.log"
-    with run.served(settings, log=log, **env) as base:
-        with httpx.Client(base_url=base, headers=CHANNEL) as client:
-            body = {"customer_id": "bench000004", "channel": "web"}
-            first = client.post("/decide", json=body).json()
-            assert first["model_versions"]["bandit"] == "bandit:1", first
-            assert first["arm"] == "treatment" and first["offers"], first
-            out = {"idempotency_key": "e2e-1", "decision_id": first["decision_id"],
-                   "type": "conversion", "value": 40.0}  # fmt: skip
-            assert client.post("/outcome", json=out).status_code == 200
-            deadline, health = time.monotonic() + 30, {}
-            while time.monotonic() < deadline:
-                health = client.get("/healthz").json()
-                if health["bandit_learner"]["learned"] >= 1:
-                    break
-                time.sleep(0.2)
-            assert health["bandit_learner"]["learned"] >= 1, (health, log.read_text()[-2000:])
-            later = client.post("/decide", json=body).json()
+    with (
+        run.served(settings, log=log, **env) as base,
+        httpx.Client(base_url=base, headers=CHANNEL) as client,
+    ):
+        body = {"customer_id": "bench000004", "channel": "web"}
+        first = client.post("/decide", json=body).json()
+        assert first["model_versions"]["bandit"] == "bandit:1", first
+        assert first["arm"] == "treatment" and first["offers"], first
+        out = {"idempotency_key": "e2e-1", "decision_id": first["decision_id"],
+               "type": "conversion", "value": 40.0}  # fmt: skip
+        assert client.post("/outcome", json=out).status_code == 200
+        deadline, health = time.monotonic() + 30, {}
+        while time.monotonic() < deadline:
+            health = client.get("/healthz").json()
+            if health["bandit_learner"]["learned"] >= 1:
+                break
+            time.sleep(0.2)
+        assert health["bandit_learner"]["learned"] >= 1, (health, log.read_text()[-2000:])
+        later = client.post("/decide", json=body).json()
         version = later["model_versions"]["bandit"]
         assert version.startswith("bandit:1+") and int(version.split("+")[1]) >= 1, later
+        # promoted while it runs (as `nextbest train bandit --promote` does): adopted
+        through = datetime.fromisoformat(health["bandit_learner"]["watermark"])
+        to_bentoml(settings, BanditPolicy(actions, exploration="epsilon"), "2", through)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            health = client.get("/healthz").json()
+            if health["model_versions"]["bandit"].startswith("bandit:2"):
+                break
+            time.sleep(0.2)
+        assert health["model_versions"]["bandit"].startswith("bandit:2"), log.read_text()[-2000:]
+        # its watermark: after "first" (trained on), so "later" is learned into it (+1)
+        assert health["bandit_learner"]["watermark"] > through.isoformat()
+        assert client.post("/decide", json=body).json()["model_versions"]["bandit"] in (
+            "bandit:2",
+            "bandit:2+1",
+        )

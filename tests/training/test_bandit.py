@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from training.bandit import BanditPolicy, action_line, format_example
-from training.bandit_ledger import logged_examples, train_bandit
-from training.bandit_registry import BanditError, load_bandit, load_registered
+from training.bandit_ledger import ledger_examples, logged_examples, train_bandit
+from training.bandit_registry import BanditError, load_bandit, load_registered, promoted_version
 
 ACTIONS = {
     "disc": {"category": "discount", "cost": 2.0},
@@ -228,6 +228,9 @@ def test_train_from_ledger_register_promote_and_load(nextbest_home) -> None:
     assert first["ope"]["challenger"]["value"] > first["ope"]["logging"]["value"]
     champion = load_bandit(settings)
     assert champion is not None and champion.version == f"bandit:{first['version']}"
+    # a running service adopts it and learns online after the last decision it was trained on
+    last = ledger_examples(settings)["ts"].max().to_pydatetime()
+    assert promoted_version(settings) == (champion.version, last)
     low = {"arpu": 15.0, "plan": "s"}
     allowed = ["device_upgrade", "data_addon", "streaming_bundle", "no_offer"]
     probs = champion.distribution(low, "web", {"page": "home"}, allowed)
