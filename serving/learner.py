@@ -9,13 +9,14 @@ batch path leaves out (holdout, forced choices, no feature snapshot) are left ou
 the same function decides.
 
 A watermark (the time of the last decision handled plus the ids at that time) makes each
-decision learned exactly once; it starts when the service starts, since older decisions are
-the batch retrain's (``nextbest train bandit``). Each tick reads only the decisions between the
-watermark and ``now - wait`` (see :func:`matured_before`) and their outcomes, in pages. Each
-worker learns into its own policy from the one shared ledger, in the same order, so workers
-converge. A bandit promoted while the service runs is adopted by every worker on its next
-tick (:func:`adopt_promoted`), and the watermark moves to the last decision it was trained
-on, so no decision is learned twice or skipped.
+decision learned exactly once. It starts just after the last decision the serving champion
+was trained on (:func:`start_for`), since those are the batch retrain's (``nextbest train
+bandit``); for a champion that does not say, when the service starts. Each tick reads only
+the decisions between the watermark and ``now - wait`` (see :func:`matured_before`) and their
+outcomes, in pages. Each worker learns into its own policy from the one shared ledger, in the
+same order, so workers converge. A bandit promoted while the service runs is adopted by every
+worker on its next tick (:func:`adopt_promoted`), and the watermark moves to the last decision
+it was trained on, so no decision is learned twice or skipped.
 """
 
 from __future__ import annotations
@@ -75,6 +76,19 @@ def policy_of(bandit: Any) -> Any:
     ``Recorder``) holds in ``.policy``; None when nothing promoted can learn."""
     policy = getattr(bandit, "policy", bandit)
     return policy if callable(getattr(policy, "learn", None)) else None
+
+
+def start_for(deps: Any) -> datetime:
+    """Where a worker's watermark starts: just after the last decision the serving champion
+    was trained on, so a restarted worker learns again what its lost online updates had
+    learned; without that time (no bandit, an older model), now."""
+    from training.bandit_registry import promoted_version
+
+    serving = getattr(policy_of(deps.bandit), "base_version", None)
+    found = promoted_version(deps.settings) if serving is not None else None
+    if found is None or found[0] != serving or found[1] is None:
+        return deps.clock()
+    return utc(found[1]) + timedelta(microseconds=1)
 
 
 def adopt_promoted(deps: Any) -> str | None:

@@ -110,8 +110,8 @@ class Nextbest:
         self.checkpointer = WalCheckpointer(self.deps.ledger.engine)
         self.batcher = FeatureBatcher(self.deps.features) if self.deps.features else None
         STATE.deps = self.deps
-        # decisions from now on are learned online; older ones are the batch retrain's
-        self.deps.learner = learner.Learner(start=self.deps.clock())
+        # decisions after the champion's training logs are learned online
+        self.deps.learner = learner.Learner(start=learner.start_for(self.deps))
         self._background: list[asyncio.Task] = []
 
     @bentoml.on_startup

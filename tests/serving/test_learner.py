@@ -187,6 +187,18 @@ def test_a_bandit_promoted_while_serving_is_adopted_once(ldeps: Deps) -> None:
     assert ldeps.model_versions()["bandit"] == "bandit:7+1"
 
 
+def test_a_worker_starts_learning_after_its_champion_s_training_logs(ldeps: Deps) -> None:
+    ldeps.clock = lambda: T0 + 60 * MIN
+    assert learner.start_for(ldeps) == T0 + 60 * MIN  # nothing promoted: from now
+    _promote(ldeps, "7", through=T0 + MIN)
+    assert learner.start_for(ldeps) == T0 + 60 * MIN  # promoted, but not the one serving
+    assert learner.adopt_promoted(ldeps) == "bandit:7"
+    assert learner.start_for(ldeps) == T0 + MIN + timedelta(microseconds=1)
+    _promote(ldeps, "8", through=None)  # a champion that does not say: from now
+    assert learner.adopt_promoted(ldeps) == "bandit:8"
+    assert learner.start_for(ldeps) == T0 + 60 * MIN
+
+
 def test_a_promoted_bandit_that_cannot_load_leaves_the_serving_one(ldeps: Deps) -> None:
     serving = ldeps.bandit
     _promote(ldeps, "8", through=None, fmt=3)
