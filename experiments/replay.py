@@ -34,6 +34,7 @@ from experiments.replay_results import (
     Checkpoint,
     ReplayResult,
     gap,
+    greedy_value,
     linear_ceiling,
     plot_curve,
     summarise,
@@ -280,6 +281,7 @@ def run_replay(
         plot=None,
         model_versions=deps.model_versions(),
         logged_matches_policy=matched / checked if checked else float("nan"),
+        greedy_gap_closed=gap(greedy_value(values[tail], probs[tail]), rnd, orc),
         linear_ceiling=_ceiling(deps.ledger, treated_ids, values[treated], allowed[treated],
                                 len(tail)),
     )  # fmt: skip

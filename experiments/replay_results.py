@@ -46,6 +46,8 @@ class ReplayResult(BaseModel):
     model_versions: dict[str, str]  # the models the pipeline scored with at the end
     logged_matches_policy: float  # share of treated decisions whose logged probabilities
     # equal the bandit's distribution for the same visit
+    greedy_gap_closed: float | None = None  # the same with exploration off: always the
+    # policy's most probable offer (``greedy_value``); the difference is what exploring costs
     linear_ceiling: float | None = None  # gap closed by the bandit's model class given the
     # truth itself (see ``linear_ceiling``), over the same window
 
@@ -72,6 +74,13 @@ def summarise(
     single = np.where(a, v, 0.0).mean(axis=0)
     best = int(np.argmax(single))
     return policy, random, float(single[best]), oracle, best
+
+
+def greedy_value(values: np.ndarray, policy_probs: np.ndarray) -> float:
+    """Per-visit value of playing the policy's most probable offer every time: the policy
+    without its exploration. (Probabilities are zero outside the allowed set.)"""
+    pick = policy_probs.argmax(axis=1)
+    return float(values[np.arange(len(values)), pick].mean())
 
 
 def linear_ceiling(

@@ -119,4 +119,9 @@ def replay(
             f"({result.best_single_offer}) {result.best_single:.3f}, oracle {result.oracle:.3f}; "
             f"gap closed {result.gap_closed:.2f}; learning curve: {result.plot}"
         )
+        if result.greedy_gap_closed is not None and result.linear_ceiling is not None:
+            console.print(
+                f"without exploration the policy would close {result.greedy_gap_closed:.2f}; "
+                f"its model class fitted on the truth itself closes {result.linear_ceiling:.2f}"
+            )
     emit(result.model_dump(), as_json)

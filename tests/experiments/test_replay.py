@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from experiments.replay import run_replay
-from experiments.replay_results import gap, linear_ceiling, summarise
+from experiments.replay_results import gap, greedy_value, linear_ceiling, summarise
 
 
 def test_summary_values_by_hand() -> None:
@@ -20,6 +20,8 @@ def test_summary_values_by_hand() -> None:
     # offer 1 for everyone: 2 where allowed, nothing (0) where not; offer 2: (-1 + 3) / 2
     assert (single, best) == (1.0, 1)
     assert gap(policy, random, oracle) == pytest.approx((1.75 - 11 / 12) / (2.5 - 11 / 12))
+    # exploration off: offer 1 on the first visit, offer 0 (the first of the tie) on the second
+    assert greedy_value(values, probs) == pytest.approx((2.0 + 0.0) / 2)
 
 
 def _linear_world(seed: int, n: int = 600) -> tuple[list[dict], np.ndarray, np.ndarray]:
@@ -96,6 +98,7 @@ def test_replay_learns_through_the_real_pipeline(tmp_path_factory) -> None:
     assert result.gap_closed > 0.3 and result.policy > result.best_single, result
     assert result.oracle >= result.policy
     assert result.linear_ceiling is not None and result.linear_ceiling > 0.3, result
+    assert result.greedy_gap_closed is not None and result.greedy_gap_closed > 0.3, result
     assert result.retrains[0]["promoted"] and result.retrains[0]["serving"] == "bandit:1"
     ledger = Ledger(engine_for(f"sqlite:///{settings.home / 'replay' / 'ledger.db'}"))
     counts = ledger.counts()
