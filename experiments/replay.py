@@ -136,7 +136,7 @@ def run_replay(
     from serving.actions import OutcomeRequest, record_outcome
     from serving.decide import decide
     from serving.deps import load_deps
-    from serving.learner import Learner, learn_matured
+    from serving.learner import Learner, just_after, learn_matured
     from simulator.truth import Truth
     from training.bandit import BanditPolicy
     from training.bandit_ledger import catalog_actions, train_bandit
@@ -245,7 +245,7 @@ def run_replay(
                     bandit.policy = load_bandit(rs) or bandit.policy
                     champion = load_bandit(rs)  # as promoted: serving goes on learning online
                     # it was trained on every decision so far: online learning resumes after
-                    deps.learner = Learner(start=clock.at + timedelta(microseconds=1))
+                    deps.learner = Learner(start=just_after(clock.at))
                 retrains.append({"visits": i + 1, "serving": bandit.version, **info})
             if (i + 1) % every == 0 or i + 1 == visits:
                 seg = np.flatnonzero(treated[last : i + 1]) + last

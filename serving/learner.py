@@ -78,17 +78,18 @@ def policy_of(bandit: Any) -> Any:
     return policy if callable(getattr(policy, "learn", None)) else None
 
 
+def just_after(ts: datetime) -> datetime:
+    """A watermark start that counts every decision up to ``ts`` as handled (the ledger keeps
+    microseconds)."""
+    return utc(ts) + timedelta(microseconds=1)
+
+
 def start_for(deps: Any) -> datetime:
     """Where a worker's watermark starts: just after the last decision the serving champion
     was trained on, so a restarted worker learns again what its lost online updates had
     learned; without that time (no bandit, an older model), now."""
-    from training.bandit_registry import promoted_version
-
-    serving = getattr(policy_of(deps.bandit), "base_version", None)
-    found = promoted_version(deps.settings) if serving is not None else None
-    if found is None or found[0] != serving or found[1] is None:
-        return deps.clock()
-    return utc(found[1]) + timedelta(microseconds=1)
+    through = getattr(policy_of(deps.bandit), "trained_through", None)
+    return just_after(through) if through is not None else deps.clock()
 
 
 def adopt_promoted(deps: Any) -> str | None:
@@ -98,11 +99,9 @@ def adopt_promoted(deps: Any) -> str | None:
     that cannot be loaded leaves the serving one in place and ``/healthz`` degraded."""
     from training.bandit_registry import load_bandit, promoted_version
 
-    found = promoted_version(deps.settings)
-    serving = getattr(policy_of(deps.bandit), "base_version", None)
-    if found is None or found[0] == serving:
+    version = promoted_version(deps.settings)
+    if version is None or version == getattr(policy_of(deps.bandit), "base_version", None):
         return None
-    version, through = found
     try:
         policy = load_bandit(deps.settings)
     except Exception as exc:  # noqa: BLE001 - e.g. an older example format: keep serving
@@ -117,8 +116,8 @@ def adopt_promoted(deps: Any) -> str | None:
     else:
         with learner._lock:  # not in the middle of a tick that learns into the old policy
             deps.bandit = policy
-            if through is not None:
-                learner.ts, learner.ids = utc(through) + timedelta(microseconds=1), set()
+            if policy.trained_through is not None:
+                learner.ts, learner.ids = just_after(policy.trained_through), set()
     deps.missing.pop("bandit", None)
     return version
 

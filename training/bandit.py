@@ -17,6 +17,7 @@ import math
 import re
 import threading
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -166,6 +167,8 @@ class BanditPolicy:
         self.actions = {k: dict(v) for k, v in actions.items()}
         self._lines = {k: action_line(k, v) for k, v in self.actions.items()}
         self.base_version = version
+        # the time of the last logged decision it learned, when loaded from the store
+        self.trained_through: datetime | None = None
         self.exploration: Exploration = exploration
         self.reward_scale = float(reward_scale)
         self.updates = 0

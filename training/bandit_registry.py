@@ -119,32 +119,37 @@ def _from_folder(folder: Path, version: str, seed: int) -> BanditPolicy:
     )
 
 
-def load_bandit(settings: Settings) -> BanditPolicy | None:
-    """The promoted bandit from the BentoML model store, or None when none is promoted."""
+def _promoted(settings: Settings) -> tuple[Any, str, datetime | None] | None:
+    """The promoted bandit in the BentoML store: the store entry, its version as decisions
+    record it, and the time of the last decision it learned; None when none is promoted."""
     from training.scoring import bentoml_models
 
     try:
         bento_model = bentoml_models(settings).get(f"{MODEL_NAME}:latest")
     except Exception:  # bentoml.exceptions.NotFound: nothing promoted yet
         return None
-    version = bento_model.info.metadata.get("mlflow_version", "?")
-    folder = Path(bento_model.path_of("model.vw")).parent
-    return _from_folder(folder, f"{MODEL_NAME}:{version}", settings.seed)
-
-
-def promoted_version(settings: Settings) -> tuple[str, datetime | None] | None:
-    """The promoted bandit's version (as decisions record it) and the time of the last
-    decision it learned, read from the store's metadata without loading the model; None when
-    none is promoted."""
-    from training.scoring import bentoml_models
-
-    try:
-        meta = bentoml_models(settings).get(f"{MODEL_NAME}:latest").info.metadata
-    except Exception:  # bentoml.exceptions.NotFound: nothing promoted yet
-        return None
+    meta = bento_model.info.metadata
     through = meta.get("trained_through")
     version = f"{MODEL_NAME}:{meta.get('mlflow_version', '?')}"
-    return version, datetime.fromisoformat(through) if through else None
+    return bento_model, version, datetime.fromisoformat(through) if through else None
+
+
+def load_bandit(settings: Settings) -> BanditPolicy | None:
+    """The promoted bandit from the BentoML model store, or None when none is promoted."""
+    found = _promoted(settings)
+    if found is None:
+        return None
+    bento_model, version, through = found
+    policy = _from_folder(Path(bento_model.path_of("model.vw")).parent, version, settings.seed)
+    policy.trained_through = through
+    return policy
+
+
+def promoted_version(settings: Settings) -> str | None:
+    """The promoted bandit's version (as decisions record it), read from the store's metadata
+    without loading the model; None when none is promoted."""
+    found = _promoted(settings)
+    return found[1] if found else None
 
 
 def load_registered(settings: Settings, alias: str) -> BanditPolicy | None:

@@ -230,7 +230,7 @@ def test_train_from_ledger_register_promote_and_load(nextbest_home) -> None:
     assert champion is not None and champion.version == f"bandit:{first['version']}"
     # a running service adopts it and learns online after the last decision it was trained on
     last = ledger_examples(settings)["ts"].max().to_pydatetime()
-    assert promoted_version(settings) == (champion.version, last)
+    assert (promoted_version(settings), champion.trained_through) == (champion.version, last)
     low = {"arpu": 15.0, "plan": "s"}
     allowed = ["device_upgrade", "data_addon", "streaming_bundle", "no_offer"]
     probs = champion.distribution(low, "web", {"page": "home"}, allowed)
