@@ -71,7 +71,10 @@ class Settings(BaseSettings):
         "that arrived within it (capped by attribution_days)",
     )
     bandit_learn_every_seconds: float = Field(
-        30.0, gt=0, description="how often serve learns the decisions that matured"
+        30.0,
+        gt=0,
+        description="how often serve adopts a newly promoted bandit and learns the decisions "
+        "that matured",
     )
     request_timeout: int = Field(10, gt=0, description="BentoML request timeout, seconds")
     ledger_synchronous: Literal["FULL", "NORMAL"] = Field(
