@@ -38,8 +38,7 @@ from simulator.response import (
     conversion_probs,
     features_at,
 )
-from simulator.schema import ID_COLUMNS
-from simulator.visits import Visit, draw_visits, identifiers_by_person
+from simulator.visits import LiveSampling, identifiers_by_person
 
 Ids = Sequence[str] | np.ndarray | pd.Series
 
@@ -56,7 +55,7 @@ TIME_COLUMNS = (
 )
 
 
-class Truth:
+class Truth(LiveSampling):
     """Ground truth over one simulated world. Vectorised methods take arrays of equal length."""
 
     def __init__(
@@ -239,68 +238,6 @@ class Truth:
 
     def churn_hazard(self, person_id: str, at: Any) -> float:
         return float(self.churn_hazards([person_id], at)[0])
-
-    # --- live visits and outcomes ---------------------------------------------------------
-    def sample_visits(
-        self, rng: np.random.Generator, n: int, start: Any = None, span_days: float = 30.0
-    ) -> pd.DataFrame:
-        """``n`` live visits in [start, start + span_days) (default start: the world's end).
-
-        Columns: visit_id, at, person_id (truth), channel, the identifiers that channel knows
-        (email, phone, loyalty_id, login_id, cookie_id; others null), open_basket,
-        basket_value. People who churned during the history do not visit."""
-        start_us = self.end_us if start is None else int(to_us(start))
-        return draw_visits(self, rng, n, start_us, int(span_days * US_PER_DAY))
-
-    def sample_visit(self, rng: np.random.Generator, at: Any = None) -> Visit:
-        row = self.sample_visits(rng, 1, start=at, span_days=0 if at is not None else 30).iloc[0]
-        return Visit(
-            visit_id=row.visit_id,
-            person_id=row.person_id,
-            at=row["at"].to_pydatetime(),
-            channel=row.channel,
-            identifiers={c: (None if pd.isna(row[c]) else row[c]) for c in ID_COLUMNS},
-            context={
-                "channel": row.channel,
-                "open_basket": bool(row.open_basket),
-                "basket_value": float(row.basket_value),
-            },
-        )
-
-    def sample_outcomes(
-        self,
-        rng: np.random.Generator,
-        visits: pd.DataFrame,
-        offer_ids: Sequence[str] | np.ndarray,
-        treated: Any = True,
-    ) -> np.ndarray:
-        """Draw conversions for visits shown ``offer_ids`` (treated) or not."""
-        p1, p0 = self.conversion_probs(
-            visits["person_id"].to_numpy(),
-            to_us(visits["at"]),
-            visits["channel"].to_numpy(),
-            offer_ids,
-            visits["open_basket"].to_numpy().astype(bool),
-        )
-        p = np.where(np.broadcast_to(np.asarray(treated, dtype=bool), p1.shape), p1, p0)
-        return rng.random(len(p)) < p
-
-    def sample_outcome(
-        self,
-        rng: np.random.Generator,
-        person_id: str,
-        offer_id: str,
-        treated: bool,
-        at: Any = None,
-        channel: str | None = None,
-        context: Mapping[str, Any] | None = None,
-    ) -> bool:
-        """Draw one response; ``at`` defaults to the world's end, ``channel`` to the context's
-        channel or web."""
-        at = self.end_us if at is None else at
-        channel = channel or (context or {}).get("channel", "web")
-        p = self.conversion_prob(person_id, at, channel, offer_id, treated, context)
-        return bool(rng.random() < p)
 
 
 def _basket(context: Mapping[str, Any] | None) -> bool:
