@@ -112,6 +112,9 @@ def evaluate_uplift(scorer: Scorer, valid: pd.DataFrame) -> tuple[dict[str, floa
     if {"true_p_treated", "true_p_untreated"} <= set(valid.columns):
         true = (valid["true_p_treated"] - valid["true_p_untreated"]).to_numpy()
         metrics["true_uplift_pearson"] = float(pearsonr(uplift, true)[0])
+        within = within_group_pearson(uplift, true, valid["offer_id"].to_numpy())
+        if within is not None:
+            metrics["true_uplift_pearson_within_offer"] = within
         metrics["true_uplift_spearman"] = float(spearmanr(uplift, true)[0])
         top = np.argsort(-uplift)[: max(len(uplift) // 10, 1)]
         metrics["true_uplift_top_decile"] = float(true[top].mean())
@@ -119,3 +122,23 @@ def evaluate_uplift(scorer: Scorer, valid: pd.DataFrame) -> tuple[dict[str, floa
         metrics["true_qini_oracle"] = uplift_metrics(y, t, true)["qini"]
     plots = {"qini": qini_plot(y, t, uplift), "calibration": calibration_plot(y, p_obs)}
     return metrics, plots
+
+
+def within_group_pearson(
+    pred: np.ndarray, true: np.ndarray, groups: np.ndarray, min_rows: int = 20
+) -> float | None:
+    """Pearson of ``pred`` with ``true`` inside each group, averaged with the groups' sizes.
+
+    The pooled correlation rewards a model that only knows which offer works best on average;
+    within an offer it measures whether the model tells who it works for, which is what
+    targeting needs. Groups smaller than ``min_rows`` or where either side is constant are
+    left out; None when none is left."""
+    total = weight = 0.0
+    for g in np.unique(groups):
+        m = groups == g
+        p, t = pred[m], true[m]
+        if m.sum() < min_rows or np.ptp(p) == 0 or np.ptp(t) == 0:
+            continue
+        total += float(pearsonr(p, t)[0]) * m.sum()
+        weight += m.sum()
+    return total / weight if weight else None

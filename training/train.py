@@ -128,7 +128,8 @@ def _fit_propensity(frames: Frames, max_rounds: int) -> tuple[Any, dict, dict, d
             max_rounds=max_rounds,
         )
         metrics, plots = evaluate_uplift(scorer, frames.valid)
-        for key in ("qini", "auuc", "true_uplift_pearson", "true_uplift_spearman"):
+        for key in ("qini", "auuc", "true_uplift_pearson", "true_uplift_spearman",
+                    "true_uplift_pearson_within_offer"):  # fmt: skip
             if key in metrics:
                 comparison[f"{learner}_learner_{key}"] = metrics[key]
         if learner == DEFAULT_LEARNER:

@@ -87,3 +87,47 @@ def test_qini_reference_values() -> None:
     assert uplift_metrics(y, t, perfect)["ate"] == pytest.approx(2 / 3 - 1 / 3)
     worst = uplift_metrics(y, t, -perfect)["qini"]
     assert uplift_metrics(y, t, perfect)["qini"] > 0 > worst
+
+
+class OfferMeans:
+    """A scorer that knows each offer's average uplift and nothing about who it works for."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        true = frame["true_p_treated"] - frame["true_p_untreated"]
+        self.means = true.groupby(frame["offer_id"]).mean()
+
+    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        up = frame["offer_id"].map(self.means).to_numpy()
+        base = np.full(len(frame), 0.05)
+        return pd.DataFrame({"p_treated": base + up, "p_untreated": base, "uplift": up})
+
+
+def test_within_offer_pearson_separates_targeting_from_offer_averages(data: tuple) -> None:
+    """Pooled, knowing the best offer on average looks like a good uplift model; within an offer
+    it has nothing to say (left out: constant predictions), where a learner tells who responds."""
+    train, valid = data
+    averages, _ = evaluate_uplift(OfferMeans(valid), valid)
+    assert averages["true_uplift_pearson"] > 0.5
+    assert "true_uplift_pearson_within_offer" not in averages
+    scorer, _ = fit_uplift(train, ["price_sensitivity", "plan"], "offer_v1", max_rounds=150)
+    learned, _ = evaluate_uplift(scorer, valid)
+    assert learned["true_uplift_pearson_within_offer"] > 0.5, learned
+
+
+@pytest.mark.parametrize(
+    ("pred", "true", "groups", "expected"),
+    [
+        ([1, 2, 3, 1, 2, 3], [1, 2, 3, 3, 2, 1], list("aaabbb"), 0.0),  # +1 and -1, same size
+        ([1, 2, 3, 4, 1, 2, 3], [1, 2, 3, 4, 3, 2, 1], list("aaaabbb"), 1 / 7),  # 4:3 weights
+        ([1, 2, 3, 4, 1, 2], [1, 2, 3, 4, 5, 5], list("aaaabb"), 1.0),  # b: too few rows
+        ([1, 2, 3, 5, 5, 5], [1, 2, 3, 3, 2, 1], list("aaabbb"), 1.0),  # b: constant prediction
+        ([1, 2, 1, 2], [1, 2, 2, 1], list("aabb"), None),  # no group large enough
+    ],
+)
+def test_within_group_pearson_weights_and_skips(
+    pred: list, true: list, groups: list, expected: float | None
+) -> None:
+    from training.propensity import within_group_pearson
+
+    got = within_group_pearson(np.array(pred, float), np.array(true, float), np.array(groups), 3)
+    assert got == pytest.approx(expected) if expected is not None else got is None
