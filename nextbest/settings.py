@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     bandit_exploration: Literal["epsilon", "squarecb"] = Field(
         "squarecb", description="VW exploration of the bandit (epsilon uses `epsilon`)"
     )
+    bandit_reward: Literal["spend", "conversion"] = Field(
+        "spend",
+        description="what a decision earned: spend = the customer's purchases in the attribution "
+        "window minus the offer's cost if it converted (unbiased for incremental value); "
+        "conversion = only the shown offer's conversion value minus cost (less noisy, but it "
+        "credits the offer for people who would have bought anyway)",
+    )
     experiment: str = Field("nbo", description="experiment of decisions without a campaign")
     contact_caps: dict[str, int] = Field(
         {"email": 2, "sms": 2}, description="outbound contacts per channel per cap window"

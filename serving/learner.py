@@ -30,7 +30,7 @@ import pandas as pd
 from sqlalchemy import and_, or_, select
 
 from experiments.ledger import decisions, outcomes, utc
-from training.bandit_ledger import REWARDED, logged_examples, offer_costs
+from training.bandit_ledger import REWARDED, Reward, logged_examples, offer_costs
 
 log = logging.getLogger("nextbest.learner")
 
@@ -164,7 +164,8 @@ def _learn(deps: Any, learner: Learner, upper: datetime) -> int:
         if not rows:
             return learned
         learning = policy_of(deps.bandit) is not None
-        examples = _examples(deps.ledger.engine, rows, costs, window) if learning else {}
+        reward = deps.settings.bandit_reward
+        examples = _examples(deps.ledger.engine, rows, costs, window, reward) if learning else {}
         for row in rows:
             ex = examples.get(row["decision_id"])
             policy = policy_of(deps.bandit)  # per decision: a promotion may swap it
@@ -206,7 +207,11 @@ def _matured(engine: Any, learner: Learner, upper: datetime) -> list[dict[str, A
 
 
 def _examples(
-    engine: Any, rows: list[dict[str, Any]], costs: dict[str, float], window: timedelta
+    engine: Any,
+    rows: list[dict[str, Any]],
+    costs: dict[str, float],
+    window: timedelta,
+    reward: Reward,
 ) -> dict[str, Any]:
     """The learnable decisions among ``rows`` with their rewards, by decision id: the batch
     path's ``logged_examples`` over these decisions and the outcomes they can count."""
@@ -225,5 +230,5 @@ def _examples(
     with engine.connect() as conn:
         found = pd.DataFrame(conn.execute(q).mappings().all())
     days = window / timedelta(days=1)
-    examples = logged_examples(logs, found, costs, days)  # fractional days: a Timedelta
+    examples = logged_examples(logs, found, costs, days, reward)  # fractional days: a Timedelta
     return {r.decision_id: r for r in examples.itertuples(index=False)}

@@ -19,19 +19,28 @@ from training.bandit import BanditPolicy, offer_features
 from training.bandit_registry import MODEL_NAME, BanditError, load_bandit, register
 
 MIN_EXAMPLES = 50
-REWARDED = ("conversion", "revenue")  # the outcome types a decision's reward counts
+REWARDED = ("conversion", "revenue")  # the outcome types a decision's reward can count
+Reward = Literal["spend", "conversion"]  # Settings.bandit_reward
+COUNTED: dict[str, tuple[str, ...]] = {"spend": REWARDED, "conversion": ("conversion",)}
 
 
 def logged_examples(
-    logs: pd.DataFrame, outcomes: pd.DataFrame, costs: Mapping[str, float], attribution_days: int
+    logs: pd.DataFrame,
+    outcomes: pd.DataFrame,
+    costs: Mapping[str, float],
+    attribution_days: float,
+    reward: Reward = "spend",
 ) -> pd.DataFrame:
     """Decisions the bandit can learn from, each with its reward.
 
-    Reward = the customer's conversion value within the attribution window after the decision
-    (``conversion`` outcomes of the decision, plus ``revenue`` reported for the decision or the
-    customer) minus the offer's cost when the offer itself converted (a ``conversion`` outcome).
-    Counting the customer's other spending makes the reward's expectation differ between offers
-    by exactly their incremental value, so the bandit learns uplift, not who buys anyway.
+    ``spend`` reward = the customer's conversion value within the attribution window after the
+    decision (``conversion`` outcomes of the decision, plus ``revenue`` reported for the
+    decision or the customer) minus the offer's cost when the offer itself converted (a
+    ``conversion`` outcome). Counting the customer's other spending makes the reward's
+    expectation differ between offers by exactly their incremental value, so the bandit learns
+    uplift, not who buys anyway. ``conversion`` reward counts the ``conversion`` outcomes only:
+    every other purchase's noise is gone, but so is the correction for people who would have
+    bought the offer's product anyway (measured: README, bandit replay).
     Holdout rows, forced choices (one allowed offer), rows without an offer or propensity, and
     rows without the logged feature snapshot (``scores["features"]``) are left out. Forced
     choices matter: caps leave heavy visitors only ``no_offer``, and learning those rows would
@@ -48,8 +57,10 @@ def logged_examples(
     df["ts"] = pd.to_datetime(df["ts"], utc=True)
     value = pd.Series(0.0, index=df["decision_id"])
     converted = pd.Series(False, index=df["decision_id"])
+    if reward not in COUNTED:
+        raise ValueError(f"reward: {reward!r} is not one of {', '.join(COUNTED)}")
     if not outcomes.empty:
-        o = outcomes[outcomes["type"].isin(REWARDED)]
+        o = outcomes[outcomes["type"].isin(COUNTED[reward])]
         o = o.assign(ts=pd.to_datetime(o["ts"], utc=True))
         keys = df[["decision_id", "customer_id", "ts"]].rename(columns={"ts": "ts_decision"})
         linked = o[o["decision_id"].notna()].merge(keys.drop(columns="customer_id"))
@@ -138,7 +149,11 @@ def ledger_examples(settings: Settings, since: datetime | None = None) -> pd.Dat
     ledger = Ledger(engine_for(settings.ledger_db_url))
     _, costs = catalog_actions(settings)
     return logged_examples(
-        ledger.logs(since=since), ledger.outcomes_frame(), costs, settings.attribution_days
+        ledger.logs(since=since),
+        ledger.outcomes_frame(),
+        costs,
+        settings.attribution_days,
+        settings.bandit_reward,
     )
 
 

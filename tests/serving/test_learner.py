@@ -93,6 +93,21 @@ def _costs(deps: Deps) -> dict[str, float]:
     return {o.id: float(o.cost) for o in deps.offers()}
 
 
+def test_the_conversion_reward_counts_the_offers_own_conversion_only(ldeps: Deps) -> None:
+    d = ldeps
+    d.settings = d.settings.model_copy(update={"bandit_reward": "conversion"})
+    _decision(d, "a", T0 + MIN)
+    _outcome(d, "a-conv", T0 + 20 * MIN, "conversion", 180.0, decision="a")
+    _outcome(d, "a-rev", T0 + 25 * MIN, "revenue", 20.0, decision="a")  # other spending
+    _outcome(d, "c-rev", T0 + 30 * MIN, "revenue", 9.0, customer="c-post")
+    assert learn_matured(d, T0 + 2 * 60 * MIN) == 1
+    assert d.bandit.seen == [("a", 180.0 - 40.0)]  # device_upgrade's cost is 40
+    batch = logged_examples(
+        d.ledger.logs(), d.ledger.outcomes_frame(), _costs(d), 1 / 24, "conversion"
+    )
+    assert batch["reward"].tolist() == [140.0]
+
+
 def test_each_matured_decision_is_learned_once_with_the_batch_reward(ldeps: Deps) -> None:
     d = ldeps
     _decision(d, "early", T0 - MIN)  # before the service started: the batch retrain's

@@ -214,6 +214,11 @@ def test_rewards_from_the_ledger_use_the_window_and_the_cost() -> None:
     assert ex["reward"].tolist() == [90.0, 15.0, 0.0]
     assert ex["allowed"].tolist() == [["x", "y"]] * 3
     assert ex["scores"].tolist() == [{"x": 2.0}, None, None]  # the scores the decision saw
+    # the conversion reward counts the offer's own conversion only: no other spending
+    only = logged_examples(logs, outcomes, {"x": 30.0}, 30, reward="conversion")
+    assert only["reward"].tolist() == [70.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match=r"^reward: 'margin' is not one of spend, conversion$"):
+        logged_examples(logs, outcomes, {"x": 30.0}, 30, reward="margin")  # type: ignore[arg-type]
 
 
 def test_train_from_ledger_register_promote_and_load(nextbest_home) -> None:
