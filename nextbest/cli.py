@@ -11,11 +11,24 @@ from typing import Annotated
 import typer
 
 from nextbest import cli_experiments, cli_features, cli_models, cli_serving
-from nextbest.cli_common import JsonFlag, emit, fail
+from nextbest.cli_common import JsonFlag, emit, fail, settings_error
 from nextbest.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: figures printed against a floor.")
+
+
+@app.callback()
+def _settings_first() -> None:
+    """Bad settings stop every command before it starts, with one line naming the variable."""
+    from pydantic import ValidationError
+
+    get_settings.cache_clear()  # read the environment of this invocation
+    try:
+        get_settings()
+    except ValidationError as exc:
+        fail(settings_error(exc))
+
 
 # Registration order is the order `nextbest --help` lists: commands first, then the groups.
 app.command()(cli_features.simulate)

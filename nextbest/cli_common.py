@@ -26,3 +26,12 @@ def fail(message: str) -> NoReturn:
     """Exit 2 with a one-line message naming what was wrong."""
     print(f"error: {message}", file=sys.stderr)
     raise typer.Exit(2)
+
+
+def settings_error(exc: Any) -> str:
+    """A pydantic-settings ValidationError as one line: each bad variable, why, what it got."""
+    parts = []
+    for e in exc.errors():
+        name = "NEXTBEST_" + "_".join(str(x) for x in e["loc"][:1]).upper()
+        parts.append(f"{name}: {e['msg']} (got {e.get('input')!r})")
+    return "settings: " + "; ".join(parts)
