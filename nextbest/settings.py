@@ -19,6 +19,9 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("FEAST_USAGE", "False")
 
 
+BanditReward = Literal["spend", "conversion"]  # what a decision earned, for the bandit
+
+
 class Settings(BaseSettings):
     """Every knob of Nextbest. Paths default to folders under ``home``."""
 
@@ -54,7 +57,7 @@ class Settings(BaseSettings):
     bandit_exploration: Literal["epsilon", "squarecb"] = Field(
         "squarecb", description="VW exploration of the bandit (epsilon uses `epsilon`)"
     )
-    bandit_reward: Literal["spend", "conversion"] = Field(
+    bandit_reward: BanditReward = Field(
         "spend",
         description="what a decision earned: spend = the customer's purchases in the attribution "
         "window minus the offer's cost if it converted (unbiased for incremental value); "

@@ -30,7 +30,8 @@ import pandas as pd
 from sqlalchemy import and_, or_, select
 
 from experiments.ledger import decisions, outcomes, utc
-from training.bandit_ledger import REWARDED, Reward, logged_examples, offer_costs
+from nextbest.settings import BanditReward
+from training.bandit_ledger import REWARDED, logged_examples, offer_costs
 
 log = logging.getLogger("nextbest.learner")
 
@@ -158,13 +159,13 @@ def learn_matured(deps: Any, now: datetime) -> int:
 def _learn(deps: Any, learner: Learner, upper: datetime) -> int:
     window = reward_window(deps.settings)
     costs = offer_costs(deps.offers())
+    reward = deps.settings.bandit_reward
     learned = 0
     while True:
         rows = _matured(deps.ledger.engine, learner, upper)
         if not rows:
             return learned
         learning = policy_of(deps.bandit) is not None
-        reward = deps.settings.bandit_reward
         examples = _examples(deps.ledger.engine, rows, costs, window, reward) if learning else {}
         for row in rows:
             ex = examples.get(row["decision_id"])
@@ -211,7 +212,7 @@ def _examples(
     rows: list[dict[str, Any]],
     costs: dict[str, float],
     window: timedelta,
-    reward: Reward,
+    reward: BanditReward,
 ) -> dict[str, Any]:
     """The learnable decisions among ``rows`` with their rewards, by decision id: the batch
     path's ``logged_examples`` over these decisions and the outcomes they can count."""

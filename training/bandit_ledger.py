@@ -14,14 +14,13 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from nextbest.settings import Settings
+from nextbest.settings import BanditReward, Settings
 from training.bandit import BanditPolicy, offer_features
 from training.bandit_registry import MODEL_NAME, BanditError, load_bandit, register
 
 MIN_EXAMPLES = 50
 REWARDED = ("conversion", "revenue")  # the outcome types a decision's reward can count
-Reward = Literal["spend", "conversion"]  # Settings.bandit_reward
-COUNTED: dict[str, tuple[str, ...]] = {"spend": REWARDED, "conversion": ("conversion",)}
+COUNTED: dict[BanditReward, tuple[str, ...]] = {"spend": REWARDED, "conversion": ("conversion",)}
 
 
 def logged_examples(
@@ -29,7 +28,7 @@ def logged_examples(
     outcomes: pd.DataFrame,
     costs: Mapping[str, float],
     attribution_days: float,
-    reward: Reward = "spend",
+    reward: BanditReward = "spend",
 ) -> pd.DataFrame:
     """Decisions the bandit can learn from, each with its reward.
 
@@ -46,6 +45,8 @@ def logged_examples(
     choices matter: caps leave heavy visitors only ``no_offer``, and learning those rows would
     credit ``no_offer`` with the baseline spending of the people who visit most.
     """
+    if reward not in COUNTED:
+        raise ValueError(f"reward: {reward!r} is not one of {', '.join(COUNTED)}")
     cols = ["decision_id", "ts", "features", "channel", "context", "allowed", "offer_id"]
     cols += ["propensity", "probabilities", "reward", "scores"]
     if logs.empty:
@@ -57,8 +58,6 @@ def logged_examples(
     df["ts"] = pd.to_datetime(df["ts"], utc=True)
     value = pd.Series(0.0, index=df["decision_id"])
     converted = pd.Series(False, index=df["decision_id"])
-    if reward not in COUNTED:
-        raise ValueError(f"reward: {reward!r} is not one of {', '.join(COUNTED)}")
     if not outcomes.empty:
         o = outcomes[outcomes["type"].isin(COUNTED[reward])]
         o = o.assign(ts=pd.to_datetime(o["ts"], utc=True))
