@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from nextbest import cli_experiments, cli_features, cli_models, cli_serving
 from nextbest.cli_common import JsonFlag, emit, fail, settings_error
@@ -21,8 +22,6 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: figures printed 
 @app.callback()
 def _settings_first() -> None:
     """Bad settings stop every command before it starts, with one line naming the variable."""
-    from pydantic import ValidationError
-
     get_settings.cache_clear()  # read the environment of this invocation
     try:
         get_settings()

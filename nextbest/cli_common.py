@@ -7,6 +7,7 @@ import sys
 from typing import Annotated, Any, NoReturn
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 console = Console(stderr=True)
@@ -28,7 +29,7 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def settings_error(exc: Any) -> str:
+def settings_error(exc: ValidationError) -> str:
     """A pydantic-settings ValidationError as one line: each bad variable, why, what it got."""
     parts = []
     for e in exc.errors():
