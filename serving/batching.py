@@ -9,6 +9,8 @@ for one customer, ~31 us each in a read of eight. A lone request is read at once
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from serving.deps import FeatureReader
@@ -17,8 +19,14 @@ from serving.deps import FeatureReader
 class FeatureBatcher:
     """``await batcher.read(customer_id)``: the customer's features from a shared read."""
 
-    def __init__(self, reader: FeatureReader, max_batch: int = 64) -> None:
-        self.reader, self.max_batch = reader, max_batch
+    def __init__(
+        self,
+        reader: FeatureReader,
+        max_batch: int = 64,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        """``clock``: the decisions' time (``Deps.clock``); None reads at the wall clock."""
+        self.reader, self.max_batch, self.clock = reader, max_batch, clock
         self._pending: list[tuple[str, asyncio.Future[dict[str, Any]]]] = []
         self._scheduled = False
 
@@ -37,13 +45,14 @@ class FeatureBatcher:
             batch = self._pending[: self.max_batch]
             del self._pending[: self.max_batch]
             try:
-                rows = self.reader.read_many(list(dict.fromkeys(c for c, _ in batch)))
+                ids = list(dict.fromkeys(c for c, _ in batch))
+                rows = self.reader.read_many(ids, now=self.clock() if self.clock else None)
             except Exception as exc:  # noqa: BLE001 - each decision falls back with the reason
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
-            by_id = dict(zip(dict.fromkeys(c for c, _ in batch), rows, strict=True))
+            by_id = dict(zip(ids, rows, strict=True))
             for cid, fut in batch:
                 if not fut.done():
                     fut.set_result(by_id[cid])

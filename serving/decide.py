@@ -65,7 +65,7 @@ def read_features(cid: str | None, deps: Deps, reasons: list[str]) -> dict[str, 
         reasons.append(f"features: {deps.missing.get('features', 'unavailable')}")
         return {}
     try:
-        return deps.features.read(cid)
+        return deps.features.read(cid, now=deps.clock())
     except Exception as exc:  # noqa: BLE001
         reasons.append(f"features: {type(exc).__name__}: {exc}")
         return {}

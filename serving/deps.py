@@ -36,20 +36,30 @@ class FeatureReader:
         """Why reads are paused, while they are."""
         return self._why if time.monotonic() < self._down_until else None
 
-    def read(self, customer_id: str, services: tuple[str, ...] = ("profile_v1",)) -> dict:
+    def read(
+        self,
+        customer_id: str,
+        services: tuple[str, ...] = ("profile_v1",),
+        now: datetime | None = None,
+    ) -> dict:
         """One read of ``profile_v1`` (a superset of ``churn_v1`` and ``offer_v1`` plus
         consent, which the policy needs): one online lookup per decision, not three."""
         merged: dict[str, Any] = {}
         for service in services:
-            merged.update(self.read_many([customer_id], service)[0])
+            merged.update(self.read_many([customer_id], service, now)[0])
         return merged
 
-    def read_many(self, customer_ids: list[str], service: str = "profile_v1") -> list[dict]:
-        """Several customers in one call: one query per feature view for all of them."""
+    def read_many(
+        self, customer_ids: list[str], service: str = "profile_v1", now: datetime | None = None
+    ) -> list[dict]:
+        """Several customers in one call: one query per feature view for all of them.
+        ``now``: the decision's time, which the on-demand features count from (minutes since
+        the basket changed, abandoned or not); None is the wall clock. The replay decides on
+        the world's time, and a basket must be as old then as it was."""
         if time.monotonic() < self._down_until:  # a failing store is not retried per request
             raise RuntimeError(f"unavailable, retrying soon ({self._why})")
         try:
-            rows = self._read(self.store, service, customer_ids)
+            rows = self._read(self.store, service, customer_ids, now=now)
         except Exception as exc:
             self._down_until = time.monotonic() + self.RETRY_SECONDS
             self._why = f"{type(exc).__name__}: {exc}"[:200]

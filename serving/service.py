@@ -108,7 +108,8 @@ class Nextbest:
         )
         self.writer = GroupWriter(self.deps.ledger, inline=cheap_commit)
         self.checkpointer = WalCheckpointer(self.deps.ledger.engine)
-        self.batcher = FeatureBatcher(self.deps.features) if self.deps.features else None
+        features = self.deps.features
+        self.batcher = FeatureBatcher(features, clock=self.deps.clock) if features else None
         STATE.deps = self.deps
         # decisions after the champion's training logs are learned online
         self.deps.learner = learner.Learner(start=learner.start_for(self.deps))

@@ -61,7 +61,9 @@ PROFILES: dict[str, dict[str, Any]] = {
 def table_reader(profiles: dict[str, dict[str, Any]]) -> FeatureReader:
     """H3's ``read_online`` contract over a dict: unknown customers get no values."""
 
-    def read_online(store: Any, service: str, ids: list[str]) -> list[dict[str, Any]]:
+    def read_online(
+        store: Any, service: str, ids: list[str], now: Any = None
+    ) -> list[dict[str, Any]]:
         return [{"customer_id": c, **profiles.get(c, {})} for c in ids]
 
     return FeatureReader(None, read_online)

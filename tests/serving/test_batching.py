@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -12,7 +13,9 @@ from serving.deps import FeatureReader
 
 
 def _reader(calls: list[list[str]], fail: bool = False) -> FeatureReader:
-    def read_online(store: Any, service: str, ids: list[str]) -> list[dict[str, Any]]:
+    def read_online(
+        store: Any, service: str, ids: list[str], now: Any = None
+    ) -> list[dict[str, Any]]:
         calls.append(list(ids))
         if fail:
             raise ConnectionError("store down")
@@ -47,3 +50,17 @@ def test_a_failed_read_reaches_every_caller_and_backs_off() -> None:
     with pytest.raises(RuntimeError, match="unavailable, retrying soon"):
         reader.read("c")  # not retried on every request while the store is down
     assert len(calls) == 1
+
+
+def test_reads_count_from_the_batchers_clock() -> None:
+    """The decisions' clock (the replay's is the world's time) reaches the read."""
+    seen: list[Any] = []
+
+    def read_online(store: Any, service: str, ids: list[str], now: Any = None) -> list[dict]:
+        seen.append(now)
+        return [{"customer_id": c} for c in ids]
+
+    at = datetime(2026, 4, 3, 18, 20, tzinfo=UTC)
+    asyncio.run(FeatureBatcher(FeatureReader(None, read_online), clock=lambda: at).read("a"))
+    asyncio.run(FeatureBatcher(FeatureReader(None, read_online)).read("a"))
+    assert seen == [at, None]  # None: the wall clock

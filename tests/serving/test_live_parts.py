@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -40,6 +40,19 @@ def test_decide_and_ingest_on_a_real_feature_store(tmp_path: Path) -> None:
     assert res["pushed"] is True and res["basket_items"] == 1, res
     live = deps.features.read(res["customer_id"])
     assert live["basket_items"] == 1  # pushed online, read back by the decision path
+    # the basket's age counts from the decision's time (the replay's is the world's), so a
+    # decision an hour and a half later sees it abandoned and one ten minutes later does not
+    at = datetime.fromisoformat(ev["ts"]).replace(microsecond=0)
+    later = deps.features.read(res["customer_id"], now=at + timedelta(minutes=90))
+    assert later["basket_minutes_since_change"] == pytest.approx(90.0, abs=1 / 60)
+    assert later["basket_abandoned"] is True
+    soon = deps.features.read(res["customer_id"], now=at + timedelta(minutes=10))
+    assert soon["basket_minutes_since_change"] == pytest.approx(10.0, abs=1 / 60)
+    assert soon["basket_abandoned"] is False
+    deps.clock = lambda: at + timedelta(minutes=90)
+    r = decide(DecideRequest(login_id="live-user", channel="app"), deps)
+    seen = deps.ledger.decision(r.decision_id).scores["features"]
+    assert seen["basket_minutes_since_change"] == pytest.approx(90.0, abs=1 / 60)
 
     erased = actions.erase(actions.EraseRequest(customer_id=res["customer_id"]), deps)
     features = erased["features"]
