@@ -54,7 +54,9 @@ app.add_typer(cli_experiments.uplift_app, name="uplift")
 @app.command()
 def demo(
     visits: Annotated[int, typer.Option(min=1, help="visits sent to the live service")] = 300,
-    replay_visits: Annotated[int, typer.Option(min=1, help="visits in the bandit replay")] = 2000,
+    replay_visits: Annotated[
+        int, typer.Option(min=1, help="visits in the bandit replay")
+    ] = 20_000,  # nextbest.demo.REPLAY_VISITS (not imported: it would slow every command)
     keep: Annotated[
         bool, typer.Option("--keep", help="reuse the home instead of starting from nothing")
     ] = False,
