@@ -31,7 +31,7 @@ from sqlalchemy import and_, or_, select
 
 from experiments.ledger import decisions, outcomes, utc
 from nextbest.settings import BanditReward
-from training.bandit_ledger import REWARDED, logged_examples, offer_costs
+from training.bandit_ledger import COUNTED, logged_examples, offer_costs
 
 log = logging.getLogger("nextbest.learner")
 
@@ -226,7 +226,7 @@ def _examples(
         later = and_(o.decision_id.is_(None), o.customer_id.in_(people), o.ts >= min(times))
         linked = or_(linked, later)
     q = select(o.decision_id, o.customer_id, o.type, o.value, o.ts).where(
-        o.type.in_(REWARDED), o.ts <= max(times) + window, linked
+        o.type.in_(COUNTED[reward]), o.ts <= max(times) + window, linked
     )
     with engine.connect() as conn:
         found = pd.DataFrame(conn.execute(q).mappings().all())

@@ -19,8 +19,11 @@ from training.bandit import BanditPolicy, offer_features
 from training.bandit_registry import MODEL_NAME, BanditError, load_bandit, register
 
 MIN_EXAMPLES = 50
-REWARDED = ("conversion", "revenue")  # the outcome types a decision's reward can count
-COUNTED: dict[BanditReward, tuple[str, ...]] = {"spend": REWARDED, "conversion": ("conversion",)}
+# the outcome types each reward counts (Settings.bandit_reward)
+COUNTED: dict[BanditReward, tuple[str, ...]] = {
+    "spend": ("conversion", "revenue"),
+    "conversion": ("conversion",),
+}
 
 
 def logged_examples(
