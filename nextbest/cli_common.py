@@ -33,6 +33,6 @@ def settings_error(exc: ValidationError) -> str:
     """A pydantic-settings ValidationError as one line: each bad variable, why, what it got."""
     parts = []
     for e in exc.errors():
-        name = "NEXTBEST_" + "_".join(str(x) for x in e["loc"][:1]).upper()
+        name = f"NEXTBEST_{e['loc'][0]}".upper() if e["loc"] else "NEXTBEST_*"
         parts.append(f"{name}: {e['msg']} (got {e.get('input')!r})")
     return "settings: " + "; ".join(parts)
