@@ -45,8 +45,8 @@ def prepare_features(settings: Settings, customers: int) -> dict[str, Any]:
 def prepare_models(settings: Settings) -> dict[str, Any]:
     """Promoted churn and uplift models and a bandit, trained on a small simulated world, so
     /decide pays for the whole pipeline (scores, arbitration, the bandit), not a fallback."""
-    from experiments.replay import run_replay
-    from experiments.replay_harness import ensure_models, ensure_world
+    from benchmarks.replay import run_replay
+    from benchmarks.replay_harness import ensure_models, ensure_world
 
     ensure_world(settings, customers=400, days=90)
     versions: dict[str, Any] = ensure_models(settings, max_rounds=200)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.uplift_stats import mean_diff, proportion_diff, relative_lift, sequential_halfwidth
+from estimation.uplift_stats import mean_diff, proportion_diff, relative_lift, sequential_halfwidth
 
 LOOKS = 10
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.uplift import UpliftError, UpliftResult, analyze
+from estimation.uplift import UpliftError, UpliftResult, analyze
 
 _WORDS = {"yes": 1.0, "no": 0.0, "true": 1.0, "false": 0.0, "y": 1.0, "n": 0.0}
 _CONTROL_NAMES = ("control", "holdout", "no e-mail", "no email", "0", "false", "no")

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from experiments.attribution import ReportError, load_units, offer_catalog
+from estimation.uplift import ArmComparison, compare
+from estimation.uplift_stats import holm
 from experiments.qini import QiniCurve, report_curves
-from experiments.uplift import ArmComparison, compare
-from experiments.uplift_stats import holm
+from record.attribution import ReportError, load_units, offer_catalog
 
 __all__ = ["ReportError", "ReportData", "build_report", "report_html", "write_report"]
 

@@ -37,8 +37,8 @@ def ope_estimates(settings: Any) -> tuple[list[PolicyEstimate], str]:
         return [], "No decision ledger yet: off-policy estimates need logged decisions."
     from sqlalchemy import inspect
 
-    from experiments.ledger import Ledger
     from nextbest.db import engine_for
+    from record.ledger import Ledger
 
     try:
         engine = engine_for(url)

@@ -20,8 +20,8 @@ from features.aggregates import batch_features, realtime_features, snapshot_time
 from features.events import CONSENT_CHANNELS
 from features.ingest import write_event_log
 from features.repo.data_sources import REALTIME_PATH, SNAPSHOT_PATH
+from features.schema import IDENTITY_INPUT_COLUMNS
 from nextbest.settings import Settings
-from simulator.schema import IDENTITY_INPUT_COLUMNS
 
 # Without any consent_change on record: e-mail and SMS need an opt-in (the CRM logs the sign-up
 # choice as a consent_change), app messages and service calls are part of the contract.

@@ -1,6 +1,6 @@
 """The typed schema of one channel event: the boundary every event crosses before it counts.
 
-Channel and event-type names come from ``simulator.schema`` (the one source of those names), so
+Channel and event-type names come from ``features.schema`` (the one source of those names), so
 the simulated world and the live path cannot drift apart. A malformed event is rejected with
 :class:`InvalidEvent`, whose message names the field and the reason.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from simulator.schema import CHANNELS, EVENT_TYPES, ID_COLUMNS
+from features.schema import CHANNELS, EVENT_TYPES, ID_COLUMNS
 
 IDENTIFIER_FIELDS = ("customer_id", *ID_COLUMNS)
 BASKET_TYPES = ("basket_add", "basket_remove")

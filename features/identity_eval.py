@@ -18,7 +18,7 @@ import pandas as pd
 from features import normalize as nz
 from features.identity import Identifiers, IdentityGraph
 from features.identity_records import KEY_FIELDS, prepare
-from simulator.schema import ID_COLUMNS
+from features.schema import ID_COLUMNS
 
 
 def _pairs(counts: pd.Series) -> int:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from features import normalize as nz
-from simulator.schema import IDENTITY_INPUT_COLUMNS
+from features.schema import IDENTITY_INPUT_COLUMNS
 
 KEY_FIELDS = ("login_id", "loyalty_id", "cookie_id", "email", "phone")
 

@@ -28,8 +28,8 @@ def uplift_analyze(
     as_json: JsonFlag = False,
 ) -> None:
     """Lift of every arm against the control: intervals, p-values (Holm), CUPED, always-valid."""
+    from estimation.uplift import UpliftError
     from experiments.exports import analyze_export
-    from experiments.uplift import UpliftError
 
     try:
         result = analyze_export(csv, arm, outcome, control, covariate, alpha)
@@ -100,7 +100,7 @@ def replay(
 ) -> None:
     """Learn online against the simulator's truth: value of the bandit vs random, best single
     offer and oracle per visit, the share of the random-to-oracle gap closed, a learning curve."""
-    from experiments.replay import run_replay
+    from benchmarks.replay import run_replay
 
     try:
         result = run_replay(

@@ -20,9 +20,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from features.schema import ID_COLUMNS
 from nextbest.demo_service import serve_visits
 from nextbest.settings import Settings
-from simulator.schema import ID_COLUMNS
 
 MARKER = ".nextbest-home"  # a home the demo may wipe carries this file
 
@@ -149,7 +149,7 @@ def _train(settings: Settings, console: Console) -> dict[str, Any]:
 
 
 def _replay(settings: Settings, console: Console, visits: int) -> dict[str, Any]:
-    from experiments.replay import run_replay
+    from benchmarks.replay import run_replay
 
     r = run_replay(settings, visits, retrain_every=max(1, visits // 4))
     console.print(

@@ -47,7 +47,7 @@ def _decide_all(
 ) -> tuple[dict[str, int], list[dict[str, Any]], int]:
     from rich.progress import Progress
 
-    from experiments.replay import visit_request
+    from benchmarks.replay import visit_request
 
     shown: dict[str, int] = {}
     samples: list[dict[str, Any]] = []

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from sqlalchemy import select
 
-from experiments.ledger import OutcomeRow, decisions, now, utc
+from record.ledger import OutcomeRow, decisions, now, utc
 from serving import outbox
 from serving.decide import DecideRequest, DecideResponse, Known, plan, read_features
 from serving.deps import Deps

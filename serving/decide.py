@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from experiments.assignment import assign_all
-from experiments.ledger import DecisionRow
+from record.assignment import assign_all
+from record.ledger import DecisionRow
 from serving import policy
 from serving.deps import Deps
 from serving.schemas import DecideRequest, DecideResponse, RankedOffer, VisitContext

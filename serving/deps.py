@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from experiments.ledger import Ledger, now
 from nextbest.db import engine_for
 from nextbest.settings import Settings
+from record.ledger import Ledger, now
 
 log = logging.getLogger("nextbest.serving")
 
@@ -124,7 +124,7 @@ def _try(deps: Deps, name: str, load: Callable[[], Any]) -> Any:
 
 
 def _catalog() -> Any:
-    from serving.catalog import load_catalog
+    from offers.catalog import load_catalog
 
     return load_catalog()
 

@@ -29,8 +29,8 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import and_, or_, select
 
-from experiments.ledger import decisions, outcomes, utc
 from nextbest.settings import BanditReward
+from record.ledger import decisions, outcomes, utc
 from training.bandit_ledger import COUNTED, logged_examples, offer_costs
 
 log = logging.getLogger("nextbest.learner")

@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from experiments.ledger import baskets, now, outbox, utc
-from serving.catalog import NO_OFFER
+from offers.catalog import NO_OFFER
+from record.ledger import baskets, now, outbox, utc
 from serving.decide import DecideRequest, VisitContext, decide
 from serving.deps import Deps
 

@@ -15,14 +15,14 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from serving.catalog import NO_OFFER, Offer
-from serving.rules import DERIVED_FIELDS
+from offers.catalog import NO_OFFER, Offer
+from offers.rules import DERIVED_FIELDS
 
 OUTBOUND = ("email", "sms", "paid_media")  # contact the person: explicit consent required
 
 
 def profile_fields(features: Mapping[str, Any]) -> dict[str, Any]:
-    """The catalogue's derived rule fields (``serving.rules.DERIVED_FIELDS``) from the
+    """The catalogue's derived rule fields (``offers.rules.DERIVED_FIELDS``) from the
     feature store's names (the catalogue speaks in months, the profile view in days); fields
     already present are kept."""
     out = dict(features)

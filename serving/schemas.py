@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from simulator.schema import ID_COLUMNS, Channel
+from features.schema import ID_COLUMNS, Channel
 
 ID_FIELDS = ("customer_id", *ID_COLUMNS)
 Id = Field(None, min_length=1, max_length=256)

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from features.schema import CHANNELS
 from nextbest.settings import get_settings
 from serving import actions, admin, learner, outbox
 from serving.auth import ApiGuard
@@ -29,7 +30,6 @@ from serving.bentofix import cancel_timeout_timers
 from serving.decide import DecideRequest, DecideResponse, Known, plan, resolve
 from serving.deps import Deps, load_deps, pinned_models
 from serving.writer import GroupWriter, WalCheckpointer
-from simulator.schema import CHANNELS
 
 log = logging.getLogger("nextbest.service")
 SETTINGS = get_settings()

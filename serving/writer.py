@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy import Engine, event
 
-from experiments.ledger import DecisionRow, Ledger
 from nextbest.db import is_sqlite_file
+from record.ledger import DecisionRow, Ledger
 
 log = logging.getLogger("nextbest.writer")
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simulator.schema import EVENT_COLUMNS, ID_COLUMNS
+from features.schema import EVENT_COLUMNS, ID_COLUMNS
 
 _OBJECT = (*ID_COLUMNS, "product_id", "campaign_id", "consent_channel")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from serving.catalog import Catalog, Offer
+from offers.catalog import Catalog, Offer
 from simulator.buffer import EventBuffer
 from simulator.clock import START_US, US_PER_DAY, last_before
 from simulator.events import active_end

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from features.schema import IDENTITY_COLUMNS
 from simulator.clock import START_US, US_PER_DAY
 from simulator.messy import (
     AREA_CODES,
@@ -25,7 +26,6 @@ from simulator.messy import (
     pick,
 )
 from simulator.people import Population
-from simulator.schema import IDENTITY_COLUMNS
 
 
 @dataclass

@@ -183,7 +183,7 @@ def contract_end_at(people: pd.DataFrame, idx: np.ndarray, at_us: np.ndarray) ->
 
 def profile_at(people: pd.DataFrame, idx: np.ndarray, at_us: np.ndarray) -> pd.DataFrame:
     """The profile fields offers' eligibility rules read, from the truth (rules may only name
-    fields of the profile_v1 FeatureService or its derived fields: serving.rules.rule_fields)."""
+    fields of the profile_v1 FeatureService or its derived fields: offers.rules.rule_fields)."""
     at = np.broadcast_to(np.asarray(at_us, dtype=np.int64), idx.shape)
     return pd.DataFrame(
         {

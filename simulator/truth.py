@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from serving.catalog import Catalog, load_catalog
+from offers.catalog import Catalog, load_catalog
 from simulator.clock import US_PER_DAY, last_before, to_us
 from simulator.people import contract_end_at, months_between, profile_at
 from simulator.response import (

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
+from features.schema import ID_COLUMNS
 from simulator.clock import US_PER_DAY, to_timestamp, to_us
 from simulator.events import RETAIL_PRICE, RETAIL_WEIGHT
-from simulator.schema import ID_COLUMNS
 
 if TYPE_CHECKING:
     from simulator.truth import Truth

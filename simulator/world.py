@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from serving.catalog import Catalog, load_catalog
+from features.schema import EVENT_COLUMNS, EXPOSURE_COLUMNS, IDENTITY_COLUMNS, PEOPLE_COLUMNS
+from offers.catalog import Catalog, load_catalog
 from simulator.buffer import EventBuffer
 from simulator.campaigns import HOLDOUT_SHARE, simulate_campaigns
 from simulator.clock import START_US, US_PER_DAY, WORLD_START, to_timestamp
@@ -29,7 +30,6 @@ from simulator.identities import Keys, make_identities
 from simulator.lifecycle import simulate_lifecycle
 from simulator.people import make_people
 from simulator.response import OFFER_IDS, WINDOW_DAYS
-from simulator.schema import EVENT_COLUMNS, EXPOSURE_COLUMNS, IDENTITY_COLUMNS, PEOPLE_COLUMNS
 
 TABLES = ("people", "identities", "events", "exposures")
 STAGES = ("people", "identities", "lifecycle", "activity", "campaigns", "comebacks", "assemble")
@@ -153,7 +153,7 @@ _SCHEMAS = {
 
 
 def arrow_schema(table: str) -> pa.Schema:
-    """The Parquet schema of a world table, from the column contracts in ``simulator.schema``."""
+    """The Parquet schema of a world table, from the column contracts in ``features.schema``."""
     return pa.schema(
         [
             pa.field(

@@ -137,7 +137,7 @@ def offer_costs(offers: Iterable[Any]) -> dict[str, float]:
 
 def catalog_actions(settings: Settings) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
     """Action features and cost per offer, from the one offer catalogue."""
-    from serving.catalog import load_catalog
+    from offers.catalog import load_catalog
 
     catalog = load_catalog()
     return offer_features(catalog), offer_costs(catalog.offers)
@@ -145,8 +145,8 @@ def catalog_actions(settings: Settings) -> tuple[dict[str, dict[str, Any]], dict
 
 def ledger_examples(settings: Settings, since: datetime | None = None) -> pd.DataFrame:
     """The learnable rows of the decision ledger, with rewards."""
-    from experiments.ledger import Ledger
     from nextbest.db import engine_for
+    from record.ledger import Ledger
 
     ledger = Ledger(engine_for(settings.ledger_db_url))
     _, costs = catalog_actions(settings)

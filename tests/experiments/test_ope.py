@@ -164,8 +164,8 @@ def _uniform_logs(settings, n: int, seed: int = 0) -> None:
     import uuid
     from datetime import timedelta
 
-    from experiments.ledger import DecisionRow, Ledger, OutcomeRow, now
     from nextbest.db import engine_for
+    from record.ledger import DecisionRow, Ledger, OutcomeRow, now
 
     rng = np.random.default_rng(seed)
     shown = ["device_upgrade", "data_addon", "streaming_bundle", "loyalty_reward"]

@@ -34,7 +34,7 @@ T0 = datetime(2026, 2, 1, tzinfo=UTC)
 
 
 def make_world(folder: Path, seed: int = 5) -> Path:
-    """A small world in the exposures.parquet contract (simulator/schema.py), 30% holdout."""
+    """A small world in the exposures.parquet contract (features/schema.py), 30% holdout."""
     rng = np.random.default_rng(seed)
     rows, people = [], []
     for camp, offer, channel, n, p_t, p_u in CAMPAIGNS:
@@ -158,9 +158,9 @@ def test_report_from_ledger_and_world_with_ope(world: Path, tmp_path: Path) -> N
     """A real SQLite ledger next to the world: both appear; candidate policies are estimated."""
     from sqlalchemy import insert
 
-    from experiments.ledger import DecisionRow, Ledger, OutcomeRow, decisions, outcomes
     from nextbest.db import engine_for
     from nextbest.settings import Settings
+    from record.ledger import DecisionRow, Ledger, OutcomeRow, decisions, outcomes
 
     settings = Settings(home=tmp_path / "home")
     ledger = Ledger(engine_for(settings.ledger_db_url))
@@ -212,8 +212,8 @@ def test_report_from_ledger_and_world_with_ope(world: Path, tmp_path: Path) -> N
 def test_verdict_says_what_the_numbers_say(
     treated: tuple[int, int], holdout: tuple[int, int], expected: str
 ) -> None:
+    from estimation.uplift import compare
     from experiments.report import verdict
-    from experiments.uplift import compare
 
     def outcomes(k: int, n: int) -> np.ndarray:
         return np.r_[np.ones(k), np.zeros(n - k)]

@@ -14,9 +14,9 @@ from features import normalize as nz
 from features.identity import Identifiers, IdentityGraph, graph_for
 from features.identity_eval import evaluate_world, pair_counts
 from features.identity_records import IdentityInputError
+from features.schema import IDENTITY_INPUT_COLUMNS
 from nextbest.cli import app
 from nextbest.settings import get_settings
-from simulator.schema import IDENTITY_INPUT_COLUMNS
 
 
 def frame(*rows: dict) -> pd.DataFrame:

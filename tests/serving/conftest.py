@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from experiments.ledger import DecisionRow, Ledger, now
 from nextbest.db import engine_for
 from nextbest.settings import Settings
-from serving.catalog import load_catalog
+from offers.catalog import load_catalog
+from record.ledger import DecisionRow, Ledger, now
 from serving.deps import Deps, FeatureReader
 
 CHANNEL = {"X-API-Key": "channel-dev-key"}  # the development keys of the default settings

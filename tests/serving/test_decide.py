@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from experiments.assignment import assign_all
-from experiments.ledger import now
+from offers.catalog import load_catalog
+from record.assignment import assign_all
+from record.ledger import now
 from serving import policy
-from serving.catalog import load_catalog
 from serving.decide import DecideRequest, decide
 from serving.deps import Deps
 from serving.schemas import EXAMPLE_REQUEST

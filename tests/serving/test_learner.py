@@ -13,9 +13,9 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import text
 
-from experiments.ledger import DecisionRow, OutcomeRow
-from experiments.replay_harness import Recorder
+from benchmarks.replay_harness import Recorder
 from nextbest.settings import Settings
+from record.ledger import DecisionRow, OutcomeRow
 from serving import learner
 from serving.actions import OutcomeRequest, record_outcome
 from serving.decide import DecideRequest, decide
@@ -317,8 +317,8 @@ def test_the_running_service_learns_as_outcomes_arrive(tmp_path: Path) -> None:
     decision after an outcome records the bandit's version with its updates; a bandit promoted
     while it runs is adopted on the next tick."""
     from benchmarks.decide import prepare_features
+    from offers.catalog import load_catalog
     from serving import run
-    from serving.catalog import load_catalog
     from training.bandit_registry import to_bentoml
 
     settings = Settings(home=tmp_path).ensure_dirs()

@@ -10,8 +10,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from experiments.ledger import Ledger, now
 from nextbest.db import engine_for
+from record.ledger import Ledger, now
 from tests.serving.conftest import decision_row
 
 

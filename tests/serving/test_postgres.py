@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from experiments.ledger import Ledger
 from nextbest.db import engine_for
 from nextbest.settings import Settings
+from record.ledger import Ledger
 from serving import run
 from tests.serving.conftest import ADMIN, CHANNEL
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from experiments.ledger import DecisionRow, Ledger
+from record.ledger import DecisionRow, Ledger
 from serving.writer import GroupWriter
 from tests.serving.conftest import decision_row
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from serving.catalog import load_catalog
+from offers.catalog import load_catalog
 from simulator.campaigns import CAMPAIGN_CHANNELS, HOLDOUT_SHARE, plan_campaigns
 from simulator.world import World
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.catalog import load_catalog
+from offers.catalog import load_catalog
 from simulator.clock import US_PER_DAY, to_us
 from simulator.truth import Truth
 from simulator.world import World, write_world

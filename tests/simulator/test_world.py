@@ -11,8 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from nextbest.cli import app
-from simulator.schema import (
+from features.schema import (
     CHANNELS,
     EVENT_COLUMNS,
     EVENT_TYPES,
@@ -21,6 +20,7 @@ from simulator.schema import (
     IDENTITY_SOURCES,
     PEOPLE_COLUMNS,
 )
+from nextbest.cli import app
 from simulator.world import TABLES, World, build_world, load_world, simulate_world, write_world
 
 CONTRACTS = {
@@ -164,7 +164,7 @@ def test_cli_rejects_bad_sizes(tmp_path: Path, args: list[str], message: str) ->
 
 
 def test_build_world_rejects_offers_without_a_response_model() -> None:
-    from serving.catalog import load_catalog
+    from offers.catalog import load_catalog
 
     cat = load_catalog()
     extra = cat.get("data_addon").model_copy(update={"id": "mystery_box", "product_id": "box"})

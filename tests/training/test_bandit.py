@@ -139,9 +139,9 @@ def test_learns_who_wants_what_on_a_known_world() -> None:
 
 def _ledger_rows(settings, n: int, rng: np.random.Generator):
     """Decisions logged by a uniform policy on the real catalogue, and their outcomes."""
-    from experiments.ledger import DecisionRow, Ledger, OutcomeRow, now
     from nextbest.db import engine_for
-    from serving.catalog import load_catalog
+    from offers.catalog import load_catalog
+    from record.ledger import DecisionRow, Ledger, OutcomeRow, now
 
     catalog = {o.id: o for o in load_catalog().offers}
     allowed = ["device_upgrade", "data_addon", "streaming_bundle", "no_offer"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from experiments.replay import run_replay
-from experiments.replay_results import gap, greedy_value, linear_ceiling, summarise
+from benchmarks.replay import run_replay
+from benchmarks.replay_results import gap, greedy_value, linear_ceiling, summarise
 
 
 def test_summary_values_by_hand() -> None:
@@ -85,9 +85,9 @@ def test_replay_learns_through_the_real_pipeline(tmp_path_factory) -> None:
     expected values so that 1,000 visits are enough to see learning (sampled conversions need
     far more). Measured: gap closed 0.57 when the bandit learns, 0.00 when ``learn`` and the
     retraining are made no-ops (no models are trained here, so there are no scores to lean on)."""
-    from experiments.ledger import Ledger
     from nextbest.db import engine_for
     from nextbest.settings import Settings
+    from record.ledger import Ledger
 
     settings = Settings(home=tmp_path_factory.mktemp("replay_home"), customers=400, days=30)
     result = run_replay(

@@ -4,7 +4,7 @@ Once or twice per decision, SQLAlchemy Core's Connection, execution context and 
 cost more than the statements themselves. These run SQLAlchemy's own SQL text and type
 conversions (datetimes, JSON, booleans) on a DBAPI connection of the engine, so rows and values
 are byte-identical to ``conn.execute``'s, and errors are raised as SQLAlchemy's.
-``experiments.ledger.Ledger`` uses them for an SQLite file and the Core path everywhere else.
+``record.ledger.Ledger`` uses them for an SQLite file and the Core path everywhere else.
 """
 
 from __future__ import annotations

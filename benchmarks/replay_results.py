@@ -1,6 +1,6 @@
 """What a replay reports: values per visit from the truth, the learning curve and its plot.
 
-Split from :mod:`experiments.replay` so the measures (policy, uniform random, best single
+Split from :mod:`benchmarks.replay` so the measures (policy, uniform random, best single
 offer, oracle, share of the gap closed) are plain functions of arrays, testable by hand
 without driving a pipeline.
 """

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.ledger import DecisionRow, Ledger, OutcomeRow, now
 from nextbest.db import engine_for
+from record.ledger import DecisionRow, Ledger, OutcomeRow, now
 
 
 def _decision(cid: str | None, offer: str | None, channel: str = "web", **kw) -> DecisionRow:

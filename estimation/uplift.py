@@ -4,7 +4,7 @@ Fixed-horizon figures follow the textbook definitions so they match statsmodels 
 Wald interval for a difference of proportions, the classic pooled two-proportion z-test,
 Welch's t for means (revenue per customer), the delta method for relative lift. The methods we
 own (CUPED, always-valid intervals, Holm's correction) are small and documented where written.
-The vectorised cores are in :mod:`experiments.uplift_stats`.
+The vectorised cores are in :mod:`estimation.uplift_stats`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from experiments.uplift_stats import (
+from estimation.uplift_stats import (
     holm,
     mean_diff,
     proportion_diff,

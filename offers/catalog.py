@@ -1,7 +1,7 @@
 """The offer catalogue: one YAML file read by the decision service and the simulator.
 
 Validated at load so a bad catalogue fails at start-up with the file line and the reason,
-never at decision time. Eligibility is the rule language of :mod:`serving.rules`.
+never at decision time. Eligibility is the rule language of :mod:`offers.rules`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pandas as pd
 import yaml
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from serving.rules import Rule
+from offers.rules import Rule
 
 DEFAULT_PATH = Path(__file__).resolve().parent / "offers.yaml"
 NO_OFFER = "no_offer"
@@ -212,7 +212,7 @@ def parse_catalog(text: str, source: str = "<string>") -> Catalog:
 
 
 def load_catalog(path: str | Path | None = None) -> Catalog:
-    """Load the catalogue (default ``serving/offers.yaml``); raise ``CatalogError`` if invalid."""
+    """Load the catalogue (default ``offers/offers.yaml``); raise ``CatalogError`` if invalid."""
     p = Path(path) if path is not None else DEFAULT_PATH
     try:
         text = p.read_text(encoding="utf-8")

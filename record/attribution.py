@@ -97,7 +97,7 @@ def ledger_units(engine, window_days: int = 30) -> pd.DataFrame:
     """
     from sqlalchemy import inspect
 
-    from experiments.ledger import Ledger
+    from record.ledger import Ledger
 
     if not inspect(engine).has_table("decisions"):
         return pd.DataFrame()
@@ -181,7 +181,7 @@ def world_units(
 
 def offer_catalog() -> dict[str, Any]:
     try:
-        from serving.catalog import load_catalog
+        from offers.catalog import load_catalog
 
         return {o.id: o for o in load_catalog().offers}
     except Exception:  # noqa: BLE001 - the report still works with bare offer ids

@@ -2,7 +2,7 @@
 filled features, the pipeline's clock set to the visit, a bandit that records what it was asked,
 and a progress bar.
 
-Split from :mod:`experiments.replay` so the driver holds only the visit loop: these isolate the
+Split from :mod:`benchmarks.replay` so the driver holds only the visit loop: these isolate the
 replay (its own ledger), set it in world time (the clock) or observe it (the recorder).
 """
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from experiments.replay_harness import (
+from benchmarks.replay_harness import (
     Clock,
     Recorder,
     ensure_models,
@@ -30,7 +30,7 @@ from experiments.replay_harness import (
     progress_bar,
     replay_settings,
 )
-from experiments.replay_results import (
+from benchmarks.replay_results import (
     Checkpoint,
     ReplayResult,
     gap,
@@ -39,8 +39,8 @@ from experiments.replay_results import (
     plot_curve,
     summarise,
 )
+from features.schema import ID_COLUMNS
 from nextbest.settings import Settings
-from simulator.schema import ID_COLUMNS
 
 
 def visit_request(visit: Any) -> Any:

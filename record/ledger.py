@@ -3,7 +3,7 @@
 One set of SQLAlchemy Core tables serves SQLite (WAL, the default) and PostgreSQL (by URL).
 Every write commits before it returns, so an acknowledged decision or outcome survives a crash.
 On an SQLite file, a decision's insert and contact-history read take the fast paths of
-``experiments.ledger_sqlite`` (same rows and values, less overhead per decision).
+``record.ledger_sqlite`` (same rows and values, less overhead per decision).
 Bandit training, off-policy evaluation and uplift reports all read from here.
 """
 
@@ -38,8 +38,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from experiments.ledger_sqlite import Held, sqlite_history, sqlite_insert
 from nextbest.db import create_tables, is_sqlite_file
+from record.ledger_sqlite import Held, sqlite_history, sqlite_insert
 
 metadata = MetaData()
 
@@ -170,7 +170,7 @@ class Ledger:
             engine.dispose()  # pooled connections pick the setting up on reconnect
         if create:
             create_tables(engine, metadata)
-        # SQLite fast paths (experiments.ledger_sqlite) for a file: a memory database lives in
+        # SQLite fast paths (record.ledger_sqlite) for a file: a memory database lives in
         # one pooled connection, which Held would detach
         fast = is_sqlite_file(engine)
         self._held = held = Held()

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from experiments.attribution import attribute, ledger_units
+from record.attribution import attribute, ledger_units
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
@@ -91,7 +91,7 @@ def test_missing_columns_are_named() -> None:
 def test_ledger_outcomes_on_any_channel_count(nextbest_home) -> None:
     """Real SQLite ledger: a conversion reported without a decision id (a store purchase)
     still counts for the customer's web decision; a duplicate outcome counts once."""
-    ledger_mod = pytest.importorskip("experiments.ledger")
+    ledger_mod = pytest.importorskip("record.ledger")
     from nextbest.db import engine_for
 
     engine = engine_for(f"sqlite:///{nextbest_home / 'attr_ledger.db'}")
@@ -124,9 +124,9 @@ def test_simulated_world_attribution_matches_the_campaign_flag(tmp_path) -> None
     converted flag for its campaigns."""
     world_mod = pytest.importorskip("simulator.world")
     identity = pytest.importorskip("features.identity")
-    from experiments.attribution import offer_catalog, world_units
+    from features.schema import IDENTITY_INPUT_COLUMNS
     from nextbest.db import engine_for
-    from simulator.schema import IDENTITY_INPUT_COLUMNS
+    from record.attribution import offer_catalog, world_units
 
     world = tmp_path / "world"
     world_mod.simulate_world(customers=400, days=60, seed=3, out=world)

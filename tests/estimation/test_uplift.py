@@ -12,9 +12,9 @@ import pytest
 from scipy import stats
 from typer.testing import CliRunner
 
+from estimation.uplift import UpliftError, analyze, compare
+from estimation.uplift_stats import holm, proportion_diff, sequential_halfwidth
 from experiments.exports import analyze_export
-from experiments.uplift import UpliftError, analyze, compare
-from experiments.uplift_stats import holm, proportion_diff, sequential_halfwidth
 from nextbest.cli import app
 from tests.conftest import shared_file
 

@@ -2,7 +2,7 @@
 profile fields, checked against the profile_v1 FeatureService when a rule is built, so a rule
 names only fields a decision will see. No expressions are evaluated.
 
-Split from :mod:`serving.catalog`, which reads the YAML file these rules sit in.
+Split from :mod:`offers.catalog`, which reads the YAML file these rules sit in.
 """
 
 from __future__ import annotations

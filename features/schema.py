@@ -102,7 +102,7 @@ EVENT_COLUMNS = {
     "loyalty_id": "string|null",
     "login_id": "string|null",
     "cookie_id": "string|null",
-    "product_id": "string|null",  # an offer id from serving/offers.yaml, or a catalogue product
+    "product_id": "string|null",  # an offer id from offers/offers.yaml, or a catalogue product
     "value": "float|null",  # money for purchases/basket adds, GB for usage
     "quantity": "int|null",
     "campaign_id": "string|null",

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.catalog import CatalogError, load_catalog, parse_catalog
-from serving.rules import Rule, rule_fields
+from offers.catalog import CatalogError, load_catalog, parse_catalog
+from offers.rules import Rule, rule_fields
 
 BASE = """\
 version: 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from scipy.stats import binomtest
 
-from experiments.assignment import assign, assign_all, bucket
+from record.assignment import assign, assign_all, bucket
 
 
 def test_sticky_and_salted() -> None:

@@ -1,7 +1,7 @@
 """The vectorised cores of the uplift statistics: numpy arrays in, numpy arrays out, so a
 report line and the coverage benchmark (``nextbest bench uplift``) run the very same code.
 
-Split from :mod:`experiments.uplift`, which turns exposures into the report's comparisons.
+Split from :mod:`estimation.uplift`, which turns exposures into the report's comparisons.
 """
 
 from __future__ import annotations
