@@ -18,6 +18,7 @@ import pytest
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from nextbest.settings import Settings
 from serving import run
@@ -179,3 +180,10 @@ def test_every_route_of_a_real_server_answers_as_the_table_says(
         not_utf8 = http.get("/decide", headers={"X-API-Key": NOT_UTF8})
     assert (not_utf8.status_code, not_utf8.json()["error"]) == (401, "X-API-Key: not UTF-8")
     assert wrong == [], (tmp_path / "server.log").read_text()[-2000:]
+
+
+def test_a_websocket_without_a_key_is_refused_before_its_handshake(client: TestClient) -> None:
+    """Default deny covers websockets too (the service has none today)."""
+    with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/decide"):
+        pass
+    assert refused.value.code == 1008
