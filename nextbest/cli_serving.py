@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from nextbest.cli_common import JsonFlag, console, emit, fail
-from nextbest.settings import get_settings
+from nextbest.settings import development_secrets_error, get_settings
 
 # nextbest.cli registers these commands on the root app and `bench`.
 
@@ -16,7 +16,8 @@ def serve(
     port: Annotated[int | None, typer.Option(help="HTTP port (default: settings.port)")] = None,
     workers: Annotated[int | None, typer.Option(help="worker processes")] = None,
 ) -> None:
-    """Run the decision service (bentoml serve) on 127.0.0.1 until interrupted."""
+    """Run the decision service (bentoml serve) on NEXTBEST_HOST (127.0.0.1) until interrupted;
+    another host needs salts and keys of your own."""
     import os
 
     from nextbest.settings import PROJECT_ROOT
@@ -25,6 +26,8 @@ def serve(
     s = get_settings()
     if workers is not None and workers < 1:
         fail(f"--workers must be >= 1, got {workers}")
+    if refused := development_secrets_error(s, s.host):
+        fail(refused)
     s.ensure_dirs()
     env = server_env(s, NEXTBEST_WORKERS=str(workers or s.workers))
     cmd = server_cmd("serving.service:Nextbest", port or s.port, s.host)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -133,6 +134,40 @@ class Settings(BaseSettings):
         for d in (self.home, self.world_dir, self.event_log_dir, self.feature_dir):
             d.mkdir(parents=True, exist_ok=True)
         return self
+
+
+# Defaults anyone can read here: fine on this machine, refused on an address others reach.
+DEVELOPMENT_SECRETS = ("identity_salt", "assignment_salt", "channel_keys", "admin_keys")
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or ``localhost``; a name is not resolved (0.0.0.0 and :: are every
+    interface, so not loopback)."""
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def development_secrets_error(settings: Settings, host: str) -> str | None:
+    """One line naming each salt or key list that still holds its public development value,
+    when ``host`` is not loopback (a served salt or key everyone knows is no secret: anyone
+    could predict holdout arms, reverse hashed ids or call the API); None when it may serve."""
+    if is_loopback(host):
+        return None
+    parts = []
+    for name in DEVELOPMENT_SECRETS:
+        dev, value = Settings.model_fields[name].default, getattr(settings, name)
+        known = next((k for k in dev if k in value), None) if isinstance(dev, list) else None
+        if value == dev or known is not None:
+            parts.append(
+                f"NEXTBEST_{name.upper()}: the public development value cannot serve on "
+                f"non-loopback host {host!r} (got {known or dev!r})"
+            )
+    return "settings: " + "; ".join(parts) if parts else None
 
 
 @lru_cache(maxsize=1)

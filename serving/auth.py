@@ -1,7 +1,11 @@
 """API keys and clear errors at the HTTP edge, as one small ASGI middleware.
 
-Channel keys may decide, send outcomes and events, read profiles, the outbox and the reports;
-only admin keys may erase and promote. BentoML answers a malformed body with
+Default deny: every path needs a key unless it is one of the ``PUBLIC_PATHS`` probes, so a
+route BentoML adds in a later version is closed until someone opens it here. Channel keys may
+decide, send outcomes and events, read profiles, the outbox, the reports and the OpenAPI
+document (channels code against it); only admin keys may erase, promote and read the metrics
+(operators' data; channel keys sit in many client apps). ``/healthz`` answers anyone, with the
+reasons, versions and learner state for admin keys only. BentoML answers a malformed body with
 ``"1 validation error for Input"``; this rewrites that 400 so its ``error`` names the field and
 the reason.
 """
@@ -13,9 +17,11 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from serving.deps import health_summary
+
 Scope = dict[str, Any]
-ADMIN_PATHS = ("/erase", "/promote/")
-KEYED_PATHS = ("/decide", "/outcome", "/events", "/profile/", "/outbox", "/reports", *ADMIN_PATHS)
+PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/healthz"})  # exact paths: probes
+ADMIN_PATHS = ("/erase", "/promote/", "/metrics")  # prefixes; any other path takes any key
 HEADER = b"x-api-key"
 
 
@@ -66,22 +72,36 @@ class ApiGuard:
         self.app = app
         self.channel_keys, self.admin_keys, self.health = channel_keys, admin_keys, health
 
+    def _role(self, scope: Scope) -> tuple[str | None, str]:
+        """The caller's role, or None and why (for the 401)."""
+        raw = next((v for k, v in scope["headers"] if k == HEADER), None)
+        if not raw:
+            return None, "missing"
+        try:
+            key = raw.decode()
+        except UnicodeDecodeError:  # no key anyone holds; a 500 before
+            return None, "not UTF-8"
+        return role_of(key, self.channel_keys, self.admin_keys), "unknown API key"
+
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        if path == "/healthz" and self.health is not None:
-            return await _json(send, 200, self.health())
-        if not path.startswith(KEYED_PATHS):
+        role, why = self._role(scope)
+        if scope["type"] == "http" and path in PUBLIC_PATHS:
+            if path == "/healthz" and self.health is not None:
+                body = self.health()
+                return await _json(send, 200, body if role == "admin" else health_summary(body))
             return await self.app(scope, receive, send)
-        key = next((v.decode() for k, v in scope["headers"] if k == HEADER), None)
-        role = role_of(key, self.channel_keys, self.admin_keys)
-        if role is None:
-            why = "missing" if not key else "unknown API key"
-            return await _json(send, 401, {"error": f"X-API-Key: {why}", "field": "X-API-Key"})
-        if path.startswith(ADMIN_PATHS) and role != "admin":
+        if role is None or (path.startswith(ADMIN_PATHS) and role != "admin"):
+            if scope["type"] != "http":  # a websocket: refused before its handshake
+                return await send({"type": "websocket.close", "code": 1008})
+            if role is None:
+                return await _json(send, 401, {"error": f"X-API-Key: {why}", "field": "X-API-Key"})
             msg = f"X-API-Key: {path} needs an admin key"
             return await _json(send, 403, {"error": msg, "field": "X-API-Key"})
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
         return await self.app(scope, receive, _Rewriter(send))
 
 

@@ -111,6 +111,18 @@ class Deps:
         return versions
 
 
+def health_summary(body: dict[str, Any]) -> dict[str, Any]:
+    """``/healthz`` for a caller without an admin key: the status and whether each part is up.
+    The reasons (exception text that may hold paths, hosts or URLs), the model versions and the
+    learner's state are the admin's; a field added to ``Deps.health`` stays the admin's too
+    unless it is added here."""
+    summary: dict[str, Any] = {"status": body.get("status", "unknown")}
+    parts = body.get("parts")
+    if isinstance(parts, dict):
+        summary["parts"] = {p: "ok" if v == "ok" else "unavailable" for p, v in parts.items()}
+    return summary
+
+
 def _try(deps: Deps, name: str, load: Callable[[], Any]) -> Any:
     try:
         value = load()

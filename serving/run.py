@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -54,6 +54,33 @@ def server_cmd(target: str, port: int, host: str = "127.0.0.1") -> list[str]:
         "--working-dir",
         str(PROJECT_ROOT),
     ]
+
+
+SERVE_COMMANDS = ("serve", "serve-http", "serve-grpc")
+
+
+def bound_host(argv: list[str], environ: Mapping[str, str] = os.environ) -> str | None:
+    """The address this process serves on when it is a ``bentoml serve`` (``nextbest serve``,
+    a Bento run by hand): its --host, else BENTOML_HOST, else BentoML's default (0.0.0.0, every
+    interface). None in any other process: a worker (its serve checked), a build, a test."""
+    if not argv or not (Path(argv[0]).name == "bentoml" or argv[0].endswith("__main__.py")):
+        return None
+    command = next((a for a in argv[1:] if not a.startswith("-")), None)
+    if command not in SERVE_COMMANDS:
+        return None
+    for i, arg in enumerate(argv):
+        if arg == "--host" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--host="):
+            return arg.removeprefix("--host=")
+    if environ.get("BENTOML_HOST"):
+        return environ["BENTOML_HOST"]
+    try:
+        from bentoml._internal.configuration.containers import BentoMLContainer
+
+        return str(BentoMLContainer.http.host.get())
+    except Exception:  # noqa: BLE001 - BentoML moved it: assume its documented default
+        return "0.0.0.0"  # noqa: S104 - BentoML's own default, reported, not bound here
 
 
 def start(

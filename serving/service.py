@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -22,17 +23,23 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from features.schema import CHANNELS
-from nextbest.settings import get_settings
+from nextbest.settings import development_secrets_error, get_settings
 from serving import actions, admin, learner, outbox
 from serving.auth import ApiGuard
 from serving.batching import FeatureBatcher
 from serving.bentofix import cancel_timeout_timers
 from serving.decide import DecideRequest, DecideResponse, Known, plan, resolve
 from serving.deps import Deps, load_deps, pinned_models
+from serving.run import bound_host
 from serving.writer import GroupWriter, WalCheckpointer
 
 log = logging.getLogger("nextbest.service")
 SETTINGS = get_settings()
+_HOST = bound_host(sys.argv)
+if _HOST is not None and (_REFUSED := development_secrets_error(SETTINGS, _HOST)):
+    # a `bentoml serve` by hand (or of a Bento) refuses as `nextbest serve` does, before binding
+    print(f"error: {_REFUSED}", file=sys.stderr)
+    raise SystemExit(2)
 PINNED = pinned_models(SETTINGS)
 
 

@@ -21,7 +21,7 @@ from serving.actions import OutcomeRequest, record_outcome
 from serving.decide import DecideRequest, decide
 from serving.deps import Deps
 from serving.learner import Learner, learn_matured
-from tests.serving.conftest import CHANNEL
+from tests.serving.conftest import ADMIN, CHANNEL
 from training.bandit import BanditPolicy, offer_features
 from training.bandit_ledger import logged_examples
 
@@ -346,7 +346,7 @@ def test_the_running_service_learns_as_outcomes_arrive(tmp_path: Path) -> None:
         assert client.post("/outcome", json=out).status_code == 200
         deadline, health = time.monotonic() + 30, {}
         while time.monotonic() < deadline:
-            health = client.get("/healthz").json()
+            health = client.get("/healthz", headers=ADMIN).json()
             if health["bandit_learner"]["learned"] >= 1:
                 break
             time.sleep(0.2)
@@ -359,7 +359,7 @@ def test_the_running_service_learns_as_outcomes_arrive(tmp_path: Path) -> None:
         to_bentoml(settings, BanditPolicy(actions, exploration="epsilon"), "2", through)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            health = client.get("/healthz").json()
+            health = client.get("/healthz", headers=ADMIN).json()
             if health["model_versions"]["bandit"].startswith("bandit:2"):
                 break
             time.sleep(0.2)

@@ -10,6 +10,7 @@ import pytest
 
 from serving import run
 from serving.bento import build_bento
+from tests.serving.conftest import ADMIN
 from training.scoring import bentoml_models
 
 
@@ -25,6 +26,6 @@ def test_bento_carries_and_serves_the_champions(trained_world, tmp_path: Path) -
     log = tmp_path / "bento.log"
     # the Bento's store is the one BENTOML_HOME names; the project home has nothing in it
     with run.served(empty_home, built["tag"], log, BENTOML_HOME=str(settings.bentoml_home)) as base:
-        health = httpx.get(f"{base}/healthz").json()
+        health = httpx.get(f"{base}/healthz", headers=ADMIN).json()  # with the reasons
     assert health["parts"]["models"] == "ok", (health, log.read_text()[-2000:])
     assert set(health["model_versions"]) >= {"churn", "propensity"}
