@@ -55,6 +55,25 @@ def _key(person: np.ndarray, ts: np.ndarray) -> np.ndarray:
     )
 
 
+def last_index(
+    ev_person: np.ndarray,
+    ev_ts: np.ndarray,
+    person: np.ndarray,
+    ts: np.ndarray,
+    inclusive: bool = True,
+) -> np.ndarray:
+    """Per query, the position (in the given arrays) of the same person's last event at (or
+    strictly before) ``ts``; -1 if none. Second resolution; one sort and a binary search."""
+    key = _key(ev_person, ev_ts)
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    q = _key(person, ts)
+    pos = np.searchsorted(key, q, side="right" if inclusive else "left") - 1
+    safe = np.maximum(pos, 0)
+    hit = (pos >= 0) & (key[safe] // _KEY_SPAN == np.asarray(person)) if len(key) else pos >= 0
+    return np.where(hit, order[safe] if len(order) else -1, -1)
+
+
 def last_before(
     ev_person: np.ndarray,
     ev_ts: np.ndarray,
@@ -64,14 +83,9 @@ def last_before(
 ) -> np.ndarray:
     """Per query, the time of the same person's last event at (or strictly before) ``ts``;
     -1 if none. Second resolution; vectorised with one sort and a binary search."""
-    key = _key(ev_person, ev_ts)
-    order = np.argsort(key, kind="stable")
-    key, t = key[order], np.asarray(ev_ts, np.int64)[order]
-    q = _key(person, ts)
-    pos = np.searchsorted(key, q, side="right" if inclusive else "left") - 1
-    safe = np.maximum(pos, 0)
-    hit = (pos >= 0) & (key[safe] // _KEY_SPAN == np.asarray(person)) if len(key) else pos >= 0
-    return np.where(hit, t[safe] if len(t) else -1, -1)
+    at = last_index(ev_person, ev_ts, person, ts, inclusive)
+    t = np.asarray(ev_ts, np.int64)
+    return np.where(at >= 0, t[np.maximum(at, 0)] if len(t) else -1, -1)
 
 
 def first_after(
