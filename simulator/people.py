@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from simulator.clock import DAYS_PER_MONTH, START_US, US_PER_DAY, last_index
+from simulator.clock import DAYS_PER_MONTH, START_US, US_PER_DAY, person_time_key
 
 
 def _words(text: str) -> tuple[str, ...]:
@@ -64,6 +64,7 @@ class PlanHistory:
         order = np.lexsort((self.valid_from, self.person))
         for name in ("person", "valid_from", "plan", "arpu"):
             setattr(self, name, np.asarray(getattr(self, name))[order])
+        self._keys = person_time_key(self.person, self.valid_from)  # sorted, as the rows are
 
     @classmethod
     def from_frame(cls, plans: pd.DataFrame, index: pd.Index) -> PlanHistory:
@@ -80,9 +81,10 @@ class PlanHistory:
 
     def at(self, idx: np.ndarray, at_us: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(plan, arpu) valid at each moment: the person's last row from at or before it."""
-        row = last_index(self.person, self.valid_from, idx, at_us)
-        first = np.searchsorted(self.person, idx, side="left")
-        row = np.where(row >= 0, row, first)
+        idx = np.asarray(idx, dtype=np.int64)
+        pos = np.searchsorted(self._keys, person_time_key(idx, at_us), side="right") - 1
+        mine = (pos >= 0) & (self.person[np.maximum(pos, 0)] == idx)
+        row = np.where(mine, pos, np.searchsorted(self.person, idx, side="left"))
         return self.plan[row], self.arpu[row]
 
     def last(self, n: int) -> tuple[np.ndarray, np.ndarray]:
