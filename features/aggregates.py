@@ -5,8 +5,13 @@ per-customer Python loops, so 10k customers x 13 snapshots stays a few seconds.
 Inputs are plain frames: ``events`` (customer_id, ts, channel, event_type, value, quantity,
 consent_channel, consent_value), ``profile`` (customer_id, plan, arpu, tenure_start,
 contract_end, optionally ``prior_contract_end``/``renewed_at``, and one
-``consent_default_<channel>`` column per consent channel) and the snapshot times. Outputs
-match the Feast views in ``features/repo`` column for column.
+``consent_default_<channel>`` column per consent channel), optionally ``plans`` (the CRM's plan
+history: customer_id, valid_from, plan, arpu) and the snapshot times. Outputs match the Feast
+views in ``features/repo`` column for column.
+
+Plan and ARPU at T are the history's last row with ``valid_from < T``: the profile's own plan
+and ARPU are today's, and stamping them on past snapshots would show a model the future. Only
+without a history (an extract that has none) do the profile's values hold at every T.
 """
 
 from __future__ import annotations
@@ -56,8 +61,29 @@ def snapshot_times(
     return [pd.Timestamp(t).tz_convert("UTC") for t in times]
 
 
-def _connect(events: pd.DataFrame, profile: pd.DataFrame, times: Sequence[pd.Timestamp]):
-    """A DuckDB connection with the three inputs registered, in UTC."""
+PLAN_HISTORY_COLUMNS = ("customer_id", "valid_from", "plan", "arpu")
+_SINCE_EVER = pd.Timestamp("1900-01-01", tz="UTC")
+
+
+def _plan_history(profile: pd.DataFrame, plans: pd.DataFrame | None) -> pd.DataFrame:
+    """The plan history to read as of T; without one, the profile's values since ever."""
+    if plans is None:
+        hist = profile[["customer_id", "plan", "arpu"]].assign(valid_from=_SINCE_EVER)
+    else:
+        hist = plans.loc[plans["customer_id"].notna()]
+    hist = hist[list(PLAN_HISTORY_COLUMNS)].copy()
+    hist["valid_from"] = pd.to_datetime(hist["valid_from"], utc=True).astype("datetime64[us, UTC]")
+    hist["arpu"] = hist["arpu"].astype("float64")
+    return hist
+
+
+def _connect(
+    events: pd.DataFrame,
+    profile: pd.DataFrame,
+    times: Sequence[pd.Timestamp],
+    plans: pd.DataFrame | None = None,
+):
+    """A DuckDB connection with the inputs registered, in UTC."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")
@@ -74,6 +100,7 @@ def _connect(events: pd.DataFrame, profile: pd.DataFrame, times: Sequence[pd.Tim
     con.register("ev", ev)
     con.register("snaps", snaps)
     con.register("prof", prof)
+    con.register("hist", _plan_history(profile, plans))
     return con
 
 
@@ -115,10 +142,14 @@ def _activity_sql() -> str:
 
 
 def batch_features(
-    events: pd.DataFrame, profile: pd.DataFrame, times: Sequence[pd.Timestamp]
+    events: pd.DataFrame,
+    profile: pd.DataFrame,
+    times: Sequence[pd.Timestamp],
+    plans: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """One row per (customer, snapshot time): profile, consent and activity features."""
-    con = _connect(events, profile, times)
+    """One row per (customer, snapshot time): profile, consent and activity features; plan
+    and ARPU as the ``plans`` history held them just before T (see the module docstring)."""
+    con = _connect(events, profile, times, plans)
     consent_cols = ", ".join(
         f"coalesce(c.v_{ch}, p.consent_default_{ch}) AS consent_{ch}" for ch in CONSENT_CHANNELS
     )
@@ -130,8 +161,13 @@ def batch_features(
     sums = [f"spend_{d}d" for d in (7, 30, 90)] + ["usage_last_month", "usage_prev_month"]
     query = f"""
     WITH grid AS (
-        SELECT p.*, s.T FROM prof p CROSS JOIN snaps s
+        SELECT p.* EXCLUDE (plan, arpu), s.T FROM prof p CROSS JOIN snaps s
         WHERE p.tenure_start IS NULL OR p.tenure_start < s.T
+    ),
+    plan_at AS (
+        SELECT g.customer_id, g.T, h.plan, h.arpu
+        FROM (SELECT customer_id, T FROM grid) g
+        ASOF JOIN hist h ON h.customer_id = g.customer_id AND g.T > h.valid_from
     ),
     latest_consent AS (
         SELECT e.customer_id, s.T, e.consent_channel, arg_max(e.consent_value, e.ts) AS v
@@ -144,7 +180,7 @@ def batch_features(
     ),
     a AS ({_activity_sql()})
     SELECT p.customer_id, p.T AS event_timestamp,
-        p.plan, p.arpu,
+        h.plan, h.arpu,
         CAST(date_diff('day', p.tenure_start, p.T) AS BIGINT) AS tenure_days,
         greatest(epoch(CASE WHEN p.renewed_at IS NOT NULL AND p.renewed_at >= p.T
                             THEN p.prior_contract_end ELSE p.contract_end END - p.T)
@@ -160,6 +196,7 @@ def batch_features(
         CASE WHEN coalesce(a.usage_prev_month, 0) > 0
              THEN a.usage_last_month / a.usage_prev_month - 1.0 ELSE NULL END AS usage_trend
     FROM grid p
+    LEFT JOIN plan_at h ON h.customer_id = p.customer_id AND h.T = p.T
     LEFT JOIN c ON c.customer_id = p.customer_id AND c.T = p.T
     LEFT JOIN a ON a.customer_id = p.customer_id AND a.T = p.T
     ORDER BY p.T, p.customer_id

@@ -1,9 +1,11 @@
 """Batch build: world Parquet -> identity graph -> event log -> point-in-time snapshots.
 
 Profile columns (plan, ARPU, tenure start, contract end) come from the CRM: here, the
-simulator's people table reached through each CRM identity record. In a real deployment they
-come from the CRM extract keyed by the CRM record. Only contract facts are read: ``true_*``
-columns and latent traits are never features.
+simulator's people table reached through each CRM identity record, and the plan history
+(``plans.parquet``: plan and ARPU with the time each became valid) through the same record.
+In a real deployment they come from the CRM extract and its subscription history keyed by the
+CRM record. Only contract facts are read: ``true_*`` columns and latent traits are never
+features. The people table's plan and ARPU are today's; snapshots read the history as of T.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ from typing import Any
 import pandas as pd
 from rich.progress import Progress
 
-from features.aggregates import batch_features, realtime_features, snapshot_times
+from features.aggregates import (
+    PLAN_HISTORY_COLUMNS,
+    batch_features,
+    realtime_features,
+    snapshot_times,
+)
 from features.events import CONSENT_CHANNELS
 from features.ingest import write_event_log
 from features.repo.data_sources import REALTIME_PATH, SNAPSHOT_PATH
@@ -27,6 +34,7 @@ from nextbest.settings import Settings
 # choice as a consent_change), app messages and service calls are part of the contract.
 CONSENT_DEFAULTS = {"email": False, "sms": False, "app": True, "call_centre": True}
 PROFILE_PATH = "snapshots/crm_profile.parquet"
+PLANS_PATH = "snapshots/crm_plans.parquet"
 CRM_PROFILE_COLUMNS = ("plan", "arpu", "tenure_start", "contract_end")
 # Contract history, when the CRM extract has it: before ``renewed_at`` the contract ended at
 # ``prior_contract_end``, so a snapshot before a renewal must not see the renewed end date.
@@ -40,23 +48,39 @@ def _read(world_dir: Path, name: str) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+def _crm_accounts(identities: pd.DataFrame, resolved: pd.DataFrame) -> pd.DataFrame:
+    """(customer_id, true_person_id): the CRM account behind each customer holding a CRM record.
+
+    The CRM record's ``true_person_id`` stands in for the CRM's own account key here; it only
+    selects the rows of contract facts, never the customer_id (that comes from the graph).
+    A person with two CRM records, or a false merge, still gets one account: the first one."""
+    crm = identities.loc[identities["source"] == "crm", ["record_id", "true_person_id"]]
+    crm = crm.merge(resolved, on="record_id").dropna(subset=["customer_id"])
+    crm = crm.sort_values("customer_id", kind="stable").drop_duplicates("customer_id")
+    return crm[["customer_id", "true_person_id"]]
+
+
 def crm_profile(
     identities: pd.DataFrame, resolved: pd.DataFrame, people: pd.DataFrame
 ) -> pd.DataFrame:
-    """One profile row per customer holding a CRM record (the CRM's view of its subscribers).
-
-    The CRM record's ``true_person_id`` stands in for the CRM's own account key here; it only
-    selects the row of contract facts, never the customer_id (that comes from the graph)."""
-    crm = identities.loc[identities["source"] == "crm", ["record_id", "true_person_id"]]
-    crm = crm.merge(resolved, on="record_id").dropna(subset=["customer_id"])
+    """One profile row per customer holding a CRM record (the CRM's view of its subscribers)."""
     cols = [c for c in (*CRM_PROFILE_COLUMNS, *CRM_HISTORY_COLUMNS) if c in people.columns]
     facts = people[["person_id", *cols]].rename(columns={"person_id": "true_person_id"})
-    profile = crm.merge(facts, on="true_person_id").drop(columns=["record_id", "true_person_id"])
-    # a person with two CRM records, or a false merge, still gets one row: the first one
-    profile = profile.sort_values("customer_id", kind="stable").drop_duplicates("customer_id")
+    accounts = _crm_accounts(identities, resolved)
+    profile = accounts.merge(facts, on="true_person_id").drop(columns=["true_person_id"])
     for ch in CONSENT_CHANNELS:
         profile[f"consent_default_{ch}"] = CONSENT_DEFAULTS[ch]
     return profile.reset_index(drop=True)
+
+
+def crm_plans(
+    identities: pd.DataFrame, resolved: pd.DataFrame, plans: pd.DataFrame
+) -> pd.DataFrame:
+    """The plan history (customer_id, valid_from, plan, arpu) of each customer's CRM account."""
+    history = plans.rename(columns={"person_id": "true_person_id"})
+    out = _crm_accounts(identities, resolved).merge(history, on="true_person_id")
+    out = out.sort_values(["customer_id", "valid_from"], kind="stable")
+    return out[list(PLAN_HISTORY_COLUMNS)].reset_index(drop=True)
 
 
 def _window(world_dir: Path, events: pd.DataFrame) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -111,9 +135,13 @@ def build_features(settings: Settings, world_dir: Path | None = None) -> dict[st
 
         t = time.perf_counter()
         profile = crm_profile(identities, resolved, people)
+        history = world_dir / "plans.parquet"  # a world written before it existed has none
+        plans = (
+            crm_plans(identities, resolved, _read(world_dir, "plans")) if history.exists() else None
+        )
         start, end = _window(world_dir, events)
         times = snapshot_times(start, end)
-        batch = batch_features(events.loc[mapped], profile, times)
+        batch = batch_features(events.loc[mapped], profile, times, plans)
         realtime = realtime_features(events.loc[mapped], profile, times)
         timings["aggregate"] = time.perf_counter() - t
         progress.update(task, advance=1, description="write snapshots")
@@ -122,6 +150,8 @@ def build_features(settings: Settings, world_dir: Path | None = None) -> dict[st
         _write(batch, settings.feature_dir / SNAPSHOT_PATH)
         _write(realtime, settings.feature_dir / REALTIME_PATH)
         _write(profile, settings.feature_dir / PROFILE_PATH)  # the CRM input, for audits
+        if plans is not None:
+            _write(plans, settings.feature_dir / PLANS_PATH)
         timings["write"] = time.perf_counter() - t
         progress.update(task, advance=1)
     return {
@@ -137,6 +167,8 @@ def build_features(settings: Settings, world_dir: Path | None = None) -> dict[st
         "feature_file": str(settings.feature_dir / SNAPSHOT_PATH),
         "realtime_file": str(settings.feature_dir / REALTIME_PATH),
         "profile_file": str(settings.feature_dir / PROFILE_PATH),
+        "plans_file": None if plans is None else str(settings.feature_dir / PLANS_PATH),
+        "plan_changes": 0 if plans is None else len(plans) - int(plans["customer_id"].nunique()),
         "event_log": str(settings.event_log_dir / "batch.parquet"),
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }

@@ -40,8 +40,8 @@ PEOPLE_COLUMNS = {
     "first_name": "string",
     "last_name": "string",
     "birth_year": "int",
-    "plan": "string",  # prepaid | postpaid_s | postpaid_m | postpaid_l
-    "arpu": "float",  # monthly revenue
+    "plan": "string",  # prepaid | postpaid_s | postpaid_m | postpaid_l; today's (see plans)
+    "arpu": "float",  # monthly revenue today (see plans for the history)
     "tenure_start": "timestamp",
     "contract_end": "timestamp|null",  # null for prepaid
     "has_app": "bool",
@@ -60,6 +60,16 @@ PEOPLE_COLUMNS = {
     "disengaged_at": "timestamp|null",  # usage dropped from here on; churn hazard jumps
     "renewed_at": "timestamp|null",  # contract renewed (contract_end is then the new end)
     "prior_contract_end": "timestamp|null",  # contract end before the renewal
+}
+
+# plans.parquet: the CRM's subscription history, one row per (person, change), by person and
+# time; a row holds from valid_from until the person's next one. people.parquet's plan and arpu
+# are the latest row (today's CRM extract): a past moment must read this table, never those.
+PLAN_COLUMNS = {
+    "person_id": "string",
+    "valid_from": "timestamp",  # the first row of a person: sign-up (tenure_start)
+    "plan": "string",
+    "arpu": "float",
 }
 
 # identities.parquet: records as the source systems hold them (messy), with the truth

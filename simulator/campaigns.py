@@ -123,7 +123,7 @@ def _run(
     alive_until = active_end(pop, days)
     person, ts = _candidates(rng, c, len(p), sessions)
     ok = (ts < alive_until[person]) & (ts < end) & consent.ok(c.channel, person, ts)
-    ok &= offer.eligible_mask(profile_at(p, person, ts))
+    ok &= offer.eligible_mask(profile_at(p, person, ts, pop.plans))
     ok &= rng.random(len(person)) < REACH[c.channel]
     if c.channel in ("email", "sms"):
         ok &= (keys.email if c.channel == "email" else keys.mobile)[person] != None  # noqa: E711

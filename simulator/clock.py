@@ -49,7 +49,8 @@ _KEY_SPAN = 10**10  # seconds per person in the combined (person, second) sort k
 _KEY_BASE = START_US // US_PER_SECOND - _KEY_SPAN // 2
 
 
-def _key(person: np.ndarray, ts: np.ndarray) -> np.ndarray:
+def person_time_key(person: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """One int64 per (person, second) that sorts by person, then time."""
     return np.asarray(person, np.int64) * _KEY_SPAN + (
         np.asarray(ts, np.int64) // US_PER_SECOND - _KEY_BASE
     )
@@ -64,10 +65,10 @@ def last_before(
 ) -> np.ndarray:
     """Per query, the time of the same person's last event at (or strictly before) ``ts``;
     -1 if none. Second resolution; vectorised with one sort and a binary search."""
-    key = _key(ev_person, ev_ts)
+    key = person_time_key(ev_person, ev_ts)
     order = np.argsort(key, kind="stable")
     key, t = key[order], np.asarray(ev_ts, np.int64)[order]
-    q = _key(person, ts)
+    q = person_time_key(person, ts)
     pos = np.searchsorted(key, q, side="right" if inclusive else "left") - 1
     safe = np.maximum(pos, 0)
     hit = (pos >= 0) & (key[safe] // _KEY_SPAN == np.asarray(person)) if len(key) else pos >= 0
@@ -78,10 +79,10 @@ def first_after(
     ev_person: np.ndarray, ev_ts: np.ndarray, person: np.ndarray, ts: np.ndarray
 ) -> np.ndarray:
     """Per query, the time of the same person's first event strictly after ``ts``; -1 if none."""
-    key = _key(ev_person, ev_ts)
+    key = person_time_key(ev_person, ev_ts)
     order = np.argsort(key, kind="stable")
     key, t = key[order], np.asarray(ev_ts, np.int64)[order]
-    pos = np.searchsorted(key, _key(person, ts), side="right")
+    pos = np.searchsorted(key, person_time_key(person, ts), side="right")
     safe = np.minimum(pos, max(len(key) - 1, 0))
     hit = (pos < len(key)) & (key[safe] // _KEY_SPAN == np.asarray(person)) if len(key) else pos < 0
     return np.where(hit, t[safe] if len(t) else -1, -1)

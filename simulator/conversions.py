@@ -67,7 +67,7 @@ def organic_offer_purchases(
     idx = np.arange(n)
     start = np.full(n, START_US)
     x, averse = features_at(p, idx, start, np.zeros(n, dtype=bool))
-    profile = profile_at(p, idx, start)
+    profile = profile_at(p, idx, start, pop.plans)
     end = active_end(pop, days)
     web = np.full(n, CHANNEL_IDS.index("web"))
     for offer in (o for o in catalog.offers if o.product_id):

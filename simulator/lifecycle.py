@@ -1,22 +1,81 @@
-"""The customer lifecycle, day by day: complaints, disengagement, churn, contract renewals, usage.
+"""The customer lifecycle, day by day: plan changes, complaints, disengagement, churn, contract
+renewals, usage.
 
-The only stage with state carried between days (a complaint raises tomorrow's hazard, a renewal
-moves the contract end), so it loops over days and vectorises over people. The hazards are the
-formulas of ``simulator.response``, which the truth API evaluates again.
+The only stages with state carried between days (a complaint raises tomorrow's hazard, a renewal
+moves the contract end, an upgrade changes what the next change can be), so they loop over days
+and vectorise over people. The hazards are the formulas of ``simulator.response``, which the
+truth API evaluates again.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from simulator.buffer import EventBuffer
 from simulator.clock import START_US, US_PER_DAY
 from simulator.identities import Keys
-from simulator.people import Population, months_between
+from simulator.people import PLAN_ARPU, PLANS, PlanHistory, Population, months_between
 from simulator.response import churn_hazard, onset_hazard
 
 USAGE_DROP = 0.35  # usage after disengaging, relative to normal
 RENEWAL_MONTHS = 24
+# Daily rates of CRM changes (a minority of customers change over a few months): a data-hungry
+# postpaid customer moves up a tier, a price-sensitive one down (three times as often once out
+# of contract); any customer's bill drifts when bolt-ons come and go. Prepaid stays prepaid.
+UPGRADE_RATE = 0.0006
+DOWNGRADE_RATE = 0.0003
+OUT_OF_CONTRACT_DOWNGRADE = 3.0
+ARPU_DRIFT_RATE = 0.0008
+ARPU_DRIFT_SIGMA = 0.08
+
+
+def simulate_plan_changes(rng: np.random.Generator, pop: Population, days: int) -> None:
+    """Set ``pop.plans``: each person's plan and ARPU at sign-up, then dated upgrades,
+    downgrades and ARPU drifts over the simulated days. A plan change keeps the person's own
+    price factor (ARPU over the tier's list price); :func:`simulate_lifecycle` later drops the
+    changes after a churn and sets the people table's plan and ARPU to the latest (the CRM's
+    current extract)."""
+    p = pop.people
+    n = len(p)
+    tier = pd.Index(PLANS).get_indexer(p["plan"].to_numpy())
+    list_price = np.array([PLAN_ARPU[x] for x in PLANS])
+    factor = p["arpu"].to_numpy() / list_price[tier]
+    up = UPGRADE_RATE * (0.5 + p["data_hunger"].to_numpy())
+    down = DOWNGRADE_RATE * (0.5 + p["price_sensitivity"].to_numpy())
+    contract_end = p["contract_end"].to_numpy()
+    rows = [(np.arange(n), p["tenure_start"].to_numpy(), tier.copy(), factor.copy())]
+    for d in range(days):
+        t = START_US + d * US_PER_DAY
+        u = rng.random((3, n))
+        jitter = (rng.random(n) * US_PER_DAY).astype(np.int64)
+        out_of_contract = (contract_end >= 0) & (contract_end <= t)
+        down_rate = down * np.where(out_of_contract, OUT_OF_CONTRACT_DOWNGRADE, 1.0)
+        upgrade = (tier >= 1) & (tier < len(PLANS) - 1) & (u[0] < up)
+        downgrade = ~upgrade & (tier >= 2) & (u[1] < down_rate)
+        drift = ~upgrade & ~downgrade & (u[2] < ARPU_DRIFT_RATE)
+        tier = tier + upgrade - downgrade
+        factor = np.where(drift, factor * np.exp(ARPU_DRIFT_SIGMA * rng.standard_normal(n)), factor)
+        moved = np.flatnonzero(upgrade | downgrade | drift)
+        rows.append((moved, t + jitter[moved], tier[moved], factor[moved]))
+    person, valid_from, tiers, factors = (np.concatenate(c) for c in zip(*rows, strict=True))
+    pop.plans = PlanHistory(
+        person.astype(np.int64),
+        valid_from.astype(np.int64),
+        np.asarray(PLANS, dtype=object)[tiers],
+        np.round(list_price[tiers] * factors, 2),
+    )
+
+
+def _close_plans(pop: Population, churned: np.ndarray) -> None:
+    """Drop plan changes at or after a churn; the people table keeps the latest plan."""
+    h = pop.plans
+    if h is None:
+        return
+    gone = churned[h.person]
+    keep = (gone < 0) | (h.valid_from < gone)  # a sign-up row is always before the churn
+    pop.plans = PlanHistory(h.person[keep], h.valid_from[keep], h.plan[keep], h.arpu[keep])
+    pop.people["plan"], pop.people["arpu"] = pop.plans.last(len(pop.people))
 
 
 def complaint_rate(price: np.ndarray, loyalty: np.ndarray) -> np.ndarray:
@@ -77,6 +136,7 @@ def simulate_lifecycle(
     p["renewed_at"] = renewed
     p["disengaged_at"] = disengaged
     p["churned_at"] = churned
+    _close_plans(pop, churned)
 
     # --- events -------------------------------------------------------------------------------
     who = np.concatenate([c[0] for c in complaints]) if complaints else np.zeros(0, np.int64)
@@ -97,10 +157,17 @@ def simulate_lifecycle(
             ch,
             "contract_renewal",
             quantity=RENEWAL_MONTHS,
-            value=p["arpu"].to_numpy()[m],
+            value=_arpu_at(pop, m, renewed[m]),
             **identifiers(rng, keys, m, ch),
         )
     _usage(rng, pop, keys, days, buf)
+
+
+def _arpu_at(pop: Population, idx: np.ndarray, at_us: np.ndarray) -> np.ndarray:
+    """Each person's ARPU at that moment (the table's when no plan history was drawn)."""
+    if pop.plans is None:
+        return pop.people["arpu"].to_numpy()[idx]
+    return pop.plans.at(idx, at_us)[1]
 
 
 def _usage(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from simulator.clock import DAYS_PER_MONTH, START_US, US_PER_DAY
+from simulator.clock import DAYS_PER_MONTH, START_US, US_PER_DAY, person_time_key
 
 
 def _words(text: str) -> tuple[str, ...]:
@@ -51,6 +51,60 @@ PLAN_ARPU = {"prepaid": 11.0, "postpaid_s": 18.0, "postpaid_m": 27.0, "postpaid_
 
 
 @dataclass
+class PlanHistory:
+    """The CRM's subscription history: a (plan, ARPU) row holds from ``valid_from`` until the
+    person's next row. Every person has a first row (at sign-up); a query before it reads it."""
+
+    person: np.ndarray  # int64 index into people
+    valid_from: np.ndarray  # int64 us
+    plan: np.ndarray  # object, one of PLANS
+    arpu: np.ndarray  # float64, monthly revenue
+
+    def __post_init__(self) -> None:
+        order = np.lexsort((self.valid_from, self.person))
+        for name in ("person", "valid_from", "plan", "arpu"):
+            setattr(self, name, np.asarray(getattr(self, name))[order])
+        self._keys = person_time_key(self.person, self.valid_from)  # sorted, as the rows are
+
+    @classmethod
+    def from_frame(cls, plans: pd.DataFrame, index: pd.Index) -> PlanHistory:
+        """From a ``plans`` table (PLAN_COLUMNS), people located through ``index``."""
+        valid = plans["valid_from"]
+        if valid.dtype.kind == "M":
+            valid = pd.DatetimeIndex(valid).tz_convert("UTC").as_unit("us").asi8
+        return cls(
+            index.get_indexer(plans["person_id"]).astype(np.int64),
+            np.asarray(valid, dtype=np.int64),
+            plans["plan"].to_numpy(dtype=object),
+            plans["arpu"].to_numpy(dtype=np.float64),
+        )
+
+    def at(self, idx: np.ndarray, at_us: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(plan, arpu) valid at each moment: the person's last row from at or before it."""
+        idx = np.asarray(idx, dtype=np.int64)
+        pos = np.searchsorted(self._keys, person_time_key(idx, at_us), side="right") - 1
+        mine = (pos >= 0) & (self.person[np.maximum(pos, 0)] == idx)
+        row = np.where(mine, pos, np.searchsorted(self.person, idx, side="left"))
+        return self.plan[row], self.arpu[row]
+
+    def last(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(plan, arpu) of each of ``n`` people's latest row: what the CRM holds today."""
+        row = np.searchsorted(self.person, np.arange(n), side="right") - 1
+        return self.plan[row], self.arpu[row]
+
+    def frame(self, person_ids: np.ndarray) -> pd.DataFrame:
+        """The ``plans`` table (valid_from as int64 us until written), by person then time."""
+        return pd.DataFrame(
+            {
+                "person_id": person_ids[self.person],
+                "valid_from": self.valid_from,
+                "plan": self.plan,
+                "arpu": self.arpu,
+            }
+        )
+
+
+@dataclass
 class Population:
     """People plus the household-level facts identity records are built from."""
 
@@ -59,6 +113,7 @@ class Population:
     household_idx: np.ndarray  # per person, 0..H-1
     household_has_landline: np.ndarray  # per household
     household_has_family_email: np.ndarray  # per household
+    plans: PlanHistory | None = None  # set by simulator.lifecycle.simulate_plan_changes
 
 
 def _households(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -165,6 +220,19 @@ def make_people(rng: np.random.Generator, n: int) -> Population:
     )
 
 
+def static_plans(people: pd.DataFrame) -> pd.DataFrame:
+    """A plan history with one row per person (their plan from sign-up): for worlds written
+    before plan changes were simulated."""
+    return pd.DataFrame(
+        {
+            "person_id": people["person_id"],
+            "valid_from": people["tenure_start"],
+            "plan": people["plan"],
+            "arpu": people["arpu"],
+        }
+    )
+
+
 def months_between(from_us: np.ndarray, to_us: np.ndarray) -> np.ndarray:
     """(to - from) in months; NaN where ``to`` is null (-1)."""
     to = np.asarray(to_us, dtype=np.int64)
@@ -181,15 +249,22 @@ def contract_end_at(people: pd.DataFrame, idx: np.ndarray, at_us: np.ndarray) ->
     )
 
 
-def profile_at(people: pd.DataFrame, idx: np.ndarray, at_us: np.ndarray) -> pd.DataFrame:
+def profile_at(
+    people: pd.DataFrame, idx: np.ndarray, at_us: np.ndarray, plans: PlanHistory | None = None
+) -> pd.DataFrame:
     """The profile fields offers' eligibility rules read, from the truth (rules may only name
-    fields of the profile_v1 FeatureService or its derived fields: offers.rules.rule_fields)."""
+    fields of the profile_v1 FeatureService or its derived fields: offers.rules.rule_fields).
+    Plan and ARPU are the ones valid at each moment when ``plans`` is given, else the table's."""
     at = np.broadcast_to(np.asarray(at_us, dtype=np.int64), idx.shape)
+    if plans is None:
+        plan, arpu = people["plan"].to_numpy()[idx], people["arpu"].to_numpy()[idx]
+    else:
+        plan, arpu = plans.at(idx, at)
     return pd.DataFrame(
         {
-            "plan": pd.Categorical(people["plan"].to_numpy()[idx], categories=PLANS),
+            "plan": pd.Categorical(plan, categories=PLANS),
             "tenure_months": months_between(people["tenure_start"].to_numpy()[idx], at),
             "months_left": months_between(at, contract_end_at(people, idx, at)),
-            "arpu": people["arpu"].to_numpy()[idx],
+            "arpu": arpu,
         }
     )

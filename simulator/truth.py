@@ -30,7 +30,7 @@ import pandas as pd
 
 from offers.catalog import Catalog, load_catalog
 from simulator.clock import US_PER_DAY, last_before, to_us
-from simulator.people import contract_end_at, months_between, profile_at
+from simulator.people import PlanHistory, contract_end_at, months_between, profile_at, static_plans
 from simulator.response import (
     CHANNEL_IDS,
     OFFER_IDS,
@@ -65,7 +65,10 @@ class Truth(LiveSampling):
         complaints: pd.DataFrame,
         meta: dict[str, Any],
         catalog: Catalog | None = None,
+        plans: pd.DataFrame | None = None,
     ) -> None:
+        """``plans`` is the world's plan history (PLAN_COLUMNS); without it each person's
+        plan and ARPU of the people table hold throughout."""
         self.catalog = catalog or load_catalog()
         self.meta = meta
         p = people.reset_index(drop=True).copy()
@@ -73,6 +76,9 @@ class Truth(LiveSampling):
             p[c] = _us_or_null(p[c])
         self.people = p
         self.index = pd.Index(p["person_id"])
+        self.plans = PlanHistory.from_frame(
+            static_plans(people) if plans is None else plans, self.index
+        )
         self.end_us = int(to_us(pd.Timestamp(meta["end"])))
         self._c_person = complaints["person"].to_numpy()
         self._c_ts = complaints["t"].to_numpy()
@@ -86,8 +92,8 @@ class Truth(LiveSampling):
         """Truth of a written world (reads people, identities and complaint events)."""
         from simulator.world import load_world_tables
 
-        people, identities, complaints, meta = load_world_tables(world_dir)
-        return cls(people, identities, _complaints(complaints, people), meta, catalog)
+        people, identities, complaints, plans, meta = load_world_tables(world_dir)
+        return cls(people, identities, _complaints(complaints, people), meta, catalog, plans)
 
     @classmethod
     def from_world(cls, world: World, catalog: Catalog | None = None) -> Truth:
@@ -98,6 +104,7 @@ class Truth(LiveSampling):
             _complaints(ev[ev.event_type == "complaint"], world.people),
             world.meta,
             catalog,
+            world.plans,
         )
 
     def _offer_attr(self, offer_id: str, attr: str) -> float:
@@ -141,7 +148,7 @@ class Truth(LiveSampling):
         """Eligible, valid and not churned: otherwise nobody can buy it."""
         churned = self.people["churned_at"].to_numpy()[idx]
         ok = (churned < 0) | (at_us < churned)
-        profile = profile_at(self.people, idx, at_us)
+        profile = profile_at(self.people, idx, at_us, self.plans)
         for code in np.unique(o_idx):
             m = o_idx == code
             if OFFER_IDS[code] not in self.catalog.ids:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,9 +18,6 @@ from pydantic import BaseModel
 from features.schema import ID_COLUMNS
 from simulator.clock import US_PER_DAY, to_timestamp, to_us
 from simulator.events import RETAIL_PRICE, RETAIL_WEIGHT
-
-if TYPE_CHECKING:
-    from simulator.truth import Truth
 
 # Where live decisions happen (share of visits); paid_media is bought reach, not a visit.
 VISIT_CHANNELS = {"web": 0.45, "app": 0.25, "email": 0.12, "sms": 0.05, "call_centre": 0.06,
@@ -60,10 +57,9 @@ def identifiers_by_person(identities: pd.DataFrame, index: pd.Index) -> dict[str
     return out
 
 
-def channel_weights(truth: Truth) -> dict[str, np.ndarray]:
-    """Per channel, each person's relative chance of being the visitor (0 if unreachable)."""
-    p = truth.people
-    ids = truth._ids
+def channel_weights(p: pd.DataFrame, ids: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per channel, each person's relative chance of being the visitor (0 if unreachable);
+    ``p`` is the people table, ``ids`` what :func:`identifiers_by_person` gives."""
     alive = (p["churned_at"].to_numpy() < 0).astype(float)
     tech = p["tech_affinity"].to_numpy()
     price = p["price_sensitivity"].to_numpy()
@@ -79,10 +75,16 @@ def channel_weights(truth: Truth) -> dict[str, np.ndarray]:
 
 
 def draw_visits(
-    truth: Truth, rng: np.random.Generator, n: int, start_us: int, span_us: int
+    people: pd.DataFrame,
+    src: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    n: int,
+    start_us: int,
+    span_us: int,
 ) -> pd.DataFrame:
-    """``n`` visits uniformly in [start, start + span): DataFrame with the truth person_id."""
-    weights = channel_weights(truth)
+    """``n`` visits uniformly in [start, start + span) among ``people`` (identifiers ``src``
+    from :func:`identifiers_by_person`): DataFrame with the truth person_id."""
+    weights = channel_weights(people, src)
     names = list(VISIT_CHANNELS)
     share = np.array([VISIT_CHANNELS[c] for c in names])
     channel = np.asarray(names, dtype=object)[rng.choice(len(names), n, p=share / share.sum())]
@@ -93,7 +95,6 @@ def draw_visits(
         if m.any():
             person[m] = rng.choice(len(w), int(m.sum()), p=w / w.sum())
     ids = {c: np.full(n, None, dtype=object) for c in ID_COLUMNS}
-    src = truth._ids
     m = channel == "web"
     owner, cookies = src["cookie_owner"], src["cookie_id"]
     first = np.searchsorted(owner, person[m], side="left")
@@ -125,7 +126,7 @@ def draw_visits(
         {
             "visit_id": [f"V{i:08d}" for i in range(n)],
             "at": to_timestamp(at[order]),
-            "person_id": truth.people["person_id"].to_numpy()[person[order]],
+            "person_id": people["person_id"].to_numpy()[person[order]],
             "channel": channel[order],
             **{k: v[order] for k, v in ids.items()},
             "open_basket": basket[order],
@@ -137,9 +138,12 @@ def draw_visits(
 
 class LiveSampling:
     """Visits and responses after the history ends, for the replay and the demo; mixed into
-    :class:`simulator.truth.Truth`, which supplies the world's end and conversion probabilities."""
+    :class:`simulator.truth.Truth`, which supplies the people, their identifiers, the world's
+    end and conversion probabilities (this module never imports it: the arrow points one way)."""
 
-    end_us: int  # these three are Truth's
+    people: pd.DataFrame  # these five are Truth's
+    _ids: dict[str, np.ndarray]
+    end_us: int
     conversion_probs: Callable[..., tuple[np.ndarray, np.ndarray]]
     conversion_prob: Callable[..., float]
 
@@ -152,7 +156,7 @@ class LiveSampling:
         (email, phone, loyalty_id, login_id, cookie_id; others null), open_basket,
         basket_value. People who churned during the history do not visit."""
         start_us = self.end_us if start is None else int(to_us(start))
-        return draw_visits(self, rng, n, start_us, int(span_days * US_PER_DAY))
+        return draw_visits(self.people, self._ids, rng, n, start_us, int(span_days * US_PER_DAY))
 
     def sample_visit(self, rng: np.random.Generator, at: Any = None) -> Visit:
         row = self.sample_visits(rng, 1, start=at, span_days=0 if at is not None else 30).iloc[0]

@@ -19,7 +19,13 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from features.schema import EVENT_COLUMNS, EXPOSURE_COLUMNS, IDENTITY_COLUMNS, PEOPLE_COLUMNS
+from features.schema import (
+    EVENT_COLUMNS,
+    EXPOSURE_COLUMNS,
+    IDENTITY_COLUMNS,
+    PEOPLE_COLUMNS,
+    PLAN_COLUMNS,
+)
 from offers.catalog import Catalog, load_catalog
 from simulator.buffer import EventBuffer
 from simulator.campaigns import HOLDOUT_SHARE, simulate_campaigns
@@ -27,12 +33,17 @@ from simulator.clock import START_US, US_PER_DAY, WORLD_START, to_timestamp
 from simulator.comebacks import CONTACT_TYPES, add_comebacks, comeback_rate
 from simulator.events import simulate_activity
 from simulator.identities import Keys, make_identities
-from simulator.lifecycle import simulate_lifecycle
-from simulator.people import make_people
+from simulator.lifecycle import simulate_lifecycle, simulate_plan_changes
+from simulator.people import make_people, static_plans
 from simulator.response import OFFER_IDS, WINDOW_DAYS
 
-TABLES = ("people", "identities", "events", "exposures")
-STAGES = ("people", "identities", "lifecycle", "activity", "campaigns", "comebacks", "assemble")
+TABLES = ("people", "identities", "events", "exposures", "plans")
+STAGES = ("people", "identities", "plans", "lifecycle", "activity", "campaigns", "comebacks",
+          "assemble")  # fmt: skip
+# Child seeds in the order stages were added (not run): a new stage takes a new child, so the
+# earlier stages keep drawing exactly what they drew before it existed.
+SEEDED_STAGES = ("people", "identities", "lifecycle", "activity", "campaigns", "comebacks",
+                 "assemble", "plans")  # fmt: skip
 
 
 @dataclass
@@ -43,6 +54,7 @@ class World:
     identities: pd.DataFrame
     events: pd.DataFrame
     exposures: pd.DataFrame
+    plans: pd.DataFrame  # the CRM's plan and ARPU history (valid_from); people hold the latest
     meta: dict[str, Any] = field(default_factory=dict)
     keys: Keys | None = None
 
@@ -64,7 +76,8 @@ def build_world(
     unknown = [o.id for o in catalog.offers if o.id not in OFFER_IDS]
     if unknown:
         raise ValueError(f"offers without a response model in simulator.response: {unknown}")
-    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(STAGES))]
+    seeds = np.random.SeedSequence(seed).spawn(len(SEEDED_STAGES))
+    rng = {name: np.random.default_rng(s) for name, s in zip(SEEDED_STAGES, seeds, strict=True)}
     buf = EventBuffer()
     with Progress(
         TextColumn("simulate {task.description:<11}"),
@@ -79,19 +92,23 @@ def build_world(
         def step(name: str) -> None:
             bar.update(task, advance=1, description=name)
 
-        pop = make_people(rngs[0], customers)
+        pop = make_people(rng["people"], customers)
         step("identities")
-        identities, keys = make_identities(rngs[1], pop)
+        identities, keys = make_identities(rng["identities"], pop)
+        step("plans")
+        simulate_plan_changes(rng["plans"], pop, days)
         step("lifecycle")
-        simulate_lifecycle(rngs[2], pop, keys, days, buf)
+        simulate_lifecycle(rng["lifecycle"], pop, keys, days, buf)
         step("activity")
-        baskets = simulate_activity(rngs[3], pop, keys, days, buf)
+        baskets = simulate_activity(rng["activity"], pop, keys, days, buf)
         step("campaigns")
         sessions = {ch: buf.select(("session_start",), channel=ch) for ch in ("web", "app")}
-        exposures = simulate_campaigns(rngs[4], pop, keys, catalog, days, baskets, sessions, buf)
+        exposures = simulate_campaigns(
+            rng["campaigns"], pop, keys, catalog, days, baskets, sessions, buf
+        )
         step("comebacks")
         cp, ct = buf.select(CONTACT_TYPES, campaign=True)
-        add_comebacks(rngs[5], pop, keys, days, baskets, cp, ct, buf)
+        add_comebacks(rng["comebacks"], pop, keys, days, baskets, cp, ct, buf)
         step("assemble")
         person_ids = pop.people["person_id"].to_numpy()
         events = buf.frame(person_ids)
@@ -109,6 +126,7 @@ def build_world(
         identities = _timestamps(identities, ["created_at"])
         events = _timestamps(events, ["ts"])
         exposures = _exposures(exposures, person_ids)
+        plans = _timestamps(pop.plans.frame(person_ids), ["valid_from"])
         step("done")
     meta = {
         "customers": customers,
@@ -125,6 +143,7 @@ def build_world(
         identities[list(IDENTITY_COLUMNS)],
         events[list(EVENT_COLUMNS)],
         exposures[list(EXPOSURE_COLUMNS)],
+        plans[list(PLAN_COLUMNS)],
         meta,
         keys,
     )
@@ -149,6 +168,7 @@ _SCHEMAS = {
     "identities": IDENTITY_COLUMNS,
     "events": EVENT_COLUMNS,
     "exposures": EXPOSURE_COLUMNS,
+    "plans": PLAN_COLUMNS,
 }
 
 
@@ -176,7 +196,7 @@ def _exposures(ex: pd.DataFrame, person_ids: np.ndarray) -> pd.DataFrame:
 
 
 def write_world(world: World, out: str | Path) -> dict[str, Path]:
-    """Write the four tables as Parquet (microsecond UTC timestamps) plus ``world.json``."""
+    """Write the tables as Parquet (microsecond UTC timestamps) plus ``world.json``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -195,8 +215,19 @@ def load_world(world_dir: str | Path) -> World:
         raise FileNotFoundError(
             f"{d} holds no simulated world (no world.json); run nextbest simulate"
         )
-    tables = {t: pd.read_parquet(d / f"{t}.parquet") for t in TABLES}
-    return World(**tables, meta=json.loads((d / "world.json").read_text()))
+    tables = {t: pd.read_parquet(d / f"{t}.parquet") for t in TABLES if t != "plans"}
+    return World(
+        **tables,
+        plans=read_plans(d, tables["people"]),
+        meta=json.loads((d / "world.json").read_text()),
+    )
+
+
+def read_plans(world_dir: str | Path, people: pd.DataFrame) -> pd.DataFrame:
+    """The plan history of a written world; a world written before it existed has none, so
+    each person's one plan holds from sign-up."""
+    path = Path(world_dir) / "plans.parquet"
+    return pd.read_parquet(path) if path.exists() else static_plans(people)
 
 
 def simulate_world(customers: int, days: int, seed: int, out: str | Path) -> dict[str, Any]:
@@ -229,6 +260,7 @@ def summarize(world: World) -> dict[str, Any]:
         "seed": world.meta["seed"],
         "rows": {t: len(df) for t, df in world.tables().items()},
         "churned_share": round(float(world.people["churned_at"].notna().mean()), 4),
+        "plan_changed_share": round(_plan_changed_share(world), 4),
         "basket_comeback": {
             k: round(v, 4) if isinstance(v, float) else v
             for k, v in comeback_rate(world.events, WINDOW_DAYS).items()
@@ -244,10 +276,18 @@ def summarize(world: World) -> dict[str, Any]:
     }
 
 
+def _plan_changed_share(world: World) -> float:
+    """Share of people whose plan (not only ARPU) changed during the simulated days."""
+    plans = world.plans
+    moved = plans["plan"] != plans.groupby("person_id")["plan"].shift().fillna(plans["plan"])
+    return plans.loc[moved, "person_id"].nunique() / max(len(world.people), 1)
+
+
 def load_world_tables(
     world_dir: str | Path,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """What the truth needs, without reading every event: people, identities, complaints."""
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """What the truth needs, without reading every event: people, identities, complaints and
+    the plan history."""
     d = Path(world_dir)
     if not (d / "world.json").exists():
         raise FileNotFoundError(
@@ -258,9 +298,11 @@ def load_world_tables(
         columns=["ts", "event_type", "true_person_id"],
         filters=[("event_type", "==", "complaint")],
     ).to_pandas()
+    people = pd.read_parquet(d / "people.parquet")
     return (
-        pd.read_parquet(d / "people.parquet"),
+        people,
         pd.read_parquet(d / "identities.parquet"),
         complaints,
+        read_plans(d, people),
         json.loads((d / "world.json").read_text()),
     )

@@ -26,7 +26,7 @@ customer_profile = FeatureView(
     ],
     source=customer_snapshots,
     online=True,
-    description="contract profile from the CRM extract as of the snapshot",
+    description="contract profile as of the snapshot (plan, ARPU: the CRM history's row then)",
 )
 
 customer_consent = FeatureView(

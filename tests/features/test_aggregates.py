@@ -179,6 +179,42 @@ def test_contract_end_before_a_renewal_is_the_prior_one() -> None:
     assert months[times[1]] == pytest.approx(153 / 30.4375)  # Mar 1 -> Aug 1, renewed
 
 
+# A customer on postpaid_m (27.00) since sign-up moves up to postpaid_l (40.00) on Feb 10 and
+# sees a bolt-on drop on Mar 1; today's CRM extract (the profile) holds the latest values.
+PLAN_HISTORY = pd.DataFrame(
+    {
+        "customer_id": ["a", "a", "a"],
+        "valid_from": pd.to_datetime(["2025-01-01", "2026-02-10", "2026-03-01"], utc=True),
+        "plan": ["postpaid_m", "postpaid_l", "postpaid_l"],
+        "arpu": [27.0, 40.0, 36.5],
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("at", "plan", "arpu"),
+    [
+        ("2026-02-01", "postpaid_m", 27.0),  # before the upgrade: the old plan
+        ("2026-02-10", "postpaid_m", 27.0),  # the upgrade at exactly T is the future
+        ("2026-02-10 00:00:01", "postpaid_l", 40.0),
+        ("2026-02-15", "postpaid_l", 40.0),
+        ("2026-03-08", "postpaid_l", 36.5),  # ARPU drifts without a plan change
+    ],
+)
+def test_plan_and_arpu_at_t_are_the_ones_valid_before_t(at: str, plan: str, arpu: float) -> None:
+    """Item 13: a later plan or ARPU never leaks into an earlier snapshot."""
+    profile = _profile(plan=["postpaid_l"], arpu=[36.5])  # today's extract
+    t = pd.Timestamp(at, tz="UTC")
+    row = batch_features(_events(HISTORY), profile, [t], PLAN_HISTORY).iloc[0]
+    assert (row["plan"], row["arpu"]) == (plan, arpu)
+
+
+def test_without_a_plan_history_the_profile_holds_at_every_t() -> None:
+    times = [T, pd.Timestamp("2026-03-08", tz="UTC")]
+    out = batch_features(_events(HISTORY), _profile(), times)
+    assert list(out["plan"]) == ["postpaid_m"] * 2 and list(out["arpu"]) == [27.0] * 2
+
+
 def test_snapshot_times_are_weekly_plus_final_day() -> None:
     times = snapshot_times(
         pd.Timestamp("2026-01-01", tz="UTC"), pd.Timestamp("2026-01-31", tz="UTC")
@@ -187,17 +223,21 @@ def test_snapshot_times_are_weekly_plus_final_day() -> None:
 
 
 def test_world_snapshot_equals_one_from_the_log_truncated_at_t(feature_home) -> None:  # noqa: ANN001
-    """Recompute every snapshot from only the events before it: identical frames."""
+    """Recompute every snapshot from only the events and plan changes before it: identical
+    frames (the profile passed is today's extract, whose plan and ARPU must not show)."""
     from features.ingest import read_event_log
 
     events = read_event_log(feature_home.settings)
     profile = pd.read_parquet(feature_home.build["profile_file"])
+    plans = pd.read_parquet(feature_home.build["plans_file"])
     full_b, full_r = feature_home.batch(), feature_home.realtime()
     times = [pd.Timestamp(t) for t in feature_home.build["snapshots"]]
+    assert (plans["valid_from"] >= times[0]).any()  # plans change inside the window
     for t in times[:-1]:
         cut = events[events["ts"] < t]
         assert len(cut) < len(events)  # there is a future to leak
-        b = batch_features(cut, profile, [t]).reset_index(drop=True)
+        b = batch_features(cut, profile, [t], plans[plans["valid_from"] < t])
+        b = b.reset_index(drop=True)
         r = realtime_features(cut, profile, [t]).reset_index(drop=True)
         pd.testing.assert_frame_equal(
             b, full_b[full_b["event_timestamp"] == t].reset_index(drop=True), check_dtype=False

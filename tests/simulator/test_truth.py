@@ -205,3 +205,18 @@ def test_load_from_disk_gives_the_same_truth(truth: Truth, world: World, tmp_pat
     )
     with pytest.raises(FileNotFoundError, match="holds no simulated world"):
         Truth.load(tmp_path / "nothing")
+
+
+def test_simulator_modules_import_one_way() -> None:
+    """No two simulator modules import each other (truth.py mixes in visits.py's live
+    sampling; visits.py must not import truth.py back, not even for type hints)."""
+    import grimp
+
+    graph = grimp.build_graph("simulator", cache_dir=None)
+    both_ways = sorted(
+        (a, b)
+        for a in graph.modules
+        for b in graph.find_modules_directly_imported_by(a)
+        if a < b and a in graph.find_modules_directly_imported_by(b)
+    )
+    assert both_ways == []

@@ -125,3 +125,46 @@ def test_training_reports_and_gate(trained_world) -> None:  # noqa: ANN001
     assert run.data.tags["valid_window"] == churn["valid_window"]
     artifacts = {a.path for a in client.list_artifacts(churn["run_id"], "plots")}
     assert artifacts == {"plots/calibration.png", "plots/gains.png", "plots/feature_importance.png"}
+
+
+def test_plan_and_arpu_are_as_of_each_frame_and_the_latest_online(trained_world) -> None:  # noqa: ANN001
+    """Item 13: customers who changed plan or ARPU inside the history. Feast's point-in-time
+    frame at each snapshot T shows the plan and ARPU the CRM held just before T (never today's
+    extract), and the online store, materialised from the snapshots, shows the latest."""
+    from features.identity import graph_for
+    from features.store import read_online
+    from training.datasets import point_in_time
+
+    world, settings = trained_world.world, trained_world.settings
+    plans = pd.read_parquet(world / "plans.parquet")
+    today = pd.read_parquet(world / "people.parquet", columns=["person_id", "plan", "arpu"])
+    crm = pd.read_parquet(world / "identities.parquet").query("source == 'crm'")
+    crm = crm.assign(customer_id=graph_for(settings).map_identifiers(crm).to_numpy())
+    owners = crm.dropna(subset=["customer_id"]).drop_duplicates(["true_person_id", "customer_id"])
+    alone = owners.groupby("customer_id")["true_person_id"].transform("size") == 1
+    account = owners.loc[alone].set_index("true_person_id")["customer_id"]
+    changed = plans["person_id"].duplicated() & plans["person_id"].isin(account.index)
+    movers = plans.loc[plans["person_id"].isin(plans.loc[changed, "person_id"])]
+    times = pd.to_datetime(trained_world.build["snapshots"], utc=True).astype("datetime64[us, UTC]")
+    rows = pd.merge_asof(
+        pd.DataFrame({"event_timestamp": times}).merge(
+            movers[["person_id"]].drop_duplicates(), how="cross"
+        ),
+        movers.rename(columns={"valid_from": "since"}).sort_values("since"),
+        left_on="event_timestamp",
+        right_on="since",
+        by="person_id",
+        allow_exact_matches=False,  # a change at exactly T is T's future
+    ).dropna(subset=["plan"])
+    rows["customer_id"] = rows["person_id"].map(account)
+    latest = rows["person_id"].map(today.set_index("person_id")["arpu"])
+    assert (rows["arpu"] != latest).sum() >= 10, "some snapshots predate a change: the check bites"
+    frame = point_in_time(settings, "churn_v1", rows[["customer_id", "event_timestamp"]])
+    assert frame["plan"].tolist() == rows["plan"].tolist()
+    np.testing.assert_allclose(frame["arpu"].to_numpy(), rows["arpu"].to_numpy())
+
+    ids = account.loc[movers["person_id"].unique()]
+    online = read_online(trained_world.store, "churn_v1", ids.tolist())
+    want = today.set_index("person_id").loc[ids.index]
+    assert [r["plan"] for r in online] == want["plan"].tolist()
+    np.testing.assert_allclose([r["arpu"] for r in online], want["arpu"].to_numpy())
