@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.compute as pa_compute
 import pyarrow.parquet as pq
 
+from features.online_read import forget_customer
 from features.store import get_store
 from nextbest.settings import Settings, get_settings
 
@@ -33,6 +34,7 @@ def erase_customer(
     # files first: a failing online store (Redis down) still leaves them erased
     event_log = _erase_event_log(settings, customer_id)
     offline = sum(_erase_parquet(p, customer_id) for p in _parquet_files(store))
+    forget_customer(store, customer_id)
     return {
         "online": _erase_online(store, customer_id),
         "offline": offline,
@@ -71,13 +73,12 @@ def _erase_online(store: FeatureStore, customer_id: str) -> int:
 
 def _scrub(conn: Any, statements: list[str], params: tuple[Any, ...]) -> int:
     """Run deletes in one transaction with ``secure_delete`` on (freed pages are zeroed, so
-    the bytes do not linger in the file) and checkpoint the WAL; rows deleted."""
+    the bytes do not linger in the file) and checkpoint the WAL; rows deleted. The pragma
+    stays on: the stores open their connections with it (earlier updates' freed cells are
+    zeroed too), and turning it off here would undo that for the connection's later writes."""
     conn.execute("PRAGMA secure_delete=ON")
-    try:
-        with conn:
-            n = sum(conn.execute(s, params).rowcount for s in statements)
-    finally:
-        conn.execute("PRAGMA secure_delete=OFF")
+    with conn:
+        n = sum(conn.execute(s, params).rowcount for s in statements)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # best effort: busy readers keep it
     return n
 

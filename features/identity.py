@@ -29,6 +29,12 @@ KEY_TYPES = dict(
 STRONG = ("login_id", "loyalty_id", "cookie_id")
 
 
+def salted_hash(salt: bytes, kind: str, value: str) -> str:
+    """HMAC-SHA256 of ``kind:value`` under the identity salt (32 hex characters): how the
+    graph stores keys, and how other stores keep an id they must not hold in the clear."""
+    return hmac.new(salt, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
 class Identifiers(BaseModel):
     """Whatever a channel knows about the visitor; every field optional."""
 
@@ -61,7 +67,7 @@ class IdentityGraph:
         self.last_stats: dict[str, int] = {}
 
     def _hash(self, kind: str, value: str) -> str:
-        return hmac.new(self._salt, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()[:32]
+        return salted_hash(self._salt, kind, value)
 
     @staticmethod
     def _key_type(field: str, value: str) -> str:
