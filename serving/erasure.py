@@ -107,11 +107,13 @@ def resume_pending(deps: Deps) -> list[dict[str, Any]]:
     ``erase --resume``); then, if any request finished since this worker last looked, drop
     this worker's in-memory copies of identifiers (``forget_in_memory``)."""
     create_tables(deps.ledger.engine, metadata)
-    with deps.ledger.engine.connect() as conn:
-        pending = conn.execute(
+    with deps.ledger.engine.connect() as conn:  # closed before erasing: an open read would
+        pending = conn.execute(  # keep the WAL from being truncated after the erasure
             select(erasures.c.request_id).where(erasures.c.status == "pending")
         ).scalars()
-        results = [_run(request_id, deps) for request_id in list(pending)]
+        request_ids = list(pending)
+    results = [_run(request_id, deps) for request_id in request_ids]
+    with deps.ledger.engine.connect() as conn:
         finished = conn.execute(select(func.count()).where(erasures.c.status == "done"))
         done = finished.scalar_one()
     if done != deps.erasures_seen:  # another worker's erasure: forget here too

@@ -216,3 +216,33 @@ def test_erased_merged_person_leaves_no_byte_in_any_file_under_the_home(tmp_path
     assert _found(settings.home, needles) == []
     assert _caches_holding() == []
     assert deps.ledger.counts()["decisions"] >= 3  # decisions stay, anonymised, for the counts
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["erase"], "error: give a CUSTOMER_ID or --resume (one of them)"),
+        (["erase", "c1", "--resume"], "error: give a CUSTOMER_ID or --resume (one of them)"),
+    ],
+)
+def test_erase_command_needs_one_person_or_resume(args: list[str], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from nextbest.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert (result.exit_code, result.stderr.strip()) == (2, message)
+
+
+def test_erase_command_erases_then_resumes_nothing(private_home: Path) -> None:
+    """``nextbest erase ID`` runs POST /erase's path; ``--resume`` then finds nothing pending."""
+    from typer.testing import CliRunner
+
+    from nextbest.cli import app
+
+    runner = CliRunner()
+    erased = runner.invoke(app, ["erase", "nobody", "--json"])
+    assert erased.exit_code == 0, erased.output
+    assert json.loads(erased.stdout.splitlines()[-1])["status"] == "done"
+    resumed = runner.invoke(app, ["erase", "--resume", "--json"])
+    assert json.loads(resumed.stdout.splitlines()[-1]) == {"resumed": []}
