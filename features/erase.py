@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 import pyarrow.compute as pa_compute
 import pyarrow.parquet as pq
 
@@ -19,6 +20,8 @@ from nextbest.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from feast import FeatureStore
+
+    from features.identity import IdentityGraph
 
 
 def erase_customer(
@@ -114,4 +117,34 @@ def _erase_event_log(settings: Settings, customer_id: str) -> int:
     con = _live_db(settings)
     with _lock:
         n += _scrub(con, ["DELETE FROM events WHERE customer_id = ?"], (customer_id,))
+    return n
+
+
+def erase_source_rows(
+    settings: Settings, graph: IdentityGraph, key_hashes: list[str], customer_ids: list[str]
+) -> int:
+    """The person's rows in the extracts under ``settings.world_dir`` (the identity records
+    and events the source systems delivered, raw identifiers included): a row goes when one
+    of its identifiers hashes to one of the person's stored keys, or its ``customer_id`` is
+    theirs. Files are rewritten atomically; rows removed. The sources keep their own copies:
+    they must erase too, or a re-delivered extract brings the person back."""
+    from features.identity import KEY_TYPES
+
+    wanted, n = set(key_hashes), 0
+    for path in sorted(settings.world_dir.glob("*.parquet")):
+        names = pq.read_schema(path).names
+        fields = [f for f in KEY_TYPES if f in names]
+        if not fields and "customer_id" not in names:
+            continue
+        frame = pq.read_table(path).to_pandas()
+        hit = pd.Series(False, index=frame.index)
+        for field in fields:
+            hit |= graph.column_hashes(field, frame[field]).isin(wanted)
+        if "customer_id" in names:
+            hit |= frame["customer_id"].isin(customer_ids)
+        if hit.any():
+            tmp = path.with_suffix(".erase.tmp")
+            frame.loc[~hit].to_parquet(tmp, index=False)
+            tmp.replace(path)  # readers see the old file or the new one, never half of one
+            n += int(hit.sum())
     return n

@@ -2,12 +2,13 @@
 request cut short (a store down, a crash) is finished by a retry or the service's next round.
 
 A request is recorded (the ``erasures`` table, in the ledger's database) before anything is
-deleted, with every customer id the person has had: the id asked for, the id it resolves to
-and the ids merged into it, read while the identity graph still knows the merges. Each store
+deleted, with every customer id the person has had (the id asked for, the id it resolves to
+and the ids merged into it, read while the identity graph still knows the merges) and the
+salted hashes of their identifiers (to find their rows in the source extracts). Each store
 is then erased and marked done; a retry of the same request, ``resume_pending`` (the
 service's background round, ``nextbest erase --resume``) runs what is not done. Once every
-store is done the ids leave the record too: what stays is the request id, a salted hash of
-the id asked for, the done flags and the times, the proof that the erasure ran.
+store is done the ids and hashes leave the record too: what stays is the request id, a
+salted hash of the id asked for, the done flags and the times, the proof that it ran.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -37,7 +39,7 @@ from serving.deps import Deps
 
 log = logging.getLogger("nextbest.serving")
 
-STORES = ("ledger", "identities", "features", "models")  # erased in this order
+STORES = ("ledger", "identities", "features", "sources", "models")  # erased in this order
 
 metadata = MetaData()
 erasures = Table(
@@ -46,6 +48,7 @@ erasures = Table(
     Column("request_id", String(36), primary_key=True),
     Column("subject_hash", String(32), nullable=False, index=True),  # salted: no id in clear
     Column("customer_ids", JSON, nullable=False),  # every id to erase; emptied once done
+    Column("key_hashes", JSON, nullable=False),  # the person's salted identifier keys; same
     Column("requested_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("status", String(16), nullable=False, index=True),  # pending|done
@@ -59,6 +62,14 @@ def subject_hash(deps: Deps, customer_id: str) -> str:
     from features.identity import salted_hash
 
     return salted_hash(deps.settings.identity_salt.encode(), "erasure", customer_id)
+
+
+@dataclass(frozen=True)
+class Person:
+    """What the record keeps of the person until every store is done."""
+
+    customer_ids: list[str]  # every id they have had
+    key_hashes: list[str]  # their identifiers' salted keys, to find them in source extracts
 
 
 def erasable_ids(customer_id: str, deps: Deps) -> list[str]:
@@ -80,6 +91,7 @@ def erase(customer_id: str, deps: Deps) -> dict[str, Any]:
     create_tables(deps.ledger.engine, metadata)
     subject = subject_hash(deps, customer_id)
     ids = erasable_ids(customer_id, deps)  # before anything of this request is deleted
+    keys = deps.graph.key_hashes(ids) if deps.graph is not None else []
     with deps.ledger.engine.begin() as conn:
         pending = erasures.c.subject_hash == subject, erasures.c.status == "pending"
         row = conn.execute(select(erasures).where(*pending)).mappings().first()
@@ -90,14 +102,16 @@ def erase(customer_id: str, deps: Deps) -> dict[str, Any]:
                     request_id=request_id,
                     subject_hash=subject,
                     customer_ids=ids,
+                    key_hashes=keys,
                     requested_at=now(),
                     status="pending",
                 )
             )
-        else:  # a retry: the ids recorded first, and any merged in since
+        else:  # a retry: the ids and keys recorded first, and any merged in since
             request_id = row["request_id"]
             ids = list(dict.fromkeys([*row["customer_ids"], *ids]))
-            conn.execute(_set(request_id, customer_ids=ids))
+            keys = sorted({*row["key_hashes"], *keys})
+            conn.execute(_set(request_id, customer_ids=ids, key_hashes=keys))
     result = _run(request_id, deps)
     return {"customer_id": customer_id, **result}
 
@@ -127,7 +141,8 @@ def _run(request_id: str, deps: Deps) -> dict[str, Any]:
     with deps.ledger.engine.connect() as conn:
         row = conn.execute(select(erasures).where(erasures.c.request_id == request_id))
         record = row.mappings().one()
-    ids: list[str] = list(record["customer_ids"])
+    person = Person(list(record["customer_ids"]), list(record["key_hashes"]))
+    ids = person.customer_ids
     result: dict[str, Any] = {"request_id": request_id, "customer_ids": ids}
     errors = []
     for store in STORES:
@@ -135,7 +150,7 @@ def _run(request_id: str, deps: Deps) -> dict[str, Any]:
             result[store] = "done earlier"
             continue
         try:
-            result[store] = STEPS[store](ids, deps)
+            result[store] = STEPS[store](person, deps)
         except Exception as exc:  # noqa: BLE001 - reported; the other stores are still erased
             result[store] = f"failed: {type(exc).__name__}: {exc}"[:300]
             errors.append(f"{store}: {result[store]}")
@@ -149,10 +164,9 @@ def _run(request_id: str, deps: Deps) -> dict[str, Any]:
         log.warning("erasure %s pending: %s", request_id, "; ".join(errors))
         result["status"] = "pending"
         return result
-    with deps.ledger.engine.begin() as conn:  # the ids were needed until now: not any more
-        conn.execute(
-            _set(request_id, customer_ids=[], status="done", finished_at=now(), last_error="")
-        )
+    with deps.ledger.engine.begin() as conn:  # needed until now, not any more
+        done = {"status": "done", "finished_at": now(), "last_error": ""}
+        conn.execute(_set(request_id, customer_ids=[], key_hashes=[], **done))
     checkpoint(deps.ledger.engine)  # the pages that held the record's ids leave the WAL
     result["status"] = "done"
     return result
@@ -166,33 +180,45 @@ def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
     return {k: sum(c[k] for c in counts) for k in counts[0]} if counts else {}
 
 
-def _ledger(ids: list[str], deps: Deps) -> dict[str, int]:
-    return _summed([deps.ledger.erase(c) for c in ids])
-
-
-def _identities(ids: list[str], deps: Deps) -> int:
+def _graph(deps: Deps) -> Any:
     if deps.graph is None:
         raise RuntimeError(f"identity graph unavailable: {deps.missing.get('graph', '?')}")
-    return sum(deps.graph.erase(c) for c in ids)
+    return deps.graph
 
 
-def _features(ids: list[str], deps: Deps) -> dict[str, int]:
+def _ledger(person: Person, deps: Deps) -> dict[str, int]:
+    return _summed([deps.ledger.erase(c) for c in person.customer_ids])
+
+
+def _identities(person: Person, deps: Deps) -> int:
+    return sum(_graph(deps).erase(c) for c in person.customer_ids)
+
+
+def _features(person: Person, deps: Deps) -> dict[str, int]:
     from features.erase import erase_customer
 
     store = getattr(deps.features, "store", None)  # None: erase_customer opens the store
-    return _summed([erase_customer(store, c, deps.settings) for c in ids])
+    return _summed([erase_customer(store, c, deps.settings) for c in person.customer_ids])
 
 
-def _models(ids: list[str], deps: Deps) -> int:
+def _sources(person: Person, deps: Deps) -> int:
+    from features.erase import erase_source_rows
+
+    graph = _graph(deps)  # hashes the extracts' identifiers as the graph stored the person's
+    return erase_source_rows(deps.settings, graph, person.key_hashes, person.customer_ids)
+
+
+def _models(person: Person, deps: Deps) -> int:
     from training.registry import erase_validation_rows
 
-    return erase_validation_rows(deps.settings, ids)
+    return erase_validation_rows(deps.settings, person.customer_ids)
 
 
-STEPS: dict[str, Callable[[list[str], Deps], Any]] = {
+STEPS: dict[str, Callable[[Person, Deps], Any]] = {
     "ledger": _ledger,
     "identities": _identities,
     "features": _features,
+    "sources": _sources,
     "models": _models,
 }
 

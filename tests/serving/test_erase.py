@@ -28,6 +28,7 @@ EMAIL, EMAIL_KEY = " Ann.Erase@Example.COM ", "ann.erase@example.com"
 PHONE, PHONE_E164, PHONE_DIGITS = "07700 900461", "+447700900461", "07700900461"
 LOYALTY, LOYALTY_KEY = "LOY-5521-88", "loy552188"
 COOKIE = "ck-7f3e9a2b41"
+FIRST, LAST = "Annabel", "Erasmusson"  # only in the source extract's identity records
 
 
 def _caches_holding() -> list[str]:
@@ -126,7 +127,28 @@ def test_erased_outcome_keeps_a_hashed_key_and_a_retry_counts_once(deps: Deps) -
 
 def _needles(ids: list[str]) -> list[str]:
     return [EMAIL.strip(), EMAIL_KEY, PHONE, PHONE_E164, PHONE_DIGITS, LOYALTY, LOYALTY_KEY,
-            COOKIE, *ids]  # fmt: skip
+            COOKIE, FIRST, LAST, *ids]  # fmt: skip
+
+
+def _source_extracts(settings: Settings) -> None:
+    """What the source systems delivered under the home's world folder: identity records
+    (the person's two, written as those systems write them, and someone else's) and events."""
+    from simulator.schema import IDENTITY_INPUT_COLUMNS
+
+    records = pd.DataFrame(
+        [
+            ["crm-1", EMAIL.upper(), None, FIRST, LAST, LOYALTY.lower(), None, None],
+            ["web-7", None, "+44 7700 900461", None, None, None, None, COOKIE],
+            ["crm-2", "bob@example.org", "07700 900999", "Bob", "Other", "LOY-1", None, None],
+        ],
+        columns=list(IDENTITY_INPUT_COLUMNS),
+    )
+    records.to_parquet(settings.world_dir / "identities.parquet", index=False)
+    events = pd.DataFrame(
+        {"event_id": ["e1", "e2"], "event_type": ["page_view"] * 2,
+         "cookie_id": [COOKIE, "ck-other"], "email": [None, "bob@example.org"]}
+    )  # fmt: skip
+    events.to_parquet(settings.world_dir / "events.parquet", index=False)
 
 
 def _found(home: Path, needles: list[str]) -> list[tuple[str, str]]:
@@ -170,9 +192,10 @@ def _log_validation_run(settings: Settings, ids: list[str]) -> None:
 @pytest.mark.slow
 def test_erased_merged_person_leaves_no_byte_in_any_file_under_the_home(tmp_path: Path) -> None:
     """A person with an e-mail, a phone, a loyalty card and a cookie, merged from two
-    customers, who visited, shopped, was decided for, converted and sits in a model's
-    validation window: after POST /erase's path, none of their identifiers or ids is in any
-    file under the home, and this process's normalisers remember none of them."""
+    customers, who visited, shopped, was decided for, converted, sits in a model's validation
+    window and in the source systems' extracts: after POST /erase's path, none of their
+    identifiers or ids is in any file under the home, and this process's normalisers
+    remember none of them."""
     from benchmarks.decide import prepare_features
     from serving import outbox
     from serving.deps import load_deps
@@ -207,15 +230,20 @@ def test_erased_merged_person_leaves_no_byte_in_any_file_under_the_home(tmp_path
         actions.OutcomeRequest(idempotency_key=f"order-{EMAIL_KEY}", customer_id=first,
                                type="conversion"), deps)  # fmt: skip
     _log_validation_run(settings, [first, second])
+    _source_extracts(settings)
     needles = _needles([first, second])
     assert {n for _, n in _found(settings.home, needles)} >= {first, second}  # the search sees
 
     erased = actions.erase(actions.EraseRequest(customer_id=current), deps)
     assert erased["status"] == "done" and erased["models"] == 2, erased
+    assert erased["sources"] == 3, erased  # two identity records and an event: not Bob's
 
     assert _found(settings.home, needles) == []
     assert _caches_holding() == []
     assert deps.ledger.counts()["decisions"] >= 3  # decisions stay, anonymised, for the counts
+    assert list(pd.read_parquet(settings.world_dir / "identities.parquet")["record_id"]) == [
+        "crm-2"
+    ]
 
 
 @pytest.mark.parametrize(
