@@ -101,6 +101,7 @@ def test_erasure_cut_short_by_the_feature_store_is_finished_by_a_retry(
     record = _erasure_record(deps)
     assert (record["status"], record["customer_ids"], record["last_error"]) == ("done", [], "")
     assert current not in json.dumps(record, default=str)  # the proof keeps a hash only
+    assert _found(sqlite.home, [current, merged_from]) == []  # nor any file, WALs included
 
 
 def test_erased_outcome_keeps_a_hashed_key_and_a_retry_counts_once(deps: Deps) -> None:
