@@ -106,6 +106,9 @@ baskets = Table(
 
 OutcomeType = Literal["click", "conversion", "revenue"]
 ERASED_PREFIX = "erased:"  # an erased outcome's idempotency key: this and a 64-hex hash
+# What an erased person's decisions keep of the columns that could name or describe them; a
+# column added to ``decisions`` that could do so belongs here too (``Ledger.erase``).
+ERASED_DECISION: dict[str, Any] = {"customer_id": None, "context": {}, "scores": {}, "reason": ""}
 
 # Built once: compiling a statement per decision cost more than running it.
 _HISTORY = union_all(
@@ -273,11 +276,12 @@ class Ledger:
         payloads, baskets, tables added later) are deleted, or anonymised where the id may be
         null. On SQLite the engine's ``secure_delete`` zeroes the freed bytes and the WAL is
         checkpointed, so the old pages leave the files too."""
-        anon = {"customer_id": None, "context": {}, "scores": {}, "reason": ""}
         counts: dict[str, int] = {}
         with self.engine.begin() as conn:
             counts["decisions"] = conn.execute(
-                update(decisions).where(decisions.c.customer_id == customer_id).values(**anon)
+                update(decisions)
+                .where(decisions.c.customer_id == customer_id)
+                .values(**ERASED_DECISION)
             ).rowcount
             keys = conn.execute(
                 select(outcomes.c.outcome_id, outcomes.c.idempotency_key).where(
