@@ -122,6 +122,9 @@ _HISTORY = union_all(
     ),
 )
 
+# Built once like _HISTORY: is this key, hashed as an erasure leaves it, already recorded?
+_ERASED_KEY = select(outcomes.c.outcome_id).where(outcomes.c.idempotency_key == bindparam("key"))
+
 
 class DecisionRow(BaseModel):
     """One decision as the ledger stores it (the contract read by OPE and reports)."""
@@ -209,8 +212,7 @@ class Ledger:
         """Insert once per idempotency key; False when the key was already recorded."""
         try:
             with self.engine.begin() as conn:
-                erased = outcomes.c.idempotency_key == self.erased_key(row.idempotency_key)
-                if conn.execute(select(outcomes.c.outcome_id).where(erased)).first():
+                if conn.execute(_ERASED_KEY, {"key": self.erased_key(row.idempotency_key)}).first():
                     return False  # recorded once already, for a person since erased
                 conn.execute(insert(outcomes), [row.model_dump()])
         except IntegrityError:
