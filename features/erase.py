@@ -10,14 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 import pyarrow.compute as pa_compute
 import pyarrow.parquet as pq
 
+from features.online_read import forget_customer
 from features.store import get_store
 from nextbest.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from feast import FeatureStore
+
+    from features.identity import IdentityGraph
 
 
 def erase_customer(
@@ -33,6 +37,7 @@ def erase_customer(
     # files first: a failing online store (Redis down) still leaves them erased
     event_log = _erase_event_log(settings, customer_id)
     offline = sum(_erase_parquet(p, customer_id) for p in _parquet_files(store))
+    forget_customer(store, customer_id)
     return {
         "online": _erase_online(store, customer_id),
         "offline": offline,
@@ -71,13 +76,12 @@ def _erase_online(store: FeatureStore, customer_id: str) -> int:
 
 def _scrub(conn: Any, statements: list[str], params: tuple[Any, ...]) -> int:
     """Run deletes in one transaction with ``secure_delete`` on (freed pages are zeroed, so
-    the bytes do not linger in the file) and checkpoint the WAL; rows deleted."""
+    the bytes do not linger in the file) and checkpoint the WAL; rows deleted. The pragma
+    stays on: the stores open their connections with it (earlier updates' freed cells are
+    zeroed too), and turning it off here would undo that for the connection's later writes."""
     conn.execute("PRAGMA secure_delete=ON")
-    try:
-        with conn:
-            n = sum(conn.execute(s, params).rowcount for s in statements)
-    finally:
-        conn.execute("PRAGMA secure_delete=OFF")
+    with conn:
+        n = sum(conn.execute(s, params).rowcount for s in statements)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # best effort: busy readers keep it
     return n
 
@@ -113,4 +117,34 @@ def _erase_event_log(settings: Settings, customer_id: str) -> int:
     con = _live_db(settings)
     with _lock:
         n += _scrub(con, ["DELETE FROM events WHERE customer_id = ?"], (customer_id,))
+    return n
+
+
+def erase_source_rows(
+    settings: Settings, graph: IdentityGraph, key_hashes: list[str], customer_ids: list[str]
+) -> int:
+    """The person's rows in the extracts under ``settings.world_dir`` (the identity records
+    and events the source systems delivered, raw identifiers included): a row goes when one
+    of its identifiers hashes to one of the person's stored keys, or its ``customer_id`` is
+    theirs. Files are rewritten atomically; rows removed. The sources keep their own copies:
+    they must erase too, or a re-delivered extract brings the person back."""
+    from features.identity import KEY_TYPES
+
+    wanted, n = set(key_hashes), 0
+    for path in sorted(settings.world_dir.glob("*.parquet")):
+        names = pq.read_schema(path).names
+        fields = [f for f in KEY_TYPES if f in names]
+        if not fields and "customer_id" not in names:
+            continue
+        frame = pq.read_table(path).to_pandas()
+        hit = pd.Series(False, index=frame.index)
+        for field in fields:
+            hit |= graph.column_hashes(field, frame[field]).isin(wanted)
+        if "customer_id" in names:
+            hit |= frame["customer_id"].isin(customer_ids)
+        if hit.any():
+            tmp = path.with_suffix(".erase.tmp")
+            frame.loc[~hit].to_parquet(tmp, index=False)
+            tmp.replace(path)  # readers see the old file or the new one, never half of one
+            n += int(hit.sum())
     return n

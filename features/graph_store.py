@@ -203,13 +203,15 @@ def write_batch(
 
 
 def erase_customer(conn: Connection, customer_id: str) -> int:
-    """Delete every row of a customer (keys, records, merges into it); rows deleted."""
+    """Delete every row of a customer (keys, records, merges into and out of it); rows
+    deleted. On SQLite the ledger engine's ``secure_delete`` zeroes the freed bytes."""
     n = 0
     for table, col in (
         (keys, keys.c.customer_id),
         (records, records.c.customer_id),
         (customers, customers.c.customer_id),
         (merges, merges.c.into_id),
+        (merges, merges.c.from_id),
     ):
         n += conn.execute(delete(table).where(col == customer_id)).rowcount
     return n

@@ -29,6 +29,12 @@ KEY_TYPES = dict(
 STRONG = ("login_id", "loyalty_id", "cookie_id")
 
 
+def salted_hash(salt: bytes, kind: str, value: str) -> str:
+    """HMAC-SHA256 of ``kind:value`` under the identity salt (32 hex characters): how the
+    graph stores keys, and how other stores keep an id they must not hold in the clear."""
+    return hmac.new(salt, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
 class Identifiers(BaseModel):
     """Whatever a channel knows about the visitor; every field optional."""
 
@@ -61,7 +67,7 @@ class IdentityGraph:
         self.last_stats: dict[str, int] = {}
 
     def _hash(self, kind: str, value: str) -> str:
-        return hmac.new(self._salt, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()[:32]
+        return salted_hash(self._salt, kind, value)
 
     @staticmethod
     def _key_type(field: str, value: str) -> str:
@@ -253,23 +259,34 @@ class IdentityGraph:
         each distinct value is normalised and hashed once, keys fetched in chunked queries."""
         result = pd.Series(None, index=df.index, dtype=object)
         with self.engine.connect() as conn:
-            for field, kind in KEY_TYPES.items():
+            for field in KEY_TYPES:
                 if field not in df.columns:
                     continue
                 todo = result.isna() & df[field].notna()
                 if not todo.any():
                     continue
-                values = df.loc[todo, field]
-                uniq = pd.Series(values.unique())
-                canonical = uniq.map(lambda v, f=field: nz.lenient_key(f, v, self.region))
-                hashed = canonical.map(lambda c, k=kind: c and self._hash(k, c))
+                hashed = self.column_hashes(field, df.loc[todo, field])
                 cols = (gs.keys.c.key_hash, gs.keys.c.customer_id)
                 pairs = gs.fetch(conn, gs.keys.c.key_hash, sorted(set(hashed.dropna())), *cols)
                 owner = pd.DataFrame(pairs, columns=["h", "c"], dtype=object)
                 owner = owner[~owner["h"].duplicated(keep=False)].set_index("h")["c"]
-                to_cid = pd.Series(hashed.map(owner).to_numpy(), index=uniq.to_numpy())
-                result.loc[todo] = values.map(to_cid).to_numpy()
+                result.loc[todo] = hashed.map(owner).to_numpy()
         return result.where(result.notna(), None)
+
+    def column_hashes(self, field: str, values: pd.Series) -> pd.Series:
+        """The stored key hash of each value of an identifier column (NaN when blank or
+        unusable); each distinct value is normalised and hashed once."""
+        kind = KEY_TYPES[field]
+        uniq = pd.Series(values.dropna().unique(), dtype=object)
+        canonical = uniq.map(lambda v: nz.lenient_key(field, v, self.region))
+        hashed = canonical.map(lambda c: c and self._hash(kind, c))
+        return values.map(pd.Series(hashed.to_numpy(), index=uniq.to_numpy(), dtype=object))
+
+    def key_hashes(self, customer_ids: list[str]) -> list[str]:
+        """Every stored key hash of these customers (what erasure matches source rows by)."""
+        with self.engine.connect() as conn:
+            rows = gs.fetch(conn, gs.keys.c.customer_id, customer_ids, gs.keys.c.key_hash)
+        return sorted({h for (h,) in rows})
 
     def erase(self, customer_id: str) -> int:
         """Right to erasure: delete every stored row of this customer; rows deleted."""

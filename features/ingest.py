@@ -76,6 +76,7 @@ def _live_db(settings: Settings) -> sqlite3.Connection:
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=FULL")
             con.execute("PRAGMA busy_timeout=30000")
+            con.execute("PRAGMA secure_delete=ON")  # an erased person's events leave no bytes
             con.execute(
                 "CREATE TABLE IF NOT EXISTS events (event_id TEXT PRIMARY KEY, ts TEXT NOT NULL, "
                 "channel TEXT, event_type TEXT, customer_id TEXT, product_id TEXT, value REAL, "

@@ -108,6 +108,13 @@ class ReadPlan:
         return values
 
 
+def forget_customer(store: Any, customer_id: str) -> None:
+    """Drop what the store's cached read plans remember of one customer (its entity key)."""
+    for plan in getattr(store, "__dict__", {}).get("_nextbest_plans", {}).values():
+        if getattr(plan, "_sqlite", None):
+            plan._sqlite.forget(customer_id)
+
+
 def entity_key_bytes(config: Any, join_key: str, customer_id: str) -> bytes:
     """A customer's entity key as Feast serialises it for the online stores (SQLite's
     ``entity_key`` column; Redis appends the project to it)."""
@@ -169,6 +176,10 @@ class SqliteViews:
             key = entity_key_bytes(self.config, self.plan.join_key, customer_id)
             got = self._keys[customer_id] = key
         return got
+
+    def forget(self, customer_id: str) -> None:
+        """Drop a customer's remembered entity key (the right to erasure reaches memory)."""
+        self._keys.pop(customer_id, None)
 
     def columns(self, ids: list[str]) -> dict[str, list[Any]]:
         """The wanted features of ``ids`` (distinct) as columns, None where not stored."""

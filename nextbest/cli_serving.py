@@ -1,4 +1,5 @@
-"""Serving commands: run the decision service, build its Bento, benchmark /decide."""
+"""Serving commands: run the decision service, build its Bento, erase a person, benchmark
+/decide."""
 
 from __future__ import annotations
 
@@ -46,6 +47,26 @@ def bento(as_json: JsonFlag = False) -> None:
         emit(build_bento(s), as_json)
     except BentoBuildError as exc:
         fail(str(exc))
+
+
+def erase(
+    customer_id: Annotated[str | None, typer.Argument(help="the person's customer id")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="finish every erasure a failure or crash left pending")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Erase a person from every store (what POST /erase does), or finish pending erasures."""
+    from serving import erasure
+    from serving.deps import load_deps
+
+    if (customer_id is None) == (not resume):
+        fail("give a CUSTOMER_ID or --resume (one of them)")
+    deps = load_deps(get_settings().ensure_dirs(), models=None, bandit=None)
+    if resume:
+        emit({"resumed": erasure.resume_pending(deps)}, as_json)
+    else:
+        emit(erasure.erase(customer_id, deps), as_json)
 
 
 def bench_decide_cmd(

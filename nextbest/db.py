@@ -12,7 +12,8 @@ from sqlalchemy import Engine, MetaData, create_engine, event, inspect, text
 @lru_cache(maxsize=8)
 def engine_for(url: str) -> Engine:
     """One engine per URL. SQLite gets WAL and synchronous=FULL so an acknowledged row
-    survives a SIGKILL; busy_timeout lets several workers share the file."""
+    survives a SIGKILL; busy_timeout lets several workers share the file; secure_delete zeroes
+    what a delete or update frees, so an erased person's bytes do not stay in the file."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -26,6 +27,8 @@ def engine_for(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
+            # erased rows leave no bytes behind in freed cells and pages (see serving.erasure)
+            cur.execute("PRAGMA secure_delete=ON")
             cur.close()
 
         return engine
@@ -65,3 +68,12 @@ def create_tables(engine: Engine, metadata: MetaData) -> None:
                     conn.execute(text(f"ALTER TABLE {name} ADD COLUMN {col.name} {kind}"))
             for index in table.indexes:
                 index.create(conn, checkfirst=True)
+
+
+def checkpoint(engine: Engine) -> None:
+    """Copy an SQLite WAL into the database and truncate it: after an erasure, the pages that
+    held the erased rows leave the ``-wal`` file. Best effort (a reader mid-transaction keeps
+    the WAL until the next checkpoint); nothing to do on PostgreSQL."""
+    if is_sqlite_file(engine):
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -9,6 +9,8 @@ Bandit training, off-policy evaluation and uplift reports all read from here.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -38,7 +40,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from nextbest.db import create_tables, is_sqlite_file
+from nextbest.db import checkpoint, create_tables, is_sqlite_file
 from record.ledger_sqlite import Held, sqlite_history, sqlite_insert
 
 metadata = MetaData()
@@ -103,6 +105,10 @@ baskets = Table(
 )
 
 OutcomeType = Literal["click", "conversion", "revenue"]
+ERASED_PREFIX = "erased:"  # an erased outcome's idempotency key: this and a 64-hex hash
+# What an erased person's decisions keep of the columns that could name or describe them; a
+# column added to ``decisions`` that could do so belongs here too (``Ledger.erase``).
+ERASED_DECISION: dict[str, Any] = {"customer_id": None, "context": {}, "scores": {}, "reason": ""}
 
 # Built once: compiling a statement per decision cost more than running it.
 _HISTORY = union_all(
@@ -115,6 +121,9 @@ _HISTORY = union_all(
         outcomes.c.customer_id == bindparam("cid")
     ),
 )
+
+# Built once like _HISTORY: is this key, hashed as an erasure leaves it, already recorded?
+_ERASED_KEY = select(outcomes.c.outcome_id).where(outcomes.c.idempotency_key == bindparam("key"))
 
 
 class DecisionRow(BaseModel):
@@ -155,10 +164,18 @@ def utc(ts: datetime) -> datetime:
 class Ledger:
     """Reads and writes of the ledger tables over one engine (SQLite or PostgreSQL)."""
 
-    def __init__(self, engine: Engine, create: bool = True, synchronous: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        create: bool = True,
+        synchronous: str | None = None,
+        key_salt: str = "",
+    ) -> None:
         """``synchronous`` overrides SQLite's setting for this engine's connections (see
-        ``Settings.ledger_synchronous``); PostgreSQL ignores it."""
+        ``Settings.ledger_synchronous``); PostgreSQL ignores it. ``key_salt`` keys the hash
+        an erased outcome keeps of its idempotency key (``Settings.identity_salt``)."""
         self.engine = engine
+        self._key_salt = key_salt.encode()
         if synchronous is not None and engine.dialect.name == "sqlite":
             if synchronous not in ("FULL", "NORMAL"):
                 raise ValueError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
@@ -195,6 +212,8 @@ class Ledger:
         """Insert once per idempotency key; False when the key was already recorded."""
         try:
             with self.engine.begin() as conn:
+                if conn.execute(_ERASED_KEY, {"key": self.erased_key(row.idempotency_key)}).first():
+                    return False  # recorded once already, for a person since erased
                 conn.execute(insert(outcomes), [row.model_dump()])
         except IntegrityError:
             return False
@@ -251,23 +270,48 @@ class Ledger:
             return pd.DataFrame(conn.execute(select(outcomes)).mappings().all())
 
     def erase(self, customer_id: str) -> dict[str, int]:
-        """Remove a person's personal data; decisions stay, anonymised, so experiment
-        counts remain valid while nothing links them to the person."""
-        anon = {"customer_id": None, "context": {}, "scores": {}}
+        """Remove a person's personal data; decisions and outcomes stay, anonymised, so
+        experiment counts remain valid while nothing links them to the person: no customer
+        id, context (pages, basket), scores (the features read) or reason text; outcomes
+        keep a hash of their idempotency key (``erased_key``), so a retried report of one
+        still counts once. Rows of every other table naming the customer (outbox and its
+        payloads, baskets, tables added later) are deleted, or anonymised where the id may be
+        null. On SQLite the engine's ``secure_delete`` zeroes the freed bytes and the WAL is
+        checkpointed, so the old pages leave the files too."""
+        counts: dict[str, int] = {}
         with self.engine.begin() as conn:
-            n_dec = conn.execute(
-                update(decisions).where(decisions.c.customer_id == customer_id).values(**anon)
+            counts["decisions"] = conn.execute(
+                update(decisions)
+                .where(decisions.c.customer_id == customer_id)
+                .values(**ERASED_DECISION)
             ).rowcount
-            n_out = conn.execute(
-                update(outcomes)
-                .where(outcomes.c.customer_id == customer_id)
-                .values(customer_id=None)
-            ).rowcount
-            n_box = conn.execute(delete(outbox).where(outbox.c.customer_id == customer_id)).rowcount
-            n_bsk = conn.execute(
-                delete(baskets).where(baskets.c.customer_id == customer_id)
-            ).rowcount
-        return {"decisions": n_dec, "outcomes": n_out, "outbox": n_box, "baskets": n_bsk}
+            keys = conn.execute(
+                select(outcomes.c.outcome_id, outcomes.c.idempotency_key).where(
+                    outcomes.c.customer_id == customer_id
+                )
+            ).all()
+            if keys:
+                conn.execute(
+                    update(outcomes)
+                    .where(outcomes.c.outcome_id == bindparam("oid"))
+                    .values(customer_id=None, idempotency_key=bindparam("key")),
+                    [{"oid": i, "key": self.erased_key(k)} for i, k in keys],
+                )
+            counts["outcomes"] = len(keys)
+            for table in metadata.sorted_tables:
+                col = table.c.get("customer_id")
+                if table in (decisions, outcomes) or col is None:
+                    continue
+                q = update(table).values(customer_id=None) if col.nullable else delete(table)
+                counts[table.name] = conn.execute(q.where(col == customer_id)).rowcount
+        checkpoint(self.engine)
+        return counts
+
+    def erased_key(self, idempotency_key: str) -> str:
+        """What an erased outcome keeps of its idempotency key: a salted hash (the key may
+        spell an order number or an e-mail), still unique, so a retry is still recognised."""
+        digest = hmac.new(self._key_salt, idempotency_key.encode(), hashlib.sha256)
+        return ERASED_PREFIX + digest.hexdigest()
 
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:

@@ -215,39 +215,11 @@ class EraseRequest(BaseModel):
     customer_id: str = Field(min_length=1, max_length=256)
 
 
-def _erasable_ids(customer_id: str, deps: Deps) -> list[str]:
-    """The id asked for, the id it now resolves to, and every id merged into that one: rows
-    written before a merge still carry the old id. Read before the graph forgets the merges."""
-    if deps.graph is None:
-        return [customer_id]
-    from features import graph_store as gs
-
-    with deps.graph.engine.connect() as conn:
-        current = gs.current_id(conn, customer_id) or customer_id
-        merged = conn.execute(select(gs.merges.c.from_id).where(gs.merges.c.into_id == current))
-        return list(dict.fromkeys([customer_id, current, *merged.scalars()]))
-
-
-def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
-    return {k: sum(c[k] for c in counts) for k in counts[0]}
-
-
 def erase(req: EraseRequest, deps: Deps) -> dict[str, Any]:
     """GDPR erasure under the id and every id merged into it: personal data in the ledger,
-    identities, and the feature stores (online rows, offline snapshots, event log). A feature
-    store failure is reported in the result, not raised: the other parts are erased anyway."""
-    ids = _erasable_ids(req.customer_id, deps)
-    result: dict[str, Any] = {"customer_id": req.customer_id, "customer_ids": ids}
-    result["ledger"] = _summed([deps.ledger.erase(c) for c in ids])
-    if deps.graph is not None:
-        result["identities"] = deps.graph.erase(req.customer_id)
-    else:
-        result["identities"] = f"skipped: {deps.missing.get('graph', 'unavailable')}"
-    store = getattr(deps.features, "store", None)  # None: erase_customer opens the store
-    try:
-        from features.erase import erase_customer
+    identities, feature stores (online rows, offline snapshots, event log) and the models'
+    validation artifacts, through a recorded request that a retry finishes
+    (``serving.erasure``). A store failure is reported in the result, not raised."""
+    from serving import erasure
 
-        result["features"] = _summed([erase_customer(store, c, deps.settings) for c in ids])
-    except Exception as exc:  # noqa: BLE001 - reported: ledger and identities are already erased
-        result["features"] = f"failed: {type(exc).__name__}: {exc}"[:300]
-    return result
+    return erasure.erase(req.customer_id, deps)

@@ -85,6 +85,8 @@ class Deps:
     clock: Callable[[], datetime] = now
     # the service's incremental bandit learner (``serving.learner.Learner``), when it runs
     learner: Any = None
+    # finished erasures this worker has seen (``serving.erasure.resume_pending``)
+    erasures_seen: int | None = None
 
     def offers(self) -> list[Any]:
         return list(getattr(self.catalog, "offers", []) or []) if self.catalog is not None else []
@@ -199,7 +201,9 @@ def pinned_models(settings: Settings) -> dict[str, Any]:
 def load_deps(settings: Settings, ledger: Ledger | None = None, **override: Any) -> Deps:
     """Load every part; keyword overrides replace a part (tests pass real ones they built)."""
     ledger = ledger or Ledger(
-        engine_for(settings.ledger_db_url), synchronous=settings.ledger_synchronous
+        engine_for(settings.ledger_db_url),
+        synchronous=settings.ledger_synchronous,
+        key_salt=settings.identity_salt,
     )
     deps = Deps(settings=settings, ledger=ledger)
     loaders: dict[str, Callable[[], Any]] = {

@@ -132,6 +132,9 @@ class Nextbest:
             asyncio.create_task(
                 self._every(s.bandit_learn_every_seconds, self._learn, "bandit learning")
             ),
+            asyncio.create_task(
+                self._every(s.abandon_scan_seconds, self._resume_erasures, "erasure resume")
+            ),
         ]
         self.checkpointer.start()  # WAL checkpoints off the decisions' commits
         gc.collect()
@@ -161,6 +164,14 @@ class Nextbest:
         """Abandoned baskets become outbound decisions (``serving.outbox``)."""
         queued = outbox.scan_abandoned(self.deps)
         return f"abandoned baskets: {len(queued)} messages queued" if queued else None
+
+    def _resume_erasures(self) -> str | None:
+        """Erasures cut short (a store down, a crash) are finished (``serving.erasure``), and
+        this worker forgets its in-memory identifiers after any worker's erasure."""
+        from serving.erasure import resume_pending
+
+        results = resume_pending(self.deps)
+        return f"erasures resumed: {[r['status'] for r in results]}" if results else None
 
     def _learn(self) -> str | None:
         """The bandit adopts a newly promoted model, then learns the decisions whose reward

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pydantic import BaseModel
 
 from nextbest.settings import Settings
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 VALIDATION_FILE = "validation.parquet"
+CUSTOMER_KEY = "customer_key"  # the validation window's salted customer id (``pseudonymous``)
 GATE_METRIC = {"churn": "auc", "propensity": "qini"}  # higher is better for both
 PIP_REQUIREMENTS = ["lightgbm>=4.7,<4.8", "pandas>=2.3,<3", "numpy>=2.4,<2.5", "pydantic>=2.7,<3"]
 
@@ -101,7 +103,7 @@ def log_model_run(
         for name, fig in plots.items():
             mlflow.log_figure(fig, f"plots/{name}.png")
             plt.close(fig)
-        validation.to_parquet(Path(tmp) / VALIDATION_FILE)
+        pseudonymous(settings, validation).to_parquet(Path(tmp) / VALIDATION_FILE)
         mlflow.log_artifact(str(Path(tmp) / VALIDATION_FILE))
         bundle = scorer.save(Path(tmp) / "bundle")
         info = mlflow.pyfunc.log_model(
@@ -116,6 +118,48 @@ def log_model_run(
     version = str(info.registered_model_version)
     client.set_registered_model_alias(model, CHALLENGER, version)
     return {"run_id": run.info.run_id, "model": model, "version": version, "alias": CHALLENGER}
+
+
+def pseudonymous(settings: Settings, frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with ``customer_id`` replaced by its salted hash (``CUSTOMER_KEY``): an
+    artifact outlives the ledger's rows, so it never holds an id in the clear; the hash still
+    groups a customer's rows, and lets an erasure find and drop them."""
+    if "customer_id" not in frame.columns:
+        return frame
+    key = frame["customer_id"].map(lambda c: customer_key(settings, str(c)))
+    out = frame.drop(columns="customer_id")
+    out.insert(0, CUSTOMER_KEY, key.to_numpy())
+    return out
+
+
+def customer_key(settings: Settings, customer_id: str) -> str:
+    """A customer id as the model artifacts keep it: salted with the identity salt."""
+    from features.identity import salted_hash
+
+    return salted_hash(settings.identity_salt.encode(), "artifact", customer_id)
+
+
+def erase_validation_rows(settings: Settings, customer_ids: list[str]) -> int:
+    """Drop these customers' rows from every logged validation window (the artifacts under
+    the home; a remote artifact store is out of reach here); rows removed. Rewrites each file
+    atomically; a run's gate then scores the window without them."""
+    import pyarrow.compute as pa_compute
+    import pyarrow.parquet as pq
+
+    gone = [customer_key(settings, c) for c in customer_ids]
+    n = 0
+    for path in sorted((settings.home / "mlartifacts").rglob(VALIDATION_FILE)):
+        if CUSTOMER_KEY not in pq.read_schema(path).names:
+            continue
+        table = pq.read_table(path)
+        hit = pa_compute.is_in(table[CUSTOMER_KEY], value_set=pa.array(gone, pa.string()))
+        removed = pa_compute.sum(hit).as_py() or 0
+        if removed:
+            tmp = path.with_suffix(".erase.tmp")
+            pq.write_table(table.filter(pa_compute.invert(hit)), tmp)
+            tmp.replace(path)
+            n += removed
+    return n
 
 
 def load_version(settings: Settings, model: str, version: str) -> Scorer:
