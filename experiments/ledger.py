@@ -13,11 +13,12 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -31,6 +32,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal_column,
     null,
     select,
     union_all,
@@ -60,6 +62,8 @@ decisions = Table(
     Column("model_versions", JSON, nullable=False),
     Column("fallback", Boolean, nullable=False, default=False),
     Column("reason", String(200), nullable=False, default=""),
+    # delivery (DecisionStatus); nullable so older databases gain it: NULL there means shown
+    Column("status", String(16), nullable=True),
     Index("ix_decisions_customer_ts", "customer_id", "ts"),
     Index("ix_decisions_experiment", "experiment"),
     Index("ix_decisions_ts", "ts"),  # the online learner's window of matured decisions
@@ -75,6 +79,9 @@ outcomes = Table(
     Column("type", String(16), nullable=False),
     Column("value", Float, nullable=False, default=1.0),
     Column("ts", DateTime(timezone=True), nullable=False),
+    # the purchase's identity (the caller's, else attribution.order_key); NULL: not a purchase
+    Column("order_id", String(128), nullable=True, index=True),
+    Column("offer_id", String(64), nullable=True),  # the offer the outcome names, if any
 )
 
 outbox = Table(
@@ -88,7 +95,7 @@ outbox = Table(
     Column("offer_id", String(64), nullable=True),
     Column("trigger", String(32), nullable=False),
     Column("payload", JSON, nullable=False),
-    Column("status", String(16), nullable=False, index=True),  # pending|sent|cancelled
+    Column("status", String(16), nullable=False, index=True),  # pending|sent|cancelled|delivered
 )
 
 baskets = Table(
@@ -103,6 +110,13 @@ baskets = Table(
 )
 
 OutcomeType = Literal["click", "conversion", "revenue"]
+# A decision's delivery: ``shown`` in the channel's own session (the default: /decide answers
+# the channel that shows it), ``pending`` while its outbound message waits in the outbox,
+# ``sent`` once a sender claimed it, ``delivered`` on the sender's receipt, ``cancelled`` when
+# a purchase cancelled the message before it was sent. Pending and cancelled decisions reached
+# nobody: attribution credits them nothing (experiments.attribution.UNDELIVERED) and contact
+# caps do not count cancelled ones.
+DecisionStatus = Literal["shown", "pending", "sent", "delivered", "cancelled"]
 
 # Built once: compiling a statement per decision cost more than running it.
 _HISTORY = union_all(
@@ -110,6 +124,7 @@ _HISTORY = union_all(
         decisions.c.customer_id == bindparam("cid"),
         decisions.c.ts >= bindparam("since"),
         decisions.c.offer_id.is_not(None),
+        decisions.c.status.is_distinct_from(literal_column("'cancelled'")),  # never shown
     ),
     select(null(), null(), func.max(outcomes.c.ts)).where(
         outcomes.c.customer_id == bindparam("cid")
@@ -134,6 +149,12 @@ class DecisionRow(BaseModel):
     model_versions: dict[str, str] = Field(default_factory=dict)
     fallback: bool = False
     reason: str = ""
+    status: DecisionStatus = "shown"
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _older_rows_were_shown(cls, v: Any) -> Any:
+        return "shown" if v is None else v  # rows from before the column (NULL there)
 
 
 class OutcomeRow(BaseModel):
@@ -145,6 +166,8 @@ class OutcomeRow(BaseModel):
     type: OutcomeType
     value: float = 1.0
     ts: datetime
+    order_id: str | None = Field(None, max_length=128)
+    offer_id: str | None = Field(None, max_length=64)
 
 
 def utc(ts: datetime) -> datetime:
@@ -275,6 +298,15 @@ class Ledger:
                 t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
                 for t in (decisions, outcomes, outbox, baskets)
             }
+
+
+def mark_status(conn: Connection, ids: list[str], status: DecisionStatus) -> int:
+    """Mark decisions' delivery in the caller's transaction (an outbox change and its
+    decisions' go together); the number of rows marked."""
+    if not ids:
+        return 0
+    q = update(decisions).where(decisions.c.decision_id.in_(ids)).values(status=status)
+    return conn.execute(q).rowcount
 
 
 def now() -> datetime:

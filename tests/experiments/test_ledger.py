@@ -115,3 +115,29 @@ def test_a_ledger_created_before_a_nullable_column_gains_it(tmp_path: Path) -> N
     assert "propensity" not in {c["name"] for c in inspect(engine).get_columns("decisions")}
     Ledger(engine)
     assert "propensity" in {c["name"] for c in inspect(engine).get_columns("decisions")}
+
+
+def test_an_older_ledger_gains_order_offer_and_status_and_its_rows_count_as_shown(
+    tmp_path: Path,
+) -> None:
+    """Issue 12 items 1 and 5 on a database from before them: the nullable columns are added
+    on start; decisions without a status were shown, so contact caps count them."""
+    from sqlalchemy import inspect, text
+
+    engine = engine_for(f"sqlite:///{tmp_path / 'old.db'}")
+    Ledger(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_outcomes_order_id"))
+        for table, column in (("outcomes", "order_id"), ("outcomes", "offer_id"),
+                              ("decisions", "status")):  # fmt: skip
+            conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+        conn.execute(text(
+            "INSERT INTO decisions (decision_id, ts, customer_id, channel, context, experiment,"
+            " arm, offer_id, probabilities, scores, model_versions, fallback, reason) VALUES"
+            " ('d0', :ts, 'c', 'email', '{}', 'e', 'treatment', 'x', '{}', '{}', '{}', 0, '')"
+        ), {"ts": now() - timedelta(hours=1)})  # fmt: skip
+    ledger = Ledger(engine)
+    assert {"order_id", "offer_id"} <= {c["name"] for c in inspect(engine).get_columns("outcomes")}
+    assert ledger.decision("d0").status == "shown"
+    shown, _ = ledger.contact_history("c", now() - timedelta(days=1))
+    assert [o for _, o, _ in shown] == ["x"]
