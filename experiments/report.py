@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from experiments.attribution import ReportError, load_units, offer_catalog
 from experiments.qini import QiniCurve, report_curves
+from experiments.report_units import ReportError, load_units, offer_catalog
 from experiments.uplift import ArmComparison, compare
 from experiments.uplift_stats import holm
 

@@ -24,8 +24,8 @@ def _error(status: int, field: str, message: str) -> JSONResponse:
 
 async def report(request: Request, deps: Deps) -> Response:
     """``GET /reports``: the self-contained HTML report; ``?format=json`` for its numbers."""
-    from experiments.attribution import ReportError
     from experiments.report import build_report, report_html
+    from experiments.report_units import ReportError
 
     fmt = request.query_params.get("format", "html")
     if fmt not in ("html", "json"):
