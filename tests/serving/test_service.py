@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from starlette.testclient import TestClient
 
 from serving.schemas import EXAMPLE_REQUEST
 from tests.serving.conftest import ADMIN, CHANNEL
+
+NOW = datetime.now(UTC)
+RECENT = (NOW - timedelta(hours=1)).isoformat()  # event times are bounded (issue 12 item 10)
+AHEAD = (NOW + timedelta(hours=1)).isoformat()
+OLD = (NOW - timedelta(days=60)).isoformat()
 
 EXAMPLE = EXAMPLE_REQUEST
 
@@ -24,7 +31,7 @@ def test_decide_and_outcome_round_trip(client: TestClient) -> None:
 
 def test_event_into_the_live_path(client: TestClient) -> None:
     ev = {
-        "ts": "2026-01-01T10:00:00Z",
+        "ts": RECENT,
         "channel": "web",
         "event_type": "basket_add",
         "email": "shopper@example.com",
@@ -97,7 +104,55 @@ def test_profile_and_outbox(client: TestClient) -> None:
             {"idempotency_key": "k", "type": "refund", "customer_id": "c"},
             CHANNEL,
             400,
-            "type: Input should be 'click', 'conversion' or 'revenue'",
+            "type: Input should be 'click', 'conversion', 'revenue' or 'delivered'",
+        ),
+        (
+            "post",
+            "/outcome",
+            {"idempotency_key": "k", "type": "conversion", "customer_id": "c", "ts": AHEAD},
+            CHANNEL,
+            400,
+            "ts: more than 5 minutes ahead of the service's clock",
+        ),
+        (
+            "post",
+            "/outcome",
+            {"idempotency_key": "k", "type": "conversion", "customer_id": "c", "ts": OLD},
+            CHANNEL,
+            400,
+            "ts: older than 37 days (attribution_days + outcome_grace_days)",
+        ),
+        (
+            "post",
+            "/events",
+            {"channel": "web", "event_type": "purchase", "email": "a@b.c", "ts": AHEAD},
+            CHANNEL,
+            400,
+            "ts: more than 5 minutes ahead of the service's clock",
+        ),
+        (
+            "post",
+            "/events",
+            {"channel": "web", "event_type": "purchase", "email": "a@b.c", "ts": OLD},
+            CHANNEL,
+            400,
+            "ts: older than 37 days (attribution_days + outcome_grace_days)",
+        ),
+        (
+            "post",
+            "/outcome",
+            {"idempotency_key": "k", "type": "conversion", "customer_id": "c", "offer_id": "nope"},
+            CHANNEL,
+            400,
+            "offer_id: no such offer in the catalogue",
+        ),
+        (
+            "post",
+            "/outcome",
+            {"idempotency_key": "k", "type": "delivered", "customer_id": "c"},
+            CHANNEL,
+            400,
+            "decision_id: a delivery receipt needs the message's decision_id",
         ),
         (
             "post",
@@ -174,7 +229,7 @@ def test_erase_with_admin_key(client: TestClient) -> None:
     r = client.post("/erase", json={"customer_id": "gone"}, headers=ADMIN)
     assert r.status_code == 200 and r.json()["ledger"]["decisions"] == 1
     assert r.json()["features"] == {"online": 0, "offline": 0, "event_log": 0}
-    ev = {"ts": "2026-01-02T10:00:00Z", "channel": "app", "event_type": "session_start"}
+    ev = {"ts": RECENT, "channel": "app", "event_type": "session_start"}
     ev["email"] = "erase-me@example.com"
     cid = client.post("/events", json=ev, headers=CHANNEL).json()["customer_id"]
     r = client.post("/erase", json={"customer_id": cid}, headers=ADMIN)
