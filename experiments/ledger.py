@@ -245,16 +245,10 @@ class Ledger:
         return shown, utc(last) if last else None
 
     def logs(self, since: datetime | None = None, channel: str | None = None) -> pd.DataFrame:
-        """Decisions with their summed outcome value (0 when none): bandit training and OPE."""
-        reward = (
-            select(outcomes.c.decision_id, func.sum(outcomes.c.value).label("reward"))
-            .where(outcomes.c.decision_id.is_not(None))
-            .group_by(outcomes.c.decision_id)
-            .subquery()
-        )
-        q = select(decisions, func.coalesce(reward.c.reward, 0.0).label("reward")).outerjoin(
-            reward, reward.c.decision_id == decisions.c.decision_id
-        )
+        """Decisions in time order: bandit training, OPE and reports. What each earned is
+        ``experiments.attribution.credit``'s to say (a sum of the outcomes linked to a decision
+        would count an order twice and miss the purchases that name no decision)."""
+        q = select(decisions)
         if since is not None:
             q = q.where(decisions.c.ts >= since)
         if channel is not None:
@@ -263,7 +257,7 @@ class Ledger:
             return pd.DataFrame(conn.execute(q.order_by(decisions.c.ts)).mappings().all())
 
     def experiment_exposures(self, experiment: str) -> pd.DataFrame:
-        """Per decision of one experiment: arm, offer, customer and outcome counts by type."""
+        """Per decision of one experiment: arm, offer, customer (the rows of :meth:`logs`)."""
         df = self.logs()
         if df.empty:
             return df

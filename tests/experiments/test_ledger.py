@@ -51,8 +51,7 @@ def exercise(ledger: Ledger) -> None:
     assert sorted(ch for ch, _, _ in shows) == ["email", "web"] and last is not None
     logs = ledger.logs()
     assert len(logs) == 4
-    assert logs.set_index("decision_id").loc[d1.decision_id, "reward"] == 40.0
-    assert logs.set_index("decision_id").loc[d2.decision_id, "reward"] == 0.0
+    assert "reward" not in logs  # what a decision earned is attribution's (one rule)
     assert set(ledger.experiment_exposures("exp")["arm"]) == {"treatment", "holdout"}
     erased = ledger.erase("c1")
     assert erased["decisions"] == 3 and erased["outcomes"] == 1
