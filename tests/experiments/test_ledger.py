@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.ledger import DecisionRow, Ledger, OutcomeRow, now
+from experiments.ledger import DecisionRow, Ledger, OutcomeRow, mark_status, now
 from nextbest.db import engine_for
 
 
@@ -49,14 +49,21 @@ def exercise(ledger: Ledger) -> None:
     assert ledger.record_outcome(out) is False  # the retry counts once
     shows, last = ledger.contact_history("c1", now() - timedelta(days=7))
     assert sorted(ch for ch, _, _ in shows) == ["email", "web"] and last is not None
+    pending = _decision("c1", "data_addon", "sms", status="pending")  # a queued message counts
+    ledger.record_decision(pending)
+    assert len(ledger.contact_history("c1", now() - timedelta(days=7))[0]) == 3
+    with ledger.engine.begin() as conn:  # cancelled before it was sent: nobody saw it
+        assert mark_status(conn, [pending.decision_id], "cancelled") == 1
+    assert ledger.decision(pending.decision_id).status == "cancelled"
+    assert ledger.contact_history("c1", now() - timedelta(days=7))[0] == shows
     logs = ledger.logs()
-    assert len(logs) == 4
+    assert len(logs) == 5
     assert "reward" not in logs  # what a decision earned is attribution's (one rule)
     assert set(ledger.experiment_exposures("exp")["arm"]) == {"treatment", "holdout"}
     erased = ledger.erase("c1")
-    assert erased["decisions"] == 3 and erased["outcomes"] == 1
+    assert erased["decisions"] == 4 and erased["outcomes"] == 1
     assert ledger.contact_history("c1", now() - timedelta(days=90)) == ([], None)
-    assert len(ledger.logs()) == 4  # experiment counts survive, anonymised
+    assert len(ledger.logs()) == 5  # experiment counts survive, anonymised
 
 
 def test_sqlite_ledger(tmp_path: Path) -> None:
