@@ -234,3 +234,41 @@ def test_erase_with_admin_key(client: TestClient) -> None:
     cid = client.post("/events", json=ev, headers=CHANNEL).json()["customer_id"]
     r = client.post("/erase", json={"customer_id": cid}, headers=ADMIN)
     assert r.json()["features"]["event_log"] == 1 and r.json()["identities"] >= 2, r.json()
+
+
+def test_outcome_times_are_bounded_by_the_services_clock(deps) -> None:
+    """Issue 12 item 10 on the service's clock (the replay's is the world's): an outcome an
+    hour ahead of it is refused, one a day behind it is kept, whatever the wall says."""
+    from pydantic import ValidationError
+
+    from serving.actions import OutcomeRequest, record_outcome
+
+    world = datetime(2025, 6, 1, 12, tzinfo=UTC)
+    deps.clock = lambda: world
+    ok = OutcomeRequest(idempotency_key="k1", customer_id="c", type="revenue", value=5.0,
+                        ts=world - timedelta(days=1))  # fmt: skip
+    assert record_outcome(ok, deps).recorded
+    assert record_outcome(ok.model_copy(update={"idempotency_key": "k2", "ts": None}), deps)
+    assert deps.ledger.outcomes_frame()["ts"].max() == world.replace(tzinfo=None)
+    ahead = ok.model_copy(update={"idempotency_key": "k3", "ts": world + timedelta(minutes=6)})
+    with pytest.raises(ValidationError, match="ts\n  more than 5 minutes ahead"):
+        record_outcome(ahead, deps)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("outcome_future_minutes", "-1", "greater than or equal to 0"),
+        ("outcome_grace_days", "a week", "valid number"),
+    ],
+)
+def test_bad_time_bounds_name_the_setting(name: str, value: str, message: str, monkeypatch) -> None:
+    from pydantic import ValidationError
+
+    from nextbest.settings import Settings
+
+    monkeypatch.setenv(f"NEXTBEST_{name.upper()}", value)
+    with pytest.raises(ValidationError) as exc:
+        Settings()
+    err = exc.value.errors()[0]
+    assert err["loc"] == (name,) and message in err["msg"], err
