@@ -235,6 +235,7 @@ def test_decisions_record_the_updated_version(ldeps: Deps) -> None:
     assert first.model_versions["bandit"] == "bandit:1" and first.offers
     chosen = first.offers[0].offer_id
     report = {"idempotency_key": "k1", "decision_id": first.decision_id, "type": "conversion"}
+    ldeps.clock = lambda: T0 + 9 * MIN  # the outcome is reported when it happens
     record_outcome(OutcomeRequest(**report, value=180.0, ts=T0 + 9 * MIN), ldeps)
     assert learn_matured(ldeps, T0 + 2 * 60 * MIN) == 1
     again = decide(DecideRequest(customer_id="c-post", channel="web"), ldeps)
