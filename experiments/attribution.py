@@ -107,8 +107,9 @@ def credit(
     customer_map: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Which decision each order (or other outcome) counts for: one row per credited order with
-    ``CREDIT_COLUMNS``; ``cost_offer`` is the offer whose cost a converted order pays (the offer
-    it names, else the decision's), None for an order that is not a conversion.
+    ``CREDIT_COLUMNS``; ``cost_offer`` is the offer whose cost a converted order pays: the offer
+    it names when the decision showed it, the decision's when it names none; None otherwise
+    and for an order that is not a conversion (a decision pays for nothing it did not show).
 
     ``decisions`` may hold every decision: only delivered treatment decisions with an offer are
     credited (the rule is in the module doc). Needs ``decision_id``, ``customer_id``, ``ts``,
@@ -137,8 +138,9 @@ def credit(
     # offer it names, else the last one
     both = both.sort_values(["order", "named", "ts_d", "decision_id"], kind="stable")
     both = both.drop_duplicates("order", keep="last")
-    named_cost = both["offer_id"].where(both["offer_id"].notna(), both["offer_d"])
-    both["cost_offer"] = named_cost.where(both["type"] == "conversion", None)
+    # a decision pays only for an offer it showed: the one the order names, else its own
+    paid = both["offer_id"].where(both["named"], both["offer_d"].where(both["offer_id"].isna()))
+    both["cost_offer"] = paid.where(both["type"] == "conversion", None)
     return both[CREDIT_COLUMNS].reset_index(drop=True)
 
 

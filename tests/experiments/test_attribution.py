@@ -249,3 +249,13 @@ def test_purchase_counted_once_across_event_and_outcome() -> None:
         _o("k3", 1.002, customer_id="p1", type="click", value=1.0),
     ]))  # fmt: skip
     assert sorted(both["type"]) == ["click", "conversion"] and both["value"].max() == 50.0
+
+
+def test_a_decision_pays_only_for_an_offer_it_showed() -> None:
+    """A conversion naming an offer no decision in the window showed still counts as the
+    person's spending for their last decision, but that decision pays no cost for it."""
+    from experiments.attribution import credit
+
+    bought = [_o("k", 0.5, customer_id="p1", offer_id="Z", type="conversion", value=30.0)]
+    (row,) = credit(RULE_DECISIONS, pd.DataFrame(bought), WINDOW).itertuples()
+    assert (row.decision_id, row.value) == ("d1", 30.0) and not isinstance(row.cost_offer, str)
