@@ -131,8 +131,13 @@ def catalog_actions(settings: Settings) -> tuple[dict[str, dict[str, Any]], dict
     return offer_features(catalog), offer_costs(catalog.offers)
 
 
-def ledger_examples(settings: Settings, since: datetime | None = None) -> pd.DataFrame:
-    """The learnable rows of the decision ledger, with rewards."""
+def ledger_examples(
+    settings: Settings,
+    since: datetime | None = None,
+    customer_map: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """The learnable rows of the decision ledger, with rewards (``customer_map``: ids merged
+    away -> the id they were merged into, so a person's orders count under any identity)."""
     from experiments.ledger import Ledger
     from nextbest.db import engine_for
 
@@ -144,6 +149,7 @@ def ledger_examples(settings: Settings, since: datetime | None = None) -> pd.Dat
         costs,
         settings.attribution_days,
         settings.bandit_reward,
+        customer_map,
     )
 
 
