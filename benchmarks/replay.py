@@ -227,10 +227,11 @@ def run_replay(
                         for j, kind in _outcomes(rng, p1[i], p0[i], col[chosen])
                     ]
                 for j, kind, amount in bought:
+                    order = f"{visit.visit_id}:{offer_ids[j]}"  # one purchase, one order
                     record_outcome(
-                        OutcomeRequest(idempotency_key=f"{visit.visit_id}:{offer_ids[j]}",
+                        OutcomeRequest(idempotency_key=order, order_id=order,
                                        decision_id=response.decision_id, type=kind,
-                                       value=amount, ts=clock.at),
+                                       offer_id=offer_ids[j], value=amount, ts=clock.at),
                         deps,
                     )  # fmt: skip
             if (i + 1) % LEARN_EVERY == 0:

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from estimation.uplift import ArmComparison, compare
 from estimation.uplift_stats import holm
 from experiments.qini import QiniCurve, report_curves
-from record.attribution import ReportError, load_units, offer_catalog
+from experiments.report_units import ReportError, load_units, offer_catalog
 
 __all__ = ["ReportError", "ReportData", "build_report", "report_html", "write_report"]
 

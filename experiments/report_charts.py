@@ -25,8 +25,11 @@ TREATED, HOLDOUT, LIGHT = "#1f6feb", "#8b949e", "rgba(31,111,235,0.25)"
 def ope_estimates(settings: Any) -> tuple[list[PolicyEstimate], str]:
     """IPS and SNIPS of simple candidate policies on the ledger's logged decisions.
 
-    Candidates need no model: the logging policy itself, uniform choice among the offers that
-    were allowed, and each offer "whenever allowed, else as logged".
+    The reward and window are the bandit's (``training.bandit_ledger.ledger_examples``: the
+    orders ``record.attribution.credit`` gives each decision, ``settings.bandit_reward``,
+    ``settings.attribution_days``), on the decisions it learns from. Candidates need no model:
+    the logging policy itself, uniform choice among the offers that were allowed, and each offer
+    "whenever allowed, else as logged".
     """
     try:
         from experiments.ope import ips, snips
@@ -38,17 +41,15 @@ def ope_estimates(settings: Any) -> tuple[list[PolicyEstimate], str]:
     from sqlalchemy import inspect
 
     from nextbest.db import engine_for
-    from record.ledger import Ledger
+    from training.bandit_ledger import ledger_examples
 
     try:
-        engine = engine_for(url)
-        has_table = inspect(engine).has_table("decisions")
-        logs = Ledger(engine, create=False).logs() if has_table else pd.DataFrame()
+        has_table = inspect(engine_for(url)).has_table("decisions")
+        logs = ledger_examples(settings) if has_table else pd.DataFrame()
     except Exception as exc:  # noqa: BLE001 - the rest of the report stands without it
         return [], f"The ledger could not be read ({type(exc).__name__})."
     if logs.empty:
         return [], "No logged decisions yet: off-policy estimates need the service to have run."
-    logs = logs[logs["offer_id"].notna() & (logs["propensity"].fillna(0) > 0)]
     if len(logs) < 20:
         return [], f"Only {len(logs)} logged decisions with propensities: too few to estimate."
     reward, p = logs["reward"].to_numpy(float), logs["propensity"].to_numpy(float)
@@ -74,7 +75,11 @@ def ope_estimates(settings: Any) -> tuple[list[PolicyEstimate], str]:
                 continue
             fields = e.model_dump(include={"estimator", "value", "ci_low", "ci_high", "n", "ess"})
             out.append(PolicyEstimate(policy=name, **fields))
-    return out, f"IPS and SNIPS on {len(logs)} logged decisions (reward: outcome value)."
+    note = (
+        f"IPS and SNIPS on {len(logs)} logged decisions (reward: the bandit's "
+        f"{settings.bandit_reward} reward, {settings.attribution_days}-day window)."
+    )
+    return out, note
 
 
 def _forest(data: ReportData, dim: str) -> go.Figure | None:

@@ -55,6 +55,10 @@ class Event(BaseModel):
     product_id: str | None = None
     value: float | None = None
     quantity: int | None = None
+    # a purchase's order: the same order reported again (another event, a POST /outcome
+    # conversion) counts once; without it the ledger keys the order by customer, product,
+    # amount and minute
+    order_id: str | None = Field(None, min_length=1, max_length=128)
     campaign_id: str | None = None
     consent_channel: str | None = None
     consent_value: bool | None = None

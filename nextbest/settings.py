@@ -60,10 +60,26 @@ class Settings(BaseSettings):
     )
     bandit_reward: BanditReward = Field(
         "spend",
-        description="what a decision earned: spend = the customer's purchases in the attribution "
-        "window minus the offer's cost if it converted (unbiased for incremental value); "
-        "conversion = only the shown offer's conversion value minus cost (less noisy, but it "
-        "credits the offer for people who would have bought anyway)",
+        description="what a decision earned (each order once, to the decision it names or the "
+        "person's last delivered decision before it, within attribution_days): spend = the "
+        "value of those orders minus the offer's cost per converted order (unbiased for "
+        "incremental value); conversion = only the converted orders' value minus cost (less "
+        "noisy, but it credits the offer for people who would have bought anyway); the report's "
+        "off-policy estimates use the same reward",
+    )
+    outcome_future_minutes: float = Field(
+        5.0,
+        ge=0,
+        description="an outcome or event time may be at most this far ahead of the service's "
+        "clock (clock skew); a later one is refused (400 naming ts): it would count as the "
+        "customer's last response for ever and turn suppression off",
+    )
+    outcome_grace_days: float = Field(
+        7.0,
+        ge=0,
+        description="an outcome or event time may be at most attribution_days plus this old; an "
+        "older one is refused (400 naming ts): no decision could count it (send history in "
+        "bulk to the event log instead)",
     )
     experiment: str = Field("nbo", description="experiment of decisions without a campaign")
     contact_caps: dict[str, int] = Field(

@@ -1,31 +1,147 @@
-"""Attribution: which outcomes count for which experiment unit, from the ledger or a world.
+"""Attribution: the one rule for which outcomes count, once, for which decision or experiment unit.
 
-The unit is a customer's *first* exposure (or holdout assignment) in an experiment: a later
-exposure does not restart the clock, so treated and holdout customers are measured over the same
-window. An outcome counts when it happens within ``window_days`` after that moment, on any
-channel and under any of the person's identities: outcomes are keyed by the resolved
-``customer_id``, so a store purchase counts for a web banner.
+Everything that counts outcomes (the bandit's reward, the online learner, off-policy evaluation,
+the report and the replay) goes through this module, so they all count the same thing:
+
+* **Orders, once.** A purchase is an order: its ``order_id`` when the caller gave one, else a
+  deterministic key of customer, product, amount and minute (:func:`order_key`). Every row of
+  one order (a purchase event's revenue outcome, a ``POST /outcome`` conversion) collapses into
+  one (:func:`orders`): worth the largest amount any row reports (they report the same purchase;
+  a bare conversion's default value 1 must not add to it), a conversion when any row says so
+  (the offer's cost is paid once), credited to the decision a row links, at its first time.
+* **Per decision** (:func:`credit`: bandit, learner, OPE): an order that names a decision counts
+  for it only at or after it and within the window; one that names none goes to the person's
+  LAST delivered treatment decision before it within the window (to the last one that showed
+  the offer it names, when it names one), never to several. Undelivered decisions (``pending``
+  or ``cancelled`` messages) get nothing.
+* **Per experiment unit** (:func:`attribute`: the uplift report): a customer's *first* exposure
+  or holdout assignment anchors the window, so treated and holdout customers are measured over
+  the same window; every order of the person within it counts, on any channel.
+
+Customer ids are the resolved ids the ledger holds; ``customer_map`` (old id -> current id, from
+the identity graph's merges) makes a person's rows under an id merged away count as theirs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
+import hashlib
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 UNIT = ["experiment", "customer_id"]
-COLUMNS = ["experiment", "customer_id", "arm", "ts", "offer_id", "channel", "segment",
-           "converted", "converted_at", "revenue", "source"]  # fmt: skip
+ORDER_TYPES = ("conversion", "revenue")  # outcome types that are purchases (orders)
+# decision statuses that never reached the customer (a queued message, one cancelled unsent)
+UNDELIVERED = ("pending", "cancelled")
+CREDIT_COLUMNS = ["order", "decision_id", "type", "value", "ts", "cost_offer"]
 
 
-class ReportError(RuntimeError):
-    """Nothing to report on; the message says which data were looked for and where."""
-
-
-def _utc(ts: pd.Series) -> pd.Series:
+def to_utc(ts: pd.Series) -> pd.Series:
     return pd.to_datetime(ts, utc=True)
+
+
+def order_key(customer_id: str, product_id: str | None, amount: float, ts: datetime) -> str:
+    """The identity of a purchase sent without an ``order_id``: the same customer buying the
+    same product for the same amount in the same minute is one order, however it was reported."""
+    minute = pd.Timestamp(ts).tz_convert("UTC").strftime("%Y-%m-%dT%H:%M")
+    raw = f"{customer_id}|{product_id or ''}|{float(amount):.2f}|{minute}"
+    return "auto:" + hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def person(customer_ids: pd.Series, customer_map: Mapping[str, str] | None) -> pd.Series:
+    """Each row's person: its customer id, or the id it was merged into."""
+    if not customer_map:
+        return customer_ids
+    return customer_ids.map(customer_map).fillna(customer_ids)
+
+
+def delivered(decisions: pd.DataFrame) -> pd.Series:
+    """Decisions that reached the customer: shown in session, sent or delivered (older rows
+    without a status were all shown)."""
+    if "status" not in decisions:
+        return pd.Series(True, index=decisions.index)
+    return decisions["status"].isna() | ~decisions["status"].isin(UNDELIVERED)
+
+
+def orders(outcomes: pd.DataFrame) -> pd.DataFrame:
+    """One row per order (clicks and other non-purchases stay one row each), see module doc."""
+    cols = ["order", "decision_id", "customer_id", "offer_id", "type", "value", "ts"]
+    if outcomes.empty:
+        return pd.DataFrame(columns=cols)
+    wanted = {*outcomes.columns, *cols, "order_id", "idempotency_key"} - {"order"}
+    o = outcomes.reindex(columns=sorted(wanted)).copy()
+    o["ts"] = to_utc(o["ts"])
+    o["value"] = o["value"].astype(float).fillna(1.0)
+    row = "row:" + (
+        o["idempotency_key"].astype(str)
+        if o["idempotency_key"].notna().all()
+        else pd.Series(o.index.astype(str), index=o.index)
+    )
+    o["order"] = o["order_id"].where(o["order_id"].notna() & o["type"].isin(ORDER_TYPES), row)
+    o = o.sort_values("ts", kind="stable")
+    g = o.groupby("order", sort=False)
+    out = g[["decision_id", "customer_id", "offer_id", "type"]].first()  # first non-null each
+    converted = o["type"].eq("conversion").groupby(o["order"], sort=False).any()
+    out["type"] = np.where(converted, "conversion", out["type"])
+    out["value"], out["ts"] = g["value"].max(), g["ts"].min()
+    return out.reset_index()[cols]
+
+
+def _shows(decision_offer: Any, slots: Any, offer: Any) -> bool:
+    """Whether a decision showed ``offer`` (its chosen offer, or any slot it logged)."""
+    if not isinstance(offer, str):
+        return False
+    if decision_offer == offer:
+        return True
+    listed = slots if isinstance(slots, list) else []
+    return any(isinstance(s, dict) and s.get("offer_id") == offer for s in listed)
+
+
+def credit(
+    decisions: pd.DataFrame,
+    outcomes: pd.DataFrame,
+    window: timedelta,
+    customer_map: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """Which decision each order (or other outcome) counts for: one row per credited order with
+    ``CREDIT_COLUMNS``; ``cost_offer`` is the offer whose cost a converted order pays: the offer
+    it names when the decision showed it, the decision's when it names none; None otherwise
+    and for an order that is not a conversion (a decision pays for nothing it did not show).
+
+    ``decisions`` may hold every decision: only delivered treatment decisions with an offer are
+    credited (the rule is in the module doc). Needs ``decision_id``, ``customer_id``, ``ts``,
+    ``offer_id`` (``arm``, ``status`` and ``slots`` are used when present).
+    """
+    if decisions.empty or outcomes.empty:
+        return pd.DataFrame(columns=CREDIT_COLUMNS)
+    d = decisions[decisions["offer_id"].notna() & delivered(decisions)]
+    if "arm" in d:
+        d = d[d["arm"] == "treatment"]
+    d = d.reindex(columns=["decision_id", "customer_id", "ts", "offer_id", "slots"])
+    d = d.rename(columns={"ts": "ts_d", "offer_id": "offer_d", "customer_id": "cid_d"})
+    d["ts_d"], d["person"] = to_utc(d["ts_d"]), person(d["cid_d"], customer_map)
+    o = orders(outcomes)
+    o["person"] = person(o["customer_id"], customer_map)
+    linked = o[o["decision_id"].notna()].drop(columns="person").merge(d, on="decision_id")
+    free = o[o["decision_id"].isna() & o["person"].notna()].drop(columns="decision_id")
+    free = free.merge(d, on="person")
+    both = pd.concat([linked, free], ignore_index=True)
+    both = both[(both["ts"] >= both["ts_d"]) & (both["ts"] <= both["ts_d"] + window)].copy()
+    both["named"] = [
+        _shows(do, s, oo)
+        for do, s, oo in zip(both["offer_d"], both["slots"], both["offer_id"], strict=True)
+    ]
+    # per order: its linked decision (the only candidate), else the last one that showed the
+    # offer it names, else the last one
+    both = both.sort_values(["order", "named", "ts_d", "decision_id"], kind="stable")
+    both = both.drop_duplicates("order", keep="last")
+    # a decision pays only for an offer it showed: the one the order names, else its own
+    paid = both["offer_id"].where(both["named"], both["offer_d"].where(both["offer_id"].isna()))
+    both["cost_offer"] = paid.where(both["type"] == "conversion", None)
+    return both[CREDIT_COLUMNS].reset_index(drop=True)
 
 
 def first_exposures(exposures: pd.DataFrame) -> pd.DataFrame:
@@ -36,29 +152,35 @@ def first_exposures(exposures: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in (*UNIT, "arm", "ts") if c not in exposures.columns]
     if missing:
         raise ValueError(f"exposures lack column(s) {missing}")
-    df = exposures.dropna(subset=["customer_id"]).assign(ts=lambda d: _utc(d["ts"]))
+    df = exposures.dropna(subset=["customer_id"]).assign(ts=lambda d: to_utc(d["ts"]))
     return df.sort_values("ts", kind="stable").drop_duplicates(UNIT).reset_index(drop=True)
 
 
 def attribute(
     exposures: pd.DataFrame,
     outcomes: pd.DataFrame,
-    window_days: int = 30,
+    window_days: float = 30,
     match_product: bool = False,
+    customer_map: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Per unit: ``converted``, ``converted_at`` (first counted), ``revenue``, ``n_outcomes``.
 
-    ``outcomes`` needs ``customer_id`` and ``ts`` (``value`` is summed as revenue when present).
-    With ``match_product`` only outcomes whose ``product_id`` is the exposure's ``product_id``
-    (the offer's product) count; an exposure without a product accepts any purchase.
+    ``outcomes`` needs ``customer_id`` and ``ts`` (``value`` is summed as revenue when present);
+    pass orders (:func:`orders`) so a purchase reported twice counts once. With
+    ``match_product`` only outcomes whose ``product_id`` is the exposure's ``product_id``
+    (the offer's product) count; an exposure without a product accepts any purchase. With
+    ``customer_map`` units and outcomes are keyed by the id each was merged into.
     """
+    if customer_map:
+        exposures = exposures.assign(customer_id=person(exposures["customer_id"], customer_map))
+        outcomes = outcomes.assign(customer_id=person(outcomes["customer_id"], customer_map))
     units = first_exposures(exposures)
     # a source's own outcome columns (the simulator's converted flag) are replaced, not mixed in
     units = units.drop(
         columns=["converted", "converted_at", "revenue", "n_outcomes"], errors="ignore"
     )
     units["unit"] = range(len(units))
-    out = outcomes.dropna(subset=["customer_id"]).assign(o_ts=lambda d: _utc(d["ts"]))
+    out = outcomes.dropna(subset=["customer_id"]).assign(o_ts=lambda d: to_utc(d["ts"]))
     out = out.assign(o_value=out["value"].astype(float) if "value" in out else 1.0)
     extra = ["product_id"] if match_product else []
     pairs = units[["unit", "customer_id", "ts", *extra]]
@@ -78,163 +200,3 @@ def attribute(
     units["revenue"] = units["revenue"].fillna(0.0)
     units["converted"] = units["n_outcomes"] > 0
     return units.drop(columns="unit")
-
-
-def _segment(context: Any, scores: Any) -> str | None:
-    """A decision's segment: the channel's own label, else the plan feature it was decided on."""
-    if isinstance(context, dict) and context.get("segment"):
-        return str(context["segment"])
-    features = scores.get("features") if isinstance(scores, dict) else None
-    plan = features.get("plan") if isinstance(features, dict) else None
-    return str(plan) if plan else None
-
-
-def ledger_units(engine, window_days: int = 30) -> pd.DataFrame:
-    """Experiment units from the decision ledger (H5's tables): decisions x outcomes.
-
-    Conversions count as outcomes; revenue rows add their value. Both are keyed by customer,
-    not by decision, so an outcome reported on another channel still counts.
-    """
-    from sqlalchemy import inspect
-
-    from record.ledger import Ledger
-
-    if not inspect(engine).has_table("decisions"):
-        return pd.DataFrame()
-    ledger = Ledger(engine, create=False)
-    decisions = ledger.logs()
-    if decisions.empty:
-        return pd.DataFrame()
-    outcomes = ledger.outcomes_frame()
-    if outcomes.empty:
-        outcomes = pd.DataFrame(columns=["customer_id", "ts", "type", "value"])
-    conv = outcomes[outcomes["type"] == "conversion"].assign(value=0.0)
-    money = outcomes[outcomes["type"] == "revenue"]
-    units = attribute(decisions, conv, window_days)
-    paid = attribute(decisions, money, window_days)
-    units["revenue"] = paid["revenue"].to_numpy()
-    units["segment"] = [
-        _segment(c, sc) for c, sc in zip(units["context"], units["scores"], strict=True)
-    ]
-    return units
-
-
-def _safe_map(
-    customer_ids: Callable[[pd.DataFrame], pd.Series] | None, frame: pd.DataFrame
-) -> pd.Series | None:
-    """Resolved ids, or None when there is no usable identity graph (tables not built yet)."""
-    if customer_ids is None:
-        return None
-    try:
-        return pd.Series(customer_ids(frame).to_numpy(), index=frame.index)
-    except Exception:  # noqa: BLE001 - any graph failure means: use the campaign flag instead
-        return None
-
-
-def _raw_key(exposures: pd.DataFrame) -> pd.Series:
-    """The identifier a campaign used for a person (email first), as a stand-in customer key."""
-    key = exposures["exposure_id"].astype(str)
-    for col in ("cookie_id", "login_id", "phone", "email"):
-        if col in exposures:
-            key = exposures[col].fillna(key)
-    return key
-
-
-def world_units(
-    world_dir: Path,
-    window_days: int = 30,
-    customer_ids: Callable[[pd.DataFrame], pd.Series] | None = None,
-    products: dict[str, str | None] | None = None,
-) -> pd.DataFrame:
-    """Experiment units from a simulated world, before the service has run.
-
-    ``customer_ids`` maps a frame with identifier columns to resolved customer ids (the identity
-    graph's ``map_identifiers``). With it, exposures and purchase events are joined by person and
-    attributed here (a purchase of the offer's product, from ``products``: offer id -> product
-    id); without it the campaign system's own ``converted`` flag is used as is.
-    """
-    exposures = pd.read_parquet(Path(world_dir) / "exposures.parquet")
-    exposures = exposures.rename(columns={"campaign_id": "experiment"})
-    events_path = Path(world_dir) / "events.parquet"
-    mapped = _safe_map(customer_ids, exposures) if events_path.exists() else None
-    # an identity graph that knows under half of the campaign's people has not resolved this world
-    if mapped is not None and mapped.notna().mean() >= 0.5:
-        # unresolved exposures stay in the experiment under their own identifier: dropping them
-        # would change who is measured; they simply cannot collect outcomes from other ids
-        exposures["customer_id"] = mapped.fillna("unresolved:" + _raw_key(exposures)).to_numpy()
-        events = pd.read_parquet(events_path)
-        purchases = events[events["event_type"] == "purchase"].copy()
-        purchases["customer_id"] = customer_ids(purchases).to_numpy()
-        exposures["product_id"] = exposures["offer_id"].map(products or {})
-        units = attribute(exposures, purchases, window_days, match_product=bool(products))
-        units.attrs["outcome_source"] = "purchase events attributed by resolved customer id"
-        return units
-    # one campaign touches a person through one identifier, so it serves as the unit key
-    exposures["customer_id"] = _raw_key(exposures)
-    units = first_exposures(exposures)
-    units["converted"] = units["converted"].astype(bool)
-    units["converted_at"] = _utc(units["converted_at"])
-    units["revenue"] = 0.0
-    units.attrs["outcome_source"] = "the campaign system's own converted flag (no identity graph)"
-    return units
-
-
-def offer_catalog() -> dict[str, Any]:
-    try:
-        from offers.catalog import load_catalog
-
-        return {o.id: o for o in load_catalog().offers}
-    except Exception:  # noqa: BLE001 - the report still works with bare offer ids
-        return {}
-
-
-def _identity_mapper(settings: Any):
-    """The identity graph's vectorised lookup, when a ledger database (and graph) exists."""
-    url = settings.ledger_db_url
-    if url.startswith("sqlite") and not Path(url.split("///", 1)[-1]).exists():
-        return None
-    try:
-        from features.identity import graph_for
-
-        return graph_for(settings).map_identifiers
-    except Exception:  # noqa: BLE001 - no graph yet: attribution falls back to the campaign flag
-        return None
-
-
-def load_units(settings: Any, world_dir: Path | None = None) -> tuple[pd.DataFrame, list[str], str]:
-    """Experiment units from the ledger and the world, in one frame with a ``source`` column."""
-    frames, sources, outcome_sources = [], [], []
-    url, days = settings.ledger_db_url, settings.attribution_days
-    if not url.startswith("sqlite") or Path(url.split("///", 1)[-1]).exists():
-        from nextbest.db import engine_for
-
-        try:
-            units = ledger_units(engine_for(url), days)
-        except Exception as exc:  # noqa: BLE001 - an unreadable ledger is reported, not fatal
-            units = pd.DataFrame()
-            sources.append(f"decision ledger unreadable ({type(exc).__name__})")
-        if not units.empty:
-            frames.append(units.assign(source="ledger"))
-            sources.append(f"decision ledger ({len(units)} experiment units)")
-            outcome_sources.append("ledger outcomes by customer id")
-    world = Path(world_dir or settings.world_dir)
-    if (world / "exposures.parquet").exists():
-        products = {k: o.product_id for k, o in offer_catalog().items()}
-        units = world_units(world, days, _identity_mapper(settings), products)
-        if (world / "people.parquet").exists() and "true_person_id" in units:
-            plan = pd.read_parquet(world / "people.parquet", columns=["person_id", "plan"])
-            units["segment"] = units["true_person_id"].map(plan.set_index("person_id")["plan"])
-        frames.append(units.assign(source="world"))
-        sources.append(f"simulated campaigns in {world} ({len(units)} experiment units)")
-        outcome_sources.append(units.attrs.get("outcome_source", ""))
-    if not frames:
-        raise ReportError(
-            f"nothing to report: no decisions in the ledger ({url}) and no exposures.parquet in "
-            f"{world}; run `nextbest simulate` or the decision service first"
-        )
-    units = pd.concat([f.reindex(columns=COLUMNS) for f in frames], ignore_index=True)
-    units["converted"] = units["converted"].fillna(False).astype(bool)
-    units["revenue"] = units["revenue"].fillna(0.0).astype(float)
-    units["ts"] = pd.to_datetime(units["ts"], utc=True)
-    units["converted_at"] = pd.to_datetime(units["converted_at"], utc=True)
-    return units, sources, "; ".join(s for s in outcome_sources if s)

@@ -15,11 +15,12 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -33,6 +34,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal_column,
     null,
     select,
     union_all,
@@ -62,6 +64,8 @@ decisions = Table(
     Column("model_versions", JSON, nullable=False),
     Column("fallback", Boolean, nullable=False, default=False),
     Column("reason", String(200), nullable=False, default=""),
+    # delivery (DecisionStatus); nullable so older databases gain it: NULL there means shown
+    Column("status", String(16), nullable=True),
     Index("ix_decisions_customer_ts", "customer_id", "ts"),
     Index("ix_decisions_experiment", "experiment"),
     Index("ix_decisions_ts", "ts"),  # the online learner's window of matured decisions
@@ -77,6 +81,9 @@ outcomes = Table(
     Column("type", String(16), nullable=False),
     Column("value", Float, nullable=False, default=1.0),
     Column("ts", DateTime(timezone=True), nullable=False),
+    # the purchase's identity (the caller's, else attribution.order_key); NULL: not a purchase
+    Column("order_id", String(128), nullable=True, index=True),
+    Column("offer_id", String(64), nullable=True),  # the offer the outcome names, if any
 )
 
 outbox = Table(
@@ -90,7 +97,7 @@ outbox = Table(
     Column("offer_id", String(64), nullable=True),
     Column("trigger", String(32), nullable=False),
     Column("payload", JSON, nullable=False),
-    Column("status", String(16), nullable=False, index=True),  # pending|sent|cancelled
+    Column("status", String(16), nullable=False, index=True),  # pending|sent|cancelled|delivered
 )
 
 baskets = Table(
@@ -109,6 +116,13 @@ ERASED_PREFIX = "erased:"  # an erased outcome's idempotency key: this and a 64-
 # What an erased person's decisions keep of the columns that could name or describe them; a
 # column added to ``decisions`` that could do so belongs here too (``Ledger.erase``).
 ERASED_DECISION: dict[str, Any] = {"customer_id": None, "context": {}, "scores": {}, "reason": ""}
+# A decision's delivery: ``shown`` in the channel's own session (the default: /decide answers
+# the channel that shows it), ``pending`` while its outbound message waits in the outbox,
+# ``sent`` once a sender claimed it, ``delivered`` on the sender's receipt, ``cancelled`` when
+# a purchase cancelled the message before it was sent. Pending and cancelled decisions reached
+# nobody: attribution credits them nothing (record.attribution.UNDELIVERED) and contact
+# caps do not count cancelled ones.
+DecisionStatus = Literal["shown", "pending", "sent", "delivered", "cancelled"]
 
 # Built once: compiling a statement per decision cost more than running it.
 _HISTORY = union_all(
@@ -116,6 +130,7 @@ _HISTORY = union_all(
         decisions.c.customer_id == bindparam("cid"),
         decisions.c.ts >= bindparam("since"),
         decisions.c.offer_id.is_not(None),
+        decisions.c.status.is_distinct_from(literal_column("'cancelled'")),  # never shown
     ),
     select(null(), null(), func.max(outcomes.c.ts)).where(
         outcomes.c.customer_id == bindparam("cid")
@@ -143,6 +158,12 @@ class DecisionRow(BaseModel):
     model_versions: dict[str, str] = Field(default_factory=dict)
     fallback: bool = False
     reason: str = ""
+    status: DecisionStatus = "shown"
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _older_rows_were_shown(cls, v: Any) -> Any:
+        return "shown" if v is None else v  # rows from before the column (NULL there)
 
 
 class OutcomeRow(BaseModel):
@@ -154,6 +175,8 @@ class OutcomeRow(BaseModel):
     type: OutcomeType
     value: float = 1.0
     ts: datetime
+    order_id: str | None = Field(None, max_length=128)
+    offer_id: str | None = Field(None, max_length=64)
 
 
 def utc(ts: datetime) -> datetime:
@@ -241,16 +264,10 @@ class Ledger:
         return shown, utc(last) if last else None
 
     def logs(self, since: datetime | None = None, channel: str | None = None) -> pd.DataFrame:
-        """Decisions with their summed outcome value (0 when none): bandit training and OPE."""
-        reward = (
-            select(outcomes.c.decision_id, func.sum(outcomes.c.value).label("reward"))
-            .where(outcomes.c.decision_id.is_not(None))
-            .group_by(outcomes.c.decision_id)
-            .subquery()
-        )
-        q = select(decisions, func.coalesce(reward.c.reward, 0.0).label("reward")).outerjoin(
-            reward, reward.c.decision_id == decisions.c.decision_id
-        )
+        """Decisions in time order: bandit training, OPE and reports. What each earned is
+        ``record.attribution.credit``'s to say (a sum of the outcomes linked to a decision
+        would count an order twice and miss the purchases that name no decision)."""
+        q = select(decisions)
         if since is not None:
             q = q.where(decisions.c.ts >= since)
         if channel is not None:
@@ -259,7 +276,7 @@ class Ledger:
             return pd.DataFrame(conn.execute(q.order_by(decisions.c.ts)).mappings().all())
 
     def experiment_exposures(self, experiment: str) -> pd.DataFrame:
-        """Per decision of one experiment: arm, offer, customer and outcome counts by type."""
+        """Per decision of one experiment: arm, offer, customer (the rows of :meth:`logs`)."""
         df = self.logs()
         if df.empty:
             return df
@@ -273,7 +290,7 @@ class Ledger:
         """Remove a person's personal data; decisions and outcomes stay, anonymised, so
         experiment counts remain valid while nothing links them to the person: no customer
         id, context (pages, basket), scores (the features read) or reason text; outcomes
-        keep a hash of their idempotency key (``erased_key``), so a retried report of one
+        keep a hash of their idempotency key and order id (``erased_key``), so a retried report of one
         still counts once. Rows of every other table naming the customer (outbox and its
         payloads, baskets, tables added later) are deleted, or anonymised where the id may be
         null. On SQLite the engine's ``secure_delete`` zeroes the freed bytes and the WAL is
@@ -286,16 +303,23 @@ class Ledger:
                 .values(**ERASED_DECISION)
             ).rowcount
             keys = conn.execute(
-                select(outcomes.c.outcome_id, outcomes.c.idempotency_key).where(
-                    outcomes.c.customer_id == customer_id
-                )
+                select(
+                    outcomes.c.outcome_id, outcomes.c.idempotency_key, outcomes.c.order_id
+                ).where(outcomes.c.customer_id == customer_id)
             ).all()
-            if keys:
+            if keys:  # an order id is the shop's name for the person's order: hashed alike
                 conn.execute(
                     update(outcomes)
                     .where(outcomes.c.outcome_id == bindparam("oid"))
-                    .values(customer_id=None, idempotency_key=bindparam("key")),
-                    [{"oid": i, "key": self.erased_key(k)} for i, k in keys],
+                    .values(
+                        customer_id=None,
+                        idempotency_key=bindparam("key"),
+                        order_id=bindparam("order"),
+                    ),
+                    [
+                        {"oid": i, "key": self.erased_key(k), "order": o and self.erased_key(o)}
+                        for i, k, o in keys
+                    ],
                 )
             counts["outcomes"] = len(keys)
             for table in metadata.sorted_tables:
@@ -319,6 +343,15 @@ class Ledger:
                 t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
                 for t in (decisions, outcomes, outbox, baskets)
             }
+
+
+def mark_status(conn: Connection, ids: list[str], status: DecisionStatus) -> int:
+    """Mark decisions' delivery in the caller's transaction (an outbox change and its
+    decisions' go together); the number of rows marked."""
+    if not ids:
+        return 0
+    q = update(decisions).where(decisions.c.decision_id.in_(ids)).values(status=status)
+    return conn.execute(q).rowcount
 
 
 def now() -> datetime:

@@ -13,9 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
-from sqlalchemy import select
 
-from record.ledger import OutcomeRow, decisions, now, utc
+from record.attribution import ORDER_TYPES, order_key
+from record.ledger import OutcomeRow, utc
 from serving import outbox
 from serving.decide import DecideRequest, DecideResponse, Known, plan, read_features
 from serving.deps import Deps
@@ -33,7 +33,10 @@ def field_error(field: str, reason: str, value: Any, title: str = "request") -> 
 
 
 class OutcomeRequest(BaseModel):
-    """What happened after a decision; a retry with the same key counts once."""
+    """What happened after a decision; a retry with the same key counts once. A purchase
+    (``conversion``, ``revenue``) is one order however often it is reported: its ``order_id``,
+    else a key of customer, product, amount and minute (``record.attribution.order_key``).
+    ``delivered`` is a sender's receipt for a message (it needs the ``decision_id``)."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     idempotency_key: str = Field(min_length=1, max_length=128)
@@ -44,9 +47,13 @@ class OutcomeRequest(BaseModel):
     loyalty_id: str | None = Id
     login_id: str | None = Id
     cookie_id: str | None = Id
-    type: Literal["click", "conversion", "revenue"]
+    type: Literal["click", "conversion", "revenue", "delivered"]
     value: float = Field(1.0, ge=0)
     ts: datetime | None = None
+    order_id: str | None = Field(None, min_length=1, max_length=128)
+    offer_id: str | None = Field(
+        None, min_length=1, max_length=64, description="the offer this outcome is about, if any"
+    )
 
     @field_validator("value")
     @classmethod
@@ -61,15 +68,43 @@ class OutcomeResponse(BaseModel):
     recorded: bool = Field(description="false when this key was already recorded")
     decision_id: str | None
     customer_id: str | None
+    order_id: str | None = Field(None, description="the order a purchase counts as")
+
+
+def checked_time(ts: datetime, deps: Deps, title: str = "request") -> datetime:
+    """A caller's time in UTC, refused (naming ``ts``) when it is ahead of the service's clock
+    by more than ``outcome_future_minutes`` or older than any attribution window can count."""
+    s, at, ts = deps.settings, utc(deps.clock()), utc(ts)
+    if ts > at + timedelta(minutes=s.outcome_future_minutes):
+        reason = f"more than {s.outcome_future_minutes:g} minutes ahead of the service's clock"
+        raise field_error("ts", reason, ts.isoformat(), title)
+    oldest = s.attribution_days + s.outcome_grace_days
+    if ts < at - timedelta(days=oldest):
+        reason = f"older than {oldest:g} days (attribution_days + outcome_grace_days)"
+        raise field_error("ts", reason, ts.isoformat(), title)
+    return ts
+
+
+def _product(offer_id: str | None, deps: Deps, unknown: str | None = None) -> str | None:
+    """The product of a catalogue offer (None for one without); ``unknown`` when no such
+    offer is in the catalogue."""
+    offer = next((o for o in deps.offers() if o.id == offer_id), None)
+    return getattr(offer, "product_id", None) if offer is not None else unknown
 
 
 def record_outcome(req: OutcomeRequest, deps: Deps) -> OutcomeResponse:
-    cid = req.customer_id
+    ts = checked_time(req.ts, deps) if req.ts else utc(deps.clock())
+    named = req.offer_id
+    if named is not None and deps.catalog is not None and _product(named, deps, "") == "":
+        raise field_error("offer_id", "no such offer in the catalogue", req.offer_id)
+    cid, row = req.customer_id, None
     if req.decision_id is not None:
         row = deps.ledger.decision(req.decision_id)
         if row is None:
             raise field_error("decision_id", "no such decision in the ledger", req.decision_id)
         cid = row.customer_id
+    elif req.type == "delivered":
+        raise field_error("decision_id", "a delivery receipt needs the message's decision_id", None)
     elif cid is None:
         ids = {f: getattr(req, f) for f in ID_FIELDS if getattr(req, f)}
         if not ids:
@@ -77,7 +112,19 @@ def record_outcome(req: OutcomeRequest, deps: Deps) -> OutcomeResponse:
         cid = _lookup(ids, deps)
         if cid is None:
             raise field_error(next(iter(ids)), "no known customer has this identifier", None)
-    ts = utc(req.ts) if req.ts else now()
+    if req.type == "delivered":
+        if row.status == "cancelled":
+            reason = "its message was cancelled before it was sent"
+            raise field_error("decision_id", reason, req.decision_id)
+        recorded = outbox.delivered(req.decision_id, deps)
+        return OutcomeResponse(idempotency_key=req.idempotency_key, recorded=recorded,
+                               decision_id=req.decision_id, customer_id=cid)  # fmt: skip
+    order = req.order_id
+    if order is None and req.type in ORDER_TYPES and cid is not None:
+        # the product bought: the offer named, else the offer a conversion converted
+        if named is None and row is not None and req.type == "conversion":
+            named = row.offer_id
+        order = order_key(cid, _product(named, deps), req.value, ts)
     recorded = deps.ledger.record_outcome(
         OutcomeRow(
             idempotency_key=req.idempotency_key,
@@ -86,6 +133,8 @@ def record_outcome(req: OutcomeRequest, deps: Deps) -> OutcomeResponse:
             type=req.type,
             value=req.value,
             ts=ts,
+            order_id=order,
+            offer_id=req.offer_id,
         )
     )
     return OutcomeResponse(
@@ -93,6 +142,7 @@ def record_outcome(req: OutcomeRequest, deps: Deps) -> OutcomeResponse:
         recorded=recorded,
         decision_id=req.decision_id,
         customer_id=cid,
+        order_id=order,
     )
 
 
@@ -113,6 +163,7 @@ def ingest(data: dict[str, Any], deps: Deps) -> dict[str, Any]:
         event = parse_event(data)
     except InvalidEvent as exc:
         raise field_error(exc.field, exc.reason, None, "event") from None
+    checked_time(event.ts, deps, "event")
     result: dict[str, Any] = {"event_id": event.event_id}
     if deps.ingest is not None:
         store = getattr(deps.features, "store", None)
@@ -131,43 +182,29 @@ def ingest(data: dict[str, Any], deps: Deps) -> dict[str, Any]:
     result["customer_id"] = cid
     result.update(outbox.track_event(event, cid, deps))
     if event.event_type == "purchase":
+        # the order names the offer of the product bought, if any: attribution credits it to
+        # the last decision that showed that offer (record.attribution.credit)
+        offer = deps.catalog.by_product().get(event.product_id) if deps.catalog else None
+        value = float(event.value or 0.0)
+        order = event.order_id or order_key(cid, event.product_id, value, event.ts)
         result["outcome_recorded"] = deps.ledger.record_outcome(
             OutcomeRow(
                 idempotency_key=f"event:{event.event_id}",
                 customer_id=cid,
-                decision_id=_attributed(cid, event, deps),
                 type="revenue",
-                value=float(event.value or 0.0),
+                value=value,
                 ts=utc(event.ts),
+                order_id=order,
+                offer_id=offer.id if offer is not None else None,
             )
         )
+        result["order_id"] = order
     return _plain(result)
 
 
 def _plain(result: dict[str, Any]) -> dict[str, Any]:
     """JSON-safe (the live row may hold timestamps or numpy scalars)."""
     return json.loads(json.dumps(result, default=str))
-
-
-def _attributed(cid: str, event: Any, deps: Deps) -> str | None:
-    """The latest decision that showed the purchased product within the attribution window."""
-    offer = deps.catalog.by_product().get(event.product_id) if deps.catalog else None
-    if offer is None:
-        return None
-    since = utc(event.ts) - timedelta(days=deps.settings.attribution_days)
-    q = (
-        select(decisions.c.decision_id)
-        .where(
-            decisions.c.customer_id == cid,
-            decisions.c.offer_id == offer.id,
-            decisions.c.ts >= since,
-            decisions.c.ts <= utc(event.ts),
-        )
-        .order_by(decisions.c.ts.desc())
-        .limit(1)
-    )
-    with deps.ledger.engine.connect() as conn:
-        return conn.execute(q).scalar()
 
 
 class ProfileView(BaseModel):

@@ -25,7 +25,7 @@ def _error(status: int, field: str, message: str) -> JSONResponse:
 async def report(request: Request, deps: Deps) -> Response:
     """``GET /reports``: the self-contained HTML report; ``?format=json`` for its numbers."""
     from experiments.report import build_report, report_html
-    from record.attribution import ReportError
+    from experiments.report_units import ReportError
 
     fmt = request.query_params.get("format", "html")
     if fmt not in ("html", "json"):

@@ -30,15 +30,16 @@ import pandas as pd
 from sqlalchemy import and_, or_, select
 
 from nextbest.settings import BanditReward
+from record.attribution import ORDER_TYPES
 from record.ledger import decisions, outcomes, utc
-from training.bandit_ledger import COUNTED, logged_examples, offer_costs
+from training.bandit_ledger import logged_examples, offer_costs
 
 log = logging.getLogger("nextbest.learner")
 
 # decisions per page: their ids and customer ids stay under SQLite's 999 bound variables
 PAGE = 400
 _COLUMNS = ("decision_id", "ts", "customer_id", "channel", "context", "arm", "offer_id")
-_COLUMNS += ("propensity", "probabilities", "scores")
+_COLUMNS += ("propensity", "probabilities", "scores", "status")
 
 
 class Learner:
@@ -215,21 +216,33 @@ def _examples(
     reward: BanditReward,
 ) -> dict[str, Any]:
     """The learnable decisions among ``rows`` with their rewards, by decision id: the batch
-    path's ``logged_examples`` over these decisions and the outcomes they can count."""
-    logs = pd.DataFrame(rows, columns=list(_COLUMNS))
+    path's ``logged_examples`` (so ``record.attribution.credit``'s rule) over these
+    decisions, the people's later decisions that may take an order from them (an order without
+    a decision goes to the person's last one), and the orders all of them can count."""
     ids = [r["decision_id"] for r in rows]
     people = sorted({r["customer_id"] for r in rows if r["customer_id"] is not None})
     times = [utc(r["ts"]) for r in rows]
-    o = outcomes.c
-    linked = o.decision_id.in_(ids)
-    if people:  # the customer's other spending after the decision
-        later = and_(o.decision_id.is_(None), o.customer_id.in_(people), o.ts >= min(times))
-        linked = or_(linked, later)
-    q = select(o.decision_id, o.customer_id, o.type, o.value, o.ts).where(
-        o.type.in_(COUNTED[reward]), o.ts <= max(times) + window, linked
-    )
+    start, end = min(times), max(times) + window
+    d, o = decisions.c, outcomes.c
+    later: list[dict[str, Any]] = []
+    if people:
+        q = select(*(d[c] for c in _COLUMNS)).where(
+            d.customer_id.in_(people), d.ts >= start, d.ts <= end, d.decision_id.not_in(ids)
+        )
+        with engine.connect() as conn:
+            later = [dict(r) for r in conn.execute(q).mappings().all()]
+    every = [*rows, *later]
+    logs = pd.DataFrame(every, columns=list(_COLUMNS))
+    linked = o.decision_id.in_([r["decision_id"] for r in every])
+    if people:  # the customer's purchases that name no decision
+        free = and_(o.decision_id.is_(None), o.customer_id.in_(people), o.ts >= start)
+        linked = or_(linked, free)
+    q = select(
+        o.idempotency_key, o.order_id, o.offer_id, o.decision_id, o.customer_id, o.type,
+        o.value, o.ts,
+    ).where(o.type.in_(ORDER_TYPES), o.ts <= end, linked)  # fmt: skip
     with engine.connect() as conn:
         found = pd.DataFrame(conn.execute(q).mappings().all())
     days = window / timedelta(days=1)
     examples = logged_examples(logs, found, costs, days, reward)  # fractional days: a Timedelta
-    return {r.decision_id: r for r in examples.itertuples(index=False)}
+    return {r.decision_id: r for r in examples.itertuples(index=False) if r.decision_id in ids}

@@ -3,6 +3,9 @@
 A basket left on the web or app without checkout for ``abandon_after_minutes`` becomes an
 outbound decision (e-mail, else SMS) through the same pipeline as any visit, so consent, caps
 and holdouts hold; a purchase anywhere, under any of the person's identities, cancels it.
+Each message's decision carries its delivery (``record.ledger.DecisionStatus``): pending
+when queued, sent when a sender claims it, delivered on its receipt (``POST /outcome`` of type
+``delivered``), cancelled with the message, in the same transaction.
 A ``purchase_intent`` recorded by a store clerk or an agent joins the live basket, so every
 channel sees it; it is the channel's own follow-up, so it triggers no abandoned-basket message.
 """
@@ -18,7 +21,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from offers.catalog import NO_OFFER
-from record.ledger import baskets, now, outbox, utc
+from record.ledger import baskets, decisions, mark_status, now, outbox, utc
 from serving.decide import DecideRequest, VisitContext, decide
 from serving.deps import Deps
 
@@ -38,12 +41,12 @@ def track_event(event: Any, customer_id: str, deps: Deps) -> dict[str, int]:
                 .where(baskets.c.customer_id == customer_id, baskets.c.status != "checked_out")
                 .values(status="checked_out", updated_at=ts)
             ).rowcount
-            cancelled = conn.execute(
-                update(outbox)
-                .where(outbox.c.customer_id == customer_id, outbox.c.status == "pending")
-                .values(status="cancelled")
-            ).rowcount
-        return {"baskets_closed": closed, "messages_cancelled": cancelled}
+            waiting = outbox.c.customer_id == customer_id, outbox.c.status == "pending"
+            ids = list(conn.execute(select(outbox.c.decision_id).where(*waiting)).scalars())
+            cancelled = conn.execute(update(outbox).where(*waiting).values(status="cancelled"))
+            # in the same transaction: a cancelled message's decision is never credited
+            mark_status(conn, ids, "cancelled")
+        return {"baskets_closed": closed, "messages_cancelled": cancelled.rowcount}
     intent = event.event_type == "purchase_intent"  # recorded by a clerk, on any channel
     if not intent and (
         event.event_type not in ("basket_add", "basket_remove")
@@ -150,6 +153,7 @@ def _enqueue(
     }
     with deps.ledger.engine.begin() as conn:
         conn.execute(insert(outbox), [row])
+        mark_status(conn, [decision.decision_id], "pending")  # not shown until it is sent
     return row
 
 
@@ -173,4 +177,25 @@ def pending(deps: Deps, channel: str, limit: int = 100, claim: bool = True) -> l
                 .where(outbox.c.message_id.in_(ids), outbox.c.status == "pending")
                 .values(status="sent")
             )
+            mark_status(conn, [r["decision_id"] for r in rows], "sent")
     return [{**dict(r), "created_at": utc(r["created_at"]).isoformat()} for r in rows]
+
+
+def delivered(decision_id: str, deps: Deps) -> bool:
+    """A sender's delivery receipt: the decision and its message are marked delivered (a
+    message still pending was evidently sent). False when it already was."""
+    with deps.ledger.engine.begin() as conn:
+        conn.execute(
+            update(outbox)
+            .where(outbox.c.decision_id == decision_id, outbox.c.status.in_(("pending", "sent")))
+            .values(status="delivered")
+        )
+        q = (
+            update(decisions)
+            .where(
+                decisions.c.decision_id == decision_id,
+                decisions.c.status.is_distinct_from("delivered"),
+            )
+            .values(status="delivered")
+        )
+        return conn.execute(q).rowcount == 1

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from nextbest.settings import BanditReward, Settings
+from record.attribution import credit, delivered
 from training.bandit import BanditPolicy, offer_features
 from training.bandit_registry import MODEL_NAME, BanditError, load_bandit, register
 
@@ -32,21 +33,25 @@ def logged_examples(
     costs: Mapping[str, float],
     attribution_days: float,
     reward: BanditReward = "spend",
+    customer_map: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Decisions the bandit can learn from, each with its reward.
 
-    ``spend`` reward = the customer's conversion value within the attribution window after the
-    decision (``conversion`` outcomes of the decision, plus ``revenue`` reported for the
-    decision or the customer) minus the offer's cost when the offer itself converted (a
-    ``conversion`` outcome). Counting the customer's other spending makes the reward's
-    expectation differ between offers by exactly their incremental value, so the bandit learns
-    uplift, not who buys anyway. ``conversion`` reward counts the ``conversion`` outcomes only:
-    every other purchase's noise is gone, but so is the correction for people who would have
-    bought the offer's product anyway (measured: README, bandit replay).
-    Holdout rows, forced choices (one allowed offer), rows without an offer or propensity, and
-    rows without the logged feature snapshot (``scores["features"]``) are left out. Forced
-    choices matter: caps leave heavy visitors only ``no_offer``, and learning those rows would
-    credit ``no_offer`` with the baseline spending of the people who visit most.
+    Which orders count for which decision is :func:`record.attribution.credit`'s rule (each
+    order once, to one delivered decision, within ``attribution_days`` after it; ``logs`` should
+    hold every decision of the people, since an order goes to their last one).
+    ``spend`` reward = the value of every order credited to the decision (its offer's
+    conversions and the customer's other purchases) minus the cost of the offer of each
+    converted order. Counting the customer's other spending makes the reward's expectation
+    differ between offers by exactly their incremental value, so the bandit learns uplift, not
+    who buys anyway. ``conversion`` reward counts the conversion orders only: every other
+    purchase's noise is gone, but so is the correction for people who would have bought the
+    offer's product anyway (measured: README, bandit replay).
+    Holdout rows, undelivered ones (a message pending or cancelled), forced choices (one
+    allowed offer), rows without an offer or propensity, and rows without the logged feature
+    snapshot (``scores["features"]``) are left out. Forced choices matter: caps leave heavy
+    visitors only ``no_offer``, and learning those rows would credit ``no_offer`` with the
+    baseline spending of the people who visit most.
     """
     if reward not in COUNTED:
         raise ValueError(f"reward: {reward!r} is not one of {', '.join(COUNTED)}")
@@ -55,34 +60,17 @@ def logged_examples(
     if logs.empty:
         return pd.DataFrame(columns=cols)
     df = logs[(logs["arm"] == "treatment") & logs["offer_id"].notna() & logs["propensity"].notna()]
-    df = df[df["probabilities"].map(len) >= 2]  # forced choices: see BanditPolicy.learn
+    df = df[delivered(df) & (df["probabilities"].map(len) >= 2)]  # forced: BanditPolicy.learn
     df = df.assign(features=[_snapshot(r) for r in df.itertuples(index=False)])
     df = df[df["features"].notna()].copy()
     df["ts"] = pd.to_datetime(df["ts"], utc=True)
-    value = pd.Series(0.0, index=df["decision_id"])
-    converted = pd.Series(False, index=df["decision_id"])
-    if not outcomes.empty:
-        o = outcomes[outcomes["type"].isin(COUNTED[reward])]
-        o = o.assign(ts=pd.to_datetime(o["ts"], utc=True))
-        keys = df[["decision_id", "customer_id", "ts"]].rename(columns={"ts": "ts_decision"})
-        linked = o[o["decision_id"].notna()].merge(keys.drop(columns="customer_id"))
-        by_customer = (
-            o[o["decision_id"].isna() & o["customer_id"].notna()]
-            .drop(columns="decision_id")
-            .merge(keys.dropna(subset=["customer_id"]), on="customer_id")
-        )
-        both = pd.concat(
-            [linked.assign(linked=True), by_customer.assign(linked=False)], ignore_index=True
-        )
-        window = pd.Timedelta(days=attribution_days)
-        both = both[both["linked"] | (both["ts"] >= both["ts_decision"])]
-        both = both[both["ts"] <= both["ts_decision"] + window]
-        value = value.add(both.groupby("decision_id")["value"].sum(), fill_value=0.0)
-        hit = both.loc[both["type"] == "conversion", "decision_id"].unique()
-        converted[converted.index.isin(hit)] = True
-    cost = df["offer_id"].map(lambda x: float(costs.get(x, 0.0))).to_numpy()
-    ids = df["decision_id"]
-    df["reward"] = ids.map(value).to_numpy() - cost * ids.map(converted).to_numpy()
+    window = pd.Timedelta(days=attribution_days)
+    credited = credit(logs, outcomes, window, customer_map)
+    credited = credited[credited["type"].isin(COUNTED[reward])]
+    paid = credited["cost_offer"].map(lambda x: float(costs.get(x, 0.0)) if x else 0.0)
+    by_decision = credited.assign(net=credited["value"].astype(float) - paid)
+    net = by_decision.groupby("decision_id")["net"].sum()
+    df["reward"] = df["decision_id"].map(net).fillna(0.0).astype(float).to_numpy()
     df["context"] = df["context"].map(lambda c: {k: v for k, v in c.items() if k != "features"})
     df["allowed"] = df["probabilities"].map(lambda p: list(p))
     df["scores"] = df["scores"].map(_model_values)
@@ -143,8 +131,13 @@ def catalog_actions(settings: Settings) -> tuple[dict[str, dict[str, Any]], dict
     return offer_features(catalog), offer_costs(catalog.offers)
 
 
-def ledger_examples(settings: Settings, since: datetime | None = None) -> pd.DataFrame:
-    """The learnable rows of the decision ledger, with rewards."""
+def ledger_examples(
+    settings: Settings,
+    since: datetime | None = None,
+    customer_map: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """The learnable rows of the decision ledger, with rewards (``customer_map``: ids merged
+    away -> the id they were merged into, so a person's orders count under any identity)."""
     from nextbest.db import engine_for
     from record.ledger import Ledger
 
@@ -156,6 +149,7 @@ def ledger_examples(settings: Settings, since: datetime | None = None) -> pd.Dat
         costs,
         settings.attribution_days,
         settings.bandit_reward,
+        customer_map,
     )
 
 

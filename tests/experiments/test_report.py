@@ -176,6 +176,7 @@ def test_report_from_ledger_and_world_with_ope(world: Path, tmp_path: Path) -> N
             context={"segment": "postpaid_m"}, experiment="web_banner", arm=arm, offer_id=offer,
             propensity=None if offer is None else 0.5,
             probabilities={} if offer is None else {"data_addon": 0.5, "family_plan": 0.5},
+            scores={"features": {"plan": "postpaid_m"}},  # what the bandit learns from
         ).model_dump())  # fmt: skip
         p = {"data_addon": 0.4, "family_plan": 0.2, None: 0.2}[offer]
         if rng.random() < p:  # a conversion reported later from the store, same customer
@@ -183,7 +184,8 @@ def test_report_from_ledger_and_world_with_ope(world: Path, tmp_path: Path) -> N
                 idempotency_key=f"k{i}", decision_id=f"d{i}", customer_id=f"c{i}",
                 type="conversion", value=1.0, ts=T0 + timedelta(hours=i, days=2),
             ).model_dump())  # fmt: skip
-            rewards.append(1.0 if offer else 0.0)
+            # the bandit's reward: the order's value less the offer's cost (family_plan: 25)
+            rewards.append({"data_addon": 1.0, "family_plan": -24.0}.get(offer, 0.0))
     with ledger.engine.begin() as conn:  # one transaction: 400 synchronous commits are slow
         conn.execute(insert(decisions), dec_rows)
         conn.execute(insert(outcomes), out_rows)
@@ -198,6 +200,38 @@ def test_report_from_ledger_and_world_with_ope(world: Path, tmp_path: Path) -> N
     worst = by_policy[("always family_plan when allowed", "snips")]
     assert best.value > worst.value and best.ci_low < 0.4 < best.ci_high
     assert "IPS and SNIPS on 320 logged decisions" in data.ope_note
+    assert "the bandit's spend reward, 30-day window" in data.ope_note
+
+
+def test_report_ope_uses_the_bandits_reward_and_window(world: Path, tmp_path: Path) -> None:
+    """Issue 12 item 4: the report's off-policy values are the bandit's rewards (window, cost,
+    undelivered decisions left out), not every outcome value linked to a decision."""
+    from nextbest.db import engine_for
+    from nextbest.settings import Settings
+    from record.ledger import DecisionRow, Ledger, OutcomeRow
+    from training.bandit_ledger import ledger_examples
+
+    settings = Settings(home=tmp_path / "home")
+    ledger = Ledger(engine_for(settings.ledger_db_url))
+    probs = {"data_addon": 0.5, "family_plan": 0.5}
+    for i in range(40):
+        offer = "data_addon" if i % 2 else "family_plan"
+        status = "cancelled" if i % 10 == 0 else "shown"
+        ledger.record_decision(DecisionRow(
+            decision_id=f"d{i}", ts=T0 + timedelta(hours=i), customer_id=f"c{i}", channel="web",
+            experiment="web_banner", arm="treatment", offer_id=offer, propensity=0.5,
+            probabilities=probs, scores={"features": {"plan": "postpaid_m"}}, status=status,
+        ))  # fmt: skip
+        late = i % 3 == 0  # a conversion 40 days on: outside the 30-day window
+        ledger.record_outcome(OutcomeRow(
+            idempotency_key=f"k{i}", decision_id=f"d{i}", customer_id=f"c{i}", type="conversion",
+            value=30.0, ts=T0 + timedelta(hours=i, days=40 if late else 2),
+        ))  # fmt: skip
+    bandit = ledger_examples(settings)
+    data = build_report(settings, world)
+    logged = next(e for e in data.ope if (e.policy, e.estimator) == ("logging policy", "ips"))
+    assert logged.value == pytest.approx(bandit["reward"].mean())
+    assert logged.n == len(bandit) == 36  # the four cancelled messages are not learned
 
 
 @pytest.mark.parametrize(

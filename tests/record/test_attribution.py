@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from record.attribution import attribute, ledger_units
+from experiments.report_units import ledger_units
+from record.attribution import attribute
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
@@ -90,7 +91,8 @@ def test_missing_columns_are_named() -> None:
 
 def test_ledger_outcomes_on_any_channel_count(nextbest_home) -> None:
     """Real SQLite ledger: a conversion reported without a decision id (a store purchase)
-    still counts for the customer's web decision; a duplicate outcome counts once."""
+    still counts for the customer's web decision; a duplicate outcome counts once, and so does
+    one order reported as a conversion and as revenue (its value once: 40, not 41)."""
     ledger_mod = pytest.importorskip("record.ledger")
     from nextbest.db import engine_for
 
@@ -109,7 +111,8 @@ def test_ledger_outcomes_on_any_channel_count(nextbest_home) -> None:
         ("k4", "c3", "conversion", 1.0, 45),
     ]:  # fmt: skip
         ledger.record_outcome(ledger_mod.OutcomeRow(
-            idempotency_key=key, customer_id=cid, type=typ, value=value, ts=day(d)
+            idempotency_key=key, customer_id=cid, type=typ, value=value, ts=day(d),
+            order_id="A1" if key in ("k1", "k2") else None,  # c1's conversion and its revenue
         ))  # fmt: skip
     units = ledger_units(engine, 30).set_index("customer_id")
     assert units["converted"].to_dict() == {"c1": True, "c2": True, "c3": False}
@@ -124,9 +127,9 @@ def test_simulated_world_attribution_matches_the_campaign_flag(tmp_path) -> None
     converted flag for its campaigns."""
     world_mod = pytest.importorskip("simulator.world")
     identity = pytest.importorskip("features.identity")
+    from experiments.report_units import offer_catalog, world_units
     from features.schema import IDENTITY_INPUT_COLUMNS
     from nextbest.db import engine_for
-    from record.attribution import offer_catalog, world_units
 
     world = tmp_path / "world"
     world_mod.simulate_world(customers=400, days=60, seed=3, out=world)
@@ -145,3 +148,114 @@ def test_simulated_world_attribution_matches_the_campaign_flag(tmp_path) -> None
     # records never saw, and a few purchases that carry no identifier at all
     assert (units["converted"] == flag).mean() >= 0.95
     assert not (units["converted"] & ~flag).any()  # nothing counted that did not happen
+
+
+# --- the one rule per decision (record.attribution.credit), issue 12 items 1, 2 and 5 ---
+
+WINDOW = timedelta(days=30)
+RULE_DECISIONS = pd.DataFrame(
+    [  # decision, customer, arm, offer, days after T0, status, slots
+        ("n1", "p4", "treatment", "A", 0, "shown", None),
+        ("d1", "p1", "treatment", "A", 0, "shown", None),
+        ("d2", "p1", "treatment", "B", 1, "delivered", [{"offer_id": "C", "position": 1}]),
+        ("h1", "p1", "holdout", None, 1.5, "shown", None),  # holdouts are never credited
+        ("c1", "p2", "treatment", "A", 0, "cancelled", None),
+        ("q1", "p5", "treatment", "A", 0, "pending", None),
+        ("m1", "old-id", "treatment", "A", 0, None, None),  # an older row: no status, shown
+    ],
+    columns=["decision_id", "customer_id", "arm", "offer_id", "days", "status", "slots"],
+).assign(ts=lambda d: [day(x) for x in d["days"]])
+
+
+def _o(key: str, days: float, **kw: object) -> dict:
+    return {"idempotency_key": key, "ts": day(days), "type": "revenue", "value": 10.0, **kw}
+
+
+# outcomes reported; what each order is credited to: (decision, type, value, cost offer)
+RULE_CASES = {
+    "linked_before_its_decision": ([_o("k", -0.1, decision_id="n1", customer_id="p4")], []),
+    "linked_after": (
+        [_o("k", 1, decision_id="n1", customer_id="p4", type="conversion", value=50.0)],
+        [("n1", "conversion", 50.0, "A")],
+    ),
+    "linked_outside_window": ([_o("k", 31, decision_id="n1", customer_id="p4")], []),
+    "unlinked_two_in_window_goes_to_the_last": (
+        [_o("k", 2, customer_id="p1")],
+        [("d2", "revenue", 10.0, None)],
+    ),
+    "unlinked_between_the_two": ([_o("k", 0.5, customer_id="p1")], [("d1", "revenue", 10.0, None)]),
+    "unlinked_naming_an_offer_goes_to_the_decision_that_showed_it": (
+        [_o("k", 2, customer_id="p1", offer_id="A", type="conversion")],
+        [("d1", "conversion", 10.0, "A")],
+    ),
+    "named_offer_in_a_slot": (
+        [_o("k", 2, customer_id="p1", offer_id="C", type="conversion")],
+        [("d2", "conversion", 10.0, "C")],
+    ),
+    "cancelled_decision_gets_nothing": (
+        [_o("k", 1, customer_id="p2"), _o("j", 1, customer_id="p2", decision_id="c1")],
+        [],
+    ),
+    "pending_decision_gets_nothing": ([_o("k", 1, customer_id="p5")], []),
+    "duplicate_order_via_event_and_outcome": (
+        [
+            _o("event:e1", 1, customer_id="p4", order_id="X", offer_id="A", value=50.0),
+            _o(
+                "k",
+                1.01,
+                customer_id="p4",
+                order_id="X",
+                decision_id="n1",
+                type="conversion",
+                value=1.0,
+            ),  # fmt: skip
+        ],
+        [("n1", "conversion", 50.0, "A")],
+    ),
+    "merged_id_through_the_mapping": (
+        [_o("k", 1, customer_id="p3")],
+        [("m1", "revenue", 10.0, None)],
+    ),
+    "after_the_window_of_the_last": ([_o("k", 40, customer_id="p1")], []),
+}
+
+
+@pytest.mark.parametrize("case", list(RULE_CASES))
+def test_attribution_rule_credits_each_order_once_to_one_decision(case: str) -> None:
+    from record.attribution import credit
+
+    outcomes, expected = RULE_CASES[case]
+    got = credit(RULE_DECISIONS, pd.DataFrame(outcomes), WINDOW, customer_map={"old-id": "p3"})
+    rows = [
+        (r.decision_id, r.type, r.value, r.cost_offer if isinstance(r.cost_offer, str) else None)
+        for r in got.itertuples()
+    ]
+    assert rows == expected
+
+
+def test_purchase_counted_once_across_event_and_outcome() -> None:
+    """Without an order id, the same customer, product, amount and minute is one order."""
+    from record.attribution import order_key, orders
+
+    at = day(1).replace(second=5)
+    same = order_key("p1", "data_10gb", 50.0, at) == order_key(
+        "p1", "data_10gb", 50, at.replace(second=50)
+    )
+    assert same and order_key("p1", "data_10gb", 50.0, at) != order_key("p1", "router", 50.0, at)
+    key = order_key("p1", "data_10gb", 50.0, at)
+    both = orders(pd.DataFrame([
+        _o("event:e1", 1, customer_id="p1", order_id=key, value=50.0),
+        _o("k2", 1.001, customer_id="p1", order_id=key, type="conversion", value=50.0),
+        _o("k3", 1.002, customer_id="p1", type="click", value=1.0),
+    ]))  # fmt: skip
+    assert sorted(both["type"]) == ["click", "conversion"] and both["value"].max() == 50.0
+
+
+def test_a_decision_pays_only_for_an_offer_it_showed() -> None:
+    """A conversion naming an offer no decision in the window showed still counts as the
+    person's spending for their last decision, but that decision pays no cost for it."""
+    from record.attribution import credit
+
+    bought = [_o("k", 0.5, customer_id="p1", offer_id="Z", type="conversion", value=30.0)]
+    (row,) = credit(RULE_DECISIONS, pd.DataFrame(bought), WINDOW).itertuples()
+    assert (row.decision_id, row.value) == ("d1", 30.0) and not isinstance(row.cost_offer, str)

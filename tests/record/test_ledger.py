@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nextbest.db import engine_for
-from record.ledger import DecisionRow, Ledger, OutcomeRow, now
+from record.ledger import DecisionRow, Ledger, OutcomeRow, mark_status, now
 
 
 def _decision(cid: str | None, offer: str | None, channel: str = "web", **kw) -> DecisionRow:
@@ -49,15 +49,21 @@ def exercise(ledger: Ledger) -> None:
     assert ledger.record_outcome(out) is False  # the retry counts once
     shows, last = ledger.contact_history("c1", now() - timedelta(days=7))
     assert sorted(ch for ch, _, _ in shows) == ["email", "web"] and last is not None
+    pending = _decision("c1", "data_addon", "sms", status="pending")  # a queued message counts
+    ledger.record_decision(pending)
+    assert len(ledger.contact_history("c1", now() - timedelta(days=7))[0]) == 3
+    with ledger.engine.begin() as conn:  # cancelled before it was sent: nobody saw it
+        assert mark_status(conn, [pending.decision_id], "cancelled") == 1
+    assert ledger.decision(pending.decision_id).status == "cancelled"
+    assert ledger.contact_history("c1", now() - timedelta(days=7))[0] == shows
     logs = ledger.logs()
-    assert len(logs) == 4
-    assert logs.set_index("decision_id").loc[d1.decision_id, "reward"] == 40.0
-    assert logs.set_index("decision_id").loc[d2.decision_id, "reward"] == 0.0
+    assert len(logs) == 5
+    assert "reward" not in logs  # what a decision earned is attribution's (one rule)
     assert set(ledger.experiment_exposures("exp")["arm"]) == {"treatment", "holdout"}
     erased = ledger.erase("c1")
-    assert erased["decisions"] == 3 and erased["outcomes"] == 1
+    assert erased["decisions"] == 4 and erased["outcomes"] == 1
     assert ledger.contact_history("c1", now() - timedelta(days=90)) == ([], None)
-    assert len(ledger.logs()) == 4  # experiment counts survive, anonymised
+    assert len(ledger.logs()) == 5  # experiment counts survive, anonymised
 
 
 def test_sqlite_ledger(tmp_path: Path) -> None:
@@ -115,3 +121,29 @@ def test_a_ledger_created_before_a_nullable_column_gains_it(tmp_path: Path) -> N
     assert "propensity" not in {c["name"] for c in inspect(engine).get_columns("decisions")}
     Ledger(engine)
     assert "propensity" in {c["name"] for c in inspect(engine).get_columns("decisions")}
+
+
+def test_an_older_ledger_gains_order_offer_and_status_and_its_rows_count_as_shown(
+    tmp_path: Path,
+) -> None:
+    """Issue 12 items 1 and 5 on a database from before them: the nullable columns are added
+    on start; decisions without a status were shown, so contact caps count them."""
+    from sqlalchemy import inspect, text
+
+    engine = engine_for(f"sqlite:///{tmp_path / 'old.db'}")
+    Ledger(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_outcomes_order_id"))
+        for table, column in (("outcomes", "order_id"), ("outcomes", "offer_id"),
+                              ("decisions", "status")):  # fmt: skip
+            conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+        conn.execute(text(
+            "INSERT INTO decisions (decision_id, ts, customer_id, channel, context, experiment,"
+            " arm, offer_id, probabilities, scores, model_versions, fallback, reason) VALUES"
+            " ('d0', :ts, 'c', 'email', '{}', 'e', 'treatment', 'x', '{}', '{}', '{}', 0, '')"
+        ), {"ts": now() - timedelta(hours=1)})  # fmt: skip
+    ledger = Ledger(engine)
+    assert {"order_id", "offer_id"} <= {c["name"] for c in inspect(engine).get_columns("outcomes")}
+    assert ledger.decision("d0").status == "shown"
+    shown, _ = ledger.contact_history("c", now() - timedelta(days=1))
+    assert [o for _, o, _ in shown] == ["x"]

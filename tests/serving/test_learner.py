@@ -127,7 +127,9 @@ def test_each_matured_decision_is_learned_once_with_the_batch_reward(ldeps: Deps
 
     assert learn_matured(d, T0 + 30 * MIN) == 0  # nothing an hour old yet
     assert learn_matured(d, T0 + 2 * 60 * MIN) == 2
-    assert spy.seen == [("a", 180.0 - 40.0 + 20.0), ("b", 5.0)]
+    # c-post's other spending at T0+30 goes to her last decision before it ("nosnap", which
+    # nobody learns), not to every decision in the window
+    assert spy.seen == [("a", 180.0 - 40.0), ("b", 5.0)]
     # exactly what the batch path computes with the wait as the attribution window
     batch = logged_examples(d.ledger.logs(), d.ledger.outcomes_frame(), _costs(d), 1 / 24)
     by_id = dict(zip(batch["decision_id"], batch["reward"], strict=True))
@@ -233,6 +235,7 @@ def test_decisions_record_the_updated_version(ldeps: Deps) -> None:
     assert first.model_versions["bandit"] == "bandit:1" and first.offers
     chosen = first.offers[0].offer_id
     report = {"idempotency_key": "k1", "decision_id": first.decision_id, "type": "conversion"}
+    ldeps.clock = lambda: T0 + 9 * MIN  # the outcome is reported when it happens
     record_outcome(OutcomeRequest(**report, value=180.0, ts=T0 + 9 * MIN), ldeps)
     assert learn_matured(ldeps, T0 + 2 * 60 * MIN) == 1
     again = decide(DecideRequest(customer_id="c-post", channel="web"), ldeps)
@@ -370,3 +373,15 @@ def test_the_running_service_learns_as_outcomes_arrive(tmp_path: Path) -> None:
             "bandit:2",
             "bandit:2+1",
         )
+
+
+def test_an_order_goes_to_the_persons_last_decision_even_one_not_matured(ldeps: Deps) -> None:
+    """Issue 12 item 2: the learner applies the attribution rule with every decision of the
+    person, not only the page it learns: a purchase after a later decision is that one's."""
+    _decision(ldeps, "a", T0 + MIN)
+    _decision(ldeps, "b", T0 + 51 * MIN, offer="data_addon")
+    _outcome(ldeps, "rev", T0 + 55 * MIN, "revenue", 20.0, customer="c-post")
+    assert learn_matured(ldeps, T0 + 100 * MIN) == 1  # "a" matured, "b" not yet
+    assert ldeps.bandit.seen == [("a", 0.0)]
+    assert learn_matured(ldeps, T0 + 120 * MIN) == 1
+    assert ldeps.bandit.seen == [("a", 0.0), ("b", 20.0)]

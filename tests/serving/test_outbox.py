@@ -126,3 +126,75 @@ def test_store_clerk_records_an_intent_every_channel_sees(deps: Deps, profiles: 
 def test_intent_without_a_product_is_refused(deps: Deps) -> None:
     with pytest.raises(ValidationError, match="product_id"):
         actions.ingest(_event("purchase_intent", 1, channel="store", loyalty_id="LC-78"), deps)
+
+
+def _queued(deps: Deps, profiles: dict, email: str) -> tuple[str, dict]:
+    """A person with an abandoned basket and the e-mail queued for them (the seeded draw
+    picks a real offer for this person)."""
+    cid = _basket(deps, email, minutes_ago=90)
+    profiles[cid] = profiles["c-post"]
+    deps.settings.epsilon = 0.0
+    (msg,) = outbox.scan_abandoned(deps)
+    return cid, msg
+
+
+def _status(deps: Deps, decision_id: str) -> str | None:
+    return deps.ledger.decision(decision_id).status
+
+
+def _shown_channels(deps: Deps, cid: str) -> list[str]:
+    shown, _ = deps.ledger.contact_history(cid, now() - timedelta(days=1))
+    return [ch for ch, _, _ in shown]
+
+
+def test_a_message_decision_is_pending_then_sent_then_delivered(deps: Deps, profiles: dict) -> None:
+    cid, msg = _queued(deps, profiles, "dora@example.com")
+    did = msg["decision_id"]
+    assert _status(deps, did) == "pending" and _shown_channels(deps, cid) == ["email"]
+    assert [m["decision_id"] for m in outbox.pending(deps, "email")] == [did]  # claimed
+    assert _status(deps, did) == "sent"
+    receipt = actions.OutcomeRequest(idempotency_key="r1", decision_id=did, type="delivered")
+    assert actions.record_outcome(receipt, deps).recorded is True
+    assert actions.record_outcome(receipt, deps).recorded is False  # a retried receipt
+    assert _status(deps, did) == "delivered"
+    assert deps.ledger.counts()["outcomes"] == 0  # a receipt is not a customer's response
+
+
+def test_a_cancelled_message_is_marked_gets_no_credit_and_no_cap(
+    deps: Deps, profiles: dict
+) -> None:
+    from training.bandit_ledger import logged_examples
+
+    cid, msg = _queued(deps, profiles, "erin@example.com")
+    did = msg["decision_id"]
+    ev = _event("purchase", 1, channel="store", email="erin@example.com", value=5.0)
+    assert actions.ingest({**ev, "product_id": "data_10gb"}, deps)["messages_cancelled"] == 1
+    assert _status(deps, did) == "cancelled"
+    assert _shown_channels(deps, cid) == []  # nobody saw it: caps do not count it
+    costs = {o.id: float(o.cost) for o in deps.offers()}
+    learned = logged_examples(deps.ledger.logs(), deps.ledger.outcomes_frame(), costs, 30)
+    assert did not in set(learned["decision_id"])
+    receipt = actions.OutcomeRequest(idempotency_key="r1", decision_id=did, type="delivered")
+    with pytest.raises(ValidationError, match="decision_id\n  its message was cancelled"):
+        actions.record_outcome(receipt, deps)
+
+
+@pytest.mark.parametrize("order_id", ["A-1", None])
+def test_purchase_counted_once_across_event_and_outcome(deps: Deps, order_id: str | None) -> None:
+    """A purchase event and a POST /outcome conversion of the same order are one order: with
+    the caller's order id, or without one by customer, product, amount and minute."""
+    from record.attribution import orders
+
+    at = now().replace(second=10, microsecond=0) - timedelta(minutes=2)
+    ev = {"ts": at.isoformat(), "channel": "store", "event_type": "purchase", "value": 50.0,
+          "email": "fay@example.com", "product_id": "data_10gb", "order_id": order_id}  # fmt: skip
+    res = actions.ingest({k: v for k, v in ev.items() if v is not None}, deps)
+    conv = actions.OutcomeRequest(
+        idempotency_key="k1", customer_id=res["customer_id"], type="conversion", value=50.0,
+        offer_id="data_addon", order_id=order_id, ts=at + timedelta(seconds=30),
+    )  # fmt: skip
+    assert actions.record_outcome(conv, deps).order_id == res["order_id"]
+    rows = deps.ledger.outcomes_frame()
+    assert len(rows) == 2 and rows["order_id"].nunique() == 1
+    (order,) = orders(rows).itertuples()
+    assert (order.type, order.value, order.offer_id) == ("conversion", 50.0, "data_addon")

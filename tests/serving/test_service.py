@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from starlette.testclient import TestClient
 
 from serving.schemas import EXAMPLE_REQUEST
 from tests.serving.conftest import ADMIN, CHANNEL
+
+NOW = datetime.now(UTC)
+RECENT = (NOW - timedelta(hours=1)).isoformat()  # event times are bounded (issue 12 item 10)
+AHEAD = (NOW + timedelta(hours=1)).isoformat()
+OLD = (NOW - timedelta(days=60)).isoformat()
 
 EXAMPLE = EXAMPLE_REQUEST
 
@@ -24,7 +31,7 @@ def test_decide_and_outcome_round_trip(client: TestClient) -> None:
 
 def test_event_into_the_live_path(client: TestClient) -> None:
     ev = {
-        "ts": "2026-01-01T10:00:00Z",
+        "ts": RECENT,
         "channel": "web",
         "event_type": "basket_add",
         "email": "shopper@example.com",
@@ -97,7 +104,55 @@ def test_profile_and_outbox(client: TestClient) -> None:
             {"idempotency_key": "k", "type": "refund", "customer_id": "c"},
             CHANNEL,
             400,
-            "type: Input should be 'click', 'conversion' or 'revenue'",
+            "type: Input should be 'click', 'conversion', 'revenue' or 'delivered'",
+        ),
+        (
+            "post",
+            "/outcome",
+            {"idempotency_key": "k", "type": "conversion", "customer_id": "c", "ts": AHEAD},
+            CHANNEL,
+            400,
+            "ts: more than 5 minutes ahead of the service's clock",
+        ),
+        (
+            "post",
+            "/outcome",
+            {"idempotency_key": "k", "type": "conversion", "customer_id": "c", "ts": OLD},
+            CHANNEL,
+            400,
+            "ts: older than 37 days (attribution_days + outcome_grace_days)",
+        ),
+        (
+            "post",
+            "/events",
+            {"channel": "web", "event_type": "purchase", "email": "a@b.c", "ts": AHEAD},
+            CHANNEL,
+            400,
+            "ts: more than 5 minutes ahead of the service's clock",
+        ),
+        (
+            "post",
+            "/events",
+            {"channel": "web", "event_type": "purchase", "email": "a@b.c", "ts": OLD},
+            CHANNEL,
+            400,
+            "ts: older than 37 days (attribution_days + outcome_grace_days)",
+        ),
+        (
+            "post",
+            "/outcome",
+            {"idempotency_key": "k", "type": "conversion", "customer_id": "c", "offer_id": "nope"},
+            CHANNEL,
+            400,
+            "offer_id: no such offer in the catalogue",
+        ),
+        (
+            "post",
+            "/outcome",
+            {"idempotency_key": "k", "type": "delivered", "customer_id": "c"},
+            CHANNEL,
+            400,
+            "decision_id: a delivery receipt needs the message's decision_id",
         ),
         (
             "post",
@@ -174,8 +229,46 @@ def test_erase_with_admin_key(client: TestClient) -> None:
     r = client.post("/erase", json={"customer_id": "gone"}, headers=ADMIN)
     assert r.status_code == 200 and r.json()["ledger"]["decisions"] == 1
     assert r.json()["features"] == {"online": 0, "offline": 0, "event_log": 0}
-    ev = {"ts": "2026-01-02T10:00:00Z", "channel": "app", "event_type": "session_start"}
+    ev = {"ts": RECENT, "channel": "app", "event_type": "session_start"}
     ev["email"] = "erase-me@example.com"
     cid = client.post("/events", json=ev, headers=CHANNEL).json()["customer_id"]
     r = client.post("/erase", json={"customer_id": cid}, headers=ADMIN)
     assert r.json()["features"]["event_log"] == 1 and r.json()["identities"] >= 2, r.json()
+
+
+def test_outcome_times_are_bounded_by_the_services_clock(deps) -> None:
+    """Issue 12 item 10 on the service's clock (the replay's is the world's): an outcome an
+    hour ahead of it is refused, one a day behind it is kept, whatever the wall says."""
+    from pydantic import ValidationError
+
+    from serving.actions import OutcomeRequest, record_outcome
+
+    world = datetime(2025, 6, 1, 12, tzinfo=UTC)
+    deps.clock = lambda: world
+    ok = OutcomeRequest(idempotency_key="k1", customer_id="c", type="revenue", value=5.0,
+                        ts=world - timedelta(days=1))  # fmt: skip
+    assert record_outcome(ok, deps).recorded
+    assert record_outcome(ok.model_copy(update={"idempotency_key": "k2", "ts": None}), deps)
+    assert deps.ledger.outcomes_frame()["ts"].max() == world.replace(tzinfo=None)
+    ahead = ok.model_copy(update={"idempotency_key": "k3", "ts": world + timedelta(minutes=6)})
+    with pytest.raises(ValidationError, match="ts\n  more than 5 minutes ahead"):
+        record_outcome(ahead, deps)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("outcome_future_minutes", "-1", "greater than or equal to 0"),
+        ("outcome_grace_days", "a week", "valid number"),
+    ],
+)
+def test_bad_time_bounds_name_the_setting(name: str, value: str, message: str, monkeypatch) -> None:
+    from pydantic import ValidationError
+
+    from nextbest.settings import Settings
+
+    monkeypatch.setenv(f"NEXTBEST_{name.upper()}", value)
+    with pytest.raises(ValidationError) as exc:
+        Settings()
+    err = exc.value.errors()[0]
+    assert err["loc"] == (name,) and message in err["msg"], err
