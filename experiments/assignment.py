@@ -1,18 +1,24 @@
-"""Holdout assignment by a salted hash of the customer id.
+"""Holdout assignment: a salted hash of the person's key draws the arm once; the ledger keeps it.
 
-A hash (not a random draw, not a stored table) makes the arm sticky across channels, workers
-and restarts for free, and the secret salt stops anyone predicting or gaming their arm.
+The hash makes a new person's arm the same in every worker and restart; the secret salt stops
+anyone predicting or gaming their arm. The draw is then recorded (``Ledger.record_assignments``)
+and never re-drawn: a person first seen by cookie, later by e-mail and then merged into an older
+loyalty record keeps the arm of their first draw, the earliest recorded under any id they had.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
 Arm = Literal["treatment", "holdout"]
-GLOBAL = "global"
+GLOBAL = "global"  # the global holdout is recorded as an experiment of this reserved name
 
 
 def bucket(customer_id: str, experiment: str, salt: str) -> float:
@@ -52,3 +58,101 @@ def assign_all(
     if assign(customer_id, experiment, experiment_share, salt) == "holdout":
         return Assignment(experiment=experiment, arm="holdout", holdout="experiment")
     return Assignment(experiment=experiment, arm="treatment")
+
+
+def effective_holdout_share(global_share: float, experiment_share: float) -> float:
+    """The share of people an experiment holds out: the global holdout plus its own share of
+    the rest, 1 - (1 - g)(1 - e) (0.05 and 0.10 hold out 14.5%, not 5%)."""
+    return 1.0 - (1.0 - global_share) * (1.0 - experiment_share)
+
+
+class HoldoutShares(BaseModel):
+    """The configured shares and, per declared experiment, the share of people it holds out."""
+
+    global_share: float
+    experiment_share: float
+    effective: dict[str, float]
+
+
+def holdout_shares(settings: Any) -> HoldoutShares:
+    """What /healthz and the report show, so nobody reads 5% where 14.5% are held out."""
+    g, e = settings.global_holdout_share, settings.experiment_holdout_share
+    share = round(effective_holdout_share(g, e), 6)
+    return HoldoutShares(
+        global_share=g, experiment_share=e, effective={x: share for x in declared(settings)}
+    )
+
+
+def declared(settings: Any) -> list[str]:
+    """Experiments a decision may be in: the default one, then those channels may name."""
+    return list(dict.fromkeys([settings.experiment, *settings.experiments]))
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Who a holdout is drawn for. ``key``: the id the decision knows the person by (a customer
+    id, or the salted hash of their strongest identifier). ``person``: read only when the
+    ledger must be asked, returns the key to draw on (the canonical id, following merges) and
+    every other key the person was known by (merged ids, identifier hashes)."""
+
+    key: str
+    person: Callable[[], tuple[str, list[str]]]
+
+
+class StickyAssigner:
+    """First draw wins, per person and experiment, through every identity they arrive with.
+
+    Answers are cached per (experiment, key) for ``ttl`` seconds, so a returning person costs
+    no query on the decision path; the ttl bounds how long a worker may keep an arm that a
+    merge (in another worker) has since replaced by an earlier one of the same person."""
+
+    def __init__(self, ledger: Any, ttl: float = 60.0, max_cached: int = 100_000) -> None:
+        self.ledger, self.ttl, self.max_cached = ledger, ttl, max_cached
+        self._cache: dict[tuple[str, str], tuple[Assignment, float]] = {}
+
+    def assign(
+        self,
+        experiment: str,
+        unit: Unit,
+        *,
+        global_share: float,
+        experiment_share: float,
+        salt: str,
+        now: datetime,
+    ) -> Assignment:
+        hit = self._cache.get((experiment, unit.key))
+        if hit is not None and hit[1] > time.monotonic():
+            return hit[0]
+        answer = self._first(experiment, unit, global_share, experiment_share, salt, now)
+        if len(self._cache) >= self.max_cached:
+            self._cache.pop(next(iter(self._cache)))  # the oldest entry
+        self._cache[(experiment, unit.key)] = (answer, time.monotonic() + self.ttl)
+        return answer
+
+    def _first(
+        self, experiment: str, unit: Unit, g: float, e: float, salt: str, now: datetime
+    ) -> Assignment:
+        """The person's earliest recorded draws; missing ones are drawn on the canonical key and
+        recorded, and the canonical key gets a copy of inherited ones (what is stored wins)."""
+        canonical, others = unit.person()
+        keys = list(dict.fromkeys([canonical, unit.key, *others]))
+        names = [GLOBAL, experiment]
+        first = self.ledger.first_assignments(names, keys)
+        shares = {GLOBAL: g, experiment: e}
+        rows = []
+        for name in names:
+            if name == experiment and first.get(GLOBAL) and first[GLOBAL].arm == "holdout":
+                break  # the global holdout is out of every experiment: no draw of its own
+            stored = first.get(name)
+            if stored is None or stored.unit_key != canonical:
+                arm = stored.arm if stored else assign(canonical, name, shares[name], salt)
+                at = stored.assigned_at if stored else now
+                rows.append(dict(experiment=name, unit_key=canonical, arm=arm, assigned_at=at))
+        if rows:
+            self.ledger.record_assignments(rows)
+            first = self.ledger.first_assignments(names, keys)
+        if first[GLOBAL].arm == "holdout":
+            return Assignment(experiment=experiment, arm="holdout", holdout=GLOBAL)
+        if first[experiment].arm == "holdout":
+            return Assignment(experiment=experiment, arm="holdout", holdout="experiment")
+        return Assignment(experiment=experiment, arm="treatment")

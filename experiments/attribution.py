@@ -9,7 +9,7 @@ channel and under any of the person's identities: outcomes are keyed by the reso
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -89,11 +89,23 @@ def _segment(context: Any, scores: Any) -> str | None:
     return str(plan) if plan else None
 
 
-def ledger_units(engine, window_days: int = 30) -> pd.DataFrame:
+def remap_customers(frame: pd.DataFrame, canonical: Mapping[str, str] | None) -> pd.DataFrame:
+    """``frame`` with every merged-away ``customer_id`` replaced by the id its person goes by
+    now (``IdentityGraph.canonical_ids``): one person is one unit, in one arm, once."""
+    if not canonical or frame.empty or "customer_id" not in frame:
+        return frame
+    ids = frame["customer_id"]
+    return frame.assign(customer_id=ids.map(canonical).fillna(ids))
+
+
+def ledger_units(
+    engine, window_days: int = 30, canonical: Mapping[str, str] | None = None
+) -> pd.DataFrame:
     """Experiment units from the decision ledger (H5's tables): decisions x outcomes.
 
     Conversions count as outcomes; revenue rows add their value. Both are keyed by customer,
-    not by decision, so an outcome reported on another channel still counts.
+    not by decision, so an outcome reported on another channel still counts. ``canonical``
+    maps merged-away customer ids to their person's id (see ``remap_customers``).
     """
     from sqlalchemy import inspect
 
@@ -102,10 +114,10 @@ def ledger_units(engine, window_days: int = 30) -> pd.DataFrame:
     if not inspect(engine).has_table("decisions"):
         return pd.DataFrame()
     ledger = Ledger(engine, create=False)
-    decisions = ledger.logs()
+    decisions = remap_customers(ledger.logs(), canonical)
     if decisions.empty:
         return pd.DataFrame()
-    outcomes = ledger.outcomes_frame()
+    outcomes = remap_customers(ledger.outcomes_frame(), canonical)
     if outcomes.empty:
         outcomes = pd.DataFrame(columns=["customer_id", "ts", "type", "value"])
     conv = outcomes[outcomes["type"] == "conversion"].assign(value=0.0)
@@ -201,6 +213,16 @@ def _identity_mapper(settings: Any):
         return None
 
 
+def _merged_ids(settings: Any) -> dict[str, str] | None:
+    """Merged-away customer id -> the person's id now, from the identity graph, if there is one."""
+    try:
+        from features.identity import graph_for
+
+        return graph_for(settings).canonical_ids()
+    except Exception:  # noqa: BLE001 - no graph: ids stay as the decisions recorded them
+        return None
+
+
 def load_units(settings: Any, world_dir: Path | None = None) -> tuple[pd.DataFrame, list[str], str]:
     """Experiment units from the ledger and the world, in one frame with a ``source`` column."""
     frames, sources, outcome_sources = [], [], []
@@ -209,7 +231,7 @@ def load_units(settings: Any, world_dir: Path | None = None) -> tuple[pd.DataFra
         from nextbest.db import engine_for
 
         try:
-            units = ledger_units(engine_for(url), days)
+            units = ledger_units(engine_for(url), days, _merged_ids(settings))
         except Exception as exc:  # noqa: BLE001 - an unreadable ledger is reported, not fatal
             units = pd.DataFrame()
             sources.append(f"decision ledger unreadable ({type(exc).__name__})")

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     bindparam,
@@ -102,6 +103,18 @@ baskets = Table(
     Column("status", String(16), nullable=False, index=True),  # open|checked_out|triggered
 )
 
+# A person's first holdout draw per experiment ("global" is the global holdout's), keyed by
+# every id they were drawn or looked up under; the earliest row of a person wins, for good.
+assignments = Table(
+    "assignments",
+    metadata,
+    Column("experiment", String(64), nullable=False),
+    Column("unit_key", String(64), nullable=False),  # a customer id or a salted identifier hash
+    Column("arm", String(16), nullable=False),
+    Column("assigned_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("experiment", "unit_key"),
+)
+
 OutcomeType = Literal["click", "conversion", "revenue"]
 
 # Built once: compiling a statement per decision cost more than running it.
@@ -134,6 +147,14 @@ class DecisionRow(BaseModel):
     model_versions: dict[str, str] = Field(default_factory=dict)
     fallback: bool = False
     reason: str = ""
+
+
+class StoredArm(BaseModel):
+    """One recorded holdout draw: the arm and when it was first made."""
+
+    unit_key: str
+    arm: Literal["treatment", "holdout"]
+    assigned_at: datetime
 
 
 class OutcomeRow(BaseModel):
@@ -199,6 +220,35 @@ class Ledger:
         except IntegrityError:
             return False
         return True
+
+    def first_assignments(self, experiments: list[str], keys: list[str]) -> dict[str, StoredArm]:
+        """Per experiment, the earliest recorded draw under any of ``keys`` (ties: the smaller
+        key), so every id a person was known by yields the same answer."""
+        q = select(assignments).where(
+            assignments.c.experiment.in_(experiments), assignments.c.unit_key.in_(keys)
+        )
+        first: dict[str, StoredArm] = {}
+        with self.engine.connect() as conn:
+            for r in conn.execute(q).mappings():
+                arm = StoredArm(
+                    unit_key=r["unit_key"], arm=r["arm"], assigned_at=utc(r["assigned_at"])
+                )
+                had = first.get(r["experiment"])
+                if had is None or (arm.assigned_at, arm.unit_key) < (had.assigned_at, had.unit_key):
+                    first[r["experiment"]] = arm
+        return first
+
+    def record_assignments(self, rows: list[dict[str, Any]]) -> None:
+        """Insert draws (experiment, unit_key, arm, assigned_at); a key already recorded keeps
+        its row: the first write wins, whichever worker made it."""
+        if not rows:
+            return
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        with self.engine.begin() as conn:
+            conn.execute(dialect_insert(assignments).on_conflict_do_nothing(), rows)
 
     def decision(self, decision_id: str) -> DecisionRow | None:
         with self.engine.connect() as conn:
@@ -267,6 +317,7 @@ class Ledger:
             n_bsk = conn.execute(
                 delete(baskets).where(baskets.c.customer_id == customer_id)
             ).rowcount
+            conn.execute(delete(assignments).where(assignments.c.unit_key == customer_id))
         return {"decisions": n_dec, "outcomes": n_out, "outbox": n_box, "baskets": n_bsk}
 
     def counts(self) -> dict[str, int]:

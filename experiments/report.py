@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
+from experiments.assignment import HoldoutShares, holdout_shares
 from experiments.attribution import ReportError, load_units, offer_catalog
 from experiments.qini import QiniCurve, report_curves
 from experiments.uplift import ArmComparison, compare
@@ -67,6 +68,7 @@ class ReportData(BaseModel):
     outcome_source: str
     window_days: int
     alpha: float
+    holdouts: HoldoutShares  # the service's experiments: who is held out, global included
     n_units: int
     lines: list[Line]
     cumulative: list[CumulativeSeries]
@@ -228,6 +230,7 @@ def build_report(settings: Any = None, world_dir: Path | None = None) -> ReportD
         outcome_source=outcome_source,
         window_days=window,
         alpha=alpha,
+        holdouts=holdout_shares(settings),
         n_units=len(units),
         lines=lines(units, window, alpha),
         cumulative=cumulative(units),

@@ -148,6 +148,18 @@ def current_id(conn: Connection, customer_id: str) -> str | None:
     return cid if conn.execute(q).first() else None
 
 
+def person_keys(conn: Connection, customer_id: str) -> list[str]:
+    """Ids merged into this customer, then the hashes of the keys it holds."""
+    merged = select(merges.c.from_id).where(merges.c.into_id == customer_id)
+    held = select(keys.c.key_hash).where(keys.c.customer_id == customer_id)
+    return [k for (k,) in conn.execute(merged)] + [k for (k,) in conn.execute(held)]
+
+
+def merged_into(conn: Connection) -> dict[str, str]:
+    """Every merged-away id -> the id it was (finally) merged into."""
+    return dict(conn.execute(select(merges.c.from_id, merges.c.into_id)).all())
+
+
 def has_login(conn: Connection, customer_id: str) -> bool:
     q = select(keys.c.key_hash).where(keys.c.customer_id == customer_id, keys.c.key_type == "login")
     return conn.execute(q.limit(1)).first() is not None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from experiments.assignment import assign_all
+from experiments.assignment import Assignment, Unit, declared
 from experiments.ledger import DecisionRow
 from serving import policy
 from serving.deps import Deps
@@ -47,6 +47,64 @@ def resolve(request: DecideRequest, deps: Deps, reasons: list[str]) -> str | Non
     if cid is None:
         reasons.append("cold start: unknown visitor")
     return cid
+
+
+def experiment_of(request: DecideRequest, deps: Deps) -> str:
+    """The request's experiment: its declared campaign, else the default. An undeclared name
+    is refused (400): any new name would open a fresh holdout draw for everyone."""
+    campaign = request.context.campaign
+    if campaign is None:
+        return deps.settings.experiment
+    names = declared(deps.settings)
+    if campaign not in names:
+        from serving.actions import field_error  # actions imports this module
+
+        reason = f"unknown experiment {campaign!r}; declared: {', '.join(names)}"
+        raise field_error("context.campaign", reason, campaign)
+    return campaign
+
+
+def _person(cid: str | None, request: DecideRequest, deps: Deps) -> tuple[str, list[str]]:
+    """The key to draw on and every other key the visitor was known by: the canonical id
+    (merges followed) with its merged ids and identifier hashes, and the request's own
+    identifiers, normalised and hashed as the identity graph stores them."""
+    from features.identity import Identifiers, identifier_hashes
+
+    s = deps.settings
+    ids = Identifiers(**request.identifiers())
+    hashes = list(identifier_hashes(ids, s.identity_salt, s.region).values())
+    if cid is None:
+        return (hashes[0], hashes[1:]) if hashes else ("", [])
+    if deps.graph is None:
+        return cid, hashes
+    try:
+        canonical, others = deps.graph.person_keys(cid)
+    except Exception:  # noqa: BLE001 - the caller's id still draws the same arm every time
+        return cid, hashes
+    return canonical, [*others, *hashes]
+
+
+def assign_holdout(
+    cid: str | None, request: DecideRequest, experiment: str, deps: Deps, ts: datetime
+) -> Assignment | None:
+    """The person's recorded arm (the first ever drawn for them); None without any usable
+    identifier. Anonymous visitors are keyed by their strongest identifier, normalised."""
+    if cid is not None:
+        key, person = cid, lambda: _person(cid, request, deps)  # read on a cache miss only
+    else:
+        key, others = _person(None, request, deps)
+        if not key:
+            return None
+        person = lambda: (key, others)  # noqa: E731
+    s = deps.settings
+    return deps.assigner.assign(
+        experiment,
+        Unit(key, person),
+        global_share=s.global_holdout_share,
+        experiment_share=s.experiment_holdout_share,
+        salt=s.assignment_salt,
+        now=ts,
+    )
 
 
 @dataclass
@@ -186,20 +244,8 @@ def plan(
         known.customer_id = resolve(request, deps, known.reasons)
         known.features = read_features(known.customer_id, deps, known.reasons)
     cid, reasons = known.customer_id, known.reasons
-    experiment = request.context.campaign or deps.settings.experiment
-    s = deps.settings
-    key = cid or next(iter(f"{k}:{v}" for k, v in request.identifiers().items()), None)
-    arm = (
-        assign_all(
-            key,
-            experiment,
-            global_share=s.global_holdout_share,
-            experiment_share=s.experiment_holdout_share,
-            salt=s.assignment_salt,
-        )
-        if key
-        else None
-    )
+    experiment = experiment_of(request, deps)
+    arm = assign_holdout(cid, request, experiment, deps, ts)
     features = policy.profile_fields(known.features)
     if deps.catalog is None:
         reasons.append(f"catalog: {deps.missing.get('catalog', 'unavailable')}")

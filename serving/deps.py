@@ -13,8 +13,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
+from experiments.assignment import StickyAssigner, holdout_shares
 from experiments.ledger import Ledger, now
 from nextbest.db import engine_for
 from nextbest.settings import Settings
@@ -86,6 +88,11 @@ class Deps:
     # the service's incremental bandit learner (``serving.learner.Learner``), when it runs
     learner: Any = None
 
+    @cached_property
+    def assigner(self) -> StickyAssigner:
+        """This worker's holdout assignments: recorded in the ledger, cached in memory."""
+        return StickyAssigner(self.ledger)
+
     def offers(self) -> list[Any]:
         return list(getattr(self.catalog, "offers", []) or []) if self.catalog is not None else []
 
@@ -98,6 +105,8 @@ class Deps:
             "status": "ok" if all(v == "ok" for v in state.values()) else "degraded",
             "parts": state,
             "model_versions": self.model_versions(),
+            # what share of people each experiment holds out, global holdout included
+            "holdouts": holdout_shares(self.settings).model_dump(),
         }
         if self.learner is not None:
             body["bandit_learner"] = self.learner.state()
