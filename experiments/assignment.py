@@ -9,14 +9,18 @@ loyalty record keeps the arm of their first draw, the earliest recorded under an
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from experiments.ledger import StoredArm
+
+log = logging.getLogger("nextbest.assignment")
 Arm = Literal["treatment", "holdout"]
 GLOBAL = "global"  # the global holdout is recorded as an experiment of this reserved name
 
@@ -102,13 +106,27 @@ class Unit:
 class StickyAssigner:
     """First draw wins, per person and experiment, through every identity they arrive with.
 
-    Answers are cached per (experiment, key) for ``ttl`` seconds, so a returning person costs
-    no query on the decision path; the ttl bounds how long a worker may keep an arm that a
-    merge (in another worker) has since replaced by an earlier one of the same person."""
+    Answers are cached per (experiment, key) for ``ttl`` of decision time (the replay's clock
+    is the world's, so its answers repeat), so a returning person costs no query on the
+    decision path; the ttl bounds how long a worker may keep an arm that a merge (in another
+    worker) has since replaced by an earlier one of the same person. New rows are written in
+    groups (``flush``: by the first decision ``flush_seconds`` after the last flush, or at
+    ``flush_rows`` rows), not one commit per new person: a row lost in a crash is a fresh
+    draw, the hash of the person's id, which their next decision draws and records again."""
 
-    def __init__(self, ledger: Any, ttl: float = 60.0, max_cached: int = 100_000) -> None:
+    def __init__(
+        self,
+        ledger: Any,
+        ttl: timedelta = timedelta(minutes=5),
+        max_cached: int = 100_000,
+        flush_seconds: float = 1.0,
+        flush_rows: int = 256,
+    ) -> None:
         self.ledger, self.ttl, self.max_cached = ledger, ttl, max_cached
-        self._cache: dict[tuple[str, str], tuple[Assignment, float]] = {}
+        self.flush_seconds, self.flush_rows = flush_seconds, flush_rows
+        self._cache: dict[tuple[str, str], tuple[Assignment, datetime]] = {}
+        self._pending: dict[tuple[str, str], StoredArm] = {}
+        self._flushed_at = time.monotonic()
 
     def assign(
         self,
@@ -120,39 +138,62 @@ class StickyAssigner:
         salt: str,
         now: datetime,
     ) -> Assignment:
+        if self._pending and (
+            len(self._pending) >= self.flush_rows
+            or time.monotonic() - self._flushed_at >= self.flush_seconds
+        ):
+            self.flush()
         hit = self._cache.get((experiment, unit.key))
-        if hit is not None and hit[1] > time.monotonic():
+        if hit is not None and hit[1] > now:
             return hit[0]
         answer = self._first(experiment, unit, global_share, experiment_share, salt, now)
         if len(self._cache) >= self.max_cached:
             self._cache.pop(next(iter(self._cache)))  # the oldest entry
-        self._cache[(experiment, unit.key)] = (answer, time.monotonic() + self.ttl)
+        self._cache[(experiment, unit.key)] = (answer, now + self.ttl)
         return answer
+
+    def flush(self) -> None:
+        """Write the draws not recorded yet, in one transaction; on failure they wait."""
+        self._flushed_at = time.monotonic()
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        rows = [
+            {"experiment": e, "unit_key": k, "arm": v.arm, "assigned_at": v.assigned_at}
+            for (e, k), v in pending.items()
+        ]
+        try:
+            self.ledger.record_assignments(rows)
+        except Exception:  # noqa: BLE001 - decisions go on; the next flush retries
+            log.exception("holdout assignments not recorded yet (%d rows)", len(rows))
+            self._pending = pending | self._pending
 
     def _first(
         self, experiment: str, unit: Unit, g: float, e: float, salt: str, now: datetime
     ) -> Assignment:
-        """The person's earliest recorded draws; missing ones are drawn on the canonical key and
-        recorded, and the canonical key gets a copy of inherited ones (what is stored wins)."""
+        """The person's earliest draws (recorded, or pending here); missing ones are drawn on
+        the canonical key, and the canonical key gets a copy of inherited ones."""
         canonical, others = unit.person()
         keys = list(dict.fromkeys([canonical, unit.key, *others]))
         names = [GLOBAL, experiment]
         first = self.ledger.first_assignments(names, keys)
+        for name, key in ((n, k) for n in names for k in keys):
+            mine = self._pending.get((name, key))
+            had = first.get(name)
+            if mine and (had is None or (mine.assigned_at, key) < (had.assigned_at, had.unit_key)):
+                first[name] = mine
         shares = {GLOBAL: g, experiment: e}
-        rows = []
         for name in names:
-            if name == experiment and first.get(GLOBAL) and first[GLOBAL].arm == "holdout":
-                break  # the global holdout is out of every experiment: no draw of its own
+            if name == experiment and first[GLOBAL].arm == "holdout":
+                return Assignment(experiment=experiment, arm="holdout", holdout=GLOBAL)
             stored = first.get(name)
-            if stored is None or stored.unit_key != canonical:
-                arm = stored.arm if stored else assign(canonical, name, shares[name], salt)
-                at = stored.assigned_at if stored else now
-                rows.append(dict(experiment=name, unit_key=canonical, arm=arm, assigned_at=at))
-        if rows:
-            self.ledger.record_assignments(rows)
-            first = self.ledger.first_assignments(names, keys)
-        if first[GLOBAL].arm == "holdout":
-            return Assignment(experiment=experiment, arm="holdout", holdout=GLOBAL)
+            if stored is None:  # a new person: drawn on their id, recorded
+                arm = assign(canonical, name, shares[name], salt)
+                stored = first[name] = StoredArm(canonical, arm, now)
+                self._pending.setdefault((name, canonical), stored)
+            elif stored.unit_key != canonical:  # inherited: the id they go by now gets a copy
+                copy = StoredArm(canonical, stored.arm, stored.assigned_at)
+                self._pending.setdefault((name, canonical), copy)
         if first[experiment].arm == "holdout":
             return Assignment(experiment=experiment, arm="holdout", holdout="experiment")
         return Assignment(experiment=experiment, arm="treatment")

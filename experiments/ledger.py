@@ -10,7 +10,7 @@ Bandit training, off-policy evaluation and uplift reports all read from here.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import pandas as pd
 from pydantic import BaseModel, Field
@@ -130,6 +130,21 @@ _HISTORY = union_all(
 )
 
 
+# Prebuilt with a fixed number of slots (unused ones bind ""), so the compiled statement is
+# cached: it runs once per person and worker on /decide, and an expanding IN recompiles.
+ASSIGNMENT_SLOTS = 8
+_ASSIGNMENTS = select(
+    assignments.c.experiment, assignments.c.unit_key, assignments.c.arm, assignments.c.assigned_at
+).where(
+    assignments.c.experiment.in_([bindparam(f"e{i}") for i in range(ASSIGNMENT_SLOTS)]),
+    assignments.c.unit_key.in_([bindparam(f"k{i}") for i in range(ASSIGNMENT_SLOTS)]),
+)
+
+
+def _slots(prefix: str, values: list[str]) -> dict[str, str]:
+    return {f"{prefix}{i}": values[i] if i < len(values) else "" for i in range(ASSIGNMENT_SLOTS)}
+
+
 class DecisionRow(BaseModel):
     """One decision as the ledger stores it (the contract read by OPE and reports)."""
 
@@ -149,11 +164,11 @@ class DecisionRow(BaseModel):
     reason: str = ""
 
 
-class StoredArm(BaseModel):
+class StoredArm(NamedTuple):
     """One recorded holdout draw: the arm and when it was first made."""
 
     unit_key: str
-    arm: Literal["treatment", "holdout"]
+    arm: str
     assigned_at: datetime
 
 
@@ -224,18 +239,16 @@ class Ledger:
     def first_assignments(self, experiments: list[str], keys: list[str]) -> dict[str, StoredArm]:
         """Per experiment, the earliest recorded draw under any of ``keys`` (ties: the smaller
         key), so every id a person was known by yields the same answer."""
-        q = select(assignments).where(
-            assignments.c.experiment.in_(experiments), assignments.c.unit_key.in_(keys)
-        )
         first: dict[str, StoredArm] = {}
         with self.engine.connect() as conn:
-            for r in conn.execute(q).mappings():
-                arm = StoredArm(
-                    unit_key=r["unit_key"], arm=r["arm"], assigned_at=utc(r["assigned_at"])
-                )
-                had = first.get(r["experiment"])
-                if had is None or (arm.assigned_at, arm.unit_key) < (had.assigned_at, had.unit_key):
-                    first[r["experiment"]] = arm
+            for e in range(0, len(experiments), ASSIGNMENT_SLOTS):
+                for k in range(0, len(keys), ASSIGNMENT_SLOTS):
+                    params = _slots("e", experiments[e : e + ASSIGNMENT_SLOTS])
+                    params |= _slots("k", keys[k : k + ASSIGNMENT_SLOTS])
+                    for name, key, arm, at in conn.execute(_ASSIGNMENTS, params):
+                        at, had = utc(at), first.get(name)
+                        if had is None or (at, key) < (had.assigned_at, had.unit_key):
+                            first[name] = StoredArm(key, arm, at)
         return first
 
     def record_assignments(self, rows: list[dict[str, Any]]) -> None:

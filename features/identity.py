@@ -272,8 +272,7 @@ class IdentityGraph:
         graph does not know it) and every other key the person was known by: the ids merged
         into it and the salted hashes of the identifiers it holds."""
         with self.engine.connect() as conn:
-            canonical = gs.current_id(conn, customer_id) or customer_id
-            return canonical, gs.person_keys(conn, canonical)
+            return gs.person_keys(conn, customer_id)
 
     def canonical_ids(self) -> dict[str, str]:
         """Every merged-away customer id -> the id its person goes by now (merge records are

@@ -105,12 +105,16 @@ def test_first_recorded_draw_wins_over_merges_and_workers(
     ledger = _ledger(url)
     salt = _splitting_salt("anon", "old")
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    first = _assign(StickyAssigner(ledger), "anon", [], salt, t0).arm
+    drawing = StickyAssigner(ledger)
+    first = _assign(drawing, "anon", [], salt, t0).arm
     assert first == assign("anon", "exp", 0.5, salt)
+    assert ledger.first_assignments(["exp"], ["anon"]) == {}  # written in groups, later
+    drawing.flush()
     # merged: the person now goes by "old", whose own hash draws the other arm
-    for worker in (StickyAssigner(ledger), StickyAssigner(ledger)):
+    for worker in (drawing, StickyAssigner(ledger), StickyAssigner(ledger)):
         assert _assign(worker, "old", ["anon"], salt, t0 + timedelta(days=1)).arm == first
         assert _assign(worker, "anon", [], salt, t0 + timedelta(days=2), "old").arm == first
+        worker.flush()
     stored = ledger.first_assignments(["exp", GLOBAL], ["old", "anon"])
     assert stored["exp"].unit_key == "anon" and stored["exp"].arm == first
     ledger.record_assignments(  # a second write of a recorded key changes nothing

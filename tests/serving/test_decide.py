@@ -296,6 +296,7 @@ def test_merged_people_keep_their_earliest_arm_in_every_worker(deps: Deps) -> No
     other = decide(_req(loyalty_id="LC-88"), deps).arm
     assert first != other  # two people, as far as anyone knew
     graph.link(Identifiers(cookie_id="ck-bo", loyalty_id="LC-88"))
+    deps.assigner.flush()
     deps.assigner = StickyAssigner(deps.ledger)  # another worker, or this one after its ttl
     assert {decide(_req(**ids), deps).arm for ids in (
         {"cookie_id": "ck-bo"}, {"loyalty_id": "LC-88"}, {"customer_id": web}
