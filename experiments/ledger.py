@@ -263,6 +263,14 @@ class Ledger:
         with self.engine.begin() as conn:
             conn.execute(dialect_insert(assignments).on_conflict_do_nothing(), rows)
 
+    def erase_assignments(self, keys: list[str]) -> int:
+        """Forget a person's holdout draws: ``keys`` are every id they had (the customer id,
+        and ``IdentityGraph.person_keys``, read before the graph forgets them); rows deleted."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                delete(assignments).where(assignments.c.unit_key.in_(keys))
+            ).rowcount
+
     def decision(self, decision_id: str) -> DecisionRow | None:
         with self.engine.connect() as conn:
             r = conn.execute(select(decisions).where(decisions.c.decision_id == decision_id))
@@ -330,7 +338,6 @@ class Ledger:
             n_bsk = conn.execute(
                 delete(baskets).where(baskets.c.customer_id == customer_id)
             ).rowcount
-            conn.execute(delete(assignments).where(assignments.c.unit_key == customer_id))
         return {"decisions": n_dec, "outcomes": n_out, "outbox": n_box, "baskets": n_bsk}
 
     def counts(self) -> dict[str, int]:

@@ -132,6 +132,19 @@ def test_a_returning_person_costs_no_ledger_query(tmp_path) -> None:
     assert _assign(assigner, "c1", [], "s", at) == arm
 
 
+def test_erasing_a_person_forgets_every_draw_of_theirs(tmp_path) -> None:
+    ledger = _ledger(f"sqlite:///{tmp_path}/l.db")
+    assigner = StickyAssigner(ledger)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    _assign(assigner, "h-cookie", [], "s", at)
+    _assign(assigner, "c-old", ["h-cookie"], "s", at, canonical="c-new")
+    _assign(assigner, "c-other", [], "s", at)
+    assigner.flush()
+    assert ledger.erase_assignments(["c-new", "c-old", "h-cookie"]) == 4  # global + exp, each
+    assert ledger.first_assignments(["exp", GLOBAL], ["c-new", "c-old", "h-cookie"]) == {}
+    assert set(ledger.first_assignments(["exp", GLOBAL], ["c-other"])) == {"exp", GLOBAL}
+
+
 @pytest.mark.parametrize(
     ("global_share", "experiment_share", "effective"),
     [(0.05, 0.10, 0.145), (0.05, 0.0, 0.05), (0.0, 0.10, 0.10), (0.0, 0.0, 0.0), (0.2, 0.5, 0.6)],
