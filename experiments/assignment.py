@@ -197,3 +197,53 @@ class StickyAssigner:
         if first[experiment].arm == "holdout":
             return Assignment(experiment=experiment, arm="holdout", holdout="experiment")
         return Assignment(experiment=experiment, arm="treatment")
+
+
+def _person(
+    cid: str | None, identifiers: dict[str, str], graph: Any, settings: Any
+) -> tuple[str, list[str]]:
+    """The key to draw on and every other key the visitor was known by: the canonical id
+    (merges followed) with its merged ids and identifier hashes, and the request's own
+    identifiers, normalised and hashed as the identity graph stores them."""
+    from features.identity import Identifiers, identifier_hashes
+
+    ids = Identifiers(**identifiers)
+    hashes = list(identifier_hashes(ids, settings.identity_salt, settings.region).values())
+    if cid is None:
+        return (hashes[0], hashes[1:]) if hashes else ("", [])
+    if graph is None:
+        return cid, hashes
+    try:
+        canonical, others = graph.person_keys(cid)
+    except Exception:  # noqa: BLE001 - the caller's id still draws the same arm every time
+        return cid, hashes
+    return canonical, [*others, *hashes]
+
+
+def assign_holdout(
+    cid: str | None,
+    identifiers: dict[str, str],
+    experiment: str,
+    assigner: StickyAssigner,
+    graph: Any,
+    settings: Any,
+    now: datetime,
+) -> Assignment | None:
+    """A decision's arm: the first ever drawn for the person (``cid``, the resolved customer,
+    else the strongest of the request's ``identifiers``, normalised); None without any
+    usable identifier. ``graph`` (the identity graph, or None) is read on a cache miss."""
+    if cid is not None:
+        key, person = cid, lambda: _person(cid, identifiers, graph, settings)
+    else:
+        key, others = _person(None, identifiers, graph, settings)
+        if not key:
+            return None
+        person = lambda: (key, others)  # noqa: E731
+    return assigner.assign(
+        experiment,
+        Unit(key, person),
+        global_share=settings.global_holdout_share,
+        experiment_share=settings.experiment_holdout_share,
+        salt=settings.assignment_salt,
+        now=now,
+    )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from experiments.assignment import Assignment, Unit, declared
+from experiments.assignment import assign_holdout, declared
 from experiments.ledger import DecisionRow
 from serving import policy
 from serving.deps import Deps
@@ -62,49 +62,6 @@ def experiment_of(request: DecideRequest, deps: Deps) -> str:
         reason = f"unknown experiment {campaign!r}; declared: {', '.join(names)}"
         raise field_error("context.campaign", reason, campaign)
     return campaign
-
-
-def _person(cid: str | None, request: DecideRequest, deps: Deps) -> tuple[str, list[str]]:
-    """The key to draw on and every other key the visitor was known by: the canonical id
-    (merges followed) with its merged ids and identifier hashes, and the request's own
-    identifiers, normalised and hashed as the identity graph stores them."""
-    from features.identity import Identifiers, identifier_hashes
-
-    s = deps.settings
-    ids = Identifiers(**request.identifiers())
-    hashes = list(identifier_hashes(ids, s.identity_salt, s.region).values())
-    if cid is None:
-        return (hashes[0], hashes[1:]) if hashes else ("", [])
-    if deps.graph is None:
-        return cid, hashes
-    try:
-        canonical, others = deps.graph.person_keys(cid)
-    except Exception:  # noqa: BLE001 - the caller's id still draws the same arm every time
-        return cid, hashes
-    return canonical, [*others, *hashes]
-
-
-def assign_holdout(
-    cid: str | None, request: DecideRequest, experiment: str, deps: Deps, ts: datetime
-) -> Assignment | None:
-    """The person's recorded arm (the first ever drawn for them); None without any usable
-    identifier. Anonymous visitors are keyed by their strongest identifier, normalised."""
-    if cid is not None:
-        key, person = cid, lambda: _person(cid, request, deps)  # read on a cache miss only
-    else:
-        key, others = _person(None, request, deps)
-        if not key:
-            return None
-        person = lambda: (key, others)  # noqa: E731
-    s = deps.settings
-    return deps.assigner.assign(
-        experiment,
-        Unit(key, person),
-        global_share=s.global_holdout_share,
-        experiment_share=s.experiment_holdout_share,
-        salt=s.assignment_salt,
-        now=ts,
-    )
 
 
 @dataclass
@@ -245,7 +202,9 @@ def plan(
         known.features = read_features(known.customer_id, deps, known.reasons)
     cid, reasons = known.customer_id, known.reasons
     experiment = experiment_of(request, deps)
-    arm = assign_holdout(cid, request, experiment, deps, ts)
+    arm = assign_holdout(
+        cid, request.identifiers(), experiment, deps.assigner, deps.graph, deps.settings, ts
+    )
     features = policy.profile_fields(known.features)
     if deps.catalog is None:
         reasons.append(f"catalog: {deps.missing.get('catalog', 'unavailable')}")
