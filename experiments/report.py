@@ -20,6 +20,7 @@ from estimation.uplift import ArmComparison, compare
 from estimation.uplift_stats import holm
 from experiments.qini import QiniCurve, report_curves
 from experiments.report_units import ReportError, load_units, offer_catalog
+from record.assignment import HoldoutShares, holdout_shares
 
 __all__ = ["ReportError", "ReportData", "build_report", "report_html", "write_report"]
 
@@ -67,6 +68,7 @@ class ReportData(BaseModel):
     outcome_source: str
     window_days: int
     alpha: float
+    holdouts: HoldoutShares  # the service's experiments: who is held out, global included
     n_units: int
     lines: list[Line]
     cumulative: list[CumulativeSeries]
@@ -228,6 +230,7 @@ def build_report(settings: Any = None, world_dir: Path | None = None) -> ReportD
         outcome_source=outcome_source,
         window_days=window,
         alpha=alpha,
+        holdouts=holdout_shares(settings),
         n_units=len(units),
         lines=lines(units, window, alpha),
         cumulative=cumulative(units),

@@ -148,6 +148,16 @@ def _identity_mapper(settings: Any):
         return None
 
 
+def _merged_ids(settings: Any) -> dict[str, str] | None:
+    """Merged-away customer id -> the person's id now, from the identity graph, if there is one."""
+    try:
+        from features.identity import graph_for
+
+        return graph_for(settings).canonical_ids()
+    except Exception:  # noqa: BLE001 - no graph: ids stay as the decisions recorded them
+        return None
+
+
 def load_units(settings: Any, world_dir: Path | None = None) -> tuple[pd.DataFrame, list[str], str]:
     """Experiment units from the ledger and the world, in one frame with a ``source`` column."""
     frames, sources, outcome_sources = [], [], []
@@ -156,7 +166,7 @@ def load_units(settings: Any, world_dir: Path | None = None) -> tuple[pd.DataFra
         from nextbest.db import engine_for
 
         try:
-            units = ledger_units(engine_for(url), days)
+            units = ledger_units(engine_for(url), days, _merged_ids(settings))
         except Exception as exc:  # noqa: BLE001 - an unreadable ledger is reported, not fatal
             units = pd.DataFrame()
             sources.append(f"decision ledger unreadable ({type(exc).__name__})")

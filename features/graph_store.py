@@ -24,8 +24,10 @@ from sqlalchemy import (
     bindparam,
     delete,
     insert,
+    literal,
     select,
     tuple_,
+    union_all,
     update,
 )
 
@@ -146,6 +148,30 @@ def current_id(conn: Connection, customer_id: str) -> str | None:
     cid = row[0] if row else customer_id
     q = select(customers.c.customer_id).where(customers.c.customer_id == cid)
     return cid if conn.execute(q).first() else None
+
+
+# One prebuilt query (a cached compiled statement): the holdout assignment asks it once per
+# person and worker on the decision path.
+_PERSON = union_all(
+    select(literal("into"), merges.c.into_id).where(merges.c.from_id == bindparam("cid")),
+    select(literal("from"), merges.c.from_id).where(merges.c.into_id == bindparam("cid")),
+    select(literal("key"), keys.c.key_hash).where(keys.c.customer_id == bindparam("cid")),
+)
+
+
+def person_keys(conn: Connection, customer_id: str) -> tuple[str, list[str]]:
+    """The id the customer goes by now (a recorded merge followed), and the ids merged into
+    that one and the hashes of the keys it holds."""
+    rows = conn.execute(_PERSON, {"cid": customer_id}).all()
+    into = [v for kind, v in rows if kind == "into"]
+    if into:  # merged away: its keys and merges moved to the survivor
+        return into[0], person_keys(conn, into[0])[1]
+    return customer_id, [v for _, v in rows]
+
+
+def merged_into(conn: Connection) -> dict[str, str]:
+    """Every merged-away id -> the id it was (finally) merged into."""
+    return dict(conn.execute(select(merges.c.from_id, merges.c.into_id)).all())
 
 
 def has_login(conn: Connection, customer_id: str) -> bool:

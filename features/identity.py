@@ -46,6 +46,20 @@ class Identifiers(BaseModel):
     cookie_id: str | None = None
 
 
+def canonical_identifiers(ids: Identifiers, region: str) -> dict[str, str]:
+    """field -> canonical form of each usable identifier, strongest field first."""
+    values = {f: nz.lenient_key(f, getattr(ids, f), region.upper()) for f in KEY_TYPES}
+    return {f: v for f, v in values.items() if v is not None}
+
+
+def identifier_hashes(ids: Identifiers, salt: str | bytes, region: str) -> dict[str, str]:
+    """field -> salted hash of the identifier's canonical form, strongest field first: the
+    graph's stored keys, so ``Ann@X.com `` and ``ann@x.com`` give one hash."""
+    salt = salt.encode() if isinstance(salt, str) else salt
+    values = canonical_identifiers(ids, region)
+    return {f: salted_hash(salt, KEY_TYPES[f], v) for f, v in values.items()}
+
+
 class IdentityGraph:
     """Persistent identity graph; identifiers are stored only as HMAC-SHA256 of canonical forms."""
 
@@ -77,11 +91,11 @@ class IdentityGraph:
         return KEY_TYPES[field]
 
     def _canonical(self, ids: Identifiers) -> dict[str, str]:
-        values = {f: nz.lenient_key(f, getattr(ids, f), self.region) for f in KEY_TYPES}
-        return {f: v for f, v in values.items() if v is not None}
+        return canonical_identifiers(ids, self.region)
 
-    def _key_hashes(self, ids: Identifiers) -> dict[str, str]:
-        return {f: self._hash(KEY_TYPES[f], v) for f, v in self._canonical(ids).items()}
+    def key_hashes(self, ids: Identifiers) -> dict[str, str]:
+        """The stored keys these identifiers would have, strongest first."""
+        return identifier_hashes(ids, self._salt, self.region)
 
     # --- batch ---------------------------------------------------------------------------
 
@@ -219,7 +233,7 @@ class IdentityGraph:
         with self.engine.connect() as conn:
             if ids.customer_id and (cid := gs.current_id(conn, ids.customer_id)):
                 return cid
-            return self._pick(gs.owners(conn, self._key_hashes(ids)))
+            return self._pick(gs.owners(conn, self.key_hashes(ids)))
 
     def link(self, ids: Identifiers) -> str:
         """Look up, or create a customer; store keys nobody holds yet. A login or loyalty card
@@ -254,6 +268,19 @@ class IdentityGraph:
             )
         return cid
 
+    def person_keys(self, customer_id: str) -> tuple[str, list[str]]:
+        """The id this customer goes by now (following recorded merges; the id itself when the
+        graph does not know it) and every other key the person was known by: the ids merged
+        into it and the salted hashes of the identifiers it holds."""
+        with self.engine.connect() as conn:
+            return gs.person_keys(conn, customer_id)
+
+    def canonical_ids(self) -> dict[str, str]:
+        """Every merged-away customer id -> the id its person goes by now (merge records are
+        kept pointing at the survivor, so one step suffices)."""
+        with self.engine.connect() as conn:
+            return gs.merged_into(conn)
+
     def map_identifiers(self, df: pd.DataFrame) -> pd.Series:
         """customer_id per row (None when unknown), strongest identifier first; vectorised:
         each distinct value is normalised and hashed once, keys fetched in chunked queries."""
@@ -282,7 +309,7 @@ class IdentityGraph:
         hashed = canonical.map(lambda c: c and self._hash(kind, c))
         return values.map(pd.Series(hashed.to_numpy(), index=uniq.to_numpy(), dtype=object))
 
-    def key_hashes(self, customer_ids: list[str]) -> list[str]:
+    def stored_key_hashes(self, customer_ids: list[str]) -> list[str]:
         """Every stored key hash of these customers (what erasure matches source rows by)."""
         with self.engine.connect() as conn:
             rows = gs.fetch(conn, gs.keys.c.customer_id, customer_ids, gs.keys.c.key_hash)

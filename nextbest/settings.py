@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -20,6 +21,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("FEAST_USAGE", "False")
 
 
+EXPERIMENT_NAME = r"^[A-Za-z0-9_.:-]{1,64}$"  # as context.campaign accepts them
+RESERVED_EXPERIMENTS = ("global",)  # the global holdout's records in the assignments table
 BanditReward = Literal["spend", "conversion"]  # what a decision earned, for the bandit
 
 
@@ -50,8 +53,16 @@ class Settings(BaseSettings):
         False, description="also join key-less pieces on a rare full name (riskier, off)"
     )
     assignment_salt: str = "nextbest-assignment"
-    global_holdout_share: float = Field(0.05, ge=0, lt=1)
-    experiment_holdout_share: float = Field(0.10, ge=0, lt=1)
+    global_holdout_share: float = Field(
+        0.05, ge=0, lt=1, description="people held out of every experiment"
+    )
+    experiment_holdout_share: float = Field(
+        0.10,
+        ge=0,
+        lt=1,
+        description="each experiment's own holdout among the rest: an experiment holds out "
+        "1 - (1 - global)(1 - this) of people (14.5% with the defaults)",
+    )
     attribution_days: int = Field(30, gt=0)
     abandon_after_minutes: int = Field(60, gt=0)
     epsilon: float = Field(0.05, ge=0, le=1, description="exploration floor")
@@ -82,6 +93,11 @@ class Settings(BaseSettings):
         "bulk to the event log instead)",
     )
     experiment: str = Field("nbo", description="experiment of decisions without a campaign")
+    experiments: list[str] = Field(
+        [],
+        description="experiments a channel may name in context.campaign (besides `experiment`); "
+        "any other name is refused, since each name draws its own holdout",
+    )
     contact_caps: dict[str, int] = Field(
         {"email": 2, "sms": 2}, description="outbound contacts per channel per cap window"
     )
@@ -112,6 +128,16 @@ class Settings(BaseSettings):
     )
     channel_keys: list[str] = ["channel-dev-key"]
     admin_keys: list[str] = ["admin-dev-key"]
+
+    @field_validator("experiment", "experiments")
+    @classmethod
+    def _not_reserved(cls, v: str | list[str]) -> str | list[str]:
+        for name in [v] if isinstance(v, str) else v:
+            if name in RESERVED_EXPERIMENTS:
+                raise ValueError(f"{name!r} is reserved for the global holdout")
+            if not re.fullmatch(EXPERIMENT_NAME, name):
+                raise ValueError(f"{name!r} must be 1-64 letters, digits or _.:-")
+        return v
 
     @field_validator("home")
     @classmethod

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import pandas as pd
 from pydantic import BaseModel, Field, field_validator
@@ -27,6 +27,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     bindparam,
@@ -111,6 +112,18 @@ baskets = Table(
     Column("status", String(16), nullable=False, index=True),  # open|checked_out|triggered
 )
 
+# A person's first holdout draw per experiment ("global" is the global holdout's), keyed by
+# every id they were drawn or looked up under; the earliest row of a person wins, for good.
+assignments = Table(
+    "assignments",
+    metadata,
+    Column("experiment", String(64), nullable=False),
+    Column("unit_key", String(64), nullable=False),  # a customer id or a salted identifier hash
+    Column("arm", String(16), nullable=False),
+    Column("assigned_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("experiment", "unit_key"),
+)
+
 OutcomeType = Literal["click", "conversion", "revenue"]
 ERASED_PREFIX = "erased:"  # an erased outcome's idempotency key: this and a 64-hex hash
 # What an erased person's decisions keep of the columns that could name or describe them; a
@@ -141,6 +154,21 @@ _HISTORY = union_all(
 _ERASED_KEY = select(outcomes.c.outcome_id).where(outcomes.c.idempotency_key == bindparam("key"))
 
 
+# Prebuilt with a fixed number of slots (unused ones bind ""), so the compiled statement is
+# cached: it runs once per person and worker on /decide, and an expanding IN recompiles.
+ASSIGNMENT_SLOTS = 8
+_ASSIGNMENTS = select(
+    assignments.c.experiment, assignments.c.unit_key, assignments.c.arm, assignments.c.assigned_at
+).where(
+    assignments.c.experiment.in_([bindparam(f"e{i}") for i in range(ASSIGNMENT_SLOTS)]),
+    assignments.c.unit_key.in_([bindparam(f"k{i}") for i in range(ASSIGNMENT_SLOTS)]),
+)
+
+
+def _slots(prefix: str, values: list[str]) -> dict[str, str]:
+    return {f"{prefix}{i}": values[i] if i < len(values) else "" for i in range(ASSIGNMENT_SLOTS)}
+
+
 class DecisionRow(BaseModel):
     """One decision as the ledger stores it (the contract read by OPE and reports)."""
 
@@ -164,6 +192,14 @@ class DecisionRow(BaseModel):
     @classmethod
     def _older_rows_were_shown(cls, v: Any) -> Any:
         return "shown" if v is None else v  # rows from before the column (NULL there)
+
+
+class StoredArm(NamedTuple):
+    """One recorded holdout draw: the arm and when it was first made."""
+
+    unit_key: str
+    arm: str
+    assigned_at: datetime
 
 
 class OutcomeRow(BaseModel):
@@ -242,6 +278,41 @@ class Ledger:
             return False
         return True
 
+    def first_assignments(self, experiments: list[str], keys: list[str]) -> dict[str, StoredArm]:
+        """Per experiment, the earliest recorded draw under any of ``keys`` (ties: the smaller
+        key), so every id a person was known by yields the same answer."""
+        first: dict[str, StoredArm] = {}
+        with self.engine.connect() as conn:
+            for e in range(0, len(experiments), ASSIGNMENT_SLOTS):
+                for k in range(0, len(keys), ASSIGNMENT_SLOTS):
+                    params = _slots("e", experiments[e : e + ASSIGNMENT_SLOTS])
+                    params |= _slots("k", keys[k : k + ASSIGNMENT_SLOTS])
+                    for name, key, arm, at in conn.execute(_ASSIGNMENTS, params):
+                        at, had = utc(at), first.get(name)
+                        if had is None or (at, key) < (had.assigned_at, had.unit_key):
+                            first[name] = StoredArm(key, arm, at)
+        return first
+
+    def record_assignments(self, rows: list[dict[str, Any]]) -> None:
+        """Insert draws (experiment, unit_key, arm, assigned_at); a key already recorded keeps
+        its row: the first write wins, whichever worker made it."""
+        if not rows:
+            return
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        with self.engine.begin() as conn:
+            conn.execute(dialect_insert(assignments).on_conflict_do_nothing(), rows)
+
+    def erase_assignments(self, keys: list[str]) -> int:
+        """Forget a person's holdout draws: ``keys`` are every id they had (the customer id,
+        and ``IdentityGraph.person_keys``, read before the graph forgets them); rows deleted."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                delete(assignments).where(assignments.c.unit_key.in_(keys))
+            ).rowcount
+
     def decision(self, decision_id: str) -> DecisionRow | None:
         with self.engine.connect() as conn:
             r = conn.execute(select(decisions).where(decisions.c.decision_id == decision_id))
@@ -290,11 +361,11 @@ class Ledger:
         """Remove a person's personal data; decisions and outcomes stay, anonymised, so
         experiment counts remain valid while nothing links them to the person: no customer
         id, context (pages, basket), scores (the features read) or reason text; outcomes
-        keep a hash of their idempotency key and order id (``erased_key``), so a retried report of one
-        still counts once. Rows of every other table naming the customer (outbox and its
-        payloads, baskets, tables added later) are deleted, or anonymised where the id may be
-        null. On SQLite the engine's ``secure_delete`` zeroes the freed bytes and the WAL is
-        checkpointed, so the old pages leave the files too."""
+        keep a hash of their idempotency key and order id (``erased_key``), so a retried
+        report of one still counts once. Rows of every other table naming the customer
+        (outbox and its payloads, baskets, tables added later) are deleted, or anonymised where
+        the id may be null. On SQLite the engine's ``secure_delete`` zeroes the freed bytes and
+        the WAL is checkpointed, so the old pages leave the files too."""
         counts: dict[str, int] = {}
         with self.engine.begin() as conn:
             counts["decisions"] = conn.execute(

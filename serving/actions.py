@@ -11,25 +11,16 @@ import math
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from record.attribution import ORDER_TYPES, order_key
 from record.ledger import OutcomeRow, utc
 from serving import outbox
 from serving.decide import DecideRequest, DecideResponse, Known, plan, read_features
 from serving.deps import Deps
-from serving.schemas import ID_FIELDS
+from serving.schemas import ID_FIELDS, field_error
 
 Id = Field(None, min_length=1, max_length=256)
-
-
-def field_error(field: str, reason: str, value: Any, title: str = "request") -> ValidationError:
-    """A ValidationError for one field: the 400 that names it, like a malformed body's."""
-    detail = InitErrorDetails(
-        type=PydanticCustomError("invalid", reason), loc=(field,), input=value
-    )
-    return ValidationError.from_exception_data(title, [detail])
 
 
 class OutcomeRequest(BaseModel):

@@ -14,11 +14,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from record.assignment import assign_all
+from record.assignment import assign_holdout, declared
 from record.ledger import DecisionRow
 from serving import policy
 from serving.deps import Deps
-from serving.schemas import DecideRequest, DecideResponse, RankedOffer, VisitContext
+from serving.schemas import (
+    DecideRequest,
+    DecideResponse,
+    RankedOffer,
+    VisitContext,
+    field_error,
+)
 from training.bandit import feature_snapshot
 
 __all__ = ["DecideRequest", "DecideResponse", "RankedOffer", "VisitContext", "decide", "plan"]
@@ -47,6 +53,19 @@ def resolve(request: DecideRequest, deps: Deps, reasons: list[str]) -> str | Non
     if cid is None:
         reasons.append("cold start: unknown visitor")
     return cid
+
+
+def experiment_of(request: DecideRequest, deps: Deps) -> str:
+    """The request's experiment: its declared campaign, else the default. An undeclared name
+    is refused (400): any new name would open a fresh holdout draw for everyone."""
+    campaign = request.context.campaign
+    if campaign is None:
+        return deps.settings.experiment
+    names = declared(deps.settings)
+    if campaign not in names:
+        reason = f"unknown experiment {campaign!r}; declared: {', '.join(names)}"
+        raise field_error("context.campaign", reason, campaign)
+    return campaign
 
 
 @dataclass
@@ -186,19 +205,9 @@ def plan(
         known.customer_id = resolve(request, deps, known.reasons)
         known.features = read_features(known.customer_id, deps, known.reasons)
     cid, reasons = known.customer_id, known.reasons
-    experiment = request.context.campaign or deps.settings.experiment
-    s = deps.settings
-    key = cid or next(iter(f"{k}:{v}" for k, v in request.identifiers().items()), None)
-    arm = (
-        assign_all(
-            key,
-            experiment,
-            global_share=s.global_holdout_share,
-            experiment_share=s.experiment_holdout_share,
-            salt=s.assignment_salt,
-        )
-        if key
-        else None
+    experiment = experiment_of(request, deps)
+    arm = assign_holdout(
+        cid, request.identifiers(), experiment, deps.assigner, deps.graph, deps.settings, ts
     )
     features = policy.profile_fields(known.features)
     if deps.catalog is None:

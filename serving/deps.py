@@ -13,10 +13,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from nextbest.db import engine_for
 from nextbest.settings import Settings
+from record.assignment import StickyAssigner, holdout_shares
 from record.ledger import Ledger, now
 
 log = logging.getLogger("nextbest.serving")
@@ -88,6 +90,11 @@ class Deps:
     # finished erasures this worker has seen (``serving.erasure.resume_pending``)
     erasures_seen: int | None = None
 
+    @cached_property
+    def assigner(self) -> StickyAssigner:
+        """This worker's holdout assignments: recorded in the ledger, cached in memory."""
+        return StickyAssigner(self.ledger)
+
     def offers(self) -> list[Any]:
         return list(getattr(self.catalog, "offers", []) or []) if self.catalog is not None else []
 
@@ -100,6 +107,8 @@ class Deps:
             "status": "ok" if all(v == "ok" for v in state.values()) else "degraded",
             "parts": state,
             "model_versions": self.model_versions(),
+            # what share of people each experiment holds out, global holdout included
+            "holdouts": holdout_shares(self.settings).model_dump(),
         }
         if self.learner is not None:
             body["bandit_learner"] = self.learner.state()

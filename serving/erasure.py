@@ -91,7 +91,7 @@ def erase(customer_id: str, deps: Deps) -> dict[str, Any]:
     create_tables(deps.ledger.engine, metadata)
     subject = subject_hash(deps, customer_id)
     ids = erasable_ids(customer_id, deps)  # before anything of this request is deleted
-    keys = deps.graph.key_hashes(ids) if deps.graph is not None else []
+    keys = deps.graph.stored_key_hashes(ids) if deps.graph is not None else []
     with deps.ledger.engine.begin() as conn:
         pending = erasures.c.subject_hash == subject, erasures.c.status == "pending"
         row = conn.execute(select(erasures).where(*pending)).mappings().first()
@@ -187,7 +187,10 @@ def _graph(deps: Deps) -> Any:
 
 
 def _ledger(person: Person, deps: Deps) -> dict[str, int]:
-    return _summed([deps.ledger.erase(c) for c in person.customer_ids])
+    erased = _summed([deps.ledger.erase(c) for c in person.customer_ids])
+    # holdout draws are keyed by ids and identifier hashes, not by a customer_id column
+    keys = [*person.customer_ids, *person.key_hashes]
+    return {**erased, "assignments": deps.ledger.erase_assignments(keys)}
 
 
 def _identities(person: Person, deps: Deps) -> int:

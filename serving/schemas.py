@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from features.schema import ID_COLUMNS, Channel
 
 ID_FIELDS = ("customer_id", *ID_COLUMNS)
 Id = Field(None, min_length=1, max_length=256)
+
+
+def field_error(field: str, reason: str, value: Any, title: str = "request") -> ValidationError:
+    """A ValidationError for one field: the 400 that names it, like a malformed body's."""
+    detail = InitErrorDetails(
+        type=PydanticCustomError("invalid", reason), loc=(field,), input=value
+    )
+    return ValidationError.from_exception_data(title, [detail])
 
 
 class VisitContext(BaseModel):

@@ -144,6 +144,7 @@ class Nextbest:
     async def _stop(self) -> None:
         for task in self._background:
             task.cancel()
+        self.deps.assigner.flush()  # holdout draws still waiting for their group write
         self.checkpointer.stop()
 
     async def _every(self, seconds: float, job: Callable[[], str | None], what: str) -> None:

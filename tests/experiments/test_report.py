@@ -91,6 +91,28 @@ def test_nothing_to_report_names_what_is_missing(tmp_path: Path) -> None:
         build_report(get_settings(), tmp_path / "empty")
 
 
+def test_report_shows_the_effective_held_out_share(world: Path, tmp_path: Path) -> None:
+    """Both shares and what they add up to, per declared experiment, in the JSON and the page."""
+    from experiments.report_charts import render_html
+    from nextbest.settings import Settings
+
+    settings = Settings(
+        home=tmp_path,
+        global_holdout_share=0.05,
+        experiment_holdout_share=0.2,
+        experiments=["spring"],
+    )
+    data = build_report(settings, world)
+    assert data.model_dump()["holdouts"] == {
+        "global_share": 0.05,
+        "experiment_share": 0.2,
+        "effective": {"nbo": 0.24, "spring": 0.24},
+    }
+    text = re.sub(r"\s+", " ", render_html(data))
+    assert "Held out of the service's experiments: nbo 24.0%, spring 24.0% (the 5% global " in text
+    assert "holdout plus 20% of the rest)" in text
+
+
 def test_cli_report_writes_html_and_json(world: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     result = CliRunner().invoke(app, ["report", "--out", str(out), "--world", str(world), "--json"])

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from features import normalize as nz
-from features.identity import Identifiers, IdentityGraph, graph_for
+from features.identity import Identifiers, IdentityGraph, graph_for, identifier_hashes
 from features.identity_eval import evaluate_world, pair_counts
 from features.identity_records import IdentityInputError
 from features.schema import IDENTITY_INPUT_COLUMNS
@@ -322,6 +322,41 @@ def test_link_never_bridges_two_members_through_a_shared_device() -> None:
     assert graph.lookup(Identifiers(login_id="u2")) == bob
     assert graph.link(Identifiers(customer_id="C000000000000", email="new@example.com")) != ann
     assert graph.lookup(Identifiers(customer_id="C000000000000", login_id="u2")) == bob
+
+
+def test_merged_ids_map_to_the_survivor_and_its_person_keys() -> None:
+    """Two merges in a chain: both merged-away ids name the last survivor, in one step (what
+    attribution remaps with), and the survivor's keys cover every id the person had."""
+    graph = new_graph()
+    oldest = graph.link(Identifiers(login_id="pat"))
+    loyal = graph.link(Identifiers(loyalty_id="LC-5"))
+    anon = graph.link(Identifiers(cookie_id="ck-pat"))
+    assert graph.link(Identifiers(cookie_id="ck-pat", loyalty_id="lc5")) == loyal
+    assert graph.link(Identifiers(login_id="PAT", loyalty_id="LC-5")) == oldest
+    assert graph.canonical_ids() == {anon: oldest, loyal: oldest}
+    canonical, others = graph.person_keys(anon)
+    hashes = graph.key_hashes(Identifiers(login_id="pat", loyalty_id="LC 5", cookie_id="ck-pat"))
+    assert canonical == oldest and set(others) == {anon, loyal, *hashes.values()}
+    assert graph.person_keys("crm-42") == ("crm-42", [])  # unknown to the graph: as given
+
+
+@pytest.mark.parametrize(
+    ("field", "spellings"),
+    [
+        ("email", ["Ann@X.com", "ann@x.com", " ANN@X.COM "]),
+        ("phone", ["07700 900123", "+44 7700 900123", "0044 (0)7700-900123"]),
+        ("loyalty_id", ["LC-1234", "lc 1234", "LC 12-34"]),
+        ("login_id", ["Ann.Smith", " ann.smith"]),
+    ],
+)
+def test_identifier_hashes_are_one_per_identifier_however_spelled(
+    field: str, spellings: list[str]
+) -> None:
+    """What an anonymous visitor's holdout is drawn on: the graph's own key, one per person."""
+    hashes = {
+        identifier_hashes(Identifiers(**{field: v}), "test-salt", "GB")[field] for v in spellings
+    }
+    assert hashes == {new_graph().key_hashes(Identifiers(**{field: spellings[0]}))[field]}
 
 
 def test_map_identifiers_is_per_row_strongest_first() -> None:

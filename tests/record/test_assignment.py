@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from scipy.stats import binomtest
 
-from record.assignment import assign, assign_all, bucket
+from record.assignment import (
+    GLOBAL,
+    StickyAssigner,
+    Unit,
+    assign,
+    assign_all,
+    bucket,
+    effective_holdout_share,
+)
 
 
 def test_sticky_and_salted() -> None:
@@ -53,3 +64,125 @@ def test_global_holdout_comes_first() -> None:
 def test_bad_input(cid: str, share: float, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         assign(cid, "exp", share, "s")
+
+
+# --- sticky assignment: the first draw is recorded and never re-drawn (issue 12, item 6) ---
+
+
+def _ledger(url: str):
+    from nextbest.db import engine_for
+    from record.ledger import Ledger
+
+    return Ledger(engine_for(url))
+
+
+def _assign(assigner, key: str, others: list[str], salt: str, at: datetime, canonical=None):
+    unit = Unit(key, lambda: (canonical or key, others))
+    kw = dict(global_share=0.0, experiment_share=0.5, salt=salt, now=at)
+    return assigner.assign("exp", unit, **kw)
+
+
+def _splitting_salt(a: str, b: str) -> str:
+    return next(
+        f"s{i}"
+        for i in range(500)
+        if assign(a, "exp", 0.5, f"s{i}") != assign(b, "exp", 0.5, f"s{i}")
+    )
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_first_recorded_draw_wins_over_merges_and_workers(
+    backend: str, tmp_path, request: pytest.FixtureRequest
+) -> None:
+    """A person drawn as ``anon`` then known as ``old`` (a merge into an older id that would
+    hash to the other arm) keeps the first arm, in this worker and in a fresh one; a later
+    draw of another id of theirs loses to the earlier one."""
+    url = (
+        request.getfixturevalue("pg_url")
+        if backend == "postgresql"
+        else f"sqlite:///{tmp_path}/l.db"
+    )
+    ledger = _ledger(url)
+    salt = _splitting_salt("anon", "old")
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    drawing = StickyAssigner(ledger)
+    first = _assign(drawing, "anon", [], salt, t0).arm
+    assert first == assign("anon", "exp", 0.5, salt)
+    assert ledger.first_assignments(["exp"], ["anon"]) == {}  # written in groups, later
+    drawing.flush()
+    # merged: the person now goes by "old", whose own hash draws the other arm
+    for worker in (drawing, StickyAssigner(ledger), StickyAssigner(ledger)):
+        assert _assign(worker, "old", ["anon"], salt, t0 + timedelta(days=1)).arm == first
+        assert _assign(worker, "anon", [], salt, t0 + timedelta(days=2), "old").arm == first
+        worker.flush()
+    stored = ledger.first_assignments(["exp", GLOBAL], ["old", "anon"])
+    assert stored["exp"].unit_key == "anon" and stored["exp"].arm == first
+    ledger.record_assignments(  # a second write of a recorded key changes nothing
+        [dict(experiment="exp", unit_key="old", arm="x", assigned_at=t0 - timedelta(days=9))]
+    )
+    assert ledger.first_assignments(["exp"], ["old"])["exp"].arm == first
+
+
+def test_a_returning_person_costs_no_ledger_query(tmp_path) -> None:
+    ledger = _ledger(f"sqlite:///{tmp_path}/l.db")
+    assigner = StickyAssigner(ledger)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    arm = _assign(assigner, "c1", [], "s", at)
+    ledger.first_assignments = None  # any query now fails
+    assert _assign(assigner, "c1", [], "s", at) == arm
+
+
+def test_erasing_a_person_forgets_every_draw_of_theirs(tmp_path) -> None:
+    ledger = _ledger(f"sqlite:///{tmp_path}/l.db")
+    assigner = StickyAssigner(ledger)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    _assign(assigner, "h-cookie", [], "s", at)
+    _assign(assigner, "c-old", ["h-cookie"], "s", at, canonical="c-new")
+    _assign(assigner, "c-other", [], "s", at)
+    assigner.flush()
+    assert ledger.erase_assignments(["c-new", "c-old", "h-cookie"]) == 4  # global + exp, each
+    assert ledger.first_assignments(["exp", GLOBAL], ["c-new", "c-old", "h-cookie"]) == {}
+    assert set(ledger.first_assignments(["exp", GLOBAL], ["c-other"])) == {"exp", GLOBAL}
+
+
+@pytest.mark.parametrize(
+    ("global_share", "experiment_share", "effective"),
+    [(0.05, 0.10, 0.145), (0.05, 0.0, 0.05), (0.0, 0.10, 0.10), (0.0, 0.0, 0.0), (0.2, 0.5, 0.6)],
+)
+def test_effective_held_out_share(
+    global_share: float, experiment_share: float, effective: float
+) -> None:
+    assert effective_holdout_share(global_share, experiment_share) == pytest.approx(effective)
+    n = 40000
+    held = sum(
+        assign_all(f"c{i}", "e", global_share=global_share, experiment_share=experiment_share,
+                   salt="s").arm == "holdout"
+        for i in range(n)
+    )  # fmt: skip
+    assert held / n == pytest.approx(effective, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"experiments": ["global"]},
+            "experiments\n  Value error, 'global' is reserved for the global holdout",
+        ),
+        (
+            {"experiment": "global"},
+            "experiment\n  Value error, 'global' is reserved for the global holdout",
+        ),
+        (
+            {"experiments": ["spring sale"]},
+            "Value error, 'spring sale' must be 1-64 letters, digits or _.:-",
+        ),
+    ],
+)
+def test_experiment_names_are_checked_at_load(env: dict, message: str) -> None:
+    from pydantic import ValidationError
+
+    from nextbest.settings import Settings
+
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        Settings(**env)

@@ -259,3 +259,26 @@ def test_a_decision_pays_only_for_an_offer_it_showed() -> None:
     bought = [_o("k", 0.5, customer_id="p1", offer_id="Z", type="conversion", value=30.0)]
     (row,) = credit(RULE_DECISIONS, pd.DataFrame(bought), WINDOW).itertuples()
     assert (row.decision_id, row.value) == ("d1", 30.0) and not isinstance(row.cost_offer, str)
+
+
+def test_merged_ids_count_as_one_person_in_one_arm(nextbest_home) -> None:
+    """A person decided on as ``web`` (holdout) and, after a merge, as ``loyal`` (treatment by
+    a re-draw) is one unit: the first exposure's arm, with outcomes under either id."""
+    from nextbest.db import engine_for
+    from record.ledger import DecisionRow, Ledger, OutcomeRow
+
+    engine = engine_for(f"sqlite:///{nextbest_home / 'merged_ledger.db'}")
+    ledger = Ledger(engine)
+    for i, (cid, arm, d) in enumerate([("web", "holdout", 0), ("loyal", "treatment", 2)]):
+        ledger.record_decision(DecisionRow(
+            decision_id=f"m{i}", ts=day(d), customer_id=cid, channel="web", experiment="e",
+            arm=arm, offer_id=None if arm == "holdout" else "o1", propensity=None,
+        ))  # fmt: skip
+    ledger.record_outcome(OutcomeRow(
+        idempotency_key="m-k", customer_id="loyal", type="conversion", ts=day(5)
+    ))  # fmt: skip
+    assert len(ledger_units(engine, 30)) == 2  # without the merge records: two people
+    units = ledger_units(engine, 30, {"web": "loyal", "gone": "loyal"})
+    assert units[["customer_id", "arm", "converted"]].to_dict("records") == [
+        {"customer_id": "loyal", "arm": "holdout", "converted": True}
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -233,3 +234,121 @@ def test_real_bandit_distribution_is_logged(deps: Deps) -> None:
     assert sum(row.probabilities.values()) == pytest.approx(1.0)
     assert row.propensity == row.probabilities[row.offer_id] > 0
     assert r.model_versions["bandit"] == deps.bandit.version
+
+
+# --- holdouts: sticky for a person, whatever identity they arrive with (issue 12, items 6-7) ---
+
+
+def _salt_that_splits(keys: list[str], deps: Deps) -> str:
+    """An assignment salt under which hashing these keys as they are draws both arms: a
+    re-draw on any of them would show as a person in two arms."""
+    s = deps.settings
+    for i in range(500):
+        arms = {
+            assign_all(
+                k, s.experiment, global_share=0.0, experiment_share=0.5, salt=f"salt-{i}"
+            ).arm
+            for k in keys
+        }
+        if len(arms) == 2:
+            return f"salt-{i}"
+    raise AssertionError("no salt splits these keys")
+
+
+def test_person_keeps_one_arm_from_cookie_to_email_to_merged_loyalty_record(deps: Deps) -> None:
+    """Cookie, then e-mail, then a loyalty card that merges the web customer into an older
+    loyalty record: every decision is in one arm, and every report line counts the person once."""
+    from experiments.report import lines
+    from experiments.report_units import ledger_units
+    from features.identity import Identifiers
+
+    graph = deps.graph
+    loyal = graph.link(Identifiers(loyalty_id="LC-77"))  # the older CRM record
+    web = graph.link(Identifiers(cookie_id="ck-ann"))
+    deps.settings.experiment_holdout_share = 0.5
+    deps.settings.assignment_salt = _salt_that_splits([web, loyal], deps)
+    arms = [decide(_req(cookie_id="ck-ann"), deps).arm]
+    graph.link(Identifiers(cookie_id="ck-ann", email="Ann@X.com"))
+    arms.append(decide(_req(email=" ann@x.com"), deps).arm)
+    assert graph.link(Identifiers(cookie_id="ck-ann", loyalty_id="lc 77")) == loyal  # merged
+    arms += [decide(_req(loyalty_id="LC-77", channel=c), deps).arm for c in ("web", "store")]
+    arms.append(decide(_req(customer_id=web), deps).arm)  # a channel still holding the old id
+    assert len(set(arms)) == 1, arms
+    units = ledger_units(deps.ledger.engine, 30, graph.canonical_ids())
+    assert units["customer_id"].tolist() == [loyal] and units["arm"].tolist() == arms[:1]
+    for line in lines(units, 30, 0.05):
+        assert line.n_treated + line.n_holdout == 1, line
+
+
+def test_merged_people_keep_their_earliest_arm_in_every_worker(deps: Deps) -> None:
+    """Both ids were decided on before they were found to be one person: after the merge
+    every worker (a fresh assigner) answers with the arm drawn first, the arm the report's
+    first exposure counts the person in."""
+    from features.identity import Identifiers
+    from record.assignment import StickyAssigner
+
+    graph = deps.graph
+    loyal = graph.link(Identifiers(loyalty_id="LC-88"))
+    web = graph.link(Identifiers(cookie_id="ck-bo"))
+    deps.settings.experiment_holdout_share = 0.5
+    deps.settings.assignment_salt = _salt_that_splits([web, loyal], deps)
+    first = decide(_req(cookie_id="ck-bo"), deps).arm
+    other = decide(_req(loyalty_id="LC-88"), deps).arm
+    assert first != other  # two people, as far as anyone knew
+    graph.link(Identifiers(cookie_id="ck-bo", loyalty_id="LC-88"))
+    deps.assigner.flush()
+    deps.assigner = StickyAssigner(deps.ledger)  # another worker, or this one after its ttl
+    assert {decide(_req(**ids), deps).arm for ids in (
+        {"cookie_id": "ck-bo"}, {"loyalty_id": "LC-88"}, {"customer_id": web}
+    )} == {first}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("field", "spellings"),
+    [
+        ("email", ["Ann@X.com", "ann@x.com", " ANN@X.COM ", "ann@X.com"]),
+        ("phone", ["07700 900123", "+44 7700 900123", "+447700900123", "0044 (0)7700-900123"]),
+        ("loyalty_id", ["LC-1234", "lc 1234", "lc1234", "LC 12-34"]),
+        ("login_id", ["Ann.Smith", "ann.smith", " ANN.SMITH"]),
+    ],
+)
+def test_identifier_spellings_of_an_anonymous_visitor_land_in_one_arm(
+    deps: Deps, field: str, spellings: list[str]
+) -> None:
+    deps.settings.experiment_holdout_share = 0.5
+    raw = [f"{field}:{v.strip()}" for v in spellings]  # what a raw-identifier hash would see
+    deps.settings.assignment_salt = _salt_that_splits(raw, deps)
+    responses = [decide(_req(**{field: v}), deps) for v in spellings]
+    assert all(r.customer_id is None for r in responses)  # unknown to the graph: anonymous
+    assert len({r.arm for r in responses}) == 1, [r.arm for r in responses]
+
+
+@pytest.mark.parametrize(
+    ("campaign", "declared", "experiment"),
+    [
+        (None, [], "nbo"),
+        ("nbo", [], "nbo"),
+        ("spring_sale", ["spring_sale"], "spring_sale"),
+        (
+            "spring_sale",
+            [],
+            "`context.campaign`\n  unknown experiment 'spring_sale'; declared: nbo",
+        ),
+        (
+            "Spring_Sale",
+            ["spring_sale"],
+            "`context.campaign`\n  unknown experiment 'Spring_Sale'; declared: nbo, spring_sale",
+        ),
+    ],
+)
+def test_a_channel_may_only_name_a_declared_experiment(
+    deps: Deps, campaign: str | None, declared: list[str], experiment: str
+) -> None:
+    deps.settings.experiments = declared
+    request = _req(customer_id="c-post", context={"campaign": campaign} if campaign else {})
+    if "\n" in experiment:
+        with pytest.raises(ValidationError, match=re.escape(experiment)):
+            decide(request, deps)
+        assert deps.ledger.counts()["decisions"] == 0
+    else:
+        assert decide(request, deps).experiment == experiment

@@ -50,6 +50,13 @@ def test_healthz_reports_every_part(client: TestClient) -> None:
     assert body["parts"]["catalog"] == "ok"
 
 
+def test_healthz_shows_the_effective_held_out_share(client: TestClient) -> None:
+    """5% global and 10% per experiment hold out 14.5% of an experiment's people, not 5%
+    (shown to the admin: experiment names are the business's own)."""
+    holdouts = client.get("/healthz", headers=ADMIN).json()["holdouts"]
+    assert holdouts == {"global_share": 0.05, "experiment_share": 0.1, "effective": {"nbo": 0.145}}
+
+
 def test_profile_and_outbox(client: TestClient) -> None:
     r = client.get("/profile/someone", headers=CHANNEL)
     assert r.status_code == 200 and r.json()["recommended"]["customer_id"] == "someone"
@@ -98,6 +105,14 @@ def test_profile_and_outbox(client: TestClient) -> None:
             "context.basket: Input should be a valid array",
         ),
         ("post", "/decide", {**EXAMPLE, "request": {}}, CHANNEL, 400, "request: unknown field"),
+        (
+            "post",
+            "/decide",
+            {**EXAMPLE, "context": {"campaign": "spring_sale"}},
+            CHANNEL,
+            400,
+            "context.campaign: unknown experiment 'spring_sale'; declared: nbo",
+        ),
         (
             "post",
             "/outcome",
