@@ -20,7 +20,7 @@ Z95 = float(stats.norm.ppf(0.975))
 class Estimate(BaseModel):
     """One estimate of a policy's value per decision, with its interval."""
 
-    estimator: Literal["ips", "snips", "dm", "dr"]
+    estimator: Literal["ips", "snips", "dm", "dr", "snips_advantage"]
     value: float
     ci_low: float
     ci_high: float
@@ -55,13 +55,11 @@ def _check(**arrays: object) -> dict[str, np.ndarray]:
         if bad.size:
             i = int(bad[0])
             raise ValueError(f"pscore must be in (0, 1], got {out['pscore'][i]:g} at row {i}")
-    if "target_prob" in out:
-        bad = np.flatnonzero((out["target_prob"] < 0) | (out["target_prob"] > 1))
-        if bad.size:
+    for name in ("target_prob", "baseline_prob"):
+        bad = np.flatnonzero((out[name] < 0) | (out[name] > 1)) if name in out else []
+        if len(bad):
             i = int(bad[0])
-            raise ValueError(
-                f"target_prob must be in [0, 1], got {out['target_prob'][i]:g} at row {i}"
-            )
+            raise ValueError(f"{name} must be in [0, 1], got {out[name][i]:g} at row {i}")
     return out
 
 
@@ -95,13 +93,43 @@ def snips(reward: object, pscore: object, target_prob: object) -> Estimate:
     """
     a = _check(reward=reward, pscore=pscore, target_prob=target_prob)
     w = a["target_prob"] / a["pscore"]
-    ess = effective_sample_size(w)
+    value, influence = _snips_influence(a["reward"], w, "target_prob")
+    return _mean_ci("snips", influence, value=value, ess=effective_sample_size(w))
+
+
+def _snips_influence(reward: np.ndarray, w: np.ndarray, name: str) -> tuple[float, np.ndarray]:
+    """SNIPS value and its per-row influence (delta method), shared by the one-policy and the
+    paired estimates so both have the same interval."""
     if w.sum() == 0:
-        raise ValueError("target_prob is 0 on every logged row: SNIPS is undefined")
-    value = float((a["reward"] * w).sum() / w.sum())
-    influence = w * (a["reward"] - value) / w.mean()
-    est = _mean_ci("snips", influence, value=value, ess=ess)
-    return est
+        raise ValueError(f"{name} is 0 on every logged row: SNIPS is undefined")
+    value = float((reward * w).sum() / w.sum())
+    return value, w * (reward - value) / w.mean()
+
+
+def snips_advantage(
+    reward: object, pscore: object, target_prob: object, baseline_prob: object
+) -> Estimate:
+    """The target policy's SNIPS value minus the baseline's, on the SAME logged rows, with the
+    interval of the difference itself.
+
+    Both estimates use the same rewards, so their errors are correlated; two separate
+    intervals overlap even when one policy is surely better, and ``value_a >= value_b`` on two
+    point estimates promotes on noise. The paired interval comes from the per-row influence
+    difference, ``infl_target - infl_baseline`` (each ``w * (r - value) / mean(w)``), whose
+    sample sd gives the normal interval: what a promotion gate needs (promote only when
+    ``ci_low`` is above the margin).
+    """
+    a = _check(reward=reward, pscore=pscore, target_prob=target_prob, baseline_prob=baseline_prob)
+    w_target = a["target_prob"] / a["pscore"]
+    w_base = a["baseline_prob"] / a["pscore"]
+    v_target, infl_target = _snips_influence(a["reward"], w_target, "target_prob")
+    v_base, infl_base = _snips_influence(a["reward"], w_base, "baseline_prob")
+    return _mean_ci(
+        "snips_advantage",
+        infl_target - infl_base,
+        value=v_target - v_base,
+        ess=effective_sample_size(w_target),
+    )
 
 
 def dm(v_hat: object) -> Estimate:
@@ -159,11 +187,8 @@ def _named_policy(settings: Any, name: str, examples: Any) -> Any:
         return FixedPolicy()
     if name.startswith("offer:"):
         return FixedPolicy(name.removeprefix("offer:"))
-    if name == "best_single":  # the single offer whose IPS value on these logs is highest
-        offers = sorted({o for a in examples["allowed"] for o in a})
-        r, p = examples["reward"].to_numpy(float), examples["propensity"].to_numpy(float)
-        values = {o: ips(r, p, _target(FixedPolicy(o), examples)).value for o in offers}
-        return FixedPolicy(max(values, key=values.__getitem__))
+    if name == "best_single":  # chosen on logs it is not scored on: see evaluate_policy
+        return FixedPolicy(best_single_offer(examples))
     if name in ("champion", "challenger"):
         policy = load_bandit(settings) if name == "champion" else load_registered(settings, name)
         if policy is None:
@@ -172,6 +197,28 @@ def _named_policy(settings: Any, name: str, examples: Any) -> Any:
     raise ValueError(
         f"policy: {name!r} is not one of champion, challenger, uniform, best_single, offer:ID"
     )
+
+
+def best_single_offer(examples: Any) -> str:
+    """The single offer whose IPS value on ``examples`` is highest. Its value on these same
+    logs is biased up (the maximum of noisy estimates): score it on other logs."""
+    offers = sorted({o for a in examples["allowed"] for o in a})
+    r, p = examples["reward"].to_numpy(float), examples["propensity"].to_numpy(float)
+    values = {o: ips(r, p, _target(FixedPolicy(o), examples)).value for o in offers}
+    return max(values, key=values.__getitem__)
+
+
+def selection_split(examples: Any) -> tuple[Any, Any]:
+    """The older half of time-ordered logs (to choose a baseline on) and the newer half (to
+    score it on): disjoint, so the winner's curse of the choice does not inflate its score."""
+    half = len(examples) // 2
+    if half == 0:
+        raise ValueError(
+            f"ledger: {len(examples)} learnable decision(s); best_single needs at least 2, "
+            "one half to choose the offer and the other to score it"
+        )
+    ordered = examples.sort_values("ts", kind="stable").reset_index(drop=True)
+    return ordered.iloc[:half].reset_index(drop=True), ordered.iloc[half:].reset_index(drop=True)
 
 
 def _target(policy: Any, examples: Any) -> np.ndarray:
@@ -192,7 +239,11 @@ def evaluate_policy(settings: Any, name: str, days: float | None = None) -> dict
     ex = ledger_examples(settings, since=since)
     if ex.empty:
         raise ValueError("ledger: no learnable decisions to evaluate on (treatment, offer shown)")
-    policy = _named_policy(settings, name, ex)
+    choose, chosen_on = ex, 0  # a fixed or model policy is chosen on no logs
+    if name == "best_single":  # chosen on the older half, scored on the newer one
+        choose, ex = selection_split(ex)
+        chosen_on = len(choose)
+    policy = _named_policy(settings, name, choose)
     r, p = ex["reward"].to_numpy(float), ex["propensity"].to_numpy(float)
     dists = [logged_distribution(policy, x) for x in ex.itertuples(index=False)]
     target = np.array([d.get(o, 0.0) for d, o in zip(dists, ex["offer_id"], strict=True)])
@@ -229,6 +280,7 @@ def evaluate_policy(settings: Any, name: str, days: float | None = None) -> dict
         "policy": name,
         "version": str(getattr(policy, "version", name)),
         "n": len(ex),
+        "chosen_on": chosen_on,  # rows a baseline was chosen on, disjoint from the n scored
         "since": since,
         "logging": ips(r, p, p).model_dump(),
         **{k: (v.model_dump() if v else None) for k, v in estimates.items()},
