@@ -86,6 +86,13 @@ class Settings(BaseSettings):
         description="how often serve adopts a newly promoted bandit and learns the decisions "
         "that matured",
     )
+    bandit_promotion_margin: float = Field(
+        0.0,
+        ge=0,
+        description="a retrained bandit replaces the champion only when the lower 95% bound of "
+        "its advantage (SNIPS, paired on the same recent logs) exceeds this, in reward units "
+        "per decision",
+    )
     request_timeout: int = Field(10, gt=0, description="BentoML request timeout, seconds")
     ledger_synchronous: Literal["FULL", "NORMAL"] = Field(
         "NORMAL",

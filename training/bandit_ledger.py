@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -165,22 +165,38 @@ def reward_scale(rewards: np.ndarray) -> float:
     return float(np.quantile(nonzero, 0.9)) if nonzero.size else 1.0
 
 
+def beats(advantage: Any, margin: float) -> tuple[bool, str]:
+    """The promotion gate: whether a challenger beats the champion, and why. It does when the
+    lower 95% bound of its paired advantage (:func:`experiments.ope.snips_advantage`) is above
+    ``margin``; a higher point value alone is noise as often as not. No champion: it wins."""
+    if advantage is None:
+        return True, "no champion to beat"
+    verdict = "beats" if advantage.ci_low > margin else "does not beat"
+    return advantage.ci_low > margin, (
+        f"advantage {advantage.value:+.4g} per decision (95% CI {advantage.ci_low:+.4g} to "
+        f"{advantage.ci_high:+.4g}, n={advantage.n}): {verdict} the champion by more than the "
+        f"margin {margin:g}"
+    )
+
+
 def train_bandit(
     settings: Settings,
     promote: bool,
     *,
     recent_share: float = 0.2,
     examples: Any = None,
-    champion: BanditPolicy | None | Literal["store"] = "store",
+    champion: Any = "store",
 ) -> dict[str, Any]:
     """Retrain from the ledger; promote when OPE on recent logs says it beats the champion.
 
     The challenger learns on the older logs and is judged, with the champion, on the recent
     ones it has not seen (SNIPS with the logged propensities); then it learns the recent ones too.
+    It beats the champion when the lower bound of its paired advantage is above
+    ``Settings.bandit_promotion_margin`` (:func:`beats`), not when a point value is higher.
     ``champion``: the promoted model in the store by default; the replay passes its own (or
     None before its first promotion), so a champion left by an earlier run does not judge it.
     """
-    from experiments.ope import ips, snips
+    from experiments.ope import ips, snips, snips_advantage
 
     data = ledger_examples(settings) if examples is None else examples
     if len(data) < MIN_EXAMPLES:
@@ -202,7 +218,8 @@ def train_bandit(
     )
     challenger = fit(fresh, old)
     r, p = recent["reward"].to_numpy(float), recent["propensity"].to_numpy(float)
-    ope: dict[str, Any] = {"challenger": snips(r, p, target_probabilities(challenger, recent))}
+    new_target = target_probabilities(challenger, recent)
+    ope: dict[str, Any] = {"challenger": snips(r, p, new_target)}
     ope["logging"] = ips(r, p, p)
     if champion == "store":
         try:
@@ -210,9 +227,11 @@ def train_bandit(
         except BanditError:  # a champion of an older example format cannot be scored: replace it
             champion = None
     if champion is not None:
-        ope["champion"] = snips(r, p, target_probabilities(champion, recent))
+        old_target = target_probabilities(champion, recent)
+        ope["champion"] = snips(r, p, old_target)
+        ope["advantage"] = snips_advantage(r, p, new_target, old_target)
     fit(challenger, recent)
-    better = champion is None or ope["challenger"].value >= ope["champion"].value
+    better, gate = beats(ope.get("advantage"), settings.bandit_promotion_margin)
     through = pd.Timestamp(data["ts"].max()).to_pydatetime()
     version = register(
         settings, challenger, ope, n=len(data), promote=promote and better, trained_through=through
@@ -226,5 +245,6 @@ def train_bandit(
         "exploration": challenger.exploration,
         "ope": {k: v.model_dump() for k, v in ope.items()},
         "beats_champion": better,
+        "gate": gate,
         "promoted": promote and better,
     }

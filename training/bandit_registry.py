@@ -68,6 +68,7 @@ def register(
         mlflow.log_params({"reward_scale": policy.reward_scale, "vw": policy.args})
         mlflow.log_metrics({f"ope_{k}": float(v.value) for k, v in ope.items()})
         mlflow.log_metrics({f"ope_{k}_ess": float(v.ess or 0.0) for k, v in ope.items()})
+        mlflow.log_metrics({f"ope_{k}_ci_low": float(v.ci_low) for k, v in ope.items()})
         mlflow.log_artifact(str(model), artifact_path=MODEL_NAME)
         mlflow.log_dict(_meta(policy), f"{MODEL_NAME}/meta.json")
         if not client.search_registered_models(f"name='{MODEL_NAME}'"):

@@ -248,6 +248,48 @@ def test_train_from_ledger_register_promote_and_load(nextbest_home) -> None:
     assert load_bandit(settings).version == champion.version  # serving still has the champion
 
 
+def test_a_point_win_within_the_noise_is_not_promoted(tmp_path) -> None:
+    """The challenger's SNIPS point value beats the champion's (uniform choice) on the 30
+    recent decisions, but the lower bound of its paired advantage is below zero: no
+    promotion (``>=`` on the point values promoted it)."""
+    from experiments.ope import FixedPolicy
+    from nextbest.settings import Settings
+
+    settings = Settings(home=tmp_path)
+    _ledger_rows(settings, 150, np.random.default_rng(0))
+    out = train_bandit(settings, promote=True, champion=FixedPolicy())
+    ope = out["ope"]
+    assert ope["challenger"]["value"] > ope["champion"]["value"]  # a point win...
+    adv = ope["advantage"]
+    assert adv["value"] == pytest.approx(ope["challenger"]["value"] - ope["champion"]["value"])
+    assert adv["ci_low"] < 0 < adv["value"]  # ...within the noise
+    assert not out["beats_champion"] and not out["promoted"]
+    assert out["gate"].endswith("does not beat the champion by more than the margin 0")
+    assert load_bandit(settings) is None  # nothing reached the model store
+
+
+@pytest.mark.parametrize(
+    ("low", "margin", "wins", "says"),
+    [
+        (None, 0.0, True, "no champion to beat"),
+        (0.5, 0.0, True, ": beats the champion by more than the margin 0"),
+        (-0.5, 0.0, False, ": does not beat the champion by more than the margin 0"),
+        (0.5, 1.0, False, ": does not beat the champion by more than the margin 1"),
+        (0.0, 0.0, False, ": does not beat"),  # a bound at the margin is no win
+    ],
+)
+def test_the_gate_is_the_advantage_lower_bound(low, margin, wins, says) -> None:
+    from experiments.ope import Estimate
+    from training.bandit_ledger import beats
+
+    adv = None
+    if low is not None:
+        adv = Estimate(estimator="snips_advantage", value=1.0, ci_low=low, ci_high=2.0, n=40)
+    won, why = beats(adv, margin)
+    assert won is wins
+    assert says in why
+
+
 def test_a_model_of_another_example_format_is_refused(tmp_path) -> None:
     import json
 
