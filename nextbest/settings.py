@@ -86,6 +86,20 @@ class Settings(BaseSettings):
         description="how often serve adopts a newly promoted bandit and learns the decisions "
         "that matured",
     )
+    bandit_cold_start_share: float = Field(
+        0.05,
+        gt=0,
+        le=0.5,
+        description="probability of each offer the bandit has not learned yet (new to the "
+        "catalogue since it was trained) wherever it is allowed, at most an even share; the "
+        "bandit ranks the offers it knows in the rest",
+    )
+    bandit_cold_start_examples: int = Field(
+        100,
+        gt=0,
+        description="a new offer leaves cold start once the bandit learned it this many times "
+        "as the shown offer (online or in a retrain)",
+    )
     bandit_promotion_margin: float = Field(
         0.0,
         ge=0,

@@ -16,7 +16,13 @@ import pandas as pd
 
 from nextbest.settings import BanditReward, Settings
 from training.bandit import BanditPolicy, offer_features
-from training.bandit_registry import MODEL_NAME, BanditError, load_bandit, register
+from training.bandit_registry import (
+    MODEL_NAME,
+    BanditError,
+    cold_start_options,
+    load_bandit,
+    register,
+)
 
 MIN_EXAMPLES = 50
 # the outcome types each reward counts (Settings.bandit_reward)
@@ -165,6 +171,15 @@ def reward_scale(rewards: np.ndarray) -> float:
     return float(np.quantile(nonzero, 0.9)) if nonzero.size else 1.0
 
 
+def new_offers(champion: Any, offers: Iterable[str]) -> list[str]:
+    """Offers still in cold start for the champion (new since it was trained, or not learned
+    often enough since): a retrain keeps them in cold start, counting the times it learns
+    them, until they were learned often enough. Without a champion nothing is new: the first
+    bandit starts every offer from the models' values."""
+    cold_start = getattr(getattr(champion, "policy", champion), "cold_start", None)
+    return list(cold_start(list(offers))) if callable(cold_start) else []
+
+
 def beats(advantage: Any, margin: float) -> tuple[bool, str]:
     """The promotion gate: whether a challenger beats the champion, and why. It does when the
     lower 95% bound of its paired advantage (:func:`experiments.ope.snips_advantage`) is above
@@ -208,6 +223,11 @@ def train_bandit(
     cut = int(len(data) * (1 - recent_share))
     old, recent = data.iloc[:cut], data.iloc[cut:]
     scale = reward_scale(data["reward"].to_numpy(float))
+    if champion == "store":
+        try:
+            champion = load_bandit(settings)
+        except BanditError:  # a champion of an older example format cannot be scored: replace it
+            champion = None
     fresh = BanditPolicy(
         actions,
         version="challenger",
@@ -215,17 +235,14 @@ def train_bandit(
         reward_scale=scale,
         seed=settings.seed,
         epsilon=settings.epsilon,
+        cold=dict.fromkeys(new_offers(champion, actions), 0),
+        **cold_start_options(settings),
     )
     challenger = fit(fresh, old)
     r, p = recent["reward"].to_numpy(float), recent["propensity"].to_numpy(float)
     new_target = target_probabilities(challenger, recent)
     ope: dict[str, Any] = {"challenger": snips(r, p, new_target)}
     ope["logging"] = ips(r, p, p)
-    if champion == "store":
-        try:
-            champion = load_bandit(settings)
-        except BanditError:  # a champion of an older example format cannot be scored: replace it
-            champion = None
     if champion is not None:
         old_target = target_probabilities(champion, recent)
         ope["champion"] = snips(r, p, old_target)

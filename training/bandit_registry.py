@@ -46,6 +46,7 @@ def _meta(policy: BanditPolicy) -> dict[str, Any]:
         "actions": policy.actions,
         "exploration": policy.exploration,
         "reward_scale": policy.reward_scale,
+        "cold": policy.cold,  # offers in cold start, with the times each was learned
     }
 
 
@@ -103,7 +104,17 @@ def to_bentoml(
     return str(bento_model.tag)
 
 
-def _from_folder(folder: Path, version: str, seed: int) -> BanditPolicy:
+def cold_start_options(settings: Settings) -> dict[str, Any]:
+    """The cold-start knobs of a policy built or loaded under ``settings``."""
+    return {
+        "cold_start_share": settings.bandit_cold_start_share,
+        "cold_start_examples": settings.bandit_cold_start_examples,
+    }
+
+
+def _from_folder(
+    folder: Path, version: str, seed: int, settings: Settings | None = None
+) -> BanditPolicy:
     meta = json.loads((folder / "meta.json").read_text())
     if meta.get("format") != FORMAT_VERSION:
         raise BanditError(
@@ -117,6 +128,8 @@ def _from_folder(folder: Path, version: str, seed: int) -> BanditPolicy:
         exploration=meta["exploration"],
         reward_scale=meta["reward_scale"],
         seed=seed,
+        cold=meta.get("cold"),  # none before cold starts were recorded
+        **cold_start_options(settings or Settings()),
     )
 
 
@@ -141,7 +154,8 @@ def load_bandit(settings: Settings) -> BanditPolicy | None:
     if found is None:
         return None
     bento_model, version, through = found
-    policy = _from_folder(Path(bento_model.path_of("model.vw")).parent, version, settings.seed)
+    folder = Path(bento_model.path_of("model.vw")).parent
+    policy = _from_folder(folder, version, settings.seed, settings)
     policy.trained_through = through
     return policy
 
@@ -161,4 +175,4 @@ def load_registered(settings: Settings, alias: str) -> BanditPolicy | None:
     except Exception:  # no such model or alias yet
         return None
     folder = Path(mlflow.artifacts.download_artifacts(mv.source))
-    return _from_folder(folder, f"{MODEL_NAME}:{mv.version}", settings.seed)
+    return _from_folder(folder, f"{MODEL_NAME}:{mv.version}", settings.seed, settings)

@@ -268,6 +268,34 @@ def test_a_point_win_within_the_noise_is_not_promoted(tmp_path) -> None:
     assert load_bandit(settings) is None  # nothing reached the model store
 
 
+def test_a_retrain_learns_an_offer_new_to_the_champion(tmp_path) -> None:
+    """The champion was trained before streaming_bundle joined the catalogue: the retrain
+    judges it on logs where streaming_bundle was allowed (it raised), learns those decisions,
+    and keeps streaming_bundle in cold start, counting the times it learned it, until it has
+    learned it ``bandit_cold_start_examples`` times (the count survives the registry)."""
+    from nextbest.settings import Settings
+    from training.bandit_ledger import catalog_actions
+
+    settings = Settings(home=tmp_path)
+    _ledger_rows(settings, 150, np.random.default_rng(1))
+    actions, _ = catalog_actions(settings)
+    champion = BanditPolicy({k: v for k, v in actions.items() if k != "streaming_bundle"})
+    out = train_bandit(settings, promote=False, champion=champion)
+    assert "advantage" in out["ope"] and not out["promoted"]
+    shown = int((ledger_examples(settings)["offer_id"] == "streaming_bundle").sum())
+    challenger = load_registered(settings, "challenger")
+    assert challenger.cold == {"streaming_bundle": shown} and 0 < shown < 100
+    assert challenger.cold_start(["data_addon", "streaming_bundle"]) == {"streaming_bundle": shown}
+    # learned often enough, it leaves cold start in the next retrain
+    again = train_bandit(
+        settings.model_copy(update={"bandit_cold_start_examples": shown}),
+        promote=False,
+        champion=challenger,
+    )
+    assert again["version"] != out["version"]
+    assert load_registered(settings, "challenger").cold == {}
+
+
 @pytest.mark.parametrize(
     ("low", "margin", "wins", "says"),
     [
