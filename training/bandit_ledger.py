@@ -25,6 +25,7 @@ from training.bandit_registry import (
 )
 
 MIN_EXAMPLES = 50
+MIN_JUDGED = 20  # recent decisions a challenger and its champion are compared on, at least
 # the outcome types each reward counts (Settings.bandit_reward)
 COUNTED: dict[BanditReward, tuple[str, ...]] = {
     "spend": ("conversion", "revenue"),
@@ -180,6 +181,16 @@ def new_offers(champion: Any, offers: Iterable[str]) -> list[str]:
     return list(cold_start(list(offers))) if callable(cold_start) else []
 
 
+def unseen_by(champion: Any, examples: pd.DataFrame) -> pd.DataFrame:
+    """The examples logged after the last decision the champion was trained on (all of them
+    when it does not say): the only ones it can be judged on out of sample."""
+    through = getattr(getattr(champion, "policy", champion), "trained_through", None)
+    if through is None:
+        return examples
+    ts = pd.Timestamp(through)
+    return examples[examples["ts"] > (ts.tz_localize("UTC") if ts.tzinfo is None else ts)]
+
+
 def beats(advantage: Any, margin: float) -> tuple[bool, str]:
     """The promotion gate: whether a challenger beats the champion, and why. It does when the
     lower 95% bound of its paired advantage (:func:`experiments.ope.snips_advantage`) is above
@@ -205,7 +216,9 @@ def train_bandit(
     """Retrain from the ledger; promote when OPE on recent logs says it beats the champion.
 
     The challenger learns on the older logs and is judged, with the champion, on the recent
-    ones it has not seen (SNIPS with the logged propensities); then it learns the recent ones too.
+    ones neither has learned (SNIPS with the logged propensities; the recent decisions after
+    the champion's ``trained_through``, at least ``MIN_JUDGED`` of them, else it is not judged
+    and not promoted); then it learns the recent ones too.
     It beats the champion when the lower bound of its paired advantage is above
     ``Settings.bandit_promotion_margin`` (:func:`beats`), not when a point value is higher.
     ``champion``: the promoted model in the store by default; the replay passes its own (or
@@ -239,25 +252,39 @@ def train_bandit(
         **cold_start_options(settings),
     )
     challenger = fit(fresh, old)
-    r, p = recent["reward"].to_numpy(float), recent["propensity"].to_numpy(float)
-    new_target = target_probabilities(challenger, recent)
+    window = unseen_by(champion, recent)  # a champion judged on logs it learned looks better
+    unseen = len(window)
+    judged = champion is None or unseen >= MIN_JUDGED
+    window = window if judged else recent
+    r, p = window["reward"].to_numpy(float), window["propensity"].to_numpy(float)
+    new_target = target_probabilities(challenger, window)
     ope: dict[str, Any] = {"challenger": snips(r, p, new_target)}
     ope["logging"] = ips(r, p, p)
-    if champion is not None:
-        old_target = target_probabilities(champion, recent)
+    if champion is not None and judged:
+        old_target = target_probabilities(champion, window)
         ope["champion"] = snips(r, p, old_target)
         ope["advantage"] = snips_advantage(r, p, new_target, old_target)
     fit(challenger, recent)
     better, gate = beats(ope.get("advantage"), settings.bandit_promotion_margin)
+    if not judged:
+        better = False
+        gate = (
+            f"only {unseen} of the {len(recent)} recent decisions are newer than the "
+            f"champion's training logs (need {MIN_JUDGED}): not judged"
+        )
     through = pd.Timestamp(data["ts"].max()).to_pydatetime()
+    verdict = {"gate": gate, "gate_champion": _version_of(champion)}
+    if "advantage" in ope:
+        verdict["gate_advantage"] = ope["advantage"].model_dump_json()
     version = register(
-        settings, challenger, ope, n=len(data), promote=promote and better, trained_through=through
-    )
+        settings, challenger, ope, n=len(data), promote=promote and better,
+        trained_through=through, tags=verdict,
+    )  # fmt: skip
     return {
         "model": MODEL_NAME,
         "version": version,
         "examples": len(data),
-        "evaluated_on": len(recent),
+        "evaluated_on": len(window),
         "reward_scale": scale,
         "exploration": challenger.exploration,
         "ope": {k: v.model_dump() for k, v in ope.items()},
@@ -265,3 +292,10 @@ def train_bandit(
         "gate": gate,
         "promoted": promote and better,
     }
+
+
+def _version_of(champion: Any) -> str:
+    """The registered version a champion was loaded as (``bandit:3``), before online updates."""
+    if champion is None:
+        return "none"
+    return str(getattr(champion, "base_version", getattr(champion, "version", "unknown")))

@@ -57,13 +57,18 @@ def register(
     n: int,
     promote: bool,
     trained_through: datetime | None = None,
+    tags: dict[str, str] | None = None,
 ) -> str:
     """Log the model to MLflow, register a version (alias ``challenger``), and when promoted
     make it ``champion`` and import it into the BentoML model store the service loads from.
-    ``trained_through``: the time of the last logged decision it learned."""
+    ``trained_through``: the time of the last logged decision it learned (a run tag too, so
+    a later ``nextbest promote bandit`` knows which logs it has not seen); ``tags``: the
+    gate's verdict at training time, kept on the run."""
     mlflow = _mlflow(settings)
     client = mlflow.MlflowClient()
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run() as run:
+        through = {"trained_through": trained_through.isoformat()} if trained_through else {}
+        mlflow.set_tags({**(tags or {}), **through})
         model = policy.save(Path(tmp) / "model.vw")
         mlflow.log_params({"exploration": policy.exploration, "examples": n})
         mlflow.log_params({"reward_scale": policy.reward_scale, "vw": policy.args})
@@ -79,9 +84,28 @@ def register(
         )
     client.set_registered_model_alias(MODEL_NAME, "challenger", mv.version)
     if promote:
-        client.set_registered_model_alias(MODEL_NAME, "champion", mv.version)
-        to_bentoml(settings, policy, str(mv.version), trained_through)
+        make_champion(settings, policy, str(mv.version), trained_through)
     return str(mv.version)
+
+
+def make_champion(
+    settings: Settings, policy: BanditPolicy, version: str, trained_through: datetime | None
+) -> str:
+    """Move the ``champion`` alias to a registered version and import it into the BentoML
+    model store (what serving loads); the store's tag."""
+    _mlflow(settings).MlflowClient().set_registered_model_alias(MODEL_NAME, "champion", version)
+    return to_bentoml(settings, policy, version, trained_through)
+
+
+def registered_run(settings: Settings, alias: str) -> tuple[str, dict[str, str]] | None:
+    """The version an alias names and its training run's tags; None when the alias is unset."""
+    mlflow = _mlflow(settings)
+    client = mlflow.MlflowClient()
+    try:
+        mv = client.get_model_version_by_alias(MODEL_NAME, alias)
+    except Exception:  # no such model or alias yet
+        return None
+    return str(mv.version), dict(client.get_run(mv.run_id).data.tags)
 
 
 def to_bentoml(

@@ -45,7 +45,7 @@ class Promotion(BaseModel):
     champion_version: str | None  # the champion after the decision
     previous_champion: str | None
     metric: str
-    challenger_score: float
+    challenger_score: float | None  # None: the bandit had no champion to be judged against
     champion_score: float | None
     reason: str
     bentoml_tag: str | None = None

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from training.bandit import BanditPolicy, action_line, format_example
-from training.bandit_ledger import ledger_examples, logged_examples, train_bandit
+from training.bandit_ledger import (
+    ledger_examples,
+    logged_examples,
+    target_probabilities,
+    train_bandit,
+)
 from training.bandit_registry import BanditError, load_bandit, load_registered, promoted_version
 
 ACTIONS = {
@@ -137,15 +142,16 @@ def test_learns_who_wants_what_on_a_known_world() -> None:
     assert gap > 0.6 and learned > best_single + 0.2, (learned, uniform, best_single, oracle)
 
 
-def _ledger_rows(settings, n: int, rng: np.random.Generator):
-    """Decisions logged by a uniform policy on the real catalogue, and their outcomes."""
+def _ledger_rows(settings, n: int, rng: np.random.Generator, t0=None):
+    """Decisions logged by a uniform policy on the real catalogue, and their outcomes, one a
+    second from ``t0`` (now by default)."""
     from experiments.ledger import DecisionRow, Ledger, OutcomeRow, now
     from nextbest.db import engine_for
     from serving.catalog import load_catalog
 
     catalog = {o.id: o for o in load_catalog().offers}
     allowed = ["device_upgrade", "data_addon", "streaming_bundle", "no_offer"]
-    ledger, t0 = Ledger(engine_for(settings.ledger_db_url)), now()
+    ledger, t0 = Ledger(engine_for(settings.ledger_db_url)), t0 or now()
     for i in range(n):
         feats = {"arpu": float(rng.uniform(10, 60)), "plan": str(rng.choice(["s", "m"]))}
         offer = str(rng.choice(allowed))
@@ -243,7 +249,8 @@ def test_train_from_ledger_register_promote_and_load(nextbest_home) -> None:
     probs = champion.distribution({"arpu": 15.0, "plan": "m"}, "web", {"page": "home"}, allowed)
     assert max(probs, key=probs.get) == "device_upgrade"
     second = train_bandit(settings, promote=False)
-    assert not second["promoted"] and "champion" in second["ope"]
+    # the champion learned every one of these logs: judged on them it would look better
+    assert not second["promoted"] and second["gate"].endswith("not judged")
     assert load_registered(settings, "challenger").version == f"bandit:{second['version']}"
     assert load_bandit(settings).version == champion.version  # serving still has the champion
 
@@ -294,6 +301,41 @@ def test_a_retrain_learns_an_offer_new_to_the_champion(tmp_path) -> None:
     )
     assert again["version"] != out["version"]
     assert load_registered(settings, "challenger").cold == {}
+
+
+def test_promote_bandit_by_hand_applies_the_training_gate(tmp_path) -> None:
+    """``nextbest promote bandit`` / ``POST /promote/bandit`` (refused before: 'not one of
+    churn, propensity') hold a challenger to the gate of ``train bandit --promote``: the
+    first bandit, with no champion, is promoted; a retrain on the logs the champion learned
+    cannot be judged; once decisions neither model learned are logged it is judged on them,
+    and a tie (the same logs, the same seed: the same model, which ``>=`` promoted) loses."""
+    from experiments.ope import snips_advantage
+    from nextbest.settings import Settings
+    from training.promotion import promote
+
+    settings = Settings(home=tmp_path)
+    _ledger_rows(settings, 300, np.random.default_rng(5))
+    first = train_bandit(settings, promote=False)
+    by_hand = promote(settings, "bandit")
+    assert by_hand.promoted and by_hand.reason == "no champion to beat"
+    assert by_hand.champion_version == first["version"] and by_hand.bentoml_tag
+    again = train_bandit(settings, promote=False)  # the same logs: nothing the champion lacks
+    assert not again["promoted"] and "advantage" not in again["ope"]
+    assert again["gate"].startswith("only 0 of the 60 recent decisions are newer than")
+    held = promote(settings, "bandit")
+    assert not held.promoted and held.reason == f"{again['gate']} (at training)"
+    last = ledger_examples(settings)["ts"].max()
+    _ledger_rows(settings, 80, np.random.default_rng(6), t0=last + timedelta(minutes=1))
+    fresh = promote(settings, "bandit")
+    assert fresh.reason.endswith("(on 80 decisions logged since it was trained)")
+    new = ledger_examples(settings).iloc[-80:]
+    r, p = new["reward"].to_numpy(), new["propensity"].to_numpy()
+    target = target_probabilities(load_registered(settings, "challenger"), new)
+    old = target_probabilities(load_registered(settings, "champion"), new)
+    tie = snips_advantage(r, p, target, old)
+    assert tie.value == 0.0 and not fresh.promoted  # a tie is no win
+    assert fresh.challenger_score == tie.ci_low and fresh.champion_score == 0.0
+    assert promoted_version(settings) == f"bandit:{first['version']}"
 
 
 @pytest.mark.parametrize(
