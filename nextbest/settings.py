@@ -107,6 +107,13 @@ class Settings(BaseSettings):
         "its advantage (SNIPS, paired on the same recent logs) exceeds this, in reward units "
         "per decision",
     )
+    model_promotion_margin: float = Field(
+        0.0,
+        ge=0,
+        description="a churn or propensity challenger replaces the champion only when the lower "
+        "95% bound of its advantage (AUC or Qini, paired bootstrap on the challenger's "
+        "validation window) exceeds this",
+    )
     request_timeout: int = Field(10, gt=0, description="BentoML request timeout, seconds")
     ledger_synchronous: Literal["FULL", "NORMAL"] = Field(
         "NORMAL",
