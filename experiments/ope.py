@@ -4,6 +4,9 @@ Every estimator takes numpy arrays row by row (one row per logged decision) and 
 :class:`Estimate` with a 95% normal interval. IPS and SNIPS match VW's ``vw-estimators``; the
 interval of IPS is its ``gaussian.Interval``. ESS (Kish) tells how many logged rows the
 importance weights are really worth: a small ESS means the logs barely support the policy.
+:func:`snips_advantage` compares two policies on the same rows, with the interval of their
+difference (what a promotion gate needs). The estimators above the named-policy section are
+pure numpy/scipy; the section below it reads the ledger and the bandit.
 """
 
 from __future__ import annotations
