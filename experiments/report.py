@@ -2,8 +2,9 @@
 doing nothing, with honest intervals, as one self-contained HTML file and the same numbers as JSON.
 
 Data: live experiments from the decision ledger and past campaigns of the simulated world
-(``exposures.parquet``), attributed over ``settings.attribution_days``. ``report_html`` is what
-the service serves at ``GET /reports``; ``write_report`` is what ``nextbest report`` runs.
+(``exposures.parquet``), attributed over ``settings.attribution_days``. This module computes
+every number (``build_report``); ``experiments.report_charts`` draws them: ``report_html`` is
+what the service serves at ``GET /reports``, ``write_report`` what ``nextbest report`` runs.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from pydantic import BaseModel
 from estimation.uplift import ArmComparison, compare
 from estimation.uplift_stats import holm
 from experiments.qini import QiniCurve, report_curves
+from experiments.report_ope import PolicyEstimate, ope_estimates
 from experiments.report_units import ReportError, load_units, offer_catalog
 from record.assignment import HoldoutShares, holdout_shares
 
-__all__ = ["ReportError", "ReportData", "build_report", "report_html", "write_report"]
+__all__ = ["ReportError", "ReportData", "build_report"]
 
 DIMENSIONS = {
     "experiment": "Experiment",
@@ -50,16 +52,6 @@ class CumulativeSeries(BaseModel):
     dates: list[str]
     treated: list[float]
     holdout: list[float]
-
-
-class PolicyEstimate(BaseModel):
-    policy: str
-    estimator: str
-    value: float
-    ci_low: float
-    ci_high: float
-    n: int
-    ess: float | None
 
 
 class ReportData(BaseModel):
@@ -216,7 +208,6 @@ def cumulative(units: pd.DataFrame, top: int = 6) -> list[CumulativeSeries]:
 
 def build_report(settings: Any = None, world_dir: Path | None = None) -> ReportData:
     """Every number of the report, from the ledger and the world."""
-    from experiments.report_charts import ope_estimates
     from nextbest.settings import get_settings
 
     settings = settings or get_settings()
@@ -239,31 +230,3 @@ def build_report(settings: Any = None, world_dir: Path | None = None) -> ReportD
         ope=policies,
         ope_note=ope_note,
     )
-
-
-def report_html(settings: Any = None, world_dir: Path | None = None) -> str:
-    """The report as one self-contained HTML page (plotly.js inline, nothing fetched).
-
-    Raises ``ReportError`` when there is nothing to report (serve it as a 404 with the message).
-    """
-    from experiments.report_charts import render_html
-
-    return render_html(build_report(settings, world_dir))
-
-
-def write_report(settings: Any, out: Path, world_dir: Path | None = None) -> dict[str, Any]:
-    """Write ``report.html`` and ``report.json`` (the same numbers) into ``out``."""
-    from experiments.report_charts import render_html
-
-    data = build_report(settings, world_dir)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.html").write_text(render_html(data), encoding="utf-8")
-    (out / "report.json").write_text(data.model_dump_json(indent=1), encoding="utf-8")
-    return {
-        "html": str(out / "report.html"),
-        "json": str(out / "report.json"),
-        "lines": len(data.lines),
-        "units": data.n_units,
-        "sources": data.sources,
-    }

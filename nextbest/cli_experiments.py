@@ -44,7 +44,8 @@ def report(
     as_json: JsonFlag = False,
 ) -> None:
     """Write the marketers' uplift report: one self-contained HTML file, same numbers as JSON."""
-    from experiments.report import ReportError, write_report
+    from experiments.report import ReportError
+    from experiments.report_charts import write_report
 
     s = get_settings()
     try:

@@ -60,11 +60,13 @@ def train(
 
 
 def promote_cmd(
-    model: Annotated[str, typer.Argument(help="registered model: churn | propensity")],
+    model: Annotated[str, typer.Argument(help="registered model: churn | propensity | bandit")],
     as_json: JsonFlag = False,
 ) -> None:
-    """Make the challenger champion if it beats the champion on the same validation window."""
-    from training.registry import RegistryError, promote
+    """Make the challenger champion if it beats the champion on the same validation window
+    (the bandit: if the lower bound of its paired OPE advantage is above the margin)."""
+    from training.promotion import promote
+    from training.registry import RegistryError
 
     try:
         emit(promote(get_settings(), model).model_dump(), as_json)

@@ -161,7 +161,7 @@ def _replay(settings: Settings, console: Console, visits: int) -> dict[str, Any]
 
 
 def _report(settings: Settings, console: Console) -> dict[str, Any]:
-    from experiments.report import write_report
+    from experiments.report_charts import write_report
 
     paths = write_report(settings, settings.reports_dir)
     console.print(f"marketers' report: {paths.get('html')} (numbers: {paths.get('json')})")

@@ -119,6 +119,34 @@ class Settings(BaseSettings):
         description="how often serve adopts a newly promoted bandit and learns the decisions "
         "that matured",
     )
+    bandit_cold_start_share: float = Field(
+        0.05,
+        gt=0,
+        le=0.5,
+        description="probability of each offer the bandit has not learned yet (new to the "
+        "catalogue since it was trained) wherever it is allowed, at most an even share; the "
+        "bandit ranks the offers it knows in the rest",
+    )
+    bandit_cold_start_examples: int = Field(
+        100,
+        gt=0,
+        description="a new offer leaves cold start once the bandit learned it this many times "
+        "as the shown offer (online or in a retrain)",
+    )
+    bandit_promotion_margin: float = Field(
+        0.0,
+        ge=0,
+        description="a retrained bandit replaces the champion only when the lower 95% bound of "
+        "its advantage (SNIPS, paired on the same recent logs) exceeds this, in reward units "
+        "per decision",
+    )
+    model_promotion_margin: float = Field(
+        0.0,
+        ge=0,
+        description="a churn or propensity challenger replaces the champion only when the lower "
+        "95% bound of its advantage (AUC or Qini, paired bootstrap on the challenger's "
+        "validation window) exceeds this",
+    )
     request_timeout: int = Field(10, gt=0, description="BentoML request timeout, seconds")
     ledger_synchronous: Literal["FULL", "NORMAL"] = Field(
         "NORMAL",

@@ -24,7 +24,8 @@ def _error(status: int, field: str, message: str) -> JSONResponse:
 
 async def report(request: Request, deps: Deps) -> Response:
     """``GET /reports``: the self-contained HTML report; ``?format=json`` for its numbers."""
-    from experiments.report import build_report, report_html
+    from experiments.report import build_report
+    from experiments.report_charts import report_html
     from experiments.report_units import ReportError
 
     fmt = request.query_params.get("format", "html")
@@ -42,8 +43,8 @@ async def report(request: Request, deps: Deps) -> Response:
 async def promote(request: Request, deps: Deps) -> JSONResponse:
     """``POST /promote/{model}``: the same gate as ``nextbest promote``; when the challenger
     wins, this worker swaps in the new champion at once (other workers on their restart)."""
+    from training.promotion import promote as promote_model
     from training.registry import RegistryError, UnknownModel
-    from training.registry import promote as promote_model
 
     model = request.path_params["model"]
     try:
@@ -53,7 +54,11 @@ async def promote(request: Request, deps: Deps) -> JSONResponse:
         status = 400 if isinstance(exc, UnknownModel) else 409  # a bad name, or nothing to promote
         return _error(status, field or "model", reason or str(exc))
     body: dict[str, Any] = decision.model_dump()
-    if decision.promoted:
+    if decision.promoted and model == "bandit":  # as the learner's tick would, at once
+        from serving.learner import adopt_promoted
+
+        body["reloaded"] = await asyncio.to_thread(adopt_promoted, deps) is not None
+    elif decision.promoted:
         body["reloaded"] = await asyncio.to_thread(reload_models, deps)
     return JSONResponse(body)
 

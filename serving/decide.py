@@ -180,6 +180,10 @@ def explore(
             args = (features, request.channel, request.context.model_dump(), allowed)
             # the models' expected incremental values: the bandit starts from their ranking
             probs = spread(*args, values) if spread else deps.bandit.choose(*args, values)[1]
+            cold_start = getattr(getattr(deps.bandit, "policy", deps.bandit), "cold_start", None)
+            new = list(cold_start(allowed)) if callable(cold_start) else []
+            if new:  # explored, not a fallback: the bandit still ranks the others
+                reasons.append(f"cold start: bandit explores new offers {', '.join(new)}")
             return policy.normalise(probs, allowed)
         except Exception as exc:  # noqa: BLE001
             reasons.append(f"bandit: {type(exc).__name__}: {exc}")

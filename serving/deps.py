@@ -112,7 +112,26 @@ class Deps:
         }
         if self.learner is not None:
             body["bandit_learner"] = self.learner.state()
+        cold = self.bandit_cold_start()
+        if cold:
+            body["bandit_cold_start"] = cold
         return body
+
+    def bandit_cold_start(self) -> dict[str, Any]:
+        """Catalogue offers the bandit explores as cold-start arms (new since it was trained):
+        each with the times it was learned, and the times it must be to leave cold start."""
+        policy = getattr(self.bandit, "policy", self.bandit)  # the replay wraps its bandit
+        cold_start = getattr(policy, "cold_start", None)
+        if not callable(cold_start):
+            return {}
+        offers = cold_start([o.id for o in self.offers()])
+        if not offers:
+            return {}
+        return {
+            "offers": offers,
+            "share": policy.cold_start_share,
+            "until_learned": policy.cold_start_examples,
+        }
 
     def model_versions(self) -> dict[str, str]:
         """The versions every decision records: the promoted models' and the bandit's."""

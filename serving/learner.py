@@ -32,6 +32,7 @@ from sqlalchemy import and_, or_, select
 from nextbest.settings import BanditReward
 from record.attribution import ORDER_TYPES
 from record.ledger import decisions, outcomes, utc
+from training.bandit import offer_features
 from training.bandit_ledger import logged_examples, offer_costs
 
 log = logging.getLogger("nextbest.learner")
@@ -160,6 +161,8 @@ def learn_matured(deps: Any, now: datetime) -> int:
 def _learn(deps: Any, learner: Learner, upper: datetime) -> int:
     window = reward_window(deps.settings)
     costs = offer_costs(deps.offers())
+    # offers new to the catalogue since the model was trained: their decisions are learned too
+    catalogue = offer_features(deps.catalog) if deps.offers() else {}
     reward = deps.settings.bandit_reward
     learned = 0
     while True:
@@ -174,6 +177,8 @@ def _learn(deps: Any, learner: Learner, upper: datetime) -> int:
             if ex is None or policy is None:
                 learner.skipped += 1
             else:
+                if callable(getattr(policy, "add_offers", None)):
+                    policy.add_offers(catalogue)
                 try:
                     policy.learn(
                         ex.features, ex.channel, ex.context, ex.allowed, ex.offer_id,

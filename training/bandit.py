@@ -161,11 +161,18 @@ class BanditPolicy:
         reward_scale: float = 1.0,
         seed: int = 7,
         epsilon: float = 0.05,
+        cold: Mapping[str, int] | None = None,
+        cold_start_share: float = 0.05,
+        cold_start_examples: int = 100,
     ) -> None:
         if reward_scale <= 0:
             raise ValueError(f"reward_scale must be > 0, got {reward_scale}")
         self.actions = {k: dict(v) for k, v in actions.items()}
         self._lines = {k: action_line(k, v) for k, v in self.actions.items()}
+        # offers in cold start -> times learned as the shown offer (see distribution)
+        self.cold = {k: int(v) for k, v in (cold or {}).items()}
+        self.cold_start_share = float(cold_start_share)
+        self.cold_start_examples = int(cold_start_examples)
         self.base_version = version
         # the time of the last logged decision it learned, when loaded from the store
         self.trained_through: datetime | None = None
@@ -190,6 +197,22 @@ class BanditPolicy:
             return None
         return {o: float(v) / self.reward_scale for o, v in scores.items() if v is not None}
 
+    def add_offers(self, actions: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """Take in catalogue offers the model was not trained with, as cold-start arms (their
+        action lines, so their decisions can be learned); the ids added."""
+        added = [k for k in actions if k not in self._lines]
+        for k in added:
+            self.actions[k] = dict(actions[k])
+            self._lines[k] = action_line(k, self.actions[k])
+            self.cold[k] = 0
+        return added
+
+    def cold_start(self, offers: Sequence[str]) -> dict[str, int]:
+        """The offers among ``offers`` in cold start, each with the times it was learned as
+        the shown offer: new to the model, or learned fewer than ``cold_start_examples``
+        times since it arrived."""
+        return {o: self.cold.get(o, 0) for o in offers if o in self.cold or o not in self._lines}
+
     def _actions(self, allowed: Sequence[str]) -> list[tuple[str, str]]:
         unknown = [a for a in allowed if a not in self._lines]
         if unknown:
@@ -205,18 +228,29 @@ class BanditPolicy:
         scores: Mapping[str, float] | None = None,
     ) -> dict[str, float]:
         """The exploration distribution over the allowed offers (sums to 1). ``scores``: the
-        arbitration's expected incremental value per offer (see :func:`format_example`)."""
+        arbitration's expected incremental value per offer (see :func:`format_example`).
+
+        Offers in cold start (:meth:`cold_start`) get ``cold_start_share`` each (at most an
+        even share), and the offers the model knows share the rest as the model ranks them
+        among themselves: a new catalogue offer is explored without switching the bandit off,
+        and every probability stays the one the offer is drawn with."""
         if not allowed:
             return {}
+        cold = self.cold_start(allowed)
+        warm = [a for a in allowed if a not in cold] if cold else list(allowed)
+        if not warm:  # the model knows none of them: nothing to rank by
+            return {a: 1.0 / len(allowed) for a in allowed}
         example = format_example(
-            features, channel, context, self._actions(allowed), scores=self._scaled(scores)
+            features, channel, context, self._actions(warm), scores=self._scaled(scores)
         )
         with self._lock:
             raw = self._vw.predict(example)
         # plain floats: a handful of offers costs less in Python than in numpy's small arrays
         pmf = [p if p > 0.0 else 0.0 for p in raw]
-        total = sum(pmf)
-        return {a: p / total for a, p in zip(allowed, pmf, strict=True)}
+        share = min(self.cold_start_share, 1.0 / len(allowed))
+        scale = (1.0 - share * len(cold)) / sum(pmf)
+        probs = {a: p * scale for a, p in zip(warm, pmf, strict=True)}
+        return {a: probs.get(a, share) for a in allowed}
 
     def choose(
         self,
@@ -264,6 +298,10 @@ class BanditPolicy:
         with self._lock:
             self._vw.learn(example)
             self.updates += 1
+            if offer_id in self.cold:  # learned often enough: the model ranks it from now on
+                self.cold[offer_id] += 1
+                if self.cold[offer_id] >= self.cold_start_examples:
+                    del self.cold[offer_id]
 
     def save(self, path: Path) -> Path:
         """Write the VW model (it keeps its own command line, so ``-i`` restores it whole)."""

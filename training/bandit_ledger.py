@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,9 +17,16 @@ import pandas as pd
 from nextbest.settings import BanditReward, Settings
 from record.attribution import credit, delivered
 from training.bandit import BanditPolicy, offer_features
-from training.bandit_registry import MODEL_NAME, BanditError, load_bandit, register
+from training.bandit_registry import (
+    MODEL_NAME,
+    BanditError,
+    cold_start_options,
+    load_bandit,
+    register,
+)
 
 MIN_EXAMPLES = 50
+MIN_JUDGED = 20  # recent decisions a challenger and its champion are compared on, at least
 # the outcome types each reward counts (Settings.bandit_reward)
 COUNTED: dict[BanditReward, tuple[str, ...]] = {
     "spend": ("conversion", "revenue"),
@@ -159,22 +166,59 @@ def reward_scale(rewards: np.ndarray) -> float:
     return float(np.quantile(nonzero, 0.9)) if nonzero.size else 1.0
 
 
+def new_offers(champion: Any, offers: Iterable[str]) -> list[str]:
+    """Offers still in cold start for the champion (new since it was trained, or not learned
+    often enough since): a retrain keeps them in cold start, counting the times it learns
+    them, until they were learned often enough. Without a champion nothing is new: the first
+    bandit starts every offer from the models' values."""
+    cold_start = getattr(getattr(champion, "policy", champion), "cold_start", None)
+    return list(cold_start(list(offers))) if callable(cold_start) else []
+
+
+def unseen_by(champion: Any, examples: pd.DataFrame) -> pd.DataFrame:
+    """The examples logged after the last decision the champion was trained on (all of them
+    when it does not say): the only ones it can be judged on out of sample."""
+    through = getattr(getattr(champion, "policy", champion), "trained_through", None)
+    if through is None:
+        return examples
+    ts = pd.Timestamp(through)
+    return examples[examples["ts"] > (ts.tz_localize("UTC") if ts.tzinfo is None else ts)]
+
+
+def beats(advantage: Any, margin: float) -> tuple[bool, str]:
+    """The promotion gate: whether a challenger beats the champion, and why. It does when the
+    lower 95% bound of its paired advantage (:func:`estimation.ope.snips_advantage`) is above
+    ``margin``; a higher point value alone is noise as often as not. No champion: it wins."""
+    if advantage is None:
+        return True, "no champion to beat"
+    verdict = "beats" if advantage.ci_low > margin else "does not beat"
+    return advantage.ci_low > margin, (
+        f"advantage {advantage.value:+.4g} per decision (95% CI {advantage.ci_low:+.4g} to "
+        f"{advantage.ci_high:+.4g}, n={advantage.n}): {verdict} the champion by more than the "
+        f"margin {margin:g}"
+    )
+
+
 def train_bandit(
     settings: Settings,
     promote: bool,
     *,
     recent_share: float = 0.2,
     examples: Any = None,
-    champion: BanditPolicy | None | Literal["store"] = "store",
+    champion: Any = "store",
 ) -> dict[str, Any]:
     """Retrain from the ledger; promote when OPE on recent logs says it beats the champion.
 
     The challenger learns on the older logs and is judged, with the champion, on the recent
-    ones it has not seen (SNIPS with the logged propensities); then it learns the recent ones too.
+    ones neither has learned (SNIPS with the logged propensities; the recent decisions after
+    the champion's ``trained_through``, at least ``MIN_JUDGED`` of them, else it is not judged
+    and not promoted); then it learns the recent ones too.
+    It beats the champion when the lower bound of its paired advantage is above
+    ``Settings.bandit_promotion_margin`` (:func:`beats`), not when a point value is higher.
     ``champion``: the promoted model in the store by default; the replay passes its own (or
     None before its first promotion), so a champion left by an earlier run does not judge it.
     """
-    from experiments.ope import ips, snips
+    from estimation.ope import ips, snips, snips_advantage
 
     data = ledger_examples(settings) if examples is None else examples
     if len(data) < MIN_EXAMPLES:
@@ -186,6 +230,11 @@ def train_bandit(
     cut = int(len(data) * (1 - recent_share))
     old, recent = data.iloc[:cut], data.iloc[cut:]
     scale = reward_scale(data["reward"].to_numpy(float))
+    if champion == "store":
+        try:
+            champion = load_bandit(settings)
+        except BanditError:  # a champion of an older example format cannot be scored: replace it
+            champion = None
     fresh = BanditPolicy(
         actions,
         version="challenger",
@@ -193,32 +242,54 @@ def train_bandit(
         reward_scale=scale,
         seed=settings.seed,
         epsilon=settings.epsilon,
+        cold=dict.fromkeys(new_offers(champion, actions), 0),
+        **cold_start_options(settings),
     )
     challenger = fit(fresh, old)
-    r, p = recent["reward"].to_numpy(float), recent["propensity"].to_numpy(float)
-    ope: dict[str, Any] = {"challenger": snips(r, p, target_probabilities(challenger, recent))}
+    window = unseen_by(champion, recent)  # a champion judged on logs it learned looks better
+    unseen = len(window)
+    judged = champion is None or unseen >= MIN_JUDGED
+    window = window if judged else recent
+    r, p = window["reward"].to_numpy(float), window["propensity"].to_numpy(float)
+    new_target = target_probabilities(challenger, window)
+    ope: dict[str, Any] = {"challenger": snips(r, p, new_target)}
     ope["logging"] = ips(r, p, p)
-    if champion == "store":
-        try:
-            champion = load_bandit(settings)
-        except BanditError:  # a champion of an older example format cannot be scored: replace it
-            champion = None
-    if champion is not None:
-        ope["champion"] = snips(r, p, target_probabilities(champion, recent))
+    if champion is not None and judged:
+        old_target = target_probabilities(champion, window)
+        ope["champion"] = snips(r, p, old_target)
+        ope["advantage"] = snips_advantage(r, p, new_target, old_target)
     fit(challenger, recent)
-    better = champion is None or ope["challenger"].value >= ope["champion"].value
+    better, gate = beats(ope.get("advantage"), settings.bandit_promotion_margin)
+    if not judged:
+        better = False
+        gate = (
+            f"only {unseen} of the {len(recent)} recent decisions are newer than the "
+            f"champion's training logs (need {MIN_JUDGED}): not judged"
+        )
     through = pd.Timestamp(data["ts"].max()).to_pydatetime()
+    verdict = {"gate": gate, "gate_champion": _version_of(champion)}
+    if "advantage" in ope:
+        verdict["gate_advantage"] = ope["advantage"].model_dump_json()
     version = register(
-        settings, challenger, ope, n=len(data), promote=promote and better, trained_through=through
-    )
+        settings, challenger, ope, n=len(data), promote=promote and better,
+        trained_through=through, tags=verdict,
+    )  # fmt: skip
     return {
         "model": MODEL_NAME,
         "version": version,
         "examples": len(data),
-        "evaluated_on": len(recent),
+        "evaluated_on": len(window),
         "reward_scale": scale,
         "exploration": challenger.exploration,
         "ope": {k: v.model_dump() for k, v in ope.items()},
         "beats_champion": better,
+        "gate": gate,
         "promoted": promote and better,
     }
+
+
+def _version_of(champion: Any) -> str:
+    """The registered version a champion was loaded as (``bandit:3``), before online updates."""
+    if champion is None:
+        return "none"
+    return str(getattr(champion, "base_version", getattr(champion, "version", "unknown")))

@@ -46,6 +46,7 @@ def _meta(policy: BanditPolicy) -> dict[str, Any]:
         "actions": policy.actions,
         "exploration": policy.exploration,
         "reward_scale": policy.reward_scale,
+        "cold": policy.cold,  # offers in cold start, with the times each was learned
     }
 
 
@@ -56,18 +57,24 @@ def register(
     n: int,
     promote: bool,
     trained_through: datetime | None = None,
+    tags: dict[str, str] | None = None,
 ) -> str:
     """Log the model to MLflow, register a version (alias ``challenger``), and when promoted
     make it ``champion`` and import it into the BentoML model store the service loads from.
-    ``trained_through``: the time of the last logged decision it learned."""
+    ``trained_through``: the time of the last logged decision it learned (a run tag too, so
+    a later ``nextbest promote bandit`` knows which logs it has not seen); ``tags``: the
+    gate's verdict at training time, kept on the run."""
     mlflow = _mlflow(settings)
     client = mlflow.MlflowClient()
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run() as run:
+        through = {"trained_through": trained_through.isoformat()} if trained_through else {}
+        mlflow.set_tags({**(tags or {}), **through})
         model = policy.save(Path(tmp) / "model.vw")
         mlflow.log_params({"exploration": policy.exploration, "examples": n})
         mlflow.log_params({"reward_scale": policy.reward_scale, "vw": policy.args})
         mlflow.log_metrics({f"ope_{k}": float(v.value) for k, v in ope.items()})
         mlflow.log_metrics({f"ope_{k}_ess": float(v.ess or 0.0) for k, v in ope.items()})
+        mlflow.log_metrics({f"ope_{k}_ci_low": float(v.ci_low) for k, v in ope.items()})
         mlflow.log_artifact(str(model), artifact_path=MODEL_NAME)
         mlflow.log_dict(_meta(policy), f"{MODEL_NAME}/meta.json")
         if not client.search_registered_models(f"name='{MODEL_NAME}'"):
@@ -77,9 +84,28 @@ def register(
         )
     client.set_registered_model_alias(MODEL_NAME, "challenger", mv.version)
     if promote:
-        client.set_registered_model_alias(MODEL_NAME, "champion", mv.version)
-        to_bentoml(settings, policy, str(mv.version), trained_through)
+        make_champion(settings, policy, str(mv.version), trained_through)
     return str(mv.version)
+
+
+def make_champion(
+    settings: Settings, policy: BanditPolicy, version: str, trained_through: datetime | None
+) -> str:
+    """Move the ``champion`` alias to a registered version and import it into the BentoML
+    model store (what serving loads); the store's tag."""
+    _mlflow(settings).MlflowClient().set_registered_model_alias(MODEL_NAME, "champion", version)
+    return to_bentoml(settings, policy, version, trained_through)
+
+
+def registered_run(settings: Settings, alias: str) -> tuple[str, dict[str, str]] | None:
+    """The version an alias names and its training run's tags; None when the alias is unset."""
+    mlflow = _mlflow(settings)
+    client = mlflow.MlflowClient()
+    try:
+        mv = client.get_model_version_by_alias(MODEL_NAME, alias)
+    except Exception:  # no such model or alias yet
+        return None
+    return str(mv.version), dict(client.get_run(mv.run_id).data.tags)
 
 
 def to_bentoml(
@@ -102,7 +128,17 @@ def to_bentoml(
     return str(bento_model.tag)
 
 
-def _from_folder(folder: Path, version: str, seed: int) -> BanditPolicy:
+def cold_start_options(settings: Settings) -> dict[str, Any]:
+    """The cold-start knobs of a policy built or loaded under ``settings``."""
+    return {
+        "cold_start_share": settings.bandit_cold_start_share,
+        "cold_start_examples": settings.bandit_cold_start_examples,
+    }
+
+
+def _from_folder(
+    folder: Path, version: str, seed: int, settings: Settings | None = None
+) -> BanditPolicy:
     meta = json.loads((folder / "meta.json").read_text())
     if meta.get("format") != FORMAT_VERSION:
         raise BanditError(
@@ -116,6 +152,8 @@ def _from_folder(folder: Path, version: str, seed: int) -> BanditPolicy:
         exploration=meta["exploration"],
         reward_scale=meta["reward_scale"],
         seed=seed,
+        cold=meta.get("cold"),  # none before cold starts were recorded
+        **cold_start_options(settings or Settings()),
     )
 
 
@@ -140,7 +178,8 @@ def load_bandit(settings: Settings) -> BanditPolicy | None:
     if found is None:
         return None
     bento_model, version, through = found
-    policy = _from_folder(Path(bento_model.path_of("model.vw")).parent, version, settings.seed)
+    folder = Path(bento_model.path_of("model.vw")).parent
+    policy = _from_folder(folder, version, settings.seed, settings)
     policy.trained_through = through
     return policy
 
@@ -160,4 +199,4 @@ def load_registered(settings: Settings, alias: str) -> BanditPolicy | None:
     except Exception:  # no such model or alias yet
         return None
     folder = Path(mlflow.artifacts.download_artifacts(mv.source))
-    return _from_folder(folder, f"{MODEL_NAME}:{mv.version}", settings.seed)
+    return _from_folder(folder, f"{MODEL_NAME}:{mv.version}", settings.seed, settings)

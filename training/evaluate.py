@@ -6,6 +6,7 @@ champion and challenger with exactly the numbers the runs logged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -60,6 +61,25 @@ def uplift_metrics(y: np.ndarray, treated: np.ndarray, uplift: np.ndarray) -> di
         "auuc": float(np.trapezoid(gain, frac) - gain[-1] / 2),
         "ate": float(y[treated == 1].mean() - y[treated == 0].mean()),
     }
+
+
+def paired_bootstrap(
+    metric: Callable[[np.ndarray], float],
+    n: int,
+    draws: int = 400,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile interval of a statistic of row indices, resampling the rows with
+    replacement. ``metric(idx)`` must compute the challenger's and the champion's metric on the
+    SAME resampled rows and return their difference: the interval of the advantage itself,
+    narrower than two separate intervals whenever the two models err on the same rows. Draws
+    where the metric is undefined (one class only) are left out."""
+    rng = np.random.default_rng(seed)
+    values = np.array([metric(rng.integers(0, n, n)) for _ in range(draws)], dtype=float)
+    tail = (1 - level) / 2
+    lo, hi = np.nanquantile(values, [tail, 1 - tail])
+    return float(lo), float(hi)
 
 
 def _figure() -> tuple[Figure, object]:

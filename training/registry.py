@@ -1,12 +1,14 @@
 """MLflow tracking and registry: every run registers a ``challenger``; promotion re-scores the
 challenger and the ``champion`` on the challenger's validation window and moves the alias only
-when the challenger wins, then imports the champion into the BentoML model store.
+when the challenger wins (the lower bound of its paired bootstrap advantage is above
+``Settings.model_promotion_margin``), then imports the champion into the BentoML model store.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,9 +16,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel
+from sklearn.metrics import roc_auc_score
 
 from nextbest.settings import Settings
-from training.evaluate import classification_metrics, uplift_metrics
+from training.evaluate import paired_bootstrap, uplift_metrics
 from training.scoring import Scorer, bentoml_models
 
 if TYPE_CHECKING:
@@ -47,7 +50,7 @@ class Promotion(BaseModel):
     champion_version: str | None  # the champion after the decision
     previous_champion: str | None
     metric: str
-    challenger_score: float
+    challenger_score: float | None  # None: the bandit had no champion to be judged against
     champion_score: float | None
     reason: str
     bentoml_tag: str | None = None
@@ -171,20 +174,32 @@ def load_version(settings: Settings, model: str, version: str) -> Scorer:
     return Scorer.load(Path(local) / "artifacts" / "bundle")
 
 
-def gate_score(scorer: Scorer, validation: pd.DataFrame) -> float:
-    """The promotion metric of a scorer on a validation frame (AUC or Qini coefficient)."""
+def gate_scores(scorer: Scorer, validation: pd.DataFrame) -> np.ndarray:
+    """What the gate ranks rows by: the churn risk or the predicted uplift of each row."""
     missing = set(scorer.spec.columns) - set(validation.columns)
     if missing:
         raise RegistryError(
             f"validation: the window lacks columns {sorted(missing)} that the "
             f"{scorer.spec.feature_service} model needs; promote by retraining both on one service"
         )
-    scores = scorer.predict_frame(validation)
+    column = "churn_risk" if scorer.spec.kind == "churn" else "uplift"
+    return scorer.predict_frame(validation)[column].to_numpy(dtype=float)
+
+
+def gate_metric(model: str, validation: pd.DataFrame) -> Callable[[np.ndarray, Any], float]:
+    """The promotion metric of scores on rows ``idx`` of the validation frame (AUC, or the
+    Qini coefficient); NaN where it is undefined (a resample with one class only)."""
     y = validation["label"].to_numpy(dtype=float)
-    if scorer.spec.kind == "churn":
-        return classification_metrics(y, scores["churn_risk"].to_numpy())["auc"]
+    if model == "churn":
+        return lambda s, idx: float(roc_auc_score(y[idx], s[idx])) if np.ptp(y[idx]) else np.nan
     treated = validation["treated"].to_numpy(dtype=float)
-    return uplift_metrics(y, treated, scores["uplift"].to_numpy())["qini"]
+    return lambda s, idx: uplift_metrics(y[idx], treated[idx], s[idx])["qini"]
+
+
+def gate_score(scorer: Scorer, validation: pd.DataFrame) -> float:
+    """The promotion metric of a scorer on a validation frame (AUC or Qini coefficient)."""
+    every = slice(None)
+    return gate_metric(scorer.spec.kind, validation)(gate_scores(scorer, validation), every)
 
 
 def _validation_of(settings: Settings, run_id: str) -> pd.DataFrame:
@@ -215,26 +230,32 @@ def promote(settings: Settings, model: str) -> Promotion:
     metric = GATE_METRIC[model]
     validation = _validation_of(settings, challenger.run_id)
     window = client.get_run(challenger.run_id).data.tags.get("valid_window", "challenger's")
-    new_score = gate_score(load_version(settings, model, challenger.version), validation)
-    old_score = None
-    if champion is not None:
-        old_score = gate_score(load_version(settings, model, champion.version), validation)
+    score_of = gate_metric(model, validation)
+    every = slice(None)
+    new_scores = gate_scores(load_version(settings, model, challenger.version), validation)
+    new_score, old_score = score_of(new_scores, every), None
     previous = str(champion.version) if champion else None
     version = str(challenger.version)
     if champion is not None and champion.version == challenger.version:
         promoted, reason = False, f"version {challenger.version} is already champion"
-    elif old_score is None or new_score > old_score:
+    elif champion is None:
         promoted = True
-        reason = (
-            f"{metric} {new_score:.4f} on validation window {window}"
-            + (f" beats champion v{previous} at {old_score:.4f}" if old_score is not None else "")
-            + ("" if old_score is not None else " (no champion yet)")
-        )
+        reason = f"{metric} {new_score:.4f} on validation window {window} (no champion yet)"
     else:
-        promoted = False
+        old_scores = gate_scores(load_version(settings, model, champion.version), validation)
+        old_score = score_of(old_scores, every)
+        low, high = paired_bootstrap(
+            lambda idx: score_of(new_scores, idx) - score_of(old_scores, idx),
+            len(validation),
+            seed=settings.seed,
+        )
+        margin = settings.model_promotion_margin
+        promoted = low > margin
         reason = (
-            f"{metric} {new_score:.4f} on validation window {window} does not beat "
-            f"champion v{previous} at {old_score:.4f}"
+            f"{metric} {new_score:.4f} on validation window {window} against "
+            f"{old_score:.4f}: advantage {new_score - old_score:+.4f} (95% paired bootstrap "
+            f"{low:+.4f} to {high:+.4f}) {'beats' if promoted else 'does not beat'} champion "
+            f"v{previous} by more than the margin {margin:g}"
         )
     if previous != version:  # a decision was taken: record it on the challenger version
         client.set_model_version_tag(model, version, "promotion", reason)

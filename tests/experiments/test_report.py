@@ -17,7 +17,8 @@ import pytest
 from plotly.offline import get_plotlyjs
 from typer.testing import CliRunner
 
-from experiments.report import ReportError, build_report, report_html
+from experiments.report import ReportError, build_report
+from experiments.report_charts import report_html
 from nextbest.cli import app
 from nextbest.settings import get_settings
 

@@ -27,7 +27,12 @@ def test_report_served_behind_a_key(client: TestClient) -> None:
         ("/reports?format=pdf", CHANNEL, 400, "format: must be html or json, got 'pdf'"),
         ("/promote/churn", None, 401, "X-API-Key: missing"),
         ("/promote/churn", CHANNEL, 403, "X-API-Key: /promote/churn needs an admin key"),
-        ("/promote/pricing", ADMIN, 400, "model: 'pricing' is not one of churn, propensity"),
+        (
+            "/promote/pricing",
+            ADMIN,
+            400,
+            "model: 'pricing' is not one of churn, propensity, bandit",
+        ),
     ],
 )
 def test_bad_admin_requests(

@@ -352,3 +352,35 @@ def test_a_channel_may_only_name_a_declared_experiment(
         assert deps.ledger.counts()["decisions"] == 0
     else:
         assert decide(request, deps).experiment == experiment
+
+
+def test_a_new_catalogue_offer_is_explored_while_the_bandit_ranks_the_others(deps: Deps) -> None:
+    """A bandit trained before family_plan joined the catalogue: decisions still use it for
+    the offers it knows (no ``bandit:`` fallback), family_plan gets the cold-start share as
+    its logged probability, and ``/healthz`` lists it (it made every decision where
+    family_plan was allowed fall back to epsilon-greedy)."""
+    from training.bandit import BanditPolicy, offer_features
+
+    known = {k: v for k, v in offer_features(deps.catalog).items() if k != "family_plan"}
+    deps.bandit = BanditPolicy(known, exploration="epsilon", epsilon=0.2)
+    share = deps.settings.bandit_cold_start_share
+    r = decide(_req(customer_id="c-post"), deps)
+    assert not [x for x in r.reasons if x.startswith("bandit")], r.reasons
+    assert "cold start: bandit explores new offers family_plan" in r.reasons
+    row = deps.ledger.decision(r.decision_id)
+    assert row.probabilities["family_plan"] == pytest.approx(share) and share > 0
+    rest = [o for o in row.probabilities if o != "family_plan"]
+    ranked = deps.bandit.distribution({}, "web", {}, rest)  # the bandit's own ranking of them
+    assert {o: row.probabilities[o] for o in rest} == pytest.approx(
+        {o: (1 - share) * p for o, p in ranked.items()}
+    )
+    assert sum(row.probabilities.values()) == pytest.approx(1.0)
+    assert row.propensity == row.probabilities[row.offer_id] > 0
+    assert deps.health()["bandit_cold_start"] == {
+        "offers": {"family_plan": 0},
+        "share": share,
+        "until_learned": deps.settings.bandit_cold_start_examples,
+    }
+    # only new offers: where family_plan is not allowed, the bandit alone decides
+    pre = decide(_req(customer_id="c-pre", channel="app"), deps)
+    assert not [x for x in pre.reasons if "bandit" in x]

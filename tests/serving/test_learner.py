@@ -148,6 +148,27 @@ def test_each_matured_decision_is_learned_once_with_the_batch_reward(ldeps: Deps
     assert state["watermark"] == (T0 + 90 * MIN).isoformat()
 
 
+def test_a_new_offer_is_learned_online_until_it_leaves_cold_start(ldeps: Deps) -> None:
+    """The serving bandit was trained before family_plan joined the catalogue: the learner
+    learns its decisions (it refused them all), counting them, and once learned
+    ``bandit_cold_start_examples`` times the bandit ranks it like the others."""
+    d = ldeps
+    known = {k: v for k, v in offer_features(d.catalog).items() if k != "family_plan"}
+    d.bandit = Spy(known, exploration="epsilon", epsilon=0.2, cold_start_examples=2)
+    new = ("device_upgrade", "family_plan")
+    _decision(d, "a", T0 + MIN, offer="family_plan", allowed=new)
+    _decision(d, "b", T0 + 2 * MIN, offer="device_upgrade", allowed=new)
+    _decision(d, "c", T0 + 70 * MIN, offer="family_plan", allowed=new)
+    assert d.health()["bandit_cold_start"]["offers"] == {"family_plan": 0}
+    assert learn_matured(d, T0 + 65 * MIN) == 2
+    assert d.health()["bandit_learner"]["refused"] == 0
+    assert d.health()["bandit_cold_start"]["offers"] == {"family_plan": 1}  # shown once
+    assert learn_matured(d, T0 + 3 * 60 * MIN) == 1
+    assert "bandit_cold_start" not in d.health()
+    probs = d.bandit.distribution({"arpu": 45.0}, "web", {}, list(new))
+    assert set(probs) == set(new) and sum(probs.values()) == pytest.approx(1.0)
+
+
 def test_pages_and_decisions_at_the_same_instant(ldeps: Deps, monkeypatch) -> None:
     monkeypatch.setattr(learner, "PAGE", 3)
     tags = [_decision(ldeps, f"same{i}", T0 + MIN) for i in range(8)]

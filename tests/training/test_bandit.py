@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from training.bandit import BanditPolicy, action_line, format_example
-from training.bandit_ledger import ledger_examples, logged_examples, train_bandit
+from training.bandit_ledger import (
+    ledger_examples,
+    logged_examples,
+    target_probabilities,
+    train_bandit,
+)
 from training.bandit_registry import BanditError, load_bandit, load_registered, promoted_version
 
 ACTIONS = {
@@ -137,15 +142,16 @@ def test_learns_who_wants_what_on_a_known_world() -> None:
     assert gap > 0.6 and learned > best_single + 0.2, (learned, uniform, best_single, oracle)
 
 
-def _ledger_rows(settings, n: int, rng: np.random.Generator):
-    """Decisions logged by a uniform policy on the real catalogue, and their outcomes."""
+def _ledger_rows(settings, n: int, rng: np.random.Generator, t0=None):
+    """Decisions logged by a uniform policy on the real catalogue, and their outcomes, one a
+    second from ``t0`` (now by default)."""
     from nextbest.db import engine_for
     from offers.catalog import load_catalog
     from record.ledger import DecisionRow, Ledger, OutcomeRow, now
 
     catalog = {o.id: o for o in load_catalog().offers}
     allowed = ["device_upgrade", "data_addon", "streaming_bundle", "no_offer"]
-    ledger, t0 = Ledger(engine_for(settings.ledger_db_url)), now()
+    ledger, t0 = Ledger(engine_for(settings.ledger_db_url)), t0 or now()
     for i in range(n):
         feats = {"arpu": float(rng.uniform(10, 60)), "plan": str(rng.choice(["s", "m"]))}
         offer = str(rng.choice(allowed))
@@ -243,9 +249,115 @@ def test_train_from_ledger_register_promote_and_load(nextbest_home) -> None:
     probs = champion.distribution({"arpu": 15.0, "plan": "m"}, "web", {"page": "home"}, allowed)
     assert max(probs, key=probs.get) == "device_upgrade"
     second = train_bandit(settings, promote=False)
-    assert not second["promoted"] and "champion" in second["ope"]
+    # the champion learned every one of these logs: judged on them it would look better
+    assert not second["promoted"] and second["gate"].endswith("not judged")
     assert load_registered(settings, "challenger").version == f"bandit:{second['version']}"
     assert load_bandit(settings).version == champion.version  # serving still has the champion
+
+
+def test_a_point_win_within_the_noise_is_not_promoted(tmp_path) -> None:
+    """The challenger's SNIPS point value beats the champion's (uniform choice) on the 30
+    recent decisions, but the lower bound of its paired advantage is below zero: no
+    promotion (``>=`` on the point values promoted it)."""
+    from experiments.ope import FixedPolicy
+    from nextbest.settings import Settings
+
+    settings = Settings(home=tmp_path)
+    _ledger_rows(settings, 150, np.random.default_rng(0))
+    out = train_bandit(settings, promote=True, champion=FixedPolicy())
+    ope = out["ope"]
+    assert ope["challenger"]["value"] > ope["champion"]["value"]  # a point win...
+    adv = ope["advantage"]
+    assert adv["value"] == pytest.approx(ope["challenger"]["value"] - ope["champion"]["value"])
+    assert adv["ci_low"] < 0 < adv["value"]  # ...within the noise
+    assert not out["beats_champion"] and not out["promoted"]
+    assert out["gate"].endswith("does not beat the champion by more than the margin 0")
+    assert load_bandit(settings) is None  # nothing reached the model store
+
+
+def test_a_retrain_learns_an_offer_new_to_the_champion(tmp_path) -> None:
+    """The champion was trained before streaming_bundle joined the catalogue: the retrain
+    judges it on logs where streaming_bundle was allowed (it raised), learns those decisions,
+    and keeps streaming_bundle in cold start, counting the times it learned it, until it has
+    learned it ``bandit_cold_start_examples`` times (the count survives the registry)."""
+    from nextbest.settings import Settings
+    from training.bandit_ledger import catalog_actions
+
+    settings = Settings(home=tmp_path)
+    _ledger_rows(settings, 150, np.random.default_rng(1))
+    actions, _ = catalog_actions(settings)
+    champion = BanditPolicy({k: v for k, v in actions.items() if k != "streaming_bundle"})
+    out = train_bandit(settings, promote=False, champion=champion)
+    assert "advantage" in out["ope"] and not out["promoted"]
+    shown = int((ledger_examples(settings)["offer_id"] == "streaming_bundle").sum())
+    challenger = load_registered(settings, "challenger")
+    assert challenger.cold == {"streaming_bundle": shown} and 0 < shown < 100
+    assert challenger.cold_start(["data_addon", "streaming_bundle"]) == {"streaming_bundle": shown}
+    # learned often enough, it leaves cold start in the next retrain
+    again = train_bandit(
+        settings.model_copy(update={"bandit_cold_start_examples": shown}),
+        promote=False,
+        champion=challenger,
+    )
+    assert again["version"] != out["version"]
+    assert load_registered(settings, "challenger").cold == {}
+
+
+def test_promote_bandit_by_hand_applies_the_training_gate(tmp_path) -> None:
+    """``nextbest promote bandit`` / ``POST /promote/bandit`` (refused before: 'not one of
+    churn, propensity') hold a challenger to the gate of ``train bandit --promote``: the
+    first bandit, with no champion, is promoted; a retrain on the logs the champion learned
+    cannot be judged; once decisions neither model learned are logged it is judged on them,
+    and a tie (the same logs, the same seed: the same model, which ``>=`` promoted) loses."""
+    from estimation.ope import snips_advantage
+    from nextbest.settings import Settings
+    from training.promotion import promote
+
+    settings = Settings(home=tmp_path)
+    _ledger_rows(settings, 300, np.random.default_rng(5))
+    first = train_bandit(settings, promote=False)
+    by_hand = promote(settings, "bandit")
+    assert by_hand.promoted and by_hand.reason == "no champion to beat"
+    assert by_hand.champion_version == first["version"] and by_hand.bentoml_tag
+    again = train_bandit(settings, promote=False)  # the same logs: nothing the champion lacks
+    assert not again["promoted"] and "advantage" not in again["ope"]
+    assert again["gate"].startswith("only 0 of the 60 recent decisions are newer than")
+    held = promote(settings, "bandit")
+    assert not held.promoted and held.reason == f"{again['gate']} (at training)"
+    last = ledger_examples(settings)["ts"].max()
+    _ledger_rows(settings, 80, np.random.default_rng(6), t0=last + timedelta(minutes=1))
+    fresh = promote(settings, "bandit")
+    assert fresh.reason.endswith("(on 80 decisions logged since it was trained)")
+    new = ledger_examples(settings).iloc[-80:]
+    r, p = new["reward"].to_numpy(), new["propensity"].to_numpy()
+    target = target_probabilities(load_registered(settings, "challenger"), new)
+    old = target_probabilities(load_registered(settings, "champion"), new)
+    tie = snips_advantage(r, p, target, old)
+    assert tie.value == 0.0 and not fresh.promoted  # a tie is no win
+    assert fresh.challenger_score == tie.ci_low and fresh.champion_score == 0.0
+    assert promoted_version(settings) == f"bandit:{first['version']}"
+
+
+@pytest.mark.parametrize(
+    ("low", "margin", "wins", "says"),
+    [
+        (None, 0.0, True, "no champion to beat"),
+        (0.5, 0.0, True, ": beats the champion by more than the margin 0"),
+        (-0.5, 0.0, False, ": does not beat the champion by more than the margin 0"),
+        (0.5, 1.0, False, ": does not beat the champion by more than the margin 1"),
+        (0.0, 0.0, False, ": does not beat"),  # a bound at the margin is no win
+    ],
+)
+def test_the_gate_is_the_advantage_lower_bound(low, margin, wins, says) -> None:
+    from estimation.ope import Estimate
+    from training.bandit_ledger import beats
+
+    adv = None
+    if low is not None:
+        adv = Estimate(estimator="snips_advantage", value=1.0, ci_low=low, ci_high=2.0, n=40)
+    won, why = beats(adv, margin)
+    assert won is wins
+    assert says in why
 
 
 def test_a_model_of_another_example_format_is_refused(tmp_path) -> None:

@@ -21,7 +21,11 @@ BAD = [
         ["train", "churn"],
         r"^error: events: .*batch\.parquet is missing \(run `nextbest features build` first\)$",
     ),
-    (["promote", "ranker"], r"^error: model: 'ranker' is not one of churn, propensity$"),
+    (["promote", "ranker"], r"^error: model: 'ranker' is not one of churn, propensity, bandit$"),
+    (
+        ["promote", "bandit"],
+        r"^error: model: 'bandit' has no challenger; run `nextbest train bandit`",
+    ),
     (["promote", "churn"], r"^error: model: 'churn' has no challenger; run `nextbest train churn`"),
 ]
 

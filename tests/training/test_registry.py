@@ -119,3 +119,34 @@ def test_load_bundle_is_none_before_any_promotion(tmp_path: Path) -> None:
 def test_promote_bad_model(registry: dict, model: str, error: str) -> None:
     with pytest.raises(RegistryError, match=error):
         promote(registry["settings"], model)
+
+
+def test_a_point_win_within_the_noise_does_not_promote(tmp_path: Path) -> None:
+    """A challenger trained on another sample of the same world: its AUC on the validation
+    window is higher than the champion's (0.7668 against 0.7645), but the paired bootstrap's
+    lower bound of the advantage is below zero, so it is not promoted (``>`` on the two point
+    values promoted it)."""
+    settings = Settings(home=tmp_path)
+    valid = _table(1500, 2)
+    _, v1 = _register(settings, _table(3000, 1), valid)
+    assert promote(settings, "churn").promoted
+    _, v2 = _register(settings, _table(3000, 3), valid)
+    second = promote(settings, "churn")
+    assert second.challenger_score > second.champion_score  # a point win...
+    assert not second.promoted and second.champion_version == v1
+    low = float(second.reason.split("paired bootstrap ")[1].split(" to ")[0])
+    assert low < 0  # ...within the noise
+    assert second.reason.endswith(f"does not beat champion v{v1} by more than the margin 0")
+
+
+def test_paired_bootstrap_matches_the_normal_interval_of_a_mean_difference() -> None:
+    from training.evaluate import paired_bootstrap
+
+    rng = np.random.default_rng(4)
+    a = rng.normal(1.0, 1.0, 2000)
+    b = a + rng.normal(0.1, 0.2, 2000)  # b is a plus a small, noisy shift: strongly paired
+    low, high = paired_bootstrap(lambda i: float(b[i].mean() - a[i].mean()), 2000, draws=1000)
+    d = b - a
+    half = 1.96 * d.std(ddof=1) / np.sqrt(d.size)
+    assert (low, high) == pytest.approx((d.mean() - half, d.mean() + half), abs=0.004)
+    assert high - low < 0.05  # two separate intervals of the means would be about 0.12 wide
