@@ -141,7 +141,9 @@ def test_an_older_ledger_gains_order_offer_and_status_and_its_rows_count_as_show
             "INSERT INTO decisions (decision_id, ts, customer_id, channel, context, experiment,"
             " arm, offer_id, probabilities, scores, model_versions, fallback, reason) VALUES"
             " ('d0', :ts, 'c', 'email', '{}', 'e', 'treatment', 'x', '{}', '{}', '{}', 0, '')"
-        ), {"ts": now() - timedelta(hours=1)})  # fmt: skip
+        ), {"ts": f"{now() - timedelta(hours=1):%Y-%m-%d %H:%M:%S.%f}"})  # fmt: skip
+    # (a string as SQLAlchemy stores it: Feast registers a global sqlite3 adapter that would
+    # bind a raw datetime as epoch seconds once its online store module is imported)
     ledger = Ledger(engine)
     assert {"order_id", "offer_id"} <= {c["name"] for c in inspect(engine).get_columns("outcomes")}
     assert ledger.decision("d0").status == "shown"
