@@ -1,0 +1,89 @@
+"""Contact caps that hold under concurrency: decisions planned but not committed yet, and the
+commit's check that a plan is still current.
+
+Caps and suppression read a customer's shows from the ledger, but the service commits
+decisions in groups and runs several workers. Two guards close the gaps: a worker counts the
+decisions it has planned and not yet committed (``Pending``), and a decision's commit, holding
+the customer's write lock, re-counts the customer's shows and refuses a plan made on a stale
+count (``stale_rows``): the caller plans it again on the current history, with a fresh draw,
+so the logged probability stays that of what is shown. The plan is never altered after it is
+drawn, and the check costs one indexed count per decision inside the group's transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy import text
+
+MAX_PLANS = 50  # a decision planned again this often: its customer's history never settles
+# Takes the customers' advisory locks in one order (no deadlock between two groups).
+PG_LOCK = text(
+    "SELECT pg_advisory_xact_lock(k)"
+    " FROM (SELECT unnest(CAST(:keys AS bigint[])) AS k ORDER BY 1) AS s"
+)
+
+
+class PlannedOn(NamedTuple):
+    """The contact history a plan read: its window start and how many shows it counted."""
+
+    since: datetime
+    seen: int
+
+
+class Pending:
+    """This process's decisions planned and not yet committed, by customer (thread-safe: the
+    event loop plans, a thread commits, the profile view plans in threads)."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, list[Any]] = {}
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self._rows)
+
+    def hold(self, row: Any) -> None:
+        if row.customer_id is not None and row.offer_id is not None:
+            with self._lock:
+                self._rows.setdefault(row.customer_id, []).append(row)
+
+    def release(self, rows: list[Any]) -> None:
+        with self._lock:
+            for row in rows:
+                held = self._rows.get(row.customer_id or "")
+                if held is not None and any(row is r for r in held):
+                    held[:] = [r for r in held if r is not row]
+                    if not held:
+                        del self._rows[row.customer_id]
+
+    def of(self, customer_id: str) -> list[Any]:
+        with self._lock:
+            return list(self._rows.get(customer_id, ()))
+
+
+def customer_lock(customer_id: str) -> int:
+    """A customer's PostgreSQL advisory-lock key (64 bits of a hash of the id)."""
+    digest = hashlib.blake2b(f"nextbest:customer:{customer_id}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+def stale_rows(rows: list[Any], count: Callable[[str, datetime], int]) -> list[Any]:
+    """The planned rows whose customer's shows, committed (``count(customer, since)``) plus
+    those of this group written before them, differ from what their plan saw. Another
+    writer showed the customer something since (or a pending row it counted failed)."""
+    earlier: Counter[str] = Counter()
+    stale = []
+    for row in rows:
+        cid, mark = row.customer_id, row.planned_on
+        current = cid is None or mark is None or count(cid, mark.since) + earlier[cid] == mark.seen
+        if not current:
+            stale.append(row)
+            continue
+        if cid is not None and row.offer_id is not None:
+            earlier[cid] += 1
+    return stale
