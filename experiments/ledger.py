@@ -32,6 +32,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal_column,
     null,
     select,
     type_coerce,
@@ -116,7 +117,8 @@ SHOWN = (decisions.c.offer_id.is_not(None),)
 
 # Built once: compiling a statement per decision cost more than running it.
 _MANY = type_coerce(  # only rows that showed more than one offer need their slots parsed
-    case((func.json_array_length(decisions.c.slots) > 1, decisions.c.slots)), JSON
+    case((func.json_array_length(decisions.c.slots) > literal_column("1"), decisions.c.slots)),
+    JSON,
 )
 _HISTORY = union_all(
     select(decisions.c.channel, decisions.c.offer_id, decisions.c.ts, _MANY).where(
