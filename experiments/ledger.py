@@ -154,6 +154,7 @@ class Show(NamedTuple):
     channel: str
     offers: tuple[str, ...]
     ts: datetime
+    pending: str | None = None  # its decision id while it is planned, not committed
 
 
 class History(NamedTuple):
@@ -162,6 +163,10 @@ class History(NamedTuple):
 
     shows: list[Show]
     last_response: datetime | None
+
+    def pending(self) -> tuple[str, ...]:
+        """The decisions among ``shows`` not committed yet."""
+        return tuple(s.pending for s in self.shows if s.pending is not None)
 
 
 class DecisionRow(BaseModel):
@@ -257,7 +262,8 @@ class Ledger:
         planned again: caps hold across workers, and a kept plan's probabilities are exact."""
         check = any(r.planned_on is not None for r in rows)
         if self._insert is not None:
-            return self._insert(rows, (lambda count: stale_rows(rows, count)) if check else None)
+            pick = (lambda count: stale_rows(rows, count, self.pending.failed)) if check else None
+            return self._insert(rows, pick)
         with self.engine.begin() as conn:
             stale: list[DecisionRow] = []
             if check:
@@ -268,7 +274,7 @@ class Ledger:
                 def count(cid: str, since: datetime) -> int:
                     return conn.execute(_SEEN, {"cid": cid, "since": since}).scalar_one()
 
-                stale = stale_rows(rows, count)
+                stale = stale_rows(rows, count, self.pending.failed)
             fresh = [r.model_dump() for r in rows if not any(r is x for x in stale)]
             if fresh:
                 conn.execute(insert(decisions), fresh)
@@ -305,9 +311,8 @@ class Ledger:
             if ch is not None
         ]
         last = next((t for ch, _, t, _ in rows if ch is None and t is not None), None)
-        if self.pending:
-            planned = self.pending.of(customer_id)
-            shows += [Show(r.channel, r.shown(), r.ts) for r in planned if r.ts >= since]
+        planned = [r for r in self.pending.of(customer_id) if r.ts >= since] if self.pending else []
+        shows += [Show(r.channel, r.shown(), r.ts, r.decision_id) for r in planned]
         return History(shows, utc(last) if last else None)
 
     def logs(self, since: datetime | None = None, channel: str | None = None) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -30,18 +30,24 @@ PG_LOCK = text(
 
 
 class PlannedOn(NamedTuple):
-    """The contact history a plan read: its window start and how many shows it counted."""
+    """The contact history a plan read: its window start, how many committed shows it counted,
+    and the pending decisions (ids) it counted besides."""
 
     since: datetime
-    seen: int
+    committed: int
+    pending: tuple[str, ...] = ()
 
 
 class Pending:
     """This process's decisions planned and not yet committed, by customer (thread-safe: the
-    event loop plans, a thread commits, the profile view plans in threads)."""
+    event loop plans, a thread commits, the profile view plans in threads), and the recent
+    ones that were never written (their commit failed or found them stale)."""
+
+    KEEP_FAILED = 10_000  # ids of unwritten rows remembered, for plans that counted them
 
     def __init__(self) -> None:
         self._rows: dict[str, list[Any]] = {}
+        self._failed: dict[str, None] = {}  # an ordered set, oldest first
         self._lock = threading.Lock()
 
     def __bool__(self) -> bool:
@@ -52,7 +58,8 @@ class Pending:
             with self._lock:
                 self._rows.setdefault(row.customer_id, []).append(row)
 
-    def release(self, rows: list[Any]) -> None:
+    def release(self, rows: Sequence[Any], failed: Sequence[Any] = ()) -> None:
+        """``rows``' commit is over; those in ``failed`` were not written."""
         with self._lock:
             for row in rows:
                 held = self._rows.get(row.customer_id or "")
@@ -60,6 +67,13 @@ class Pending:
                     held[:] = [r for r in held if r is not row]
                     if not held:
                         del self._rows[row.customer_id]
+            for row in failed:
+                self._failed[row.decision_id] = None
+            while len(self._failed) > self.KEEP_FAILED:
+                del self._failed[next(iter(self._failed))]
+
+    def failed(self, decision_id: str) -> bool:
+        return decision_id in self._failed
 
     def of(self, customer_id: str) -> list[Any]:
         with self._lock:
@@ -72,18 +86,24 @@ def customer_lock(customer_id: str) -> int:
     return int.from_bytes(digest.digest(), "big", signed=True)
 
 
-def stale_rows(rows: list[Any], count: Callable[[str, datetime], int]) -> list[Any]:
-    """The planned rows whose customer's shows, committed (``count(customer, since)``) plus
-    those of this group written before them, differ from what their plan saw. Another
-    writer showed the customer something since (or a pending row it counted failed)."""
+def stale_rows(
+    rows: list[Any], count: Callable[[str, datetime], int], failed: Callable[[str], bool]
+) -> list[Any]:
+    """The planned rows whose customer's shows now, committed (``count(customer, since)``) and
+    written earlier in this group, differ from those their plan counted that were written:
+    another writer showed the customer something the plan did not count. A counted pending
+    row that was never written (``failed``) only made the plan stricter; the plan stands."""
     earlier: Counter[str] = Counter()
-    stale = []
+    stale: list[Any] = []
+    dropped: set[str] = set()
     for row in rows:
         cid, mark = row.customer_id, row.planned_on
-        current = cid is None or mark is None or count(cid, mark.since) + earlier[cid] == mark.seen
-        if not current:
-            stale.append(row)
-            continue
+        if cid is not None and mark is not None:
+            written = sum(1 for d in mark.pending if d not in dropped and not failed(d))
+            if count(cid, mark.since) + earlier[cid] != mark.committed + written:
+                stale.append(row)
+                dropped.add(row.decision_id)
+                continue
         if cid is not None and row.offer_id is not None:
             earlier[cid] += 1
     return stale

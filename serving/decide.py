@@ -202,10 +202,13 @@ def commit(
         response, row = make()
         ledger.pending.hold(row)  # other plans of this process count it until it is written
         try:
-            if ledger.record_decision(row):
-                return response, row
-        finally:
-            ledger.pending.release([row])
+            written = ledger.record_decision(row)
+        except Exception:
+            ledger.pending.release([row], failed=[row])
+            raise
+        ledger.pending.release([row], failed=[] if written else [row])
+        if written:
+            return response, row
     raise RuntimeError(f"customer {row.customer_id}: history kept changing over {MAX_PLANS} plans")
 
 
@@ -239,6 +242,7 @@ def plan(
         reasons.append(f"catalog: {deps.missing.get('catalog', 'unavailable')}")
     since = ts - timedelta(days=HISTORY_DAYS)
     history = deps.ledger.contact_history(cid, since) if cid is not None else History([], None)
+    pending = history.pending()
     offers, dropped = allowed_offers(request, history, features, deps, ts)
     values, detail = score(offers, features, request.channel, deps, reasons)
     holdout = arm is not None and arm.arm == "holdout"
@@ -271,7 +275,9 @@ def plan(
         reason="; ".join(reasons)[:200],
         slots=[{"offer_id": o, "position": k, "probability": p} for k, (o, p) in enumerate(shown)],
         # what the commit checks: a plan that drew nothing (a holdout) does not depend on it
-        planned_on=PlannedOn(since, len(history.shows)) if cid and chosen else None,
+        planned_on=(
+            PlannedOn(since, len(history.shows) - len(pending), pending) if cid and chosen else None
+        ),
     )
     if fallback:
         # the reason is in the ledger row; a log line per request would cost more than it tells

@@ -71,12 +71,12 @@ class GroupWriter:
                         stale = await asyncio.to_thread(self.ledger.record_decisions, rows)
                     written = [not any(row is x for x in stale) for row in rows]
                 except Exception as exc:  # noqa: BLE001 - each waiter gets the failure
-                    self.ledger.pending.release(rows)
+                    self.ledger.pending.release(rows, failed=rows)
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(exc)
                 else:
-                    self.ledger.pending.release(rows)
+                    self.ledger.pending.release(rows, failed=stale)
                     for (_, fut), ok in zip(batch, written, strict=True):
                         if not fut.done():
                             fut.set_result(ok)

@@ -48,7 +48,7 @@ def exercise(ledger: Ledger) -> None:
     assert ledger.record_outcome(out) is True
     assert ledger.record_outcome(out) is False  # the retry counts once
     shows, last = ledger.contact_history("c1", now() - timedelta(days=7))
-    assert sorted(ch for ch, _, _ in shows) == ["email", "web"] and last is not None
+    assert sorted(s.channel for s in shows) == ["email", "web"] and last is not None
     logs = ledger.logs()
     assert len(logs) == 4
     assert logs.set_index("decision_id").loc[d1.decision_id, "reward"] == 40.0
