@@ -17,9 +17,10 @@ from sqlalchemy import select
 
 from experiments.ledger import OutcomeRow, decisions, now, utc
 from serving import outbox
-from serving.decide import DecideRequest, DecideResponse, Known, commit, plan, read_features
+from serving.decide import DecideRequest, DecideResponse, Known, plan, read_features
 from serving.deps import Deps
 from serving.schemas import ID_FIELDS
+from serving.writer import commit
 
 Id = Field(None, min_length=1, max_length=256)
 
@@ -195,7 +196,7 @@ def profile(customer_id: str, deps: Deps, channel: str = "call_centre") -> Profi
         except Exception as exc:  # noqa: BLE001 - the view still shows everything else
             known.reasons.append(f"churn model: {type(exc).__name__}: {exc}")
     request = DecideRequest(customer_id=customer_id, channel=channel, max_offers=3)
-    rec, row = commit(lambda: plan(request, deps, known), deps)
+    rec, row = commit(lambda: plan(request, deps, known), deps.ledger)
     return ProfileView(
         customer_id=customer_id,
         profile=_jsonable(known.features),

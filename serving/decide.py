@@ -10,17 +10,17 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from experiments.assignment import assign_all
 from experiments.ledger import DecisionRow, History
-from experiments.ledger_pending import MAX_PLANS, PlannedOn
+from experiments.ledger_pending import PlannedOn
 from serving import policy
 from serving.deps import Deps
 from serving.schemas import DecideRequest, DecideResponse, RankedOffer, VisitContext
+from serving.writer import commit
 from training.bandit import feature_snapshot
 
 __all__ = [
@@ -28,7 +28,6 @@ __all__ = [
     "DecideResponse",
     "RankedOffer",
     "VisitContext",
-    "commit",
     "decide",
     "plan",
 ]
@@ -188,28 +187,7 @@ def decide(request: DecideRequest, deps: Deps, *, record: bool = True) -> Decide
     known = Known(reasons=[])
     known.customer_id = resolve(request, deps, known.reasons)
     known.features = read_features(known.customer_id, deps, known.reasons)
-    return commit(lambda: plan(request, deps, known), deps)[0]
-
-
-def commit(
-    make: Callable[[], tuple[DecideResponse, DecisionRow]], deps: Deps
-) -> tuple[DecideResponse, DecisionRow]:
-    """Plan with ``make`` and commit the row; planned again while the commit finds that
-    another writer showed the customer something since the plan read its history (see
-    ``experiments.ledger_pending``). The service's group writer does the same, grouped."""
-    ledger = deps.ledger
-    for _ in range(MAX_PLANS):
-        response, row = make()
-        ledger.pending.hold(row)  # other plans of this process count it until it is written
-        try:
-            written = ledger.record_decision(row)
-        except Exception:
-            ledger.pending.release([row], failed=[row])
-            raise
-        ledger.pending.release([row], failed=[] if written else [row])
-        if written:
-            return response, row
-    raise RuntimeError(f"customer {row.customer_id}: history kept changing over {MAX_PLANS} plans")
+    return commit(lambda: plan(request, deps, known), deps.ledger)[0]
 
 
 def plan(

@@ -84,6 +84,23 @@ class GroupWriter:
             self._flushing = False
 
 
+def commit(make: Callable[[], tuple[T, DecisionRow]], ledger: Ledger) -> tuple[T, DecisionRow]:
+    """``GroupWriter.decide`` for one caller, in its own thread and transaction: plan with
+    ``make``, commit, and plan again while the commit finds the plan stale."""
+    for _ in range(MAX_PLANS):
+        response, row = make()
+        ledger.pending.hold(row)  # other plans of this process count it until it is written
+        try:
+            written = ledger.record_decision(row)
+        except Exception:
+            ledger.pending.release([row], failed=[row])
+            raise
+        ledger.pending.release([row], failed=[] if written else [row])
+        if written:
+            return response, row
+    raise RuntimeError(f"customer {row.customer_id}: history kept changing over {MAX_PLANS} plans")
+
+
 class WalCheckpointer:
     """SQLite WAL checkpoints in a background thread instead of inside a decision's commit.
 

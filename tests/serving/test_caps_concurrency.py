@@ -17,9 +17,9 @@ import pytest
 from experiments.ledger import DecisionRow, Ledger
 from nextbest.db import engine_for
 from nextbest.settings import Settings
-from serving.decide import DecideRequest, commit, plan
+from serving.decide import DecideRequest, plan
 from serving.deps import Deps
-from serving.writer import GroupWriter
+from serving.writer import GroupWriter, commit
 from tests.serving.conftest import CHANNEL
 
 EMAIL = DecideRequest(customer_id="c-post", channel="email")  # e-mail cap: 2 a week
@@ -85,7 +85,7 @@ def test_a_plan_made_on_a_stale_history_is_planned_again(deps: Deps, ledger_url:
     assert worker_a.ledger.record_decision(row_a) is True
     assert worker_b.ledger.record_decision(row_b) is False  # planned on a stale history
     assert worker_b.ledger.decision(row_b.decision_id) is None
-    response, row = commit(lambda: plan(EMAIL, worker_b), worker_b)
+    response, row = commit(lambda: plan(EMAIL, worker_b), worker_b.ledger)
     assert row.offer_id == "no_offer" and row.propensity == 1.0
     assert response.offers[0].probability == 1.0
     assert contacts(worker_b.ledger, "c-post") == 2
