@@ -2,12 +2,14 @@
 commit's check that a plan is still current.
 
 Caps and suppression read a customer's shows from the ledger, but the service commits
-decisions in groups and runs several workers. Two guards close the gaps: a worker counts the
-decisions it has planned and not yet committed (``Pending``), and a decision's commit, holding
-the customer's write lock, re-counts the customer's shows and refuses a plan made on a stale
-count (``stale_rows``): the caller plans it again on the current history, with a fresh draw,
-so the logged probability stays that of what is shown. The plan is never altered after it is
-drawn, and the check costs one indexed count per decision inside the group's transaction.
+decisions in groups and runs several workers. Two guards close the gaps. A worker counts the
+decisions it has planned and not yet committed (``Pending``). A decision's commit, holding the
+customer's write lock (SQLite's single writer, PostgreSQL's advisory lock), counts the
+customer's shows and refuses a plan that did not count one of them (``stale_rows``): the
+caller plans it again on the current history, with a fresh draw. Whether a plan is refused
+depends on other writers only, never on what it drew, so the logged probability stays that of
+what is shown; the plan is never altered after it is drawn. The check costs one indexed count
+per decision inside the group's transaction.
 """
 
 from __future__ import annotations

@@ -23,14 +23,7 @@ from serving.schemas import DecideRequest, DecideResponse, RankedOffer, VisitCon
 from serving.writer import commit
 from training.bandit import feature_snapshot
 
-__all__ = [
-    "DecideRequest",
-    "DecideResponse",
-    "RankedOffer",
-    "VisitContext",
-    "decide",
-    "plan",
-]
+__all__ = ["DecideRequest", "DecideResponse", "RankedOffer", "VisitContext", "decide", "plan"]
 log = logging.getLogger("nextbest.decide")
 HISTORY_DAYS = 90  # caps, offer periods and suppression look this far back
 
