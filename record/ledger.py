@@ -31,6 +31,7 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
+    case,
     delete,
     event,
     func,
@@ -38,12 +39,15 @@ from sqlalchemy import (
     literal_column,
     null,
     select,
+    type_coerce,
     union_all,
     update,
 )
 from sqlalchemy.exc import IntegrityError
+from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
 
 from nextbest.db import checkpoint, create_tables, is_sqlite_file
+from record.ledger_pending import PG_LOCK, Pending, PlannedOn, customer_lock, stale_rows
 from record.ledger_sqlite import Held, sqlite_history, sqlite_insert
 
 metadata = MetaData()
@@ -67,6 +71,8 @@ decisions = Table(
     Column("reason", String(200), nullable=False, default=""),
     # delivery (DecisionStatus); nullable so older databases gain it: NULL there means shown
     Column("status", String(16), nullable=True),
+    # every shown offer, [{offer_id, position, probability}]; NULL in rows from before slots
+    Column("slots", JSON(none_as_null=True), nullable=True),
     Index("ix_decisions_customer_ts", "customer_id", "ts"),
     Index("ix_decisions_experiment", "experiment"),
     Index("ix_decisions_ts", "ts"),  # the online learner's window of matured decisions
@@ -137,18 +143,66 @@ ERASED_DECISION: dict[str, Any] = {"customer_id": None, "context": {}, "scores":
 # caps do not count cancelled ones.
 DecisionStatus = Literal["shown", "pending", "sent", "delivered", "cancelled"]
 
+# A decision that showed something: what contact caps, offer caps and suppression count.
+# A message cancelled before it was sent showed nothing (NULL status: an older row, shown).
+SHOWN = (
+    decisions.c.offer_id.is_not(None),
+    decisions.c.status.is_distinct_from(literal_column("'cancelled'")),
+)
+
 # Built once: compiling a statement per decision cost more than running it.
+_MANY = type_coerce(  # only rows that showed more than one offer need their slots parsed
+    case((func.json_array_length(decisions.c.slots) > literal_column("1"), decisions.c.slots)),
+    JSON,
+)
 _HISTORY = union_all(
-    select(decisions.c.channel, decisions.c.offer_id, decisions.c.ts).where(
-        decisions.c.customer_id == bindparam("cid"),
-        decisions.c.ts >= bindparam("since"),
-        decisions.c.offer_id.is_not(None),
-        decisions.c.status.is_distinct_from(literal_column("'cancelled'")),  # never shown
+    select(decisions.c.channel, decisions.c.offer_id, decisions.c.ts, _MANY).where(
+        decisions.c.customer_id == bindparam("cid"), decisions.c.ts >= bindparam("since"), *SHOWN
     ),
-    select(null(), null(), func.max(outcomes.c.ts)).where(
+    select(null(), null(), func.max(outcomes.c.ts), null()).where(
         outcomes.c.customer_id == bindparam("cid")
     ),
 )
+# How many of those a customer has now: a planned decision's commit compares it with the
+# count its plan saw (``PlannedOn``), inside the transaction that writes it.
+_SEEN = (
+    select(func.count())
+    .select_from(decisions)
+    .where(
+        decisions.c.customer_id == bindparam("cid"), decisions.c.ts >= bindparam("since"), *SHOWN
+    )
+)
+
+
+class Slot(TypedDict):
+    """One shown offer: position 0 is the drawn one; ``probability`` is the chance that this
+    offer was shown at this position."""
+
+    offer_id: str
+    position: int
+    probability: float
+
+
+class Show(NamedTuple):
+    """One decision that showed something: its channel, every offer it showed, its time."""
+
+    channel: str
+    offers: tuple[str, ...]
+    ts: datetime
+    pending: str | None = None  # its decision id while it is planned, not committed
+
+
+class History(NamedTuple):
+    """A customer's shows in a window (committed, and planned by this process but not yet
+    committed) and their last response: what caps and suppression need."""
+
+    shows: list[Show]
+    last_response: datetime | None
+
+    def pending(self) -> tuple[str, ...]:
+        """The decisions among ``shows`` not committed yet."""
+        return tuple(s.pending for s in self.shows if s.pending is not None)
+
 
 # Built once like _HISTORY: is this key, hashed as an erasure leaves it, already recorded?
 _ERASED_KEY = select(outcomes.c.outcome_id).where(outcomes.c.idempotency_key == bindparam("key"))
@@ -187,11 +241,25 @@ class DecisionRow(BaseModel):
     fallback: bool = False
     reason: str = ""
     status: DecisionStatus = "shown"
+    slots: list[Slot] = Field(default_factory=list, description="every offer shown, in order")
+    # the history its plan counted, which the commit checks (not stored: see ledger_pending)
+    planned_on: PlannedOn | None = Field(None, exclude=True)
 
     @field_validator("status", mode="before")
     @classmethod
     def _older_rows_were_shown(cls, v: Any) -> Any:
         return "shown" if v is None else v  # rows from before the column (NULL there)
+
+    @field_validator("slots", mode="before")
+    @classmethod
+    def _no_slots(cls, v: Any) -> Any:
+        return [] if v is None else v  # a row from before slots were logged
+
+    def shown(self) -> tuple[str, ...]:
+        """Every offer this decision showed, the drawn one first."""
+        if self.slots:
+            return tuple(s["offer_id"] for s in self.slots)
+        return (self.offer_id,) if self.offer_id is not None else ()
 
 
 class StoredArm(NamedTuple):
@@ -253,19 +321,42 @@ class Ledger:
         self._history = (
             sqlite_history(engine, held, _HISTORY, decisions.c.ts.type) if fast else None
         )
-        self._insert = sqlite_insert(engine, held, decisions) if fast else None
+        self._insert = sqlite_insert(engine, held, decisions, _SEEN) if fast else None
+        # decisions planned in this process and not committed yet count against caps
+        self.pending = Pending()
 
-    def record_decision(self, row: DecisionRow) -> None:
-        """Insert and commit before the caller acknowledges the decision."""
-        self.record_decisions([row])
+    def record_decision(self, row: DecisionRow) -> bool:
+        """Insert and commit before the caller acknowledges the decision; False when its plan
+        is stale (see ``record_decisions``) and nothing was written."""
+        return not self.record_decisions([row])
 
-    def record_decisions(self, rows: list[DecisionRow]) -> None:
-        """Several decisions in one transaction: one commit (one fsync) for a group."""
+    def record_decisions(self, rows: list[DecisionRow]) -> list[DecisionRow]:
+        """Several decisions in one transaction: one commit (one fsync) for a group.
+
+        A row with ``planned_on`` is written only if its customer's shows still number what
+        its plan counted, checked inside the transaction after taking the customer's write
+        lock (SQLite's one writer; PostgreSQL's advisory lock per customer); otherwise
+        another writer showed them something since, and the row is returned, unwritten, to be
+        planned again: caps hold across workers, and a kept plan's probabilities are exact."""
+        check = any(r.planned_on is not None for r in rows)
         if self._insert is not None:
-            self._insert(rows)
-            return
+            pick = (lambda count: stale_rows(rows, count, self.pending.failed)) if check else None
+            return self._insert(rows, pick)
         with self.engine.begin() as conn:
-            conn.execute(insert(decisions), [r.model_dump() for r in rows])
+            stale: list[DecisionRow] = []
+            if check:
+                if conn.dialect.name == "postgresql":
+                    keys = sorted({customer_lock(r.customer_id) for r in rows if r.customer_id})
+                    conn.execute(PG_LOCK, {"keys": keys})
+
+                def count(cid: str, since: datetime) -> int:
+                    return conn.execute(_SEEN, {"cid": cid, "since": since}).scalar_one()
+
+                stale = stale_rows(rows, count, self.pending.failed)
+            fresh = [r.model_dump() for r in rows if not any(r is x for x in stale)]
+            if fresh:
+                conn.execute(insert(decisions), fresh)
+        return stale
 
     def record_outcome(self, row: OutcomeRow) -> bool:
         """Insert once per idempotency key; False when the key was already recorded."""
@@ -319,20 +410,25 @@ class Ledger:
             row = r.mappings().first()
         return DecisionRow(**row) if row else None
 
-    def contact_history(
-        self, customer_id: str, since: datetime
-    ) -> tuple[list[tuple[str, str, datetime]], datetime | None]:
-        """(channel, offer, ts) of every offer shown since ``since`` and the customer's last
-        response: everything the contact caps and suppression rules need, in one round trip
-        (the last response rides along as a row with a null channel)."""
+    def contact_history(self, customer_id: str, since: datetime) -> History:
+        """Every decision that showed this customer something since ``since`` (each with all
+        its slots), those this process planned and has not committed yet included, and their
+        last response: everything the contact caps and suppression rules need, in one round
+        trip (the last response rides along as a row with a null channel)."""
         if self._history is not None:
             rows = self._history(customer_id, since)
         else:
             with self.engine.connect() as conn:
                 rows = conn.execute(_HISTORY, {"cid": customer_id, "since": since}).all()
-        shown = [(ch, o, utc(t)) for ch, o, t in rows if ch is not None]
-        last = next((t for ch, _, t in rows if ch is None and t is not None), None)
-        return shown, utc(last) if last else None
+        shows = [
+            Show(ch, tuple(s["offer_id"] for s in many) if many else (o,), utc(t))
+            for ch, o, t, many in rows
+            if ch is not None
+        ]
+        last = next((t for ch, _, t, _ in rows if ch is None and t is not None), None)
+        planned = [r for r in self.pending.of(customer_id) if r.ts >= since] if self.pending else []
+        shows += [Show(r.channel, r.shown(), r.ts, r.decision_id) for r in planned]
+        return History(shows, utc(last) if last else None)
 
     def logs(self, since: datetime | None = None, channel: str | None = None) -> pd.DataFrame:
         """Decisions in time order: bandit training, OPE and reports. What each earned is

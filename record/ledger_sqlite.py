@@ -9,12 +9,14 @@ are byte-identical to ``conn.execute``'s, and errors are raised as SQLAlchemy's.
 
 from __future__ import annotations
 
+import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Table, insert
+from sqlalchemy import Engine, Select, Table, insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import CompoundSelect
 from sqlalchemy.types import TypeEngine
@@ -44,38 +46,47 @@ class Held(threading.local):
         self.conn = self.pool = None
 
 
-def _raw(engine: Engine, held: Held, sql: str, params: Any, write: bool) -> list[tuple]:
+@contextmanager
+def _cursor(engine: Engine, held: Held, sql: str, params: Any) -> Iterator[Any]:
+    """A cursor on the held connection; any failure drops the connection (rolling back what
+    it left open) and a driver error is raised as SQLAlchemy's."""
     conn = held.get(engine)
     try:
         cur = conn.cursor()
         try:
-            if write:
-                cur.executemany(sql, params)
-                conn.commit()  # durable (the WAL) before the caller acknowledges
-                return []
-            cur.execute(sql, params)
-            return cur.fetchall()
+            yield cur
         finally:
             cur.close()
     except engine.dialect.loaded_dbapi.Error as exc:
         held.drop()
         raise DBAPIError.instance(sql, params, exc, engine.dialect.loaded_dbapi.Error) from exc
+    except BaseException:
+        held.drop()
+        raise
+
+
+def _positional(stmt: Any, engine: Engine, names: set[str]) -> tuple[str, list[str]] | None:
+    """``stmt``'s SQL and its bind names in order; None when they are not ``names``."""
+    compiled = stmt.compile(dialect=engine.dialect)
+    order = list(compiled.positiontup or ())
+    return (str(compiled), order) if set(order) == names else None
 
 
 def sqlite_history(
     engine: Engine, held: Held, history: CompoundSelect, ts_type: TypeEngine[Any]
 ) -> Callable[[str, datetime], list[tuple[Any, ...]]] | None:
     """``history`` (the ledger's contact-history query: binds ``cid`` and ``since``, rows of
-    channel, offer and a ``ts_type`` time) for one customer (measured in the decision
-    pipeline: ~100 -> ~35 us). None when its SQL is not the positional kind expected."""
+    channel, offer, a ``ts_type`` time and JSON slots or NULL) for one customer (measured in
+    the decision pipeline: ~100 -> ~35 us). None when its SQL is not the positional kind
+    expected."""
     dialect = engine.dialect
-    compiled = history.compile(dialect=dialect)
-    sql, order = str(compiled), list(compiled.positiontup or ())
+    positional = _positional(history, engine, {"cid", "since"})
+    if positional is None:  # not the positional SQL expected: the general path
+        return None
+    sql, order = positional
     impl = ts_type.dialect_impl(dialect)
     to_db = impl.bind_processor(dialect) or (lambda v: v)
     from_db = impl.result_processor(dialect, None) or (lambda v: v)
-    if set(order) != {"cid", "since"}:  # not the positional SQL expected: the general path
-        return None
 
     def parse(t: Any) -> Any:
         # SQLAlchemy's own format, "YYYY-MM-DD HH:MM:SS.ffffff": the C parser, same datetime
@@ -85,25 +96,52 @@ def sqlite_history(
 
     def run(customer_id: str, since: datetime) -> list[tuple[Any, ...]]:
         values = {"cid": customer_id, "since": to_db(since)}
-        rows = _raw(engine, held, sql, [values[name] for name in order], write=False)
-        return [(ch, o, parse(t)) for ch, o, t in rows]
+        params = [values[name] for name in order]
+        with _cursor(engine, held, sql, params) as cur:
+            cur.execute(sql, params)
+            rows = cur.fetchall()
+        return [(ch, o, parse(t), json.loads(s) if s else None) for ch, o, t, s in rows]
 
     return run
 
 
-def sqlite_insert(engine: Engine, held: Held, table: Table) -> Callable[[list[Any]], None] | None:
+def sqlite_insert(
+    engine: Engine, held: Held, table: Table, seen: Select
+) -> Callable[[list[Any], Callable | None], list[Any]] | None:
     """Insert and commit rows of ``table`` (the ledger's decisions), every column read off the
-    row's attribute of that name (no model_dump copy). None when the SQL is not as expected."""
+    row's attribute of that name (no model_dump copy). ``run(rows, pick)``: with ``pick``,
+    the transaction first takes SQLite's write lock (``BEGIN IMMEDIATE``: one writer at a
+    time, across processes), then ``pick(count)`` names the rows not to write, where
+    ``count(cid, since)`` runs ``seen`` inside that transaction; those rows are returned.
+    None when the SQL is not as expected."""
     dialect = engine.dialect
     compiled = insert(table).compile(dialect=dialect)
     sql, order = str(compiled), list(compiled.positiontup or ())
-    if sorted(order) != sorted(c.key for c in table.columns):
+    counted = _positional(seen, engine, {"cid", "since"})
+    if sorted(order) != sorted(c.key for c in table.columns) or counted is None:
         return None
     procs = [table.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in order]
     pairs = list(zip(order, procs, strict=True))
+    count_sql, count_order = counted
+    ts_bind = table.c.ts.type.dialect_impl(dialect).bind_processor(dialect) or (lambda v: v)
 
-    def run(rows: list[Any]) -> None:
-        params = [[p(getattr(r, n)) if p else getattr(r, n) for n, p in pairs] for r in rows]
-        _raw(engine, held, sql, params, write=True)
+    def run(rows: list[Any], pick: Callable | None = None) -> list[Any]:
+        with _cursor(engine, held, sql, None) as cur:
+            stale: list[Any] = []
+            if pick is not None:
+                cur.execute("BEGIN IMMEDIATE")
+
+                def count(cid: str, since: datetime) -> int:
+                    values = {"cid": cid, "since": ts_bind(since)}
+                    cur.execute(count_sql, [values[name] for name in count_order])
+                    return cur.fetchone()[0]
+
+                stale = pick(count)
+            keep = [r for r in rows if not any(r is x for x in stale)]
+            params = [[p(getattr(r, n)) if p else getattr(r, n) for n, p in pairs] for r in keep]
+            if params:
+                cur.executemany(sql, params)
+            held.conn.commit()  # durable (the WAL) before the caller acknowledges
+        return stale
 
     return run

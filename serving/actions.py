@@ -19,6 +19,7 @@ from serving import outbox
 from serving.decide import DecideRequest, DecideResponse, Known, plan, read_features
 from serving.deps import Deps
 from serving.schemas import ID_FIELDS, field_error
+from serving.writer import commit
 
 Id = Field(None, min_length=1, max_length=256)
 
@@ -210,8 +211,8 @@ class ProfileView(BaseModel):
 
 
 def profile(customer_id: str, deps: Deps, channel: str = "call_centre") -> ProfileView:
-    """Profile features, live basket, churn risk and offers with reasons (a dry run, not
-    logged as shown: the agent records what they present through /decide)."""
+    """Profile features, live basket, churn risk and offers with reasons. The offers shown
+    are logged like a /decide's (every slot), so they count against caps and suppression."""
     if not 1 <= len(customer_id) <= 256:
         raise field_error("customer_id", "must be 1 to 256 characters", None)
     known = Known(reasons=[], customer_id=customer_id)
@@ -223,7 +224,7 @@ def profile(customer_id: str, deps: Deps, channel: str = "call_centre") -> Profi
         except Exception as exc:  # noqa: BLE001 - the view still shows everything else
             known.reasons.append(f"churn model: {type(exc).__name__}: {exc}")
     request = DecideRequest(customer_id=customer_id, channel=channel, max_offers=3)
-    rec, row = plan(request, deps, known)
+    rec, row = commit(lambda: plan(request, deps, known), deps.ledger)
     return ProfileView(
         customer_id=customer_id,
         profile=_jsonable(known.features),

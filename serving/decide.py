@@ -15,7 +15,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from record.assignment import assign_holdout, declared
-from record.ledger import DecisionRow
+from record.ledger import DecisionRow, History
+from record.ledger_pending import PlannedOn
 from serving import policy
 from serving.deps import Deps
 from serving.schemas import (
@@ -25,6 +26,7 @@ from serving.schemas import (
     VisitContext,
     field_error,
 )
+from serving.writer import commit
 from training.bandit import feature_snapshot
 
 __all__ = ["DecideRequest", "DecideResponse", "RankedOffer", "VisitContext", "decide", "plan"]
@@ -91,20 +93,24 @@ def read_features(cid: str | None, deps: Deps, reasons: list[str]) -> dict[str, 
 
 
 def allowed_offers(
-    request: DecideRequest, cid: str | None, features: dict[str, Any], deps: Deps, ts: datetime
+    request: DecideRequest, history: History, features: dict[str, Any], deps: Deps, ts: datetime
 ) -> tuple[list[Any], dict[str, str]]:
-    """Offers that pass validity, channel, consent, eligibility and caps; and why others did not."""
+    """Offers that pass validity, channel, consent, eligibility and caps; and why others did not.
+    A decision is one contact on its channel if any of its slots held a real offer (one e-mail
+    however many offers it carries); each offer it showed, in any slot, counts for that
+    offer's own cap and suppression."""
     s, ch, catalogue = deps.settings, request.channel, deps.offers()
-    shows: list[tuple[str, str, datetime]] = []
-    last = None
-    if cid is not None:
-        shows, last = deps.ledger.contact_history(cid, ts - timedelta(days=HISTORY_DAYS))
     silent = {o.id for o in catalogue if policy.is_no_offer(o)}
     window = ts - timedelta(days=s.cap_window_days)
-    per_channel = Counter(c for c, o, t in shows if t >= window and o not in silent)
+    per_channel = Counter(
+        show.channel
+        for show in history.shows
+        if show.ts >= window and any(o not in silent for o in show.offers)
+    )
     by_offer: dict[str, list[tuple[str, datetime]]] = {}  # caps_ok counts one offer's shows
-    for _, o, t in shows:
-        by_offer.setdefault(o, []).append((o, t))
+    for show in history.shows:
+        for o in show.offers:
+            by_offer.setdefault(o, []).append((o, show.ts))
     kept, dropped = [], {}
     for offer in catalogue:
         why = (
@@ -117,7 +123,7 @@ def allowed_offers(
                 ch,
                 per_channel=per_channel,
                 shows=by_offer.get(offer.id, []),
-                last_response=last,
+                last_response=history.last_response,
                 now=ts,
                 channel_caps=s.contact_caps,
             )
@@ -192,10 +198,12 @@ def explore(
 
 def decide(request: DecideRequest, deps: Deps, *, record: bool = True) -> DecideResponse:
     """One decision, written to the ledger (committed) before it is returned."""
-    response, row = plan(request, deps)
-    if record:
-        deps.ledger.record_decision(row)
-    return response
+    if not record:
+        return plan(request, deps)[0]
+    known = Known(reasons=[])
+    known.customer_id = resolve(request, deps, known.reasons)
+    known.features = read_features(known.customer_id, deps, known.reasons)
+    return commit(lambda: plan(request, deps, known), deps.ledger)[0]
 
 
 def plan(
@@ -208,7 +216,7 @@ def plan(
         known = Known(reasons=[])
         known.customer_id = resolve(request, deps, known.reasons)
         known.features = read_features(known.customer_id, deps, known.reasons)
-    cid, reasons = known.customer_id, known.reasons
+    cid, reasons = known.customer_id, list(known.reasons)  # a plan made again starts afresh
     experiment = experiment_of(request, deps)
     arm = assign_holdout(
         cid, request.identifiers(), experiment, deps.assigner, deps.graph, deps.settings, ts
@@ -216,15 +224,18 @@ def plan(
     features = policy.profile_fields(known.features)
     if deps.catalog is None:
         reasons.append(f"catalog: {deps.missing.get('catalog', 'unavailable')}")
-    offers, dropped = allowed_offers(request, cid, features, deps, ts)
+    since = ts - timedelta(days=HISTORY_DAYS)
+    history = deps.ledger.contact_history(cid, since) if cid is not None else History([], None)
+    pending = history.pending()
+    offers, dropped = allowed_offers(request, history, features, deps, ts)
     values, detail = score(offers, features, request.channel, deps, reasons)
     holdout = arm is not None and arm.arm == "holdout"
     probs = {} if holdout else explore(values, features, request, deps, reasons)
     fallback = any(not r.startswith("cold start") for r in reasons)
     chosen = policy.sample(probs, deps.rng) if probs else None
-    shown = policy.rank(chosen, values, request.max_offers) if chosen else []
+    shown = policy.slot_probabilities(chosen, probs, values, request.max_offers) if chosen else []
     by_id = {o.id: o for o in offers}
-    ranked = [_ranked(by_id[o], values[o], probs[o], o == chosen, detail) for o in shown]
+    ranked = [_ranked(by_id[o], values[o], p, k, detail) for k, (o, p) in enumerate(shown)]
     versions = deps.model_versions()
     row = DecisionRow(
         decision_id=uuid.uuid4().hex,
@@ -246,6 +257,11 @@ def plan(
         model_versions=versions,
         fallback=fallback,
         reason="; ".join(reasons)[:200],
+        slots=[{"offer_id": o, "position": k, "probability": p} for k, (o, p) in enumerate(shown)],
+        # what the commit checks: a plan that drew nothing (a holdout) does not depend on it
+        planned_on=(
+            PlannedOn(since, len(history.shows) - len(pending), pending) if cid and chosen else None
+        ),
     )
     if fallback:
         # the reason is in the ledger row; a log line per request would cost more than it tells
@@ -263,19 +279,22 @@ def plan(
     return response, row
 
 
-def _ranked(offer: Any, value: float, p: float, chosen: bool, detail: dict) -> RankedOffer:
+def _ranked(offer: Any, value: float, p: float, position: int, detail: dict) -> RankedOffer:
     oid = offer.id
-    why = "chosen" if chosen else "runner-up"
+    why = "chosen" if position == 0 else "runner-up"
+    common = {
+        "offer_id": oid,
+        "name": offer.name,
+        "score": round(value, 6),
+        "probability": p,
+        "position": position,
+    }
     if policy.is_no_offer(offer):  # a model score for "nothing" is not an uplift
         reason = f"{why}: no offer is expected to add more than doing nothing"
-        return RankedOffer(offer_id=oid, name=offer.name, score=round(value, 6), probability=p,
-                           reason=reason)  # fmt: skip
+        return RankedOffer(**common, reason=reason)
     uplift = detail["p_treated"][oid] - detail["p_untreated"][oid]
     return RankedOffer(
-        offer_id=oid,
-        name=offer.name,
+        **common,
         creative={"headline": offer.headline, "body": offer.body, "cta": offer.cta},
-        score=round(value, 6),
-        probability=p,
         reason=f"{why}: expected incremental value {value:.3f} (uplift {uplift:+.3f})",
     )

@@ -140,8 +140,40 @@ def sample(probabilities: Mapping[str, float], rng: random.Random) -> str:
     return items[-1][0]
 
 
+def _rest_order(scores: Mapping[str, float]) -> list[str]:
+    """Every offer by score, best first (ties keep the allowed set's order): the extra slots
+    follow this order with the drawn offer taken out."""
+    return sorted(scores, key=lambda o: -scores[o])
+
+
 def rank(chosen: str, scores: Mapping[str, float], max_offers: int) -> list[str]:
     """The drawn offer first, then the others by score (the extra slots of a multi-offer
     channel such as a web page)."""
-    rest = sorted((o for o in scores if o != chosen), key=lambda o: -scores[o])
-    return [chosen, *rest][:max_offers]
+    return [chosen, *(o for o in _rest_order(scores) if o != chosen)][:max_offers]
+
+
+def slot_probabilities(
+    chosen: str, probabilities: Mapping[str, float], scores: Mapping[str, float], max_offers: int
+) -> list[tuple[str, float]]:
+    """The shown offers in order, each with its exact probability of being shown at that
+    position under ``rank`` (the drawn offer first, the rest by score). An offer ``o`` at
+    index ``j`` of the score order lands at position ``j + 1`` when the drawn offer ranks below
+    it and at ``j`` when above, so its chance there is the drawn mass below or above it; at
+    position 0 it is the offer's own draw probability (the propensity)."""
+    order = _rest_order(scores)
+    index = {o: j for j, o in enumerate(order)}
+    above = [0.0]  # above[j]: the draw probability of the offers ranked before index j
+    for o in order:
+        above.append(above[-1] + probabilities.get(o, 0.0))
+    total = above[-1]
+    slots = []
+    for position, o in enumerate(rank(chosen, scores, max_offers)):
+        j = index[o]
+        if position == 0:
+            p = probabilities.get(o, 0.0)
+        elif position == j + 1:
+            p = total - above[j + 1]  # the drawn offer ranks below o
+        else:
+            p = above[j]  # the drawn offer ranks above o
+        slots.append((o, p))
+    return slots

@@ -64,7 +64,11 @@ class RankedOffer(BaseModel):
     name: str = ""
     creative: dict[str, Any] = Field(default_factory=dict)
     score: float
-    probability: float = Field(description="probability this offer was the one chosen")
+    position: int = Field(description="its slot: 0 is the offer drawn, then the others by score")
+    probability: float = Field(
+        description="probability that this offer was shown in this position (at 0: that it "
+        "was drawn, the logged propensity)"
+    )
     reason: str
 
 

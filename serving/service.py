@@ -201,8 +201,8 @@ class Nextbest:
                     known.features = await self.batcher.read(known.customer_id)
                 except Exception as exc:  # noqa: BLE001 - a fallback decision, with the reason
                     known.reasons.append(f"features: {type(exc).__name__}: {exc}")
-        response, row = plan(request, self.deps, known)
-        await self.writer.put(row)
+        # planned and held at once (no await between), committed in a group
+        response, _ = await self.writer.decide(lambda: plan(request, self.deps, known))
         return response
 
     @bentoml.api(route="/outcome")

@@ -13,55 +13,92 @@ import asyncio
 import logging
 import sqlite3
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, event
 
 from nextbest.db import is_sqlite_file
 from record.ledger import DecisionRow, Ledger
+from record.ledger_pending import MAX_PLANS
 
 log = logging.getLogger("nextbest.writer")
+T = TypeVar("T")
 
 
 class GroupWriter:
-    """``await writer.put(row)`` returns once ``row`` is committed (or raises why not)."""
+    """``await writer.put(row)`` returns once ``row`` is committed (or raises why not);
+    ``await writer.decide(make)`` plans with ``make`` and commits, planning again when the
+    commit finds the plan stale (another writer showed the customer something meanwhile)."""
 
     def __init__(self, ledger: Ledger, max_batch: int = 256, inline: bool = False) -> None:
         """``inline``: commit on the loop itself, for a commit cheaper than a thread hop
         (SQLite with ``synchronous=NORMAL``: no fsync per commit)."""
         self.ledger, self.max_batch, self.inline = ledger, max_batch, inline
-        self._pending: list[tuple[DecisionRow, asyncio.Future[None]]] = []
+        self._pending: list[tuple[DecisionRow, asyncio.Future[bool]]] = []
         self._flushing = False
 
-    async def put(self, row: DecisionRow) -> None:
+    async def decide(self, make: Callable[[], tuple[T, DecisionRow]]) -> tuple[T, DecisionRow]:
+        """``make()`` (a plan) committed: the answer and its row, as written."""
+        for _ in range(MAX_PLANS):
+            response, row = make()  # on the loop, and held at once: no other plan in between
+            if await self.put(row):
+                return response, row
+        raise RuntimeError(
+            f"customer {row.customer_id}: history kept changing over {MAX_PLANS} plans"
+        )
+
+    async def put(self, row: DecisionRow) -> bool:
+        """True once committed; False when its plan was stale and it was not written."""
         fut = asyncio.get_running_loop().create_future()
+        self.ledger.pending.hold(row)  # counted against caps until its commit ends
         self._pending.append((row, fut))
         if not self._flushing:
             self._flushing = True
             asyncio.get_running_loop().create_task(self._flush())
-        await fut
+        return await fut
 
     async def _flush(self) -> None:
         try:
             while self._pending:
                 batch = self._pending[: self.max_batch]
                 del self._pending[: self.max_batch]
+                rows = [r for r, _ in batch]
                 try:
-                    rows = [r for r, _ in batch]
                     if self.inline:
-                        self.ledger.record_decisions(rows)
+                        stale = self.ledger.record_decisions(rows)
                     else:
-                        await asyncio.to_thread(self.ledger.record_decisions, rows)
+                        stale = await asyncio.to_thread(self.ledger.record_decisions, rows)
+                    written = [not any(row is x for x in stale) for row in rows]
                 except Exception as exc:  # noqa: BLE001 - each waiter gets the failure
+                    self.ledger.pending.release(rows, failed=rows)
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(exc)
                 else:
-                    for _, fut in batch:
+                    self.ledger.pending.release(rows, failed=stale)
+                    for (_, fut), ok in zip(batch, written, strict=True):
                         if not fut.done():
-                            fut.set_result(None)
+                            fut.set_result(ok)
         finally:
             self._flushing = False
+
+
+def commit(make: Callable[[], tuple[T, DecisionRow]], ledger: Ledger) -> tuple[T, DecisionRow]:
+    """``GroupWriter.decide`` for one caller, in its own thread and transaction: plan with
+    ``make``, commit, and plan again while the commit finds the plan stale."""
+    for _ in range(MAX_PLANS):
+        response, row = make()
+        ledger.pending.hold(row)  # other plans of this process count it until it is written
+        try:
+            written = ledger.record_decision(row)
+        except Exception:
+            ledger.pending.release([row], failed=[row])
+            raise
+        ledger.pending.release([row], failed=[] if written else [row])
+        if written:
+            return response, row
+    raise RuntimeError(f"customer {row.customer_id}: history kept changing over {MAX_PLANS} plans")
 
 
 class WalCheckpointer:

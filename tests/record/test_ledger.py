@@ -48,7 +48,7 @@ def exercise(ledger: Ledger) -> None:
     assert ledger.record_outcome(out) is True
     assert ledger.record_outcome(out) is False  # the retry counts once
     shows, last = ledger.contact_history("c1", now() - timedelta(days=7))
-    assert sorted(ch for ch, _, _ in shows) == ["email", "web"] and last is not None
+    assert sorted(s.channel for s in shows) == ["email", "web"] and last is not None
     pending = _decision("c1", "data_addon", "sms", status="pending")  # a queued message counts
     ledger.record_decision(pending)
     assert len(ledger.contact_history("c1", now() - timedelta(days=7))[0]) == 3
@@ -148,4 +148,49 @@ def test_an_older_ledger_gains_order_offer_and_status_and_its_rows_count_as_show
     assert {"order_id", "offer_id"} <= {c["name"] for c in inspect(engine).get_columns("outcomes")}
     assert ledger.decision("d0").status == "shown"
     shown, _ = ledger.contact_history("c", now() - timedelta(days=1))
-    assert [o for _, o, _ in shown] == ["x"]
+    assert [s.offers for s in shown] == [("x",)]
+
+
+def test_a_ledger_from_before_slots_gains_the_column_and_reads_its_rows(tmp_path: Path) -> None:
+    """Issue 12 item 3: ``slots`` is nullable, so an older ledger gains it; its rows read as
+    having shown their one logged offer."""
+    from sqlalchemy import inspect, text
+
+    engine = engine_for(f"sqlite:///{tmp_path / 'old.db'}")
+    Ledger(engine)
+    with engine.begin() as conn:  # a ledger from before slots were logged
+        conn.execute(text("ALTER TABLE decisions DROP COLUMN slots"))
+    assert "slots" not in {c["name"] for c in inspect(engine).get_columns("decisions")}
+    ledger = Ledger(engine)
+    assert "slots" in {c["name"] for c in inspect(engine).get_columns("decisions")}
+    old = _decision("c1", "data_addon")
+    ledger.record_decision(old)
+    with engine.begin() as conn:  # its rows: NULL in the new column
+        conn.execute(text("UPDATE decisions SET slots = NULL"))
+    assert ledger.decision(old.decision_id).slots == []
+    shows, _ = ledger.contact_history("c1", now() - timedelta(days=1))
+    assert [s.offers for s in shows] == [("data_addon",)]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_every_slot_counts_in_the_contact_history(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Issue 12 items 3 and 9: each shown offer, every slot, committed or still pending."""
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else (
+        f"sqlite:///{tmp_path / 'ledger.db'}")  # fmt: skip
+    ledger = Ledger(engine_for(url))
+    slots = [{"offer_id": o, "position": k, "probability": 0.5}
+             for k, o in enumerate(["no_offer", "data_addon", "family_plan"])]  # fmt: skip
+    three = _decision("c1", "no_offer", slots=slots)
+    ledger.record_decision(three)
+    assert ledger.decision(three.decision_id).slots == slots
+    pending = _decision("c1", "streaming_bundle", "email")
+    ledger.pending.hold(pending)  # planned, not yet committed: counted all the same
+    shows, _ = ledger.contact_history("c1", now() - timedelta(days=1))
+    assert sorted(s.offers for s in shows) == [
+        ("no_offer", "data_addon", "family_plan"),
+        ("streaming_bundle",),
+    ]
+    ledger.pending.release([pending])
+    assert len(ledger.contact_history("c1", now() - timedelta(days=1)).shows) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+import uuid
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -384,3 +385,115 @@ def test_a_new_catalogue_offer_is_explored_while_the_bandit_ranks_the_others(dep
     # only new offers: where family_plan is not allowed, the bandit alone decides
     pre = decide(_req(customer_id="c-pre", channel="app"), deps)
     assert not [x for x in pre.reasons if "bandit" in x]
+
+
+# Item 3 of issue 12: every shown slot is logged with its true probability and counted.
+
+
+def _by_enumeration(
+    probs: dict[str, float], scores: dict[str, float], max_offers: int
+) -> dict[tuple[str, int], float]:
+    """P(offer at position) by summing over every offer that can be drawn first."""
+    out: dict[tuple[str, int], float] = {}
+    for drawn, p in probs.items():
+        for k, o in enumerate(policy.rank(drawn, scores, max_offers)):
+            out[(o, k)] = out.get((o, k), 0.0) + p
+    return out
+
+
+@pytest.mark.parametrize(
+    ("probs", "scores", "max_offers"),
+    [
+        ({"a": 0.7, "b": 0.2, "c": 0.1}, {"a": 3.0, "b": 2.0, "c": 1.0}, 3),
+        ({"a": 0.1, "b": 0.2, "c": 0.7}, {"a": 3.0, "b": 2.0, "c": 1.0}, 2),
+        ({"a": 0.25, "b": 0.25, "c": 0.25, "d": 0.25}, {"a": 0.0, "b": 0.0, "c": 0.0, "d": 0.0}, 3),
+        ({"a": 0.5, "b": 0.3, "c": 0.15, "d": 0.05}, {"a": -1.0, "b": 2.0, "c": 2.0, "d": 5.0}, 4),
+        ({"a": 1.0}, {"a": 1.0}, 3),
+    ],
+)
+def test_slot_probability_is_the_chance_of_that_offer_in_that_position(
+    probs: dict[str, float], scores: dict[str, float], max_offers: int
+) -> None:
+    exact = _by_enumeration(probs, scores, max_offers)
+    for drawn in probs:
+        slots = policy.slot_probabilities(drawn, probs, scores, max_offers)
+        assert [o for o, _ in slots] == policy.rank(drawn, scores, max_offers)
+        assert slots[0][1] == probs[drawn]  # position 0: the draw's own probability
+        for k, (o, p) in enumerate(slots):
+            assert p == pytest.approx(exact[(o, k)]), (drawn, o, k)
+
+
+def test_runner_up_probability_is_its_frequency_in_that_slot(deps: Deps) -> None:
+    """Draw many three-slot decisions: each (offer, position) appears as often as the
+    probability the response gives it there."""
+    deps.settings.epsilon = 0.3
+    counts: Counter[tuple[str, int]] = Counter()
+    told: dict[tuple[str, int], float] = {}
+    n = 3000
+    for _ in range(n):
+        r = decide(_req(customer_id="c-post", max_offers=3), deps, record=False)
+        for o in r.offers:
+            counts[(o.offer_id, o.position)] += 1
+            told[(o.offer_id, o.position)] = o.probability
+    assert {k for _, k in counts} == {0, 1, 2}
+    for key, seen in counts.items():
+        assert seen / n == pytest.approx(told[key], abs=0.03), key
+
+
+def test_every_shown_slot_is_logged_with_position_and_probability(deps: Deps) -> None:
+    r = decide(_req(customer_id="c-post", max_offers=3), deps)
+    row = deps.ledger.decision(r.decision_id)
+    assert [(s["offer_id"], s["position"], s["probability"]) for s in row.slots] == [
+        (o.offer_id, o.position, o.probability) for o in r.offers
+    ]
+    assert [s["position"] for s in row.slots] == [0, 1, 2]
+    assert (row.slots[0]["offer_id"], row.slots[0]["probability"]) == (row.offer_id, row.propensity)
+
+
+def test_runner_ups_count_against_offer_caps_and_suppression(deps: Deps) -> None:
+    """Without models every offer ties, so the extra slots always go to the first offers of
+    the catalogue: counted, each stops at its own cap; uncounted, they are shown every time."""
+    cat = load_catalog()
+    shown: Counter[str] = Counter()
+    for _ in range(12):
+        r = decide(_req(customer_id="c-post", max_offers=3), deps)
+        shown.update(o.offer_id for o in r.offers)
+    for offer, n in shown.items():
+        caps = cat.get(offer).caps
+        assert n <= min(caps.max_shows, caps.suppress_after_ignored), (offer, n, shown)
+
+
+def test_a_runner_up_offer_makes_the_decision_a_contact(deps: Deps) -> None:
+    """Two e-mails whose drawn slot was "no offer" but whose second slot was a real offer are
+    two contacts: the e-mail cap (2 a week) is reached."""
+    from record.ledger import DecisionRow
+
+    for _ in range(2):
+        slots = [{"offer_id": "no_offer", "position": 0, "probability": 0.5},
+                 {"offer_id": "data_addon", "position": 1, "probability": 0.5}]  # fmt: skip
+        deps.ledger.record_decision(
+            DecisionRow(
+                decision_id=uuid.uuid4().hex,
+                ts=now(),
+                customer_id="c-post",
+                channel="email",
+                experiment="nbo",
+                arm="treatment",
+                offer_id="no_offer",
+                propensity=0.5,
+                slots=slots,
+            )  # fmt: skip
+        )
+    r = decide(_req(customer_id="c-post", channel="email"), deps)
+    row = deps.ledger.decision(r.decision_id)
+    assert set(row.probabilities) == {"no_offer"}
+    assert row.scores["dropped"]["data_addon"] == "email contact cap 2 reached"
+
+
+def test_the_profile_view_logs_what_it_shows(deps: Deps) -> None:
+    from serving import actions
+
+    view = actions.profile("c-post", deps, "web")
+    row = deps.ledger.decision(view.recommended.decision_id)
+    assert row is not None and len(row.slots) == len(view.recommended.offers) == 3
+    assert [s["offer_id"] for s in row.slots] == [o.offer_id for o in view.recommended.offers]

@@ -70,6 +70,13 @@ def test_threads_write_through_their_own_connections(tmp_path) -> None:  # noqa:
     assert ledger.counts()["decisions"] == 200  # seen at once by a pooled connection
 
 
+def test_a_file_ledger_takes_the_fast_paths(tmp_path) -> None:  # noqa: ANN001
+    """Every statement they run must compile to the positional SQL they expect (a literal
+    bound as a parameter, say, would silently send each decision down the general path)."""
+    ledger = Ledger(engine_for(f"sqlite:///{tmp_path / 'ledger.db'}"))
+    assert ledger._insert is not None and ledger._history is not None
+
+
 def test_a_memory_ledger_takes_the_general_path() -> None:
     ledger = Ledger(engine_for("sqlite://"))
     assert ledger._insert is None and ledger._history is None

@@ -144,7 +144,7 @@ def _status(deps: Deps, decision_id: str) -> str | None:
 
 def _shown_channels(deps: Deps, cid: str) -> list[str]:
     shown, _ = deps.ledger.contact_history(cid, now() - timedelta(days=1))
-    return [ch for ch, _, _ in shown]
+    return [s.channel for s in shown]
 
 
 def test_a_message_decision_is_pending_then_sent_then_delivered(deps: Deps, profiles: dict) -> None:

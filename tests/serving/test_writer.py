@@ -16,9 +16,9 @@ def test_concurrent_puts_are_committed_in_groups(deps) -> None:  # noqa: ANN001
     calls: list[int] = []
     original = ledger.record_decisions
 
-    def counting(rows: list[DecisionRow]) -> None:
+    def counting(rows: list[DecisionRow]) -> list[DecisionRow]:
         calls.append(len(rows))
-        original(rows)
+        return original(rows)
 
     ledger.record_decisions = counting  # type: ignore[method-assign]
     writer = GroupWriter(ledger)
