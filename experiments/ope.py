@@ -86,7 +86,7 @@ def evaluate_policy(settings: Any, name: str, days: float | None = None) -> dict
     next to the logging policy's own value; warns when the logs barely support the policy."""
     from datetime import timedelta
 
-    from record.ledger import now
+    from record.tables import now
     from training.bandit_ledger import ledger_examples, logged_distribution
 
     since = now() - timedelta(days=days) if days else None

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from record.ledger import StoredArm
+from record.tables import StoredArm
 
 log = logging.getLogger("nextbest.assignment")
 Arm = Literal["treatment", "holdout"]

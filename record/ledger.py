@@ -1,7 +1,8 @@
 """The decision ledger: who was shown what, with which probability, and what happened after.
 
-One set of SQLAlchemy Core tables serves SQLite (WAL, the default) and PostgreSQL (by URL).
-Every write commits before it returns, so an acknowledged decision or outcome survives a crash.
+One set of SQLAlchemy Core tables (``record.tables``) serves SQLite (WAL, the default) and
+PostgreSQL (by URL). Every write commits before it returns, so an acknowledged decision or
+outcome survives a crash.
 On an SQLite file, a decision's insert and contact-history read take the fast paths of
 ``record.ledger_sqlite`` (same rows and values, less overhead per decision).
 Bandit training, off-policy evaluation and uplift reports all read from here.
@@ -11,25 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import UTC, datetime
-from typing import Any, Literal, NamedTuple
+from datetime import datetime
+from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import (
     JSON,
-    Boolean,
-    Column,
     Connection,
-    DateTime,
     Engine,
-    Float,
-    Index,
-    Integer,
-    MetaData,
-    PrimaryKeyConstraint,
-    String,
-    Table,
     bindparam,
     case,
     delete,
@@ -44,105 +34,30 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
 
 from nextbest.db import checkpoint, create_tables, is_sqlite_file
-from record.ledger_pending import PG_LOCK, Pending, PlannedOn, customer_lock, stale_rows
+from record.ledger_pending import PG_LOCK, Pending, customer_lock, stale_rows
 from record.ledger_sqlite import Held, sqlite_history, sqlite_insert
-
-metadata = MetaData()
-
-decisions = Table(
-    "decisions",
+from record.tables import (
+    DecisionRow,
+    DecisionStatus,
+    History,
+    OutcomeRow,
+    Show,
+    StoredArm,
+    assignments,
+    baskets,
+    decisions,
     metadata,
-    Column("decision_id", String(36), primary_key=True),
-    Column("ts", DateTime(timezone=True), nullable=False),
-    Column("customer_id", String(64), nullable=True),
-    Column("channel", String(16), nullable=False),
-    Column("context", JSON, nullable=False),
-    Column("experiment", String(64), nullable=False),
-    Column("arm", String(16), nullable=False),
-    Column("offer_id", String(64), nullable=True),
-    Column("propensity", Float, nullable=True),
-    Column("probabilities", JSON, nullable=False),  # offer -> final probability, allowed set
-    Column("scores", JSON, nullable=False),
-    Column("model_versions", JSON, nullable=False),
-    Column("fallback", Boolean, nullable=False, default=False),
-    Column("reason", String(200), nullable=False, default=""),
-    # delivery (DecisionStatus); nullable so older databases gain it: NULL there means shown
-    Column("status", String(16), nullable=True),
-    # every shown offer, [{offer_id, position, probability}]; NULL in rows from before slots
-    Column("slots", JSON(none_as_null=True), nullable=True),
-    Index("ix_decisions_customer_ts", "customer_id", "ts"),
-    Index("ix_decisions_experiment", "experiment"),
-    Index("ix_decisions_ts", "ts"),  # the online learner's window of matured decisions
+    outbox,
+    outcomes,
+    utc,
 )
 
-outcomes = Table(
-    "outcomes",
-    metadata,
-    Column("outcome_id", Integer, primary_key=True, autoincrement=True),
-    Column("idempotency_key", String(128), nullable=False, unique=True),
-    Column("decision_id", String(36), nullable=True, index=True),
-    Column("customer_id", String(64), nullable=True, index=True),
-    Column("type", String(16), nullable=False),
-    Column("value", Float, nullable=False, default=1.0),
-    Column("ts", DateTime(timezone=True), nullable=False),
-    # the purchase's identity (the caller's, else attribution.order_key); NULL: not a purchase
-    Column("order_id", String(128), nullable=True, index=True),
-    Column("offer_id", String(64), nullable=True),  # the offer the outcome names, if any
-)
-
-outbox = Table(
-    "outbox",
-    metadata,
-    Column("message_id", String(36), primary_key=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("customer_id", String(64), nullable=False, index=True),
-    Column("channel", String(16), nullable=False),
-    Column("decision_id", String(36), nullable=False),
-    Column("offer_id", String(64), nullable=True),
-    Column("trigger", String(32), nullable=False),
-    Column("payload", JSON, nullable=False),
-    Column("status", String(16), nullable=False, index=True),  # pending|sent|cancelled|delivered
-)
-
-baskets = Table(
-    "baskets",
-    metadata,
-    Column("customer_id", String(64), primary_key=True),
-    Column("channel", String(16), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    Column("products", JSON, nullable=False),
-    Column("value", Float, nullable=False, default=0.0),
-    Column("status", String(16), nullable=False, index=True),  # open|checked_out|triggered
-)
-
-# A person's first holdout draw per experiment ("global" is the global holdout's), keyed by
-# every id they were drawn or looked up under; the earliest row of a person wins, for good.
-assignments = Table(
-    "assignments",
-    metadata,
-    Column("experiment", String(64), nullable=False),
-    Column("unit_key", String(64), nullable=False),  # a customer id or a salted identifier hash
-    Column("arm", String(16), nullable=False),
-    Column("assigned_at", DateTime(timezone=True), nullable=False),
-    PrimaryKeyConstraint("experiment", "unit_key"),
-)
-
-OutcomeType = Literal["click", "conversion", "revenue"]
 ERASED_PREFIX = "erased:"  # an erased outcome's idempotency key: this and a 64-hex hash
 # What an erased person's decisions keep of the columns that could name or describe them; a
 # column added to ``decisions`` that could do so belongs here too (``Ledger.erase``).
 ERASED_DECISION: dict[str, Any] = {"customer_id": None, "context": {}, "scores": {}, "reason": ""}
-# A decision's delivery: ``shown`` in the channel's own session (the default: /decide answers
-# the channel that shows it), ``pending`` while its outbound message waits in the outbox,
-# ``sent`` once a sender claimed it, ``delivered`` on the sender's receipt, ``cancelled`` when
-# a purchase cancelled the message before it was sent. Pending and cancelled decisions reached
-# nobody: attribution credits them nothing (record.attribution.UNDELIVERED) and contact
-# caps do not count cancelled ones.
-DecisionStatus = Literal["shown", "pending", "sent", "delivered", "cancelled"]
-
 # A decision that showed something: what contact caps, offer caps and suppression count.
 # A message cancelled before it was sent showed nothing (NULL status: an older row, shown).
 SHOWN = (
@@ -174,36 +89,6 @@ _SEEN = (
 )
 
 
-class Slot(TypedDict):
-    """One shown offer: position 0 is the drawn one; ``probability`` is the chance that this
-    offer was shown at this position."""
-
-    offer_id: str
-    position: int
-    probability: float
-
-
-class Show(NamedTuple):
-    """One decision that showed something: its channel, every offer it showed, its time."""
-
-    channel: str
-    offers: tuple[str, ...]
-    ts: datetime
-    pending: str | None = None  # its decision id while it is planned, not committed
-
-
-class History(NamedTuple):
-    """A customer's shows in a window (committed, and planned by this process but not yet
-    committed) and their last response: what caps and suppression need."""
-
-    shows: list[Show]
-    last_response: datetime | None
-
-    def pending(self) -> tuple[str, ...]:
-        """The decisions among ``shows`` not committed yet."""
-        return tuple(s.pending for s in self.shows if s.pending is not None)
-
-
 # Built once like _HISTORY: is this key, hashed as an erasure leaves it, already recorded?
 _ERASED_KEY = select(outcomes.c.outcome_id).where(outcomes.c.idempotency_key == bindparam("key"))
 
@@ -221,71 +106,6 @@ _ASSIGNMENTS = select(
 
 def _slots(prefix: str, values: list[str]) -> dict[str, str]:
     return {f"{prefix}{i}": values[i] if i < len(values) else "" for i in range(ASSIGNMENT_SLOTS)}
-
-
-class DecisionRow(BaseModel):
-    """One decision as the ledger stores it (the contract read by OPE and reports)."""
-
-    decision_id: str
-    ts: datetime
-    customer_id: str | None
-    channel: str
-    context: dict[str, Any] = Field(default_factory=dict)
-    experiment: str
-    arm: Literal["treatment", "holdout"]
-    offer_id: str | None
-    propensity: float | None
-    probabilities: dict[str, float] = Field(default_factory=dict)
-    scores: dict[str, Any] = Field(default_factory=dict)
-    model_versions: dict[str, str] = Field(default_factory=dict)
-    fallback: bool = False
-    reason: str = ""
-    status: DecisionStatus = "shown"
-    slots: list[Slot] = Field(default_factory=list, description="every offer shown, in order")
-    # the history its plan counted, which the commit checks (not stored: see ledger_pending)
-    planned_on: PlannedOn | None = Field(None, exclude=True)
-
-    @field_validator("status", mode="before")
-    @classmethod
-    def _older_rows_were_shown(cls, v: Any) -> Any:
-        return "shown" if v is None else v  # rows from before the column (NULL there)
-
-    @field_validator("slots", mode="before")
-    @classmethod
-    def _no_slots(cls, v: Any) -> Any:
-        return [] if v is None else v  # a row from before slots were logged
-
-    def shown(self) -> tuple[str, ...]:
-        """Every offer this decision showed, the drawn one first."""
-        if self.slots:
-            return tuple(s["offer_id"] for s in self.slots)
-        return (self.offer_id,) if self.offer_id is not None else ()
-
-
-class StoredArm(NamedTuple):
-    """One recorded holdout draw: the arm and when it was first made."""
-
-    unit_key: str
-    arm: str
-    assigned_at: datetime
-
-
-class OutcomeRow(BaseModel):
-    """One outcome; the idempotency key makes a retried report count once."""
-
-    idempotency_key: str = Field(min_length=1, max_length=128)
-    decision_id: str | None = None
-    customer_id: str | None = None
-    type: OutcomeType
-    value: float = 1.0
-    ts: datetime
-    order_id: str | None = Field(None, max_length=128)
-    offer_id: str | None = Field(None, max_length=64)
-
-
-def utc(ts: datetime) -> datetime:
-    """SQLite hands back naive datetimes; everything in Nextbest is UTC."""
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 class Ledger:
@@ -519,7 +339,3 @@ def mark_status(conn: Connection, ids: list[str], status: DecisionStatus) -> int
         return 0
     q = update(decisions).where(decisions.c.decision_id.in_(ids)).values(status=status)
     return conn.execute(q).rowcount
-
-
-def now() -> datetime:
-    return datetime.now(UTC)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from record.attribution import ORDER_TYPES, order_key
-from record.ledger import OutcomeRow, utc
+from record.tables import OutcomeRow, utc
 from serving import outbox
 from serving.decide import DecideRequest, DecideResponse, Known, plan, read_features
 from serving.deps import Deps

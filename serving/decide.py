@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from record.assignment import assign_holdout, declared
-from record.ledger import DecisionRow, History
 from record.ledger_pending import PlannedOn
+from record.tables import DecisionRow, History
 from serving import policy
 from serving.deps import Deps
 from serving.schemas import (

@@ -19,7 +19,8 @@ from typing import Any
 from nextbest.db import engine_for
 from nextbest.settings import Settings
 from record.assignment import StickyAssigner, holdout_shares
-from record.ledger import Ledger, now
+from record.ledger import Ledger
+from record.tables import now
 
 log = logging.getLogger("nextbest.serving")
 

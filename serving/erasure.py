@@ -34,7 +34,7 @@ from sqlalchemy import (
 )
 
 from nextbest.db import checkpoint, create_tables
-from record.ledger import now
+from record.tables import now
 from serving.deps import Deps
 
 log = logging.getLogger("nextbest.serving")

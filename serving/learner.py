@@ -31,7 +31,7 @@ from sqlalchemy import and_, or_, select
 
 from nextbest.settings import BanditReward
 from record.attribution import ORDER_TYPES
-from record.ledger import decisions, outcomes, utc
+from record.tables import decisions, outcomes, utc
 from training.bandit import offer_features
 from training.bandit_ledger import logged_examples, offer_costs
 

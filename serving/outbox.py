@@ -3,7 +3,7 @@
 A basket left on the web or app without checkout for ``abandon_after_minutes`` becomes an
 outbound decision (e-mail, else SMS) through the same pipeline as any visit, so consent, caps
 and holdouts hold; a purchase anywhere, under any of the person's identities, cancels it.
-Each message's decision carries its delivery (``record.ledger.DecisionStatus``): pending
+Each message's decision carries its delivery (``record.tables.DecisionStatus``): pending
 when queued, sent when a sender claims it, delivered on its receipt (``POST /outcome`` of type
 ``delivered``), cancelled with the message, in the same transaction.
 A ``purchase_intent`` recorded by a store clerk or an agent joins the live basket, so every
@@ -21,7 +21,8 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from offers.catalog import NO_OFFER
-from record.ledger import baskets, decisions, mark_status, now, outbox, utc
+from record.ledger import mark_status
+from record.tables import baskets, decisions, now, outbox, utc
 from serving.decide import DecideRequest, VisitContext, decide
 from serving.deps import Deps
 

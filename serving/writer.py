@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, event
 
 from nextbest.db import is_sqlite_file
-from record.ledger import DecisionRow, Ledger
+from record.ledger import Ledger
 from record.ledger_pending import MAX_PLANS
+from record.tables import DecisionRow
 
 log = logging.getLogger("nextbest.writer")
 T = TypeVar("T")

@@ -20,7 +20,8 @@ def _uniform_logs(
     from datetime import timedelta
 
     from nextbest.db import engine_for
-    from record.ledger import DecisionRow, Ledger, OutcomeRow, now
+    from record.ledger import Ledger
+    from record.tables import DecisionRow, OutcomeRow, now
 
     rng = np.random.default_rng(seed)
     shown = ["device_upgrade", "data_addon", "streaming_bundle", "loyalty_reward"]

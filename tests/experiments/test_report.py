@@ -183,7 +183,8 @@ def test_report_from_ledger_and_world_with_ope(world: Path, tmp_path: Path) -> N
 
     from nextbest.db import engine_for
     from nextbest.settings import Settings
-    from record.ledger import DecisionRow, Ledger, OutcomeRow, decisions, outcomes
+    from record.ledger import Ledger
+    from record.tables import DecisionRow, OutcomeRow, decisions, outcomes
 
     settings = Settings(home=tmp_path / "home")
     ledger = Ledger(engine_for(settings.ledger_db_url))
@@ -231,7 +232,8 @@ def test_report_ope_uses_the_bandits_reward_and_window(world: Path, tmp_path: Pa
     undelivered decisions left out), not every outcome value linked to a decision."""
     from nextbest.db import engine_for
     from nextbest.settings import Settings
-    from record.ledger import DecisionRow, Ledger, OutcomeRow
+    from record.ledger import Ledger
+    from record.tables import DecisionRow, OutcomeRow
     from training.bandit_ledger import ledger_examples
 
     settings = Settings(home=tmp_path / "home")

@@ -93,13 +93,14 @@ def test_ledger_outcomes_on_any_channel_count(nextbest_home) -> None:
     """Real SQLite ledger: a conversion reported without a decision id (a store purchase)
     still counts for the customer's web decision; a duplicate outcome counts once, and so does
     one order reported as a conversion and as revenue (its value once: 40, not 41)."""
-    ledger_mod = pytest.importorskip("record.ledger")
     from nextbest.db import engine_for
+    from record.ledger import Ledger
+    from record.tables import DecisionRow, OutcomeRow
 
     engine = engine_for(f"sqlite:///{nextbest_home / 'attr_ledger.db'}")
-    ledger = ledger_mod.Ledger(engine)
+    ledger = Ledger(engine)
     for i, (cid, arm) in enumerate([("c1", "treatment"), ("c2", "holdout"), ("c3", "treatment")]):
-        ledger.record_decision(ledger_mod.DecisionRow(
+        ledger.record_decision(DecisionRow(
             decision_id=f"d{i}", ts=day(0), customer_id=cid, channel="web",
             context={"segment": "postpaid"} if cid != "c3" else {}, experiment="basket", arm=arm,
             offer_id="o1" if arm == "treatment" else None, propensity=0.9,
@@ -110,7 +111,7 @@ def test_ledger_outcomes_on_any_channel_count(nextbest_home) -> None:
         ("k2", "c1", "revenue", 40.0, 3), ("k3", "c2", "conversion", 1.0, 4),
         ("k4", "c3", "conversion", 1.0, 45),
     ]:  # fmt: skip
-        ledger.record_outcome(ledger_mod.OutcomeRow(
+        ledger.record_outcome(OutcomeRow(
             idempotency_key=key, customer_id=cid, type=typ, value=value, ts=day(d),
             order_id="A1" if key in ("k1", "k2") else None,  # c1's conversion and its revenue
         ))  # fmt: skip
@@ -265,7 +266,8 @@ def test_merged_ids_count_as_one_person_in_one_arm(nextbest_home) -> None:
     """A person decided on as ``web`` (holdout) and, after a merge, as ``loyal`` (treatment by
     a re-draw) is one unit: the first exposure's arm, with outcomes under either id."""
     from nextbest.db import engine_for
-    from record.ledger import DecisionRow, Ledger, OutcomeRow
+    from record.ledger import Ledger
+    from record.tables import DecisionRow, OutcomeRow
 
     engine = engine_for(f"sqlite:///{nextbest_home / 'merged_ledger.db'}")
     ledger = Ledger(engine)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from nextbest.db import engine_for
-from record.ledger import DecisionRow, Ledger, OutcomeRow, mark_status, now
+from record.ledger import Ledger, mark_status
+from record.tables import DecisionRow, OutcomeRow, now
 
 
 def _decision(cid: str | None, offer: str | None, channel: str = "web", **kw) -> DecisionRow:

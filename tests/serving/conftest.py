@@ -15,7 +15,8 @@ from starlette.testclient import TestClient
 from nextbest.db import engine_for
 from nextbest.settings import Settings
 from offers.catalog import load_catalog
-from record.ledger import DecisionRow, Ledger, now
+from record.ledger import Ledger
+from record.tables import DecisionRow, now
 from serving.deps import Deps, FeatureReader
 
 CHANNEL = {"X-API-Key": "channel-dev-key"}  # the development keys of the default settings

@@ -16,7 +16,8 @@ import pytest
 
 from nextbest.db import engine_for
 from nextbest.settings import Settings
-from record.ledger import DecisionRow, Ledger
+from record.ledger import Ledger
+from record.tables import DecisionRow
 from serving.decide import DecideRequest, plan
 from serving.deps import Deps
 from serving.writer import GroupWriter, commit

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from offers.catalog import load_catalog
 from record.assignment import assign_all
-from record.ledger import now
+from record.tables import now
 from serving import policy
 from serving.decide import DecideRequest, decide
 from serving.deps import Deps
@@ -466,7 +466,7 @@ def test_runner_ups_count_against_offer_caps_and_suppression(deps: Deps) -> None
 def test_a_runner_up_offer_makes_the_decision_a_contact(deps: Deps) -> None:
     """Two e-mails whose drawn slot was "no offer" but whose second slot was a real offer are
     two contacts: the e-mail cap (2 a week) is reached."""
-    from record.ledger import DecisionRow
+    from record.tables import DecisionRow
 
     for _ in range(2):
         slots = [{"offer_id": "no_offer", "position": 0, "probability": 0.5},

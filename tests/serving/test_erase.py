@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from features import normalize
 from nextbest.settings import Settings
-from record.ledger import OutcomeRow, now
+from record.tables import OutcomeRow, now
 from serving import actions
 from serving.decide import DecideRequest, decide
 from serving.deps import Deps

@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from benchmarks.replay_harness import Recorder
 from nextbest.settings import Settings
-from record.ledger import DecisionRow, OutcomeRow
+from record.tables import DecisionRow, OutcomeRow
 from serving import learner
 from serving.actions import OutcomeRequest, record_outcome
 from serving.decide import DecideRequest, decide

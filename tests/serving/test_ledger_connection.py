@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from nextbest.db import engine_for
-from record.ledger import Ledger, now
+from record.ledger import Ledger
+from record.tables import now
 from tests.serving.conftest import decision_row
 
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
-from record.ledger import now
+from record.tables import now
 from serving import actions, outbox
 from serving.deps import Deps
 

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from record.ledger import DecisionRow, Ledger
+from record.ledger import Ledger
+from record.tables import DecisionRow
 from serving.writer import GroupWriter
 from tests.serving.conftest import decision_row
 

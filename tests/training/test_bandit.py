@@ -147,7 +147,8 @@ def _ledger_rows(settings, n: int, rng: np.random.Generator, t0=None):
     second from ``t0`` (now by default)."""
     from nextbest.db import engine_for
     from offers.catalog import load_catalog
-    from record.ledger import DecisionRow, Ledger, OutcomeRow, now
+    from record.ledger import Ledger
+    from record.tables import DecisionRow, OutcomeRow, now
 
     catalog = {o.id: o for o in load_catalog().offers}
     allowed = ["device_upgrade", "data_addon", "streaming_bundle", "no_offer"]
