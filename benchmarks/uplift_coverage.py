@@ -4,7 +4,7 @@ A third of the experiments are A/A tests (no true effect): the share whose p-val
 0.05 is the false-positive rate. For all of them, the share of 95% intervals that contain the
 true lift is the coverage (goal 0.93-0.97). Peeking is simulated too: ten looks per experiment,
 where the fixed-horizon interval loses coverage and the always-valid one must not.
-The same vectorised functions as the report run here (experiments/uplift.py).
+The same vectorised functions as the report run here (estimation/uplift_stats.py).
 """
 
 from __future__ import annotations

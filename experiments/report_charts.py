@@ -1,4 +1,4 @@
-"""Charts and HTML of the uplift report, plus the off-policy section (H6's estimators).
+"""Charts and HTML of the uplift report, and the files it is written to.
 
 Plotly figures are built here as JSON and drawn by plotly.js, which is inlined once into the
 page so the file opens anywhere without a network (no CDN).
