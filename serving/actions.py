@@ -77,17 +77,15 @@ def checked_time(ts: datetime, deps: Deps, title: str = "request") -> datetime:
     return ts
 
 
-def _product(offer_id: str | None, deps: Deps, unknown: str | None = None) -> str | None:
-    """The product of a catalogue offer (None for one without); ``unknown`` when no such
-    offer is in the catalogue."""
-    offer = next((o for o in deps.offers() if o.id == offer_id), None)
-    return getattr(offer, "product_id", None) if offer is not None else unknown
+def _offer(offer_id: str | None, deps: Deps) -> Any | None:
+    """The catalogue's offer of this id, or None."""
+    return next((o for o in deps.offers() if o.id == offer_id), None)
 
 
 def record_outcome(req: OutcomeRequest, deps: Deps) -> OutcomeResponse:
     ts = checked_time(req.ts, deps) if req.ts else utc(deps.clock())
     named = req.offer_id
-    if named is not None and deps.catalog is not None and _product(named, deps, "") == "":
+    if named is not None and deps.catalog is not None and _offer(named, deps) is None:
         raise field_error("offer_id", "no such offer in the catalogue", req.offer_id)
     cid, row = req.customer_id, None
     if req.decision_id is not None:
@@ -116,7 +114,8 @@ def record_outcome(req: OutcomeRequest, deps: Deps) -> OutcomeResponse:
         # the product bought: the offer named, else the offer a conversion converted
         if named is None and row is not None and req.type == "conversion":
             named = row.offer_id
-        order = order_key(cid, _product(named, deps), req.value, ts)
+        product = getattr(_offer(named, deps), "product_id", None)
+        order = order_key(cid, product, req.value, ts)
     recorded = deps.ledger.record_outcome(
         OutcomeRow(
             idempotency_key=req.idempotency_key,
