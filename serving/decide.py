@@ -27,7 +27,7 @@ from serving.schemas import (
     field_error,
 )
 from serving.writer import commit
-from training.bandit import feature_snapshot
+from training.bandit import cold_offers, feature_snapshot
 
 __all__ = ["DecideRequest", "DecideResponse", "RankedOffer", "VisitContext", "decide", "plan"]
 log = logging.getLogger("nextbest.decide")
@@ -186,8 +186,7 @@ def explore(
             args = (features, request.channel, request.context.model_dump(), allowed)
             # the models' expected incremental values: the bandit starts from their ranking
             probs = spread(*args, values) if spread else deps.bandit.choose(*args, values)[1]
-            cold_start = getattr(getattr(deps.bandit, "policy", deps.bandit), "cold_start", None)
-            new = list(cold_start(allowed)) if callable(cold_start) else []
+            new = cold_offers(deps.bandit, allowed)
             if new:  # explored, not a fallback: the bandit still ranks the others
                 reasons.append(f"cold start: bandit explores new offers {', '.join(new)}")
             return policy.normalise(probs, allowed)

@@ -121,13 +121,14 @@ class Deps:
     def bandit_cold_start(self) -> dict[str, Any]:
         """Catalogue offers the bandit explores as cold-start arms (new since it was trained):
         each with the times it was learned, and the times it must be to leave cold start."""
-        policy = getattr(self.bandit, "policy", self.bandit)  # the replay wraps its bandit
-        cold_start = getattr(policy, "cold_start", None)
-        if not callable(cold_start):
+        if self.bandit is None:
             return {}
-        offers = cold_start([o.id for o in self.offers()])
+        from training.bandit import cold_offers
+
+        offers = cold_offers(self.bandit, [o.id for o in self.offers()])
         if not offers:
             return {}
+        policy = getattr(self.bandit, "policy", self.bandit)  # the replay wraps its bandit
         return {
             "offers": offers,
             "share": policy.cold_start_share,

@@ -311,6 +311,14 @@ class BanditPolicy:
         return path
 
 
+def cold_offers(bandit: Any, offers: Sequence[str]) -> dict[str, int]:
+    """The offers among ``offers`` a bandit explores as cold-start arms, each with the times it
+    learned it ({} for one without cold start, or None); ``bandit`` may be the replay's
+    wrapper of a policy (its ``policy``)."""
+    cold_start = getattr(getattr(bandit, "policy", bandit), "cold_start", None)
+    return dict(cold_start(list(offers))) if callable(cold_start) else {}
+
+
 def feature_snapshot(features: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON-safe part of a decision's features, logged with it so the bandit can be
     retrained from the ledger on exactly what it saw (timestamps and the like are dropped)."""

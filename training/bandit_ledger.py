@@ -16,7 +16,7 @@ import pandas as pd
 
 from nextbest.settings import BanditReward, Settings
 from record.attribution import credit, delivered
-from training.bandit import BanditPolicy, offer_features
+from training.bandit import BanditPolicy, cold_offers, offer_features
 from training.bandit_registry import (
     MODEL_NAME,
     BanditError,
@@ -166,15 +166,6 @@ def reward_scale(rewards: np.ndarray) -> float:
     return float(np.quantile(nonzero, 0.9)) if nonzero.size else 1.0
 
 
-def new_offers(champion: Any, offers: Iterable[str]) -> list[str]:
-    """Offers still in cold start for the champion (new since it was trained, or not learned
-    often enough since): a retrain keeps them in cold start, counting the times it learns
-    them, until they were learned often enough. Without a champion nothing is new: the first
-    bandit starts every offer from the models' values."""
-    cold_start = getattr(getattr(champion, "policy", champion), "cold_start", None)
-    return list(cold_start(list(offers))) if callable(cold_start) else []
-
-
 def unseen_by(champion: Any, examples: pd.DataFrame) -> pd.DataFrame:
     """The examples logged after the last decision the champion was trained on (all of them
     when it does not say): the only ones it can be judged on out of sample."""
@@ -242,7 +233,9 @@ def train_bandit(
         reward_scale=scale,
         seed=settings.seed,
         epsilon=settings.epsilon,
-        cold=dict.fromkeys(new_offers(champion, actions), 0),
+        # offers still in cold start for the champion stay so, their learned shows counted
+        # again from the logs; without a champion nothing is new
+        cold=dict.fromkeys(cold_offers(champion, list(actions)), 0),
         **cold_start_options(settings),
     )
     challenger = fit(fresh, old)
