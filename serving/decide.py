@@ -92,6 +92,14 @@ def read_features(cid: str | None, deps: Deps, reasons: list[str]) -> dict[str, 
         return {}
 
 
+def know(request: DecideRequest, deps: Deps) -> Known:
+    """Who the visitor is and their features, each with the reason it fell back, if any."""
+    known = Known(reasons=[])
+    known.customer_id = resolve(request, deps, known.reasons)
+    known.features = read_features(known.customer_id, deps, known.reasons)
+    return known
+
+
 def allowed_offers(
     request: DecideRequest, history: History, features: dict[str, Any], deps: Deps, ts: datetime
 ) -> tuple[list[Any], dict[str, str]]:
@@ -199,9 +207,7 @@ def decide(request: DecideRequest, deps: Deps, *, record: bool = True) -> Decide
     """One decision, written to the ledger (committed) before it is returned."""
     if not record:
         return plan(request, deps)[0]
-    known = Known(reasons=[])
-    known.customer_id = resolve(request, deps, known.reasons)
-    known.features = read_features(known.customer_id, deps, known.reasons)
+    known = know(request, deps)  # once: a plan made again reuses what was read
     return commit(lambda: plan(request, deps, known), deps.ledger)[0]
 
 
@@ -212,9 +218,7 @@ def plan(
     ``known`` carries identity and features already read (the service batches feature reads)."""
     ts = deps.clock()
     if known is None:
-        known = Known(reasons=[])
-        known.customer_id = resolve(request, deps, known.reasons)
-        known.features = read_features(known.customer_id, deps, known.reasons)
+        known = know(request, deps)
     cid, reasons = known.customer_id, list(known.reasons)  # a plan made again starts afresh
     experiment = experiment_of(request, deps)
     arm = assign_holdout(
