@@ -1,0 +1,1 @@
+"""Journeys: always-on, triggered, multi-step dialogs across channels (definition, state, steps)."""
