@@ -135,9 +135,7 @@ def _intent(trigger: IntentTrigger, ev: pd.DataFrame) -> pd.DataFrame:
             .groupby("customer_id", sort=False)
             .rolling(trigger.within, on="ts")["one"]
             .sum()
-            .reset_index(level=0, drop=True)
-            .reindex(hits.index)
-        )
+        )  # in hits' order: hits are sorted by customer, then ts
         hits = hits[n.to_numpy() == trigger.count].reset_index(drop=True)
     if trigger.idle is None:
         return _frame(hits["customer_id"], hits["ts"], hits["channel"], hits["product_id"])
