@@ -36,12 +36,13 @@ OUTBOUND_CHANNELS = ("email", "sms", "call_centre", "paid_media")  # land in the
 BANNER_CHANNELS = ("web", "app")  # shown by /decide on the customer's next visit
 NAME = r"^[a-z][a-z0-9_]{0,39}$"
 
-_DURATION = re.compile(r"^(-?)(\d+)([mhdw])$")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_DURATION = re.compile(r"^(-?)(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def parse_duration(v: Any) -> Any:
-    """``15m``, ``1h``, ``30d``, ``2w`` (``-60d`` for an offset before a date) -> timedelta."""
+    """``15m``, ``1h``, ``30d``, ``2w`` (``-60d`` for an offset before a date) -> timedelta;
+    ``30s`` too, for tests and demos that cannot wait an hour."""
     if isinstance(v, timedelta):
         return v
     if not isinstance(v, str) or not (m := _DURATION.match(v.strip())):
@@ -52,11 +53,11 @@ def parse_duration(v: Any) -> Any:
 
 def format_duration(d: timedelta) -> str:
     """The shortest exact spelling of ``d`` in the file's own units."""
-    minutes = int(d.total_seconds() // 60)
-    for unit, size in (("w", 7 * 1440), ("d", 1440), ("h", 60)):
-        if minutes and minutes % size == 0:
-            return f"{minutes // size}{unit}"
-    return f"{minutes}m"
+    seconds = int(d.total_seconds())
+    for unit, size in (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 Duration = Annotated[
