@@ -189,6 +189,12 @@ class QuietHours(Strict):
             return {"start": m.group(1), "end": m.group(2)}
         return v
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        """Files write ``"21:00-08:00"``; editors must accept that spelling too."""
+        text = {"type": "string", "pattern": r"^\d{2}:\d{2}-\d{2}:\d{2}$"}
+        return {"anyOf": [text, handler(core_schema)]}
+
     def covers(self, local: time) -> bool:
         if self.start <= self.end:
             return self.start <= local < self.end

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,12 +22,22 @@ import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from features.schema import CHANNELS, EVENT_TYPES
-from journeys.definition import NAME, ExitStep, Journey, Loc, Step, graph_problems, where
+from journeys.definition import (
+    NAME,
+    ExitStep,
+    Journey,
+    Loc,
+    Step,
+    graph_problems,
+    journey_schema,
+    where,
+)
 from journeys.validate import check_parts
 from nextbest.settings import Settings, get_settings
 from offers.catalog import Catalog, load_catalog
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
+SCHEMA_PATH = Path(__file__).resolve().parent / "journey.schema.json"  # schema_text(), committed
 SUFFIXES = (".yaml", ".yml")
 Problem = tuple[Loc, str]
 
@@ -56,6 +67,11 @@ for _digit in "0123456789":
 def shipped_examples() -> Path:
     """The folder of the example journeys shipped with Nextbest."""
     return EXAMPLES
+
+
+def schema_text() -> str:
+    """The journey file's JSON Schema as written to ``journey.schema.json``."""
+    return json.dumps(journey_schema(), indent=2, sort_keys=True) + "\n"
 
 
 def parse_journey(text: str, source: str = "<string>", catalog: Catalog | None = None) -> Journey:
@@ -109,7 +125,11 @@ def check_paths(
     journeys: list[Journey] = []
     problems: list[str] = []
     names: dict[str, Path] = {}
-    for path in [f for p in paths for f in journey_files(p)]:
+    files: dict[Path, Path] = {}  # each file once, in the order first given
+    for p in paths:
+        for f in journey_files(p):
+            files.setdefault(f.resolve(), f)
+    for path in files.values():
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
