@@ -28,6 +28,7 @@ from journeys.definition import (
     Journey,
     Loc,
     Step,
+    Trigger,
     graph_problems,
     journey_schema,
     where,
@@ -170,7 +171,9 @@ def check_text(text: str, source: str, catalog: Catalog) -> tuple[Journey | None
         return None, [f"{source}:1: journey {name}: journey: {why}"]
     if isinstance(data.get("name"), str):
         name = data["name"]
-    found: list[Problem] = _duplicate_keys(root, ())
+    twice = _duplicate_keys(root, ())
+    found: list[Problem] = [(loc, why) for loc, why, _ in twice]
+    lines_of = {(loc, why): line for loc, why, line in twice}
     journey: Journey | None = None
     try:
         journey = Journey.model_validate(data)
@@ -188,7 +191,7 @@ def check_text(text: str, source: str, catalog: Catalog) -> tuple[Journey | None
     ]
     lines: list[tuple[int, str]] = []
     for loc, reason in found:
-        line = _node_at(root, loc).start_mark.line + 1
+        line = lines_of.get((loc, reason)) or _node_at(root, loc).start_mark.line + 1
         text_line = f"{source}:{line}: journey {name}: {where(loc, ids)}: {reason}"
         if all(text_line != seen for _, seen in lines):
             lines.append((line, text_line))
@@ -269,14 +272,16 @@ def _node_at(root: yaml.Node, loc: Loc) -> yaml.Node:
     return node
 
 
-def _duplicate_keys(node: yaml.Node, loc: Loc) -> list[Problem]:
-    """PyYAML keeps the last of repeated keys silently; a journey must not."""
-    found: list[Problem] = []
+def _duplicate_keys(node: yaml.Node, loc: Loc) -> list[tuple[Loc, str, int]]:
+    """PyYAML keeps the last of repeated keys silently; a journey must not. Each at the line
+    of its second spelling."""
+    found: list[tuple[Loc, str, int]] = []
     if isinstance(node, yaml.MappingNode):
         keys: set[str] = set()
         for k, v in node.value:
             if k.value in keys:
-                found.append(((*loc, k.value), "key given twice (YAML keeps only the last)"))
+                why = "key given twice (YAML keeps only the last)"
+                found.append(((*loc, k.value), why, k.start_mark.line + 1))
             keys.add(k.value)
             found += _duplicate_keys(v, (*loc, k.value))
     elif isinstance(node, yaml.SequenceNode):
@@ -440,7 +445,7 @@ def _reason(err: Any, raw: tuple[Any, ...], loc: Loc) -> Problem:
         return loc, f"unknown key{allowed}"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         what = "step" if loc[:1] == ("steps",) else "trigger"
-        known = err["ctx"]["expected_tags"].replace("'", "")
+        known = ", ".join(str(_tag(m)) for m in _models_in(Step if what == "step" else Trigger)[0])
         if kind == "union_tag_not_found":
             return (*loc, "type"), f"{_a(what)} needs a type (one of: {known})"
         return (*loc, "type"), f"unknown {what} type {err['ctx']['tag']!r} (known: {known})"
