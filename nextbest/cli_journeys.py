@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from nextbest.cli_common import JsonFlag, console, fail
+from nextbest.cli_common import JsonFlag, fail
 from nextbest.settings import get_settings
 
 journeys_app = typer.Typer(
@@ -37,7 +37,7 @@ def validate_cmd(
     if not paths:
         folder = get_settings().journeys_path
         if not folder.is_dir():
-            console.print(f"no folder {folder}: no journeys are active", highlight=False)
+            print(f"no folder {folder}: no journeys are active", file=sys.stderr)
         paths = [folder] if folder.is_dir() else []
     try:
         catalog = load_catalog()
