@@ -223,7 +223,8 @@ def _parts(data: dict[str, Any]) -> dict[str, Any]:
 
 def _graph(data: dict[str, Any], parts: dict[str, Any]) -> list[Problem]:
     """The step graph's problems. When some steps do not parse, each stands in as an exit under
-    its id, and only the checks that cannot mislead then run (ids, successors, shares)."""
+    its id, and only the checks that cannot mislead then run (ids, successors, shares); the
+    steps that parsed join ``parts`` for the cross-checks."""
     if "steps" in parts:
         return graph_problems(parts["steps"])
     raw = data.get("steps")
@@ -236,6 +237,7 @@ def _graph(data: dict[str, Any], parts: dict[str, Any]) -> list[Problem]:
         except ValidationError:
             sid = item.get("id") if isinstance(item, dict) else None
             steps.append(ExitStep.model_construct(id=sid if isinstance(sid, str) else f"?{k}"))
+    parts["steps"] = steps
     partial = ("unreachable", "is not a message step", "cycle with no wait")
     return [p for p in graph_problems(steps) if not any(w in p[1] for w in partial)]
 
@@ -449,6 +451,11 @@ def _reason(err: Any, raw: tuple[Any, ...], loc: Loc) -> Problem:
         if kind == "union_tag_not_found":
             return (*loc, "type"), f"{_a(what)} needs a type (one of: {known})"
         return (*loc, "type"), f"unknown {what} type {err['ctx']['tag']!r} (known: {known})"
+    if kind == "list_type":
+        return loc, f"expected a list, got {err['input']!r}"
+    if kind == "too_short":
+        n, got = err["ctx"]["min_length"], err["ctx"]["actual_length"]
+        return loc, f"expected at least {n} {'item' if n == 1 else 'items'}, got {got}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return loc, "expected a mapping (key: value lines)"
     if kind == "string_pattern_mismatch":

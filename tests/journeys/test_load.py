@@ -107,6 +107,12 @@ ROWS = [
         J.format(22) + "steps[0] (email).next: key given twice (YAML keeps only the last)",
     ),
     (
+        "offers_not_a_list",
+        "offers: [data_addon, device_upgrade]",
+        "offers: data_addon",
+        J.format(2) + "offers: expected a list, got 'data_addon'",
+    ),
+    (
         "bad_name",
         "name: basket\n",
         "name: Basket\n",
