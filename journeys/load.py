@@ -202,7 +202,7 @@ def check_text(text: str, source: str, catalog: Catalog) -> tuple[Journey | None
 @functools.cache
 def _adapter(field: str) -> TypeAdapter[Any]:
     info = Journey.model_fields[field]
-    return TypeAdapter(Annotated[info.annotation, info])
+    return TypeAdapter(Annotated[info.annotation, info])  # type: ignore[arg-type]
 
 
 def _parts(data: dict[str, Any]) -> dict[str, Any]:

@@ -149,6 +149,7 @@ def _messages(steps: list[Any], offers: list[str], catalog: Catalog) -> list[Iss
     for k, step in enumerate(steps):
         if not isinstance(step, MessageStep):
             continue
+        targets: list[tuple[Loc, str]]
         if step.channel == "best_channel":
             targets = [(("steps", k, "channels", j), c) for j, c in enumerate(step.channels)]
         else:
