@@ -190,6 +190,12 @@ class QuietHours(Strict):
             return {"start": m.group(1), "end": m.group(2)}
         return v
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        """Files write ``"21:00-08:00"``; editors must accept that spelling too."""
+        text = {"type": "string", "pattern": r"^\d{2}:\d{2}-\d{2}:\d{2}$"}
+        return {"anyOf": [text, handler(core_schema)]}
+
     def covers(self, local: time) -> bool:
         if self.start <= self.end:
             return self.start <= local < self.end
@@ -349,38 +355,10 @@ class Journey(Strict):
     def _graph(self) -> Journey:
         """Step ids unique, every successor defined, every step reachable, every cycle waits,
         path shares sum to 1: a journey that could spin or strand a customer never loads."""
-        ids = [s.id for s in self.steps]
-        seen: set[str] = set()
-        for k, s in enumerate(self.steps):
-            if s.id in seen:
-                raise ValueError(f"steps[{k}].id: duplicate step id {s.id!r}")
-            seen.add(s.id)
-        for k, s in enumerate(self.steps):
-            for target in successors(s):
-                if target not in seen:
-                    raise ValueError(f"steps[{k}] ({s.id}): unknown next step {target!r}")
-            if isinstance(s, WaitForStep) and s.of is not None:
-                of = self.steps[ids.index(s.of)] if s.of in seen else None
-                if not isinstance(of, MessageStep):
-                    raise ValueError(f"steps[{k}] ({s.id}).of: {s.of!r} is not a message step")
-            if isinstance(s, RandomSplitStep):
-                total = sum(b.share for b in s.branches)
-                if abs(total - 1.0) > 1e-9:
-                    where = f"steps[{k}] ({s.id}).branches"
-                    raise ValueError(f"{where}: shares sum to {total:g}, not 1")
-        by_id = {s.id: s for s in self.steps}
-        reached, todo = {ids[0]}, [ids[0]]
-        while todo:
-            for t in successors(by_id[todo.pop()]):
-                if t not in reached:
-                    reached.add(t)
-                    todo.append(t)
-        for k, s in enumerate(self.steps):
-            if s.id not in reached:
-                raise ValueError(f"steps[{k}] ({s.id}): unreachable from the first step")
-        cycle = _cycle_without_wait(by_id)
-        if cycle:
-            raise ValueError(f"steps: cycle with no wait: {' -> '.join(cycle)}")
+        problems = graph_problems(self.steps)
+        if problems:
+            loc, reason = problems[0]
+            raise ValueError(f"{where(loc, [s.id for s in self.steps])}: {reason}")
         return self
 
     @property
@@ -403,6 +381,74 @@ class Journey(Strict):
     def experiment(self) -> str:
         """The holdout's experiment name in the assignments table (sticky per person)."""
         return f"journey:{self.name}"
+
+
+Loc = tuple[str | int, ...]
+
+
+def where(loc: Loc, step_ids: list[str | None]) -> str:
+    """A location as a marketer reads it: ``steps[3] (opened).timeout``, ``entry.within``."""
+    out = ""
+    for k, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+            if k == 1 and loc[0] == "steps" and part < len(step_ids) and step_ids[part]:
+                out += f" ({step_ids[part]})"
+        else:
+            out += f".{part}" if out else part
+    return out or "journey"
+
+
+def _links(step: Any) -> list[tuple[Loc, str]]:
+    """Each successor of a step with the field that names it."""
+    if isinstance(step, SplitStep):
+        branches = [(("branches", i, "next"), b.next) for i, b in enumerate(step.branches)]
+        return [*branches, (("otherwise",), step.otherwise)]
+    if isinstance(step, RandomSplitStep):
+        return [(("branches", i, "next"), b.next) for i, b in enumerate(step.branches)]
+    if isinstance(step, WaitForStep):
+        return [(("on_event",), step.on_event), (("on_timeout",), step.on_timeout)]
+    return [(("next",), t) for t in successors(step)]
+
+
+def graph_problems(steps: list[Any]) -> list[tuple[Loc, str]]:
+    """Every problem of the step graph as (location, reason), so a loader can report them all
+    at once: duplicate ids, unknown successors, ``of`` not a message step, path shares that do
+    not sum to 1, steps the first cannot reach, a cycle through no wait."""
+    problems: list[tuple[Loc, str]] = []
+    if not steps:
+        return problems
+    by_id: dict[str, Any] = {}
+    for k, s in enumerate(steps):
+        if s.id in by_id:
+            problems.append((("steps", k, "id"), f"duplicate step id {s.id!r}"))
+        else:
+            by_id[s.id] = s
+    for k, s in enumerate(steps):
+        for field, target in _links(s):
+            if target not in by_id:
+                problems.append((("steps", k, *field), f"unknown next step {target!r}"))
+        of = s.of if isinstance(s, WaitForStep) else None
+        if of is not None and not isinstance(by_id.get(of), MessageStep):
+            problems.append((("steps", k, "of"), f"{of!r} is not a message step"))
+        if isinstance(s, RandomSplitStep):
+            total = sum(b.share for b in s.branches)
+            if abs(total - 1.0) > 1e-9:
+                problems.append((("steps", k, "branches"), f"shares sum to {total:g}, not 1"))
+    reached, todo = {steps[0].id}, [steps[0].id]
+    while todo:
+        for t in successors(by_id[todo.pop()]):
+            if t in by_id and t not in reached:
+                reached.add(t)
+                todo.append(t)
+    for k, s in enumerate(steps):
+        if s.id not in reached:
+            problems.append((("steps", k), "unreachable from the first step"))
+    cycle = _cycle_without_wait(by_id)
+    if cycle:
+        first = next(k for k, s in enumerate(steps) if s.id == cycle[0])
+        problems.append((("steps", first), f"cycle with no wait: {' -> '.join(cycle)}"))
+    return problems
 
 
 def _cycle_without_wait(by_id: dict[str, Any]) -> list[str] | None:

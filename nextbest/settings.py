@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     )
     retention_offers: list[str] = Field(["retention_discount"], description="churn lever applies")
     abandon_scan_seconds: float = Field(30.0, gt=0, description="how often serve scans baskets")
+    journeys_dir: Path | None = Field(
+        None, description="the active journey files (*.yaml); default the home's journeys/"
+    )
     bandit_reward_wait_minutes: float = Field(
         60.0 * 24,
         ge=0,
@@ -187,6 +190,11 @@ class Settings(BaseSettings):
     @property
     def bentoml_home(self) -> Path:
         return self.home / "bentoml"
+
+    @property
+    def journeys_path(self) -> Path:
+        """The folder of active journeys: ``journeys_dir``, else ``<home>/journeys``."""
+        return self.journeys_dir or self.home / "journeys"
 
     @property
     def reports_dir(self) -> Path:
