@@ -54,10 +54,10 @@ def parse_duration(v: Any) -> Any:
 def format_duration(d: timedelta) -> str:
     """The shortest exact spelling of ``d`` in the file's own units."""
     seconds = int(d.total_seconds())
-    for unit, size in (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60)):
+    for unit, size in (("w", 7 * 86400), ("d", 86400), ("h", 3600)):
         if seconds and seconds % size == 0:
             return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+    return f"{seconds // 60}m" if seconds % 60 == 0 else f"{seconds}s"
 
 
 Duration = Annotated[
