@@ -107,7 +107,7 @@ assignments = Table(
     PrimaryKeyConstraint("experiment", "unit_key"),
 )
 
-OutcomeType = Literal["click", "conversion", "revenue"]
+OutcomeType = Literal["click", "conversion", "revenue", "open"]  # open: of a message
 
 # A decision's delivery: ``shown`` in the channel's own session (the default: /decide answers
 # the channel that shows it), ``pending`` while its outbound message waits in the outbox,

@@ -17,8 +17,9 @@ from typing import Any
 from record.assignment import assign_holdout, declared
 from record.ledger_pending import PlannedOn
 from record.tables import DecisionRow, History
-from serving import policy
+from serving import journey_banners, policy
 from serving.deps import Deps
+from serving.journey_banners import JourneyVisit
 from serving.schemas import (
     DecideRequest,
     DecideResponse,
@@ -204,26 +205,44 @@ def explore(
 
 
 def decide(request: DecideRequest, deps: Deps, *, record: bool = True) -> DecideResponse:
-    """One decision, written to the ledger (committed) before it is returned."""
+    """One decision, written to the ledger (committed) before it is returned; a journey's
+    banner waiting for this visit is shown (and consumed) by it."""
     if not record:
         return plan(request, deps)[0]
     known = know(request, deps)  # once: a plan made again reuses what was read
-    return commit(lambda: plan(request, deps, known), deps.ledger)[0]
+    banner = journey_banner(request, known, deps)
+    return commit(lambda: plan(request, deps, known, banner), deps.ledger)[0]
+
+
+def journey_banner(request: DecideRequest, known: Known, deps: Deps) -> JourneyVisit | None:
+    """The journey banner this visit shows, claimed; None (and no lookup at all) when no
+    active journey has a banner step."""
+    if known.customer_id is None or not journey_banners.possible(deps):
+        return None
+    return journey_banners.take(known.customer_id, request.channel, deps)
 
 
 def plan(
-    request: DecideRequest, deps: Deps, known: Known | None = None
+    request: DecideRequest,
+    deps: Deps,
+    known: Known | None = None,
+    journey: JourneyVisit | None = None,
 ) -> tuple[DecideResponse, DecisionRow]:
     """The decision and its ledger row, not yet written (the service commits rows in groups).
-    ``known`` carries identity and features already read (the service batches feature reads)."""
+    ``known`` carries identity and features already read (the service batches feature reads).
+    ``journey``: a journey's message, decided among its offers under its experiment (treated:
+    its holdout was drawn at entry, and held-out customers get no journey messages)."""
     ts = deps.clock()
     if known is None:
         known = know(request, deps)
     cid, reasons = known.customer_id, list(known.reasons)  # a plan made again starts afresh
-    experiment = experiment_of(request, deps)
-    arm = assign_holdout(
-        cid, request.identifiers(), experiment, deps.assigner, deps.graph, deps.settings, ts
-    )
+    if journey is None:
+        experiment = experiment_of(request, deps)
+        arm = assign_holdout(
+            cid, request.identifiers(), experiment, deps.assigner, deps.graph, deps.settings, ts
+        )
+    else:
+        experiment, arm = journey.experiment, None
     features = policy.profile_fields(known.features)
     if deps.catalog is None:
         reasons.append(f"catalog: {deps.missing.get('catalog', 'unavailable')}")
@@ -231,6 +250,10 @@ def plan(
     history = deps.ledger.contact_history(cid, since) if cid is not None else History([], None)
     pending = history.pending()
     offers, dropped = allowed_offers(request, history, features, deps, ts)
+    if journey is not None:
+        dropped.update({o.id: f"not an offer of journey {journey.journey}" for o in offers
+                        if o.id not in journey.offers})  # fmt: skip
+        offers = [o for o in offers if o.id in journey.offers]
     values, detail = score(offers, features, request.channel, deps, reasons)
     holdout = arm is not None and arm.arm == "holdout"
     probs = {} if holdout else explore(values, features, request, deps, reasons)
@@ -240,12 +263,15 @@ def plan(
     by_id = {o.id: o for o in offers}
     ranked = [_ranked(by_id[o], values[o], p, k, detail) for k, (o, p) in enumerate(shown)]
     versions = deps.model_versions()
+    context = request.context.model_dump(exclude_defaults=True)
+    if journey is not None:
+        context["journey"] = journey.context
     row = DecisionRow(
-        decision_id=uuid.uuid4().hex,
+        decision_id=journey.decision_id if journey is not None else uuid.uuid4().hex,
         ts=ts,
         customer_id=cid,
         channel=request.channel,
-        context=request.context.model_dump(exclude_defaults=True),
+        context=context,
         experiment=experiment,
         arm=arm.arm if arm else "treatment",
         offer_id=chosen,

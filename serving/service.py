@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from features.schema import CHANNELS
 from nextbest.settings import development_secrets_error, get_settings
-from serving import actions, admin, learner, outbox
+from serving import actions, admin, journey_banners, journey_intents, learner, outbox
 from serving.auth import ApiGuard
 from serving.batching import FeatureBatcher
 from serving.bentofix import cancel_timeout_timers
@@ -82,9 +82,34 @@ async def _outbox(request: Request) -> JSONResponse:
     return JSONResponse({"messages": outbox.pending(STATE.deps, channel, claim=not peek)})
 
 
+async def _journey_action(request: Request) -> JSONResponse:
+    """``POST /journeys/{end|pause|resume}`` with ``{"customer_id", "journey", "reason"}``: an
+    agent or a clerk ends or pauses a customer's journey (a channel key, like the profile)."""
+    from serving.journey_agent import JourneyAction, NotFound, act
+
+    try:
+        body = await request.json()
+    except ValueError:
+        return JSONResponse({"error": "body: not JSON", "field": "body"}, 400)
+    try:
+        req = JourneyAction.model_validate(body)
+        action = request.path_params["action"]
+        done = await asyncio.to_thread(act, action, req, STATE.deps)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(x) for x in err["loc"]) or "body"
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = "required" if err["type"] == "missing" else msg
+        return JSONResponse({"error": f"{field}: {msg}", "field": field}, 400)
+    except NotFound as exc:
+        return JSONResponse({"error": str(exc), "field": exc.field}, 404)
+    return JSONResponse(done)
+
+
 reads = Starlette(
     routes=[
         Route("/profile/{customer_id}", _profile, methods=["GET"]),
+        Route("/journeys/{action}", _journey_action, methods=["POST"]),
         Route("/outbox", _outbox, methods=["GET"]),
         *admin.routes(lambda: STATE.deps),
     ]
@@ -162,9 +187,13 @@ class Nextbest:
                     log.info("%s", done)
 
     def _scan(self) -> str | None:
-        """Abandoned baskets become outbound decisions (``serving.outbox``)."""
+        """Abandoned baskets become outbound decisions (``serving.outbox``), or, when the
+        abandoned_basket journey is active, due intent entries enter their journeys."""
         queued = outbox.scan_abandoned(self.deps)
-        return f"abandoned baskets: {len(queued)} messages queued" if queued else None
+        entered = journey_intents.enter_due_intents(self.deps, self.deps.clock())
+        done = [f"abandoned baskets: {len(queued)} messages queued"] if queued else []
+        done += [f"intent entries: {entered} customers entered journeys"] if entered else []
+        return "; ".join(done) or None
 
     def _resume_erasures(self) -> str | None:
         """Erasures cut short (a store down, a crash) are finished (``serving.erasure``), and
@@ -201,8 +230,13 @@ class Nextbest:
                     known.features = await self.batcher.read(known.customer_id)
                 except Exception as exc:  # noqa: BLE001 - a fallback decision, with the reason
                     known.reasons.append(f"features: {type(exc).__name__}: {exc}")
+        banner = None  # a journey's banner for this visit: skipped unless a journey has one
+        if known.customer_id is not None and journey_banners.possible(self.deps):
+            banner = await asyncio.to_thread(
+                journey_banners.take, known.customer_id, request.channel, self.deps
+            )
         # planned and held at once (no await between), committed in a group
-        response, _ = await self.writer.decide(lambda: plan(request, self.deps, known))
+        response, _ = await self.writer.decide(lambda: plan(request, self.deps, known, banner))
         return response
 
     @bentoml.api(route="/outcome")
