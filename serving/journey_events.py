@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, or_, select, update
+from sqlalchemy import Connection, delete, or_, select, update
 
 from journeys.definition import ExitRule, Goal, WaitForStep
 from journeys.state import LIVE, journey_instances, journey_steps, journey_waits
@@ -98,7 +98,7 @@ def _exits_and_goals(
         )
     ).all()
     ended = goals = 0
-    for iid, name, version, status, entered, goal_at, ended_at, context in rows:
+    for iid, name, version, status, entered, goal_at, context in rows:
         if ts < utc(entered):
             continue  # an event from before the customer entered
         j = definition(conn, name, version, deps)
@@ -115,12 +115,9 @@ def _exits_and_goals(
         reason = reason or (f"exit: {exit_rule.event}" if exit_rule is not None else None)
         if reason is None:
             continue
-        if status in LIVE:
+        if status in LIVE:  # a holdout instance is left as entered (the runner's cool-down)
             done = "goal" if reason.startswith("goal") else "exited"
             ended += end_instance(conn, iid, done, reason, ts)
-        elif status == "holdout" and ended_at is None:  # would have left here, too
-            q = update(journey_instances).where(ji.instance_id == iid, ji.ended_at.is_(None))
-            conn.execute(q.values(ended_at=ts, end_reason=reason))
     return ended, goals
 
 
@@ -133,7 +130,7 @@ def end_instance(conn: Connection, instance_id: str, status: str, reason: str, t
     values = {"status": status, "ended_at": ts, "end_reason": reason[:200], "due_at": None,
               "claimed_until": None}  # fmt: skip
     if conn.execute(q.values(**values)).rowcount != 1:
-        return 0
+        return 0  # first, so a runner mid-step on it (PostgreSQL: its row lock) goes first
     conn.execute(delete(journey_waits).where(journey_waits.c.instance_id == instance_id))
     sent = select(journey_steps.c.message_id).where(
         journey_steps.c.instance_id == instance_id, journey_steps.c.message_id.is_not(None)
@@ -155,15 +152,19 @@ def log_step(
     result: str,
     **fields: Any,
 ) -> int:
-    """Append one row to the instance's step log (the next ``seq``) and return its seq;
-    ``step_id`` None: the step the instance is on."""
+    """Append one row to the instance's step log at its ``step_seq`` and advance that, as the
+    runner does: a runner step committing after this finds the instance moved and writes
+    nothing (``step_seq`` is its optimistic check). ``step_id`` None: the step it is on."""
     ji = journey_instances.c
-    on = conn.execute(select(ji.step_id).where(ji.instance_id == instance_id)).scalar()
-    last = select(func.max(journey_steps.c.seq)).where(journey_steps.c.instance_id == instance_id)
-    seq = (conn.execute(last).scalar() or 0) + 1
+    on, seq = conn.execute(
+        select(ji.step_id, ji.step_seq).where(ji.instance_id == instance_id)
+    ).one()
     row = {"instance_id": instance_id, "seq": seq, "step_id": step_id or on or "", "ts": ts,
-           "result": result, **fields}  # fmt: skip
+           "result": result, "channel": None, "decision_id": None, "message_id": None,
+           **fields}  # fmt: skip
     conn.execute(journey_steps.insert(), [row])
+    q = update(journey_instances).where(ji.instance_id == instance_id, ji.step_seq == seq)
+    conn.execute(q.values(step_seq=seq + 1))
     return seq
 
 
