@@ -21,7 +21,7 @@ from serving.deps import Deps
 from serving.journey_defs import definition, journeys_with
 
 CHECK_SECONDS = 5.0  # how long "no journey has a banner step" is believed
-_checked: dict[int, tuple[float, bool]] = {}
+_checked: dict[str, tuple[float, bool]] = {}  # by journeys folder
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,12 @@ class JourneyVisit:
 
 def possible(deps: Deps) -> bool:
     """Whether any active journey has a web/app message step (rechecked every few seconds)."""
-    at, known = _checked.get(id(deps), (0.0, False))
+    key = str(getattr(deps.settings, "journeys_path", None) or deps.settings.home)
+    at, known = _checked.get(key, (-CHECK_SECONDS, False))
     if time.monotonic() - at < CHECK_SECONDS:
         return known
     known = bool(journeys_with(deps, BANNER_CHANNELS))
-    _checked[id(deps)] = (time.monotonic(), known)
+    _checked[key] = (time.monotonic(), known)
     return known
 
 
