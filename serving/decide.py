@@ -29,7 +29,15 @@ from serving.schemas import (
 from serving.writer import commit
 from training.bandit import cold_offers, feature_snapshot
 
-__all__ = ["DecideRequest", "DecideResponse", "RankedOffer", "VisitContext", "decide", "plan"]
+__all__ = [
+    "DecideRequest",
+    "DecideResponse",
+    "RankedOffer",
+    "Scope",
+    "VisitContext",
+    "decide",
+    "plan",
+]
 log = logging.getLogger("nextbest.decide")
 HISTORY_DAYS = 90  # caps, offer periods and suppression look this far back
 
@@ -70,6 +78,17 @@ def experiment_of(request: DecideRequest, deps: Deps) -> str:
     return campaign
 
 
+@dataclass(frozen=True)
+class Scope:
+    """A plan made for a journey's step rather than a free visit: its offers only, in the
+    journey's experiment (whose holdout was drawn at entry with the journey's own share), so
+    the caps, consent, scores and logged probability are those of the same pipeline."""
+
+    experiment: str
+    offers: frozenset[str]
+    holdout_share: float
+
+
 @dataclass
 class Known:
     """What is known about the visitor before the policy runs."""
@@ -101,9 +120,15 @@ def know(request: DecideRequest, deps: Deps) -> Known:
 
 
 def allowed_offers(
-    request: DecideRequest, history: History, features: dict[str, Any], deps: Deps, ts: datetime
+    request: DecideRequest,
+    history: History,
+    features: dict[str, Any],
+    deps: Deps,
+    ts: datetime,
+    only: frozenset[str] | None = None,
 ) -> tuple[list[Any], dict[str, str]]:
     """Offers that pass validity, channel, consent, eligibility and caps; and why others did not.
+    ``only``: the offers a journey may carry (doing nothing stays possible).
     A decision is one contact on its channel if any of its slots held a real offer (one e-mail
     however many offers it carries); each offer it showed, in any slot, counts for that
     offer's own cap and suppression."""
@@ -121,6 +146,8 @@ def allowed_offers(
             by_offer.setdefault(o, []).append((o, show.ts))
     kept, dropped = [], {}
     for offer in catalogue:
+        if only is not None and offer.id not in only and not policy.is_no_offer(offer):
+            continue  # not the journey's: not a candidate at all, nor a reason worth logging
         why = (
             policy.valid_now(offer, ts)
             or policy.channel_allowed(offer, ch)
@@ -212,17 +239,25 @@ def decide(request: DecideRequest, deps: Deps, *, record: bool = True) -> Decide
 
 
 def plan(
-    request: DecideRequest, deps: Deps, known: Known | None = None
+    request: DecideRequest, deps: Deps, known: Known | None = None, scope: Scope | None = None
 ) -> tuple[DecideResponse, DecisionRow]:
     """The decision and its ledger row, not yet written (the service commits rows in groups).
-    ``known`` carries identity and features already read (the service batches feature reads)."""
+    ``known`` carries identity and features already read (the service batches feature reads).
+    ``scope``: a journey step's restriction (its offers, its experiment and holdout share)."""
     ts = deps.clock()
     if known is None:
         known = know(request, deps)
     cid, reasons = known.customer_id, list(known.reasons)  # a plan made again starts afresh
-    experiment = experiment_of(request, deps)
+    experiment = scope.experiment if scope else experiment_of(request, deps)
     arm = assign_holdout(
-        cid, request.identifiers(), experiment, deps.assigner, deps.graph, deps.settings, ts
+        cid,
+        request.identifiers(),
+        experiment,
+        deps.assigner,
+        deps.graph,
+        deps.settings,
+        ts,
+        experiment_share=scope.holdout_share if scope else None,
     )
     features = policy.profile_fields(known.features)
     if deps.catalog is None:
@@ -230,7 +265,9 @@ def plan(
     since = ts - timedelta(days=HISTORY_DAYS)
     history = deps.ledger.contact_history(cid, since) if cid is not None else History([], None)
     pending = history.pending()
-    offers, dropped = allowed_offers(request, history, features, deps, ts)
+    offers, dropped = allowed_offers(
+        request, history, features, deps, ts, scope.offers if scope else None
+    )
     values, detail = score(offers, features, request.channel, deps, reasons)
     holdout = arm is not None and arm.arm == "holdout"
     probs = {} if holdout else explore(values, features, request, deps, reasons)

@@ -16,6 +16,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
+import journeys.state  # noqa: F401 - its tables join the ledger's metadata before Ledger creates them
 from nextbest.db import engine_for
 from nextbest.settings import Settings
 from record.assignment import StickyAssigner, holdout_shares
