@@ -116,6 +116,25 @@ def _insert_ignore(conn: Connection, table: Any) -> Any:
     return dialect_insert(table).on_conflict_do_nothing()
 
 
+def active_journeys(settings: Any) -> list[Journey]:
+    """The journeys in ``settings.journeys_path`` (one YAML file each, sorted by file name).
+    TO BE REPLACED by ``journeys.load.active_journeys`` (h-defs: full validation, one line per
+    problem): this minimal loader only reads and validates the model, failing on the first
+    bad file with its name."""
+    import yaml
+
+    folder = settings.journeys_path
+    if not folder.is_dir():
+        return []
+    out = []
+    for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+        try:
+            out.append(Journey.model_validate(yaml.safe_load(path.read_text(encoding="utf-8"))))
+        except Exception as exc:
+            raise ValueError(f"{path}: {exc}".splitlines()[0][:300]) from exc
+    return out
+
+
 # --- transactions -----------------------------------------------------------------------------
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Connection]:

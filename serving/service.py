@@ -121,6 +121,7 @@ class Nextbest:
         # decisions after the champion's training logs are learned online
         self.deps.learner = learner.Learner(start=learner.start_for(self.deps))
         self._background: list[asyncio.Task] = []
+        self._journeys_synced = False
 
     @bentoml.on_startup
     async def _start(self) -> None:
@@ -136,6 +137,12 @@ class Nextbest:
                 self._every(s.abandon_scan_seconds, self._resume_erasures, "erasure resume")
             ),
         ]
+        if s.journey_runner:
+            self._background.append(
+                asyncio.create_task(
+                    self._every(s.journey_poll_seconds, self._journeys, "journey runner")
+                )
+            )
         self.checkpointer.start()  # WAL checkpoints off the decisions' commits
         gc.collect()
         gc.freeze()  # start-up objects (models, catalogue, BentoML) leave the GC's generations
@@ -165,6 +172,19 @@ class Nextbest:
         """Abandoned baskets become outbound decisions (``serving.outbox``)."""
         queued = outbox.scan_abandoned(self.deps)
         return f"abandoned baskets: {len(queued)} messages queued" if queued else None
+
+    def _journeys(self) -> str | None:
+        """Due journey steps (``serving.journey_runner``): the active journeys' versions are
+        stored once, then every due step runs, one transaction each, until none is due."""
+        from serving import journey_runner
+
+        if not self._journeys_synced:
+            journey_runner.sync_versions(
+                journey_runner.active_journeys(self.deps.settings), self.deps.ledger.engine
+            )
+            self._journeys_synced = True
+        steps = journey_runner.run_due(self.deps)
+        return f"journeys: {steps} steps taken" if steps else None
 
     def _resume_erasures(self) -> str | None:
         """Erasures cut short (a store down, a crash) are finished (``serving.erasure``), and
