@@ -107,6 +107,15 @@ class Settings(BaseSettings):
     )
     retention_offers: list[str] = Field(["retention_discount"], description="churn lever applies")
     abandon_scan_seconds: float = Field(30.0, gt=0, description="how often serve scans baskets")
+    journeys_dir: Path | None = Field(
+        None, description="folder of journey files (one YAML per journey); default home/journeys"
+    )
+    journey_runner: bool = Field(
+        True, description="`nextbest serve` runs due journey steps beside the service"
+    )
+    journey_poll_seconds: float = Field(
+        1.0, gt=0, description="how often a journey runner looks for due steps when idle"
+    )
     bandit_reward_wait_minutes: float = Field(
         60.0 * 24,
         ge=0,
@@ -191,6 +200,10 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.home / "reports"
+
+    @property
+    def journeys_path(self) -> Path:
+        return self.journeys_dir or self.home / "journeys"
 
     @property
     def ledger_db_url(self) -> str:

@@ -34,6 +34,7 @@ class JourneyVisit:
     step: str
     offers: tuple[str, ...]
     experiment: str
+    holdout_share: float
     decision_id: str
     instance_id: str
     seq: int
@@ -86,6 +87,13 @@ def take(customer_id: str, channel: str, deps: Deps) -> JourneyVisit | None:
         ).rowcount
     if not claimed or j is None:
         return None
-    return JourneyVisit(journey=j.name, step=row.step_id, offers=tuple(j.offers),
-                        experiment=j.experiment, decision_id=decision_id,
-                        instance_id=row.instance_id, seq=row.seq)  # fmt: skip
+    return JourneyVisit(
+        journey=j.name,
+        step=row.step_id,
+        offers=tuple(j.offers),
+        experiment=j.experiment,
+        holdout_share=j.rules.holdout_share,
+        decision_id=decision_id,
+        instance_id=row.instance_id,
+        seq=row.seq,
+    )

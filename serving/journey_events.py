@@ -91,11 +91,8 @@ def _exits_and_goals(
             ji.status,
             ji.entered_at,
             ji.goal_at,
-            ji.ended_at,
             ji.context,
-        ).where(  # fmt: skip
-            ji.customer_id == cid, or_(ji.status.in_((*LIVE, "holdout")), ji.goal_at.is_(None))
-        )
+        ).where(ji.customer_id == cid, or_(ji.status.in_((*LIVE, "holdout")), ji.goal_at.is_(None)))
     ).all()
     ended = goals = 0
     for iid, name, version, status, entered, goal_at, context in rows:

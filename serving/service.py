@@ -28,7 +28,7 @@ from serving import actions, admin, journey_banners, journey_intents, learner, o
 from serving.auth import ApiGuard
 from serving.batching import FeatureBatcher
 from serving.bentofix import cancel_timeout_timers
-from serving.decide import DecideRequest, DecideResponse, Known, plan, resolve
+from serving.decide import DecideRequest, DecideResponse, Known, plan, resolve, with_banner
 from serving.deps import Deps, load_deps, pinned_models
 from serving.run import bound_host
 from serving.writer import GroupWriter, WalCheckpointer
@@ -146,6 +146,7 @@ class Nextbest:
         # decisions after the champion's training logs are learned online
         self.deps.learner = learner.Learner(start=learner.start_for(self.deps))
         self._background: list[asyncio.Task] = []
+        self._journeys_synced = False
 
     @bentoml.on_startup
     async def _start(self) -> None:
@@ -161,6 +162,12 @@ class Nextbest:
                 self._every(s.abandon_scan_seconds, self._resume_erasures, "erasure resume")
             ),
         ]
+        if s.journey_runner:
+            self._background.append(
+                asyncio.create_task(
+                    self._every(s.journey_poll_seconds, self._journeys, "journey runner")
+                )
+            )
         self.checkpointer.start()  # WAL checkpoints off the decisions' commits
         gc.collect()
         gc.freeze()  # start-up objects (models, catalogue, BentoML) leave the GC's generations
@@ -187,13 +194,33 @@ class Nextbest:
                     log.info("%s", done)
 
     def _scan(self) -> str | None:
-        """Abandoned baskets become outbound decisions (``serving.outbox``), or, when the
-        abandoned_basket journey is active, due intent entries enter their journeys."""
+        """Abandoned baskets become outbound decisions (``serving.outbox``) unless the
+        abandoned_basket journey is active; with no journey runner, due intent entries
+        enter their journeys here."""
         queued = outbox.scan_abandoned(self.deps)
-        entered = journey_intents.enter_due_intents(self.deps, self.deps.clock())
+        entered = 0
+        if not self.deps.settings.journey_runner:  # else the runner's round enters them
+            entered = journey_intents.enter_due_intents(self.deps, self.deps.clock())
         done = [f"abandoned baskets: {len(queued)} messages queued"] if queued else []
         done += [f"intent entries: {entered} customers entered journeys"] if entered else []
         return "; ".join(done) or None
+
+    def _journeys(self) -> str | None:
+        """Due journey steps (``serving.journey_runner``): the active journeys' versions are
+        stored once, due intent entries enter (``serving.journey_intents``), then every due
+        step runs, one transaction each, until none is due."""
+        from serving import journey_runner
+
+        if not self._journeys_synced:
+            journey_runner.sync_versions(
+                journey_runner.active_journeys(self.deps.settings), self.deps.ledger.engine
+            )
+            self._journeys_synced = True
+        entered = journey_intents.enter_due_intents(self.deps, self.deps.clock())
+        steps = journey_runner.run_due(self.deps)
+        done = [f"{entered} customers entered on intent"] if entered else []
+        done += [f"{steps} steps taken"] if steps else []
+        return f"journeys: {'; '.join(done)}" if done else None
 
     def _resume_erasures(self) -> str | None:
         """Erasures cut short (a store down, a crash) are finished (``serving.erasure``), and
@@ -235,8 +262,9 @@ class Nextbest:
             banner = await asyncio.to_thread(
                 journey_banners.take, known.customer_id, request.channel, self.deps
             )
+        request, scope = with_banner(request, banner)
         # planned and held at once (no await between), committed in a group
-        response, _ = await self.writer.decide(lambda: plan(request, self.deps, known, banner))
+        response, _ = await self.writer.decide(lambda: plan(request, self.deps, known, scope))
         return response
 
     @bentoml.api(route="/outcome")
