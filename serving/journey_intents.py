@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from journeys.definition import IntentTrigger, Journey
 from journeys.intent_state import journey_intent_events, journey_pending_entries
 from record.tables import utc
+from serving import outbox
 from serving.deps import Deps
 from serving.journey_defs import active
 
@@ -32,10 +33,12 @@ def _matches(trigger: IntentTrigger, event: Any) -> bool:
 
 
 def entry_context(event: Any) -> dict[str, Any]:
-    """What an instance remembers of the event it entered on (``product: entry`` reads it)."""
+    """What an instance remembers of the event it entered on (``product: entry`` reads it;
+    the runner passes ``basket`` to its messages' decisions)."""
     return {"event": event.event_type, "event_id": event.event_id,
             "product_id": event.product_id, "channel": event.channel,
-            "ts": utc(event.ts).isoformat()}  # fmt: skip
+            "ts": utc(event.ts).isoformat(),
+            "basket": [event.product_id] if event.product_id else []}  # fmt: skip
 
 
 def track(event: Any, customer_id: str, journeys: dict[str, Journey], deps: Deps) -> dict:
@@ -118,8 +121,10 @@ def enter_due_intents(deps: Deps, now: datetime, limit: int = 500) -> int:
     for name, cid, due_at, context in due:
         j = journeys.get(name)
         if j is not None:
+            live = outbox.live_basket(cid, deps)  # the basket as it is now, if still open
+            context = {**context, "basket": live["products"][:100]} if live else dict(context)
             try:
-                entered += _enter(j, cid, utc(due_at), dict(context), deps) is not None
+                entered += _enter(j, cid, utc(due_at), context, deps) is not None
             except Exception:  # noqa: BLE001 - one bad entry must not stop the others
                 log.exception("entering %s for %s failed", name, cid)
                 continue
