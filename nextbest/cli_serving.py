@@ -16,9 +16,17 @@ from nextbest.settings import development_secrets_error, get_settings
 def serve(
     port: Annotated[int | None, typer.Option(help="HTTP port (default: settings.port)")] = None,
     workers: Annotated[int | None, typer.Option(help="worker processes")] = None,
+    journeys: Annotated[
+        bool,
+        typer.Option(
+            "--journeys/--no-journeys",
+            help="run due journey steps beside the service (default: journey_runner)",
+        ),
+    ] = True,
 ) -> None:
     """Run the decision service (bentoml serve) on NEXTBEST_HOST (127.0.0.1) until interrupted;
-    another host needs salts and keys of your own."""
+    another host needs salts and keys of your own. A journey runner runs in each worker
+    unless ``--no-journeys``."""
     import os
 
     from nextbest.settings import PROJECT_ROOT
@@ -30,7 +38,10 @@ def serve(
     if refused := development_secrets_error(s, s.host):
         fail(refused)
     s.ensure_dirs()
-    env = server_env(s, NEXTBEST_WORKERS=str(workers or s.workers))
+    extra = {"NEXTBEST_WORKERS": str(workers or s.workers)}
+    if not journeys:
+        extra["NEXTBEST_JOURNEY_RUNNER"] = "false"
+    env = server_env(s, **extra)
     cmd = server_cmd("serving.service:Nextbest", port or s.port, s.host)
     console.print(f"serving on http://{s.host}:{port or s.port} ({workers or s.workers} workers)")
     os.chdir(PROJECT_ROOT)

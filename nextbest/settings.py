@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     journeys_dir: Path | None = Field(
         None, description="the active journey files (*.yaml); default the home's journeys/"
     )
+    journey_runner: bool = Field(
+        True, description="`nextbest serve` runs due journey steps beside the service"
+    )
+    journey_poll_seconds: float = Field(
+        1.0, gt=0, description="how often a journey runner looks for due steps when idle"
+    )
     bandit_reward_wait_minutes: float = Field(
         60.0 * 24,
         ge=0,

@@ -228,10 +228,13 @@ def assign_holdout(
     graph: Any,
     settings: Any,
     now: datetime,
+    experiment_share: float | None = None,
 ) -> Assignment | None:
     """A decision's arm: the first ever drawn for the person (``cid``, the resolved customer,
     else the strongest of the request's ``identifiers``, normalised); None without any
-    usable identifier. ``graph`` (the identity graph, or None) is read on a cache miss."""
+    usable identifier. ``graph`` (the identity graph, or None) is read on a cache miss.
+    ``experiment_share``: this experiment's own holdout share (a journey's
+    ``rules.holdout_share``); None is ``settings.experiment_holdout_share``."""
     if cid is not None:
         key, person = cid, lambda: _person(cid, identifiers, graph, settings)
     else:
@@ -243,7 +246,9 @@ def assign_holdout(
         experiment,
         Unit(key, person),
         global_share=settings.global_holdout_share,
-        experiment_share=settings.experiment_holdout_share,
+        experiment_share=(
+            settings.experiment_holdout_share if experiment_share is None else experiment_share
+        ),
         salt=settings.assignment_salt,
         now=now,
     )

@@ -163,19 +163,26 @@ class Ledger:
             pick = (lambda count: stale_rows(rows, count, self.pending.failed)) if check else None
             return self._insert(rows, pick)
         with self.engine.begin() as conn:
-            stale: list[DecisionRow] = []
-            if check:
-                if conn.dialect.name == "postgresql":
-                    keys = sorted({customer_lock(r.customer_id) for r in rows if r.customer_id})
-                    conn.execute(PG_LOCK, {"keys": keys})
+            return self.record_decisions_in(conn, rows)
 
-                def count(cid: str, since: datetime) -> int:
-                    return conn.execute(_SEEN, {"cid": cid, "since": since}).scalar_one()
+    def record_decisions_in(self, conn: Connection, rows: list[DecisionRow]) -> list[DecisionRow]:
+        """``record_decisions`` inside the caller's transaction (a journey step writes its
+        decision, its outbox message and its state change together): the same cap check on
+        ``conn`` (on SQLite the caller holds the write lock: ``BEGIN IMMEDIATE``); nothing is
+        committed here. The stale rows are returned, unwritten."""
+        stale: list[DecisionRow] = []
+        if any(r.planned_on is not None for r in rows):
+            if conn.dialect.name == "postgresql":
+                keys = sorted({customer_lock(r.customer_id) for r in rows if r.customer_id})
+                conn.execute(PG_LOCK, {"keys": keys})
 
-                stale = stale_rows(rows, count, self.pending.failed)
-            fresh = [r.model_dump() for r in rows if not any(r is x for x in stale)]
-            if fresh:
-                conn.execute(insert(decisions), fresh)
+            def count(cid: str, since: datetime) -> int:
+                return conn.execute(_SEEN, {"cid": cid, "since": since}).scalar_one()
+
+            stale = stale_rows(rows, count, self.pending.failed)
+        fresh = [r.model_dump() for r in rows if not any(r is x for x in stale)]
+        if fresh:
+            conn.execute(insert(decisions), fresh)
         return stale
 
     def record_outcome(self, row: OutcomeRow) -> bool:

@@ -79,7 +79,8 @@ outbox = Table(
     Column("channel", String(16), nullable=False),
     Column("decision_id", String(36), nullable=False),
     Column("offer_id", String(64), nullable=True),
-    Column("trigger", String(32), nullable=False),
+    # abandoned_basket, or journey:<name>:<step> (names and step ids up to 40 characters)
+    Column("trigger", String(96), nullable=False),
     Column("payload", JSON, nullable=False),
     Column("status", String(16), nullable=False, index=True),  # pending|sent|cancelled|delivered
 )
@@ -107,7 +108,7 @@ assignments = Table(
     PrimaryKeyConstraint("experiment", "unit_key"),
 )
 
-OutcomeType = Literal["click", "conversion", "revenue"]
+OutcomeType = Literal["click", "conversion", "revenue", "open"]  # open: of a message
 
 # A decision's delivery: ``shown`` in the channel's own session (the default: /decide answers
 # the channel that shows it), ``pending`` while its outbound message waits in the outbox,

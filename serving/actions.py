@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from record.attribution import ORDER_TYPES, order_key
 from record.tables import OutcomeRow, utc
-from serving import outbox
+from serving import journey_defs, journey_events, journey_intents, outbox
 from serving.decide import DecideRequest, DecideResponse, Known, plan, read_features
 from serving.deps import Deps
+from serving.journey_agent import JourneyView, live_journeys
 from serving.schemas import ID_FIELDS, field_error
 from serving.writer import commit
 
@@ -28,7 +29,9 @@ class OutcomeRequest(BaseModel):
     """What happened after a decision; a retry with the same key counts once. A purchase
     (``conversion``, ``revenue``) is one order however often it is reported: its ``order_id``,
     else a key of customer, product, amount and minute (``record.attribution.order_key``).
-    ``delivered`` is a sender's receipt for a message (it needs the ``decision_id``)."""
+    ``delivered`` is a sender's receipt for a message, ``open`` its report that the customer
+    opened it (both need the ``decision_id``); an open or a click of a message resolves the
+    journey waits for it (``serving.journey_events``)."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     idempotency_key: str = Field(min_length=1, max_length=128)
@@ -39,7 +42,7 @@ class OutcomeRequest(BaseModel):
     loyalty_id: str | None = Id
     login_id: str | None = Id
     cookie_id: str | None = Id
-    type: Literal["click", "conversion", "revenue", "delivered"]
+    type: Literal["click", "conversion", "revenue", "delivered", "open"]
     value: float = Field(1.0, ge=0)
     ts: datetime | None = None
     order_id: str | None = Field(None, min_length=1, max_length=128)
@@ -95,6 +98,8 @@ def record_outcome(req: OutcomeRequest, deps: Deps) -> OutcomeResponse:
         cid = row.customer_id
     elif req.type == "delivered":
         raise field_error("decision_id", "a delivery receipt needs the message's decision_id", None)
+    elif req.type == "open":
+        raise field_error("decision_id", "an open needs the message's decision_id", None)
     elif cid is None:
         ids = {f: getattr(req, f) for f in ID_FIELDS if getattr(req, f)}
         if not ids:
@@ -102,19 +107,19 @@ def record_outcome(req: OutcomeRequest, deps: Deps) -> OutcomeResponse:
         cid = _lookup(ids, deps)
         if cid is None:
             raise field_error(next(iter(ids)), "no known customer has this identifier", None)
+    if req.type in ("delivered", "open") and row.status == "cancelled":
+        reason = "its message was cancelled before it was sent"
+        raise field_error("decision_id", reason, req.decision_id)
     if req.type == "delivered":
-        if row.status == "cancelled":
-            reason = "its message was cancelled before it was sent"
-            raise field_error("decision_id", reason, req.decision_id)
         recorded = outbox.delivered(req.decision_id, deps)
         return OutcomeResponse(idempotency_key=req.idempotency_key, recorded=recorded,
                                decision_id=req.decision_id, customer_id=cid)  # fmt: skip
+    # the product bought: the offer named, else the offer a conversion converted
+    if named is None and row is not None and req.type == "conversion":
+        named = row.offer_id
+    product = getattr(_offer(named, deps), "product_id", None)
     order = req.order_id
     if order is None and req.type in ORDER_TYPES and cid is not None:
-        # the product bought: the offer named, else the offer a conversion converted
-        if named is None and row is not None and req.type == "conversion":
-            named = row.offer_id
-        product = getattr(_offer(named, deps), "product_id", None)
         order = order_key(cid, product, req.value, ts)
     recorded = deps.ledger.record_outcome(
         OutcomeRow(
@@ -128,13 +133,22 @@ def record_outcome(req: OutcomeRequest, deps: Deps) -> OutcomeResponse:
             offer_id=req.offer_id,
         )
     )
-    return OutcomeResponse(
+    response = OutcomeResponse(
         idempotency_key=req.idempotency_key,
         recorded=recorded,
         decision_id=req.decision_id,
         customer_id=cid,
         order_id=order,
     )
+    if req.type == "open" and row.status in ("pending", "sent"):
+        outbox.delivered(req.decision_id, deps)  # opened: evidently delivered
+    if req.type in ("open", "click") and row is not None:
+        journey_events.on_outcome(req.type, row, ts, deps)
+    elif req.type in ORDER_TYPES and recorded and cid is not None:  # a purchase: exits, goals
+        bought = journey_events.Happened("purchase", ts, row.channel if row else "store",
+                                         product, f"outcome:{req.idempotency_key}")  # fmt: skip
+        journey_events.on_event(bought, cid, deps)
+    return response
 
 
 def _lookup(ids: dict[str, str], deps: Deps, create: bool = False) -> str | None:
@@ -171,6 +185,9 @@ def ingest(data: dict[str, Any], deps: Deps) -> dict[str, Any]:
         result["customer_id"] = None
         return _plain(result)
     result["customer_id"] = cid
+    # journeys first: an exit cancels its own messages with its instance's state
+    result.update(journey_events.on_event(event, cid, deps))
+    result.update(journey_intents.track(event, cid, journey_defs.active(deps.settings), deps))
     result.update(outbox.track_event(event, cid, deps))
     if event.event_type == "purchase":
         # the order names the offer of the product bought, if any: attribution credits it to
@@ -207,6 +224,10 @@ class ProfileView(BaseModel):
     churn_risk: float | None
     recommended: DecideResponse
     excluded: dict[str, str] = Field(description="offers left out, and why (consent, caps...)")
+    journeys: list[JourneyView] = Field(
+        default_factory=list,
+        description="the journeys the customer is in: step, status, next planned contact",
+    )
 
 
 def profile(customer_id: str, deps: Deps, channel: str = "call_centre") -> ProfileView:
@@ -231,6 +252,7 @@ def profile(customer_id: str, deps: Deps, channel: str = "call_centre") -> Profi
         churn_risk=churn,
         recommended=rec,
         excluded=row.scores.get("dropped", {}),
+        journeys=live_journeys(customer_id, deps),
     )
 
 

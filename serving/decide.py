@@ -17,8 +17,9 @@ from typing import Any
 from record.assignment import assign_holdout, declared
 from record.ledger_pending import PlannedOn
 from record.tables import DecisionRow, History
-from serving import policy
+from serving import journey_banners, policy
 from serving.deps import Deps
+from serving.journey_banners import JourneyVisit
 from serving.schemas import (
     DecideRequest,
     DecideResponse,
@@ -29,7 +30,15 @@ from serving.schemas import (
 from serving.writer import commit
 from training.bandit import cold_offers, feature_snapshot
 
-__all__ = ["DecideRequest", "DecideResponse", "RankedOffer", "VisitContext", "decide", "plan"]
+__all__ = [
+    "DecideRequest",
+    "DecideResponse",
+    "RankedOffer",
+    "Scope",
+    "VisitContext",
+    "decide",
+    "plan",
+]
 log = logging.getLogger("nextbest.decide")
 HISTORY_DAYS = 90  # caps, offer periods and suppression look this far back
 
@@ -70,6 +79,18 @@ def experiment_of(request: DecideRequest, deps: Deps) -> str:
     return campaign
 
 
+@dataclass(frozen=True)
+class Scope:
+    """A plan made for a journey's step rather than a free visit: its offers only, in the
+    journey's experiment (whose holdout was drawn at entry with the journey's own share), so
+    the caps, consent, scores and logged probability are those of the same pipeline."""
+
+    experiment: str
+    offers: frozenset[str]
+    holdout_share: float
+    decision_id: str | None = None  # given: the id a banner row was claimed with
+
+
 @dataclass
 class Known:
     """What is known about the visitor before the policy runs."""
@@ -101,9 +122,15 @@ def know(request: DecideRequest, deps: Deps) -> Known:
 
 
 def allowed_offers(
-    request: DecideRequest, history: History, features: dict[str, Any], deps: Deps, ts: datetime
+    request: DecideRequest,
+    history: History,
+    features: dict[str, Any],
+    deps: Deps,
+    ts: datetime,
+    only: frozenset[str] | None = None,
 ) -> tuple[list[Any], dict[str, str]]:
     """Offers that pass validity, channel, consent, eligibility and caps; and why others did not.
+    ``only``: the offers a journey may carry (doing nothing stays possible).
     A decision is one contact on its channel if any of its slots held a real offer (one e-mail
     however many offers it carries); each offer it showed, in any slot, counts for that
     offer's own cap and suppression."""
@@ -121,6 +148,8 @@ def allowed_offers(
             by_offer.setdefault(o, []).append((o, show.ts))
     kept, dropped = [], {}
     for offer in catalogue:
+        if only is not None and offer.id not in only and not policy.is_no_offer(offer):
+            continue  # not the journey's: not a candidate at all, nor a reason worth logging
         why = (
             policy.valid_now(offer, ts)
             or policy.channel_allowed(offer, ch)
@@ -204,25 +233,56 @@ def explore(
 
 
 def decide(request: DecideRequest, deps: Deps, *, record: bool = True) -> DecideResponse:
-    """One decision, written to the ledger (committed) before it is returned."""
+    """One decision, written to the ledger (committed) before it is returned; a journey's
+    banner waiting for this visit is shown (and consumed) by it."""
     if not record:
         return plan(request, deps)[0]
     known = know(request, deps)  # once: a plan made again reuses what was read
-    return commit(lambda: plan(request, deps, known), deps.ledger)[0]
+    request, scope = with_banner(request, journey_banner(request, known, deps))
+    return commit(lambda: plan(request, deps, known, scope), deps.ledger)[0]
+
+
+def journey_banner(request: DecideRequest, known: Known, deps: Deps) -> JourneyVisit | None:
+    """The journey banner this visit shows, claimed; None (and no lookup at all) when no
+    active journey has a banner step."""
+    if known.customer_id is None or not journey_banners.possible(deps):
+        return None
+    return journey_banners.take(known.customer_id, request.channel, deps)
+
+
+def with_banner(
+    request: DecideRequest, banner: JourneyVisit | None
+) -> tuple[DecideRequest, Scope | None]:
+    """The visit as the banner's decision: its journey step in the context, scoped to the
+    journey (its offers, its experiment, the decision id the banner was claimed with)."""
+    if banner is None:
+        return request, None
+    context = request.context.model_copy(update={"journey": banner.context})
+    scope = Scope(banner.experiment, frozenset(banner.offers), banner.holdout_share,
+                  banner.decision_id)  # fmt: skip
+    return request.model_copy(update={"context": context}), scope
 
 
 def plan(
-    request: DecideRequest, deps: Deps, known: Known | None = None
+    request: DecideRequest, deps: Deps, known: Known | None = None, scope: Scope | None = None
 ) -> tuple[DecideResponse, DecisionRow]:
     """The decision and its ledger row, not yet written (the service commits rows in groups).
-    ``known`` carries identity and features already read (the service batches feature reads)."""
+    ``known`` carries identity and features already read (the service batches feature reads).
+    ``scope``: a journey step's restriction (its offers, its experiment and holdout share)."""
     ts = deps.clock()
     if known is None:
         known = know(request, deps)
     cid, reasons = known.customer_id, list(known.reasons)  # a plan made again starts afresh
-    experiment = experiment_of(request, deps)
+    experiment = scope.experiment if scope else experiment_of(request, deps)
     arm = assign_holdout(
-        cid, request.identifiers(), experiment, deps.assigner, deps.graph, deps.settings, ts
+        cid,
+        request.identifiers(),
+        experiment,
+        deps.assigner,
+        deps.graph,
+        deps.settings,
+        ts,
+        experiment_share=scope.holdout_share if scope else None,
     )
     features = policy.profile_fields(known.features)
     if deps.catalog is None:
@@ -230,7 +290,9 @@ def plan(
     since = ts - timedelta(days=HISTORY_DAYS)
     history = deps.ledger.contact_history(cid, since) if cid is not None else History([], None)
     pending = history.pending()
-    offers, dropped = allowed_offers(request, history, features, deps, ts)
+    offers, dropped = allowed_offers(
+        request, history, features, deps, ts, scope.offers if scope else None
+    )
     values, detail = score(offers, features, request.channel, deps, reasons)
     holdout = arm is not None and arm.arm == "holdout"
     probs = {} if holdout else explore(values, features, request, deps, reasons)
@@ -241,7 +303,7 @@ def plan(
     ranked = [_ranked(by_id[o], values[o], p, k, detail) for k, (o, p) in enumerate(shown)]
     versions = deps.model_versions()
     row = DecisionRow(
-        decision_id=uuid.uuid4().hex,
+        decision_id=(scope and scope.decision_id) or uuid.uuid4().hex,
         ts=ts,
         customer_id=cid,
         channel=request.channel,

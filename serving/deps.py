@@ -16,6 +16,8 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
+import journeys.intent_state  # noqa: F401 - their tables join the ledger's metadata before
+import journeys.state  # noqa: F401 - Ledger creates them
 from nextbest.db import engine_for
 from nextbest.settings import Settings
 from record.assignment import StickyAssigner, holdout_shares

@@ -27,6 +27,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    delete,
     func,
     insert,
     select,
@@ -187,10 +188,34 @@ def _graph(deps: Deps) -> Any:
 
 
 def _ledger(person: Person, deps: Deps) -> dict[str, int]:
+    journeys = _journeys(person.customer_ids, deps)  # the step log names no customer: first
     erased = _summed([deps.ledger.erase(c) for c in person.customer_ids])
+    erased = {k: v + journeys.get(k, 0) for k, v in erased.items()} | {
+        k: v for k, v in journeys.items() if k not in erased
+    }
     # holdout draws are keyed by ids and identifier hashes, not by a customer_id column
     keys = [*person.customer_ids, *person.key_hashes]
     return {**erased, "assignments": deps.ledger.erase_assignments(keys)}
+
+
+def _journeys(customer_ids: list[str], deps: Deps) -> dict[str, int]:
+    """A person's journey rows: instances, their step logs and waits, pending intent entries
+    and counted intent events (the step log is keyed by instance, so it goes first)."""
+    from journeys.intent_state import journey_intent_events, journey_pending_entries
+    from journeys.state import journey_instances, journey_steps, journey_waits
+
+    counts = {}
+    with deps.ledger.engine.begin() as conn:
+        theirs = select(journey_instances.c.instance_id).where(
+            journey_instances.c.customer_id.in_(customer_ids)
+        )
+        q = delete(journey_steps).where(journey_steps.c.instance_id.in_(theirs))
+        counts["journey_steps"] = conn.execute(q).rowcount
+        for table in (journey_waits, journey_instances, journey_pending_entries,
+                      journey_intent_events):  # fmt: skip
+            q = delete(table).where(table.c.customer_id.in_(customer_ids))
+            counts[table.name] = conn.execute(q).rowcount
+    return counts
 
 
 def _identities(person: Person, deps: Deps) -> int:

@@ -29,11 +29,12 @@ from serving.deps import Deps
 log = logging.getLogger("nextbest.outbox")
 BASKET_CHANNELS = ("web", "app")
 OUTBOUND_ORDER = ("email", "sms")
+JOURNEY = "abandoned_basket"  # the journey that takes this trigger over when it is active
 
 
 def track_event(event: Any, customer_id: str, deps: Deps) -> dict[str, int]:
     """Keep the live basket of web/app sessions; a purchase or checkout anywhere closes it and
-    cancels the person's pending messages."""
+    cancels the person's pending abandoned-basket messages."""
     engine, ts = deps.ledger.engine, utc(event.ts)
     if event.event_type in ("checkout", "purchase"):
         with engine.begin() as conn:
@@ -42,7 +43,12 @@ def track_event(event: Any, customer_id: str, deps: Deps) -> dict[str, int]:
                 .where(baskets.c.customer_id == customer_id, baskets.c.status != "checked_out")
                 .values(status="checked_out", updated_at=ts)
             ).rowcount
-            waiting = outbox.c.customer_id == customer_id, outbox.c.status == "pending"
+            # the trigger's own messages; a journey's are cancelled by its exit rules
+            waiting = (
+                outbox.c.customer_id == customer_id,
+                outbox.c.status == "pending",
+                outbox.c.trigger == JOURNEY,
+            )
             ids = list(conn.execute(select(outbox.c.decision_id).where(*waiting)).scalars())
             cancelled = conn.execute(update(outbox).where(*waiting).values(status="cancelled"))
             # in the same transaction: a cancelled message's decision is never credited
@@ -110,7 +116,13 @@ def _claim(customer_id: str, deps: Deps) -> bool:
 
 def scan_abandoned(deps: Deps, at: datetime | None = None) -> list[dict[str, Any]]:
     """Turn every basket idle for ``abandon_after_minutes`` into at most one outbound decision
-    (e-mail first, SMS when e-mail has no consent or is capped). Returns what was queued."""
+    (e-mail first, SMS when e-mail has no consent or is capped). Returns what was queued.
+    Nothing, when the ``abandoned_basket`` journey is active: its intent trigger enters the
+    basket's customer into the journey instead (``serving.journey_intents``)."""
+    from serving.journey_defs import active
+
+    if JOURNEY in active(deps.settings):
+        return []
     at = at or now()
     cutoff = at - timedelta(minutes=deps.settings.abandon_after_minutes)
     with deps.ledger.engine.connect() as conn:

@@ -29,6 +29,13 @@ class VisitContext(BaseModel):
     basket: list[str] = Field(default_factory=list, max_length=100)
     intent: str | None = Field(None, max_length=64)
     campaign: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    journey: str | None = Field(
+        None,
+        max_length=81,
+        pattern=r"^[a-z][a-z0-9_]{0,39}:[a-z][a-z0-9_]{0,39}$",
+        description="the journey step this decision is for, as name:step (set by the journey "
+        "runner for its messages, and for a journey's banner on a visit)",
+    )
 
 
 # One example shared by the OpenAPI schema, the unit, ASGI and real-server tests.

@@ -24,11 +24,11 @@ from starlette.routing import Route
 
 from features.schema import CHANNELS
 from nextbest.settings import development_secrets_error, get_settings
-from serving import actions, admin, learner, outbox
+from serving import actions, admin, journey_banners, journey_intents, learner, outbox
 from serving.auth import ApiGuard
 from serving.batching import FeatureBatcher
 from serving.bentofix import cancel_timeout_timers
-from serving.decide import DecideRequest, DecideResponse, Known, plan, resolve
+from serving.decide import DecideRequest, DecideResponse, Known, plan, resolve, with_banner
 from serving.deps import Deps, load_deps, pinned_models
 from serving.run import bound_host
 from serving.writer import GroupWriter, WalCheckpointer
@@ -82,9 +82,34 @@ async def _outbox(request: Request) -> JSONResponse:
     return JSONResponse({"messages": outbox.pending(STATE.deps, channel, claim=not peek)})
 
 
+async def _journey_action(request: Request) -> JSONResponse:
+    """``POST /journeys/{end|pause|resume}`` with ``{"customer_id", "journey", "reason"}``: an
+    agent or a clerk ends or pauses a customer's journey (a channel key, like the profile)."""
+    from serving.journey_agent import JourneyAction, NotFound, act
+
+    try:
+        body = await request.json()
+    except ValueError:
+        return JSONResponse({"error": "body: not JSON", "field": "body"}, 400)
+    try:
+        req = JourneyAction.model_validate(body)
+        action = request.path_params["action"]
+        done = await asyncio.to_thread(act, action, req, STATE.deps)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(x) for x in err["loc"]) or "body"
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = "required" if err["type"] == "missing" else msg
+        return JSONResponse({"error": f"{field}: {msg}", "field": field}, 400)
+    except NotFound as exc:
+        return JSONResponse({"error": str(exc), "field": exc.field}, 404)
+    return JSONResponse(done)
+
+
 reads = Starlette(
     routes=[
         Route("/profile/{customer_id}", _profile, methods=["GET"]),
+        Route("/journeys/{action}", _journey_action, methods=["POST"]),
         Route("/outbox", _outbox, methods=["GET"]),
         *admin.routes(lambda: STATE.deps),
     ]
@@ -121,6 +146,7 @@ class Nextbest:
         # decisions after the champion's training logs are learned online
         self.deps.learner = learner.Learner(start=learner.start_for(self.deps))
         self._background: list[asyncio.Task] = []
+        self._journeys_synced = False
 
     @bentoml.on_startup
     async def _start(self) -> None:
@@ -136,6 +162,12 @@ class Nextbest:
                 self._every(s.abandon_scan_seconds, self._resume_erasures, "erasure resume")
             ),
         ]
+        if s.journey_runner:
+            self._background.append(
+                asyncio.create_task(
+                    self._every(s.journey_poll_seconds, self._journeys, "journey runner")
+                )
+            )
         self.checkpointer.start()  # WAL checkpoints off the decisions' commits
         gc.collect()
         gc.freeze()  # start-up objects (models, catalogue, BentoML) leave the GC's generations
@@ -162,9 +194,33 @@ class Nextbest:
                     log.info("%s", done)
 
     def _scan(self) -> str | None:
-        """Abandoned baskets become outbound decisions (``serving.outbox``)."""
+        """Abandoned baskets become outbound decisions (``serving.outbox``) unless the
+        abandoned_basket journey is active; with no journey runner, due intent entries
+        enter their journeys here."""
         queued = outbox.scan_abandoned(self.deps)
-        return f"abandoned baskets: {len(queued)} messages queued" if queued else None
+        entered = 0
+        if not self.deps.settings.journey_runner:  # else the runner's round enters them
+            entered = journey_intents.enter_due_intents(self.deps, self.deps.clock())
+        done = [f"abandoned baskets: {len(queued)} messages queued"] if queued else []
+        done += [f"intent entries: {entered} customers entered journeys"] if entered else []
+        return "; ".join(done) or None
+
+    def _journeys(self) -> str | None:
+        """Due journey steps (``serving.journey_runner``): the active journeys' versions are
+        stored once, due intent entries enter (``serving.journey_intents``), then every due
+        step runs, one transaction each, until none is due."""
+        from serving import journey_runner
+
+        if not self._journeys_synced:
+            journey_runner.sync_versions(
+                journey_runner.active_journeys(self.deps.settings), self.deps.ledger.engine
+            )
+            self._journeys_synced = True
+        entered = journey_intents.enter_due_intents(self.deps, self.deps.clock())
+        steps = journey_runner.run_due(self.deps)
+        done = [f"{entered} customers entered on intent"] if entered else []
+        done += [f"{steps} steps taken"] if steps else []
+        return f"journeys: {'; '.join(done)}" if done else None
 
     def _resume_erasures(self) -> str | None:
         """Erasures cut short (a store down, a crash) are finished (``serving.erasure``), and
@@ -201,8 +257,14 @@ class Nextbest:
                     known.features = await self.batcher.read(known.customer_id)
                 except Exception as exc:  # noqa: BLE001 - a fallback decision, with the reason
                     known.reasons.append(f"features: {type(exc).__name__}: {exc}")
+        banner = None  # a journey's banner for this visit: skipped unless a journey has one
+        if known.customer_id is not None and journey_banners.possible(self.deps):
+            banner = await asyncio.to_thread(
+                journey_banners.take, known.customer_id, request.channel, self.deps
+            )
+        request, scope = with_banner(request, banner)
         # planned and held at once (no await between), committed in a group
-        response, _ = await self.writer.decide(lambda: plan(request, self.deps, known))
+        response, _ = await self.writer.decide(lambda: plan(request, self.deps, known, scope))
         return response
 
     @bentoml.api(route="/outcome")

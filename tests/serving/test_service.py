@@ -119,7 +119,7 @@ def test_profile_and_outbox(client: TestClient) -> None:
             {"idempotency_key": "k", "type": "refund", "customer_id": "c"},
             CHANNEL,
             400,
-            "type: Input should be 'click', 'conversion', 'revenue' or 'delivered'",
+            "type: Input should be 'click', 'conversion', 'revenue', 'delivered' or 'open'",
         ),
         (
             "post",
