@@ -152,7 +152,7 @@ def simulate_journeys(
 
 
 def find_entries(view: WorldView, journey: Journey, start: int, end: int) -> pd.DataFrame:
-    """Who enters when. Stand-in until ``journeys.triggers.entries`` lands (h-triggers)."""
+    """Who enters when: ``journeys.triggers.entries`` and the runner's rules (world_entries)."""
     return world_entries(view, journey, start, end)
 
 
