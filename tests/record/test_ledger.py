@@ -73,7 +73,7 @@ def test_sqlite_ledger(tmp_path: Path) -> None:
 
 def test_bad_outcome_type() -> None:
     with pytest.raises(
-        ValueError, match="type\n  Input should be 'click', 'conversion' or 'revenue'"
+        ValueError, match="type\n  Input should be 'click', 'conversion', 'revenue' or 'open'"
     ):
         OutcomeRow(idempotency_key="k", type="refund", ts=now())
 

@@ -43,6 +43,8 @@ ACCESS: dict[tuple[str, str], tuple[str, Any, int, int, int]] = {
     ("POST", "/events"): ("/events", {}, 401, 400, 400),
     ("GET", "/profile/{customer_id}"): ("/profile/x?channel=fax", None, 401, 400, 400),
     ("GET", "/outbox"): ("/outbox?channel=fax", None, 401, 400, 400),
+    # an agent or clerk ends or pauses a journey: a channel key, like the profile they read
+    ("POST", "/journeys/{action}"): ("/journeys/stop", {}, 401, 400, 400),
     ("GET", "/reports"): ("/reports?format=xml", None, 401, 400, 400),
     ("POST", "/erase"): ("/erase", {}, 401, 403, 400),
     ("POST", "/promote/{model}"): ("/promote/no_such_model", None, 401, 403, 400),

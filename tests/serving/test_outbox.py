@@ -3,7 +3,7 @@ under another of the person's identifiers cancels it."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
@@ -198,3 +198,98 @@ def test_purchase_counted_once_across_event_and_outcome(deps: Deps, order_id: st
     assert len(rows) == 2 and rows["order_id"].nunique() == 1
     (order,) = orders(rows).itertuples()
     assert (order.type, order.value, order.offer_id) == ("conversion", 50.0, "data_addon")
+
+
+# --- the same trigger through the abandoned_basket journey, when that journey is active -------
+def _basket_journey(deps: Deps, holdout_share: float = 0.0) -> None:
+    """Make the shipped abandoned_basket journey active, with this holdout share."""
+    import yaml
+
+    from tests.serving.journey_fixtures import EXAMPLES
+
+    data = yaml.safe_load((EXAMPLES / "abandoned_basket.yaml").read_text())
+    data["rules"]["holdout_share"] = holdout_share
+    folder = deps.settings.home / "journeys"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "abandoned_basket.yaml").write_text(yaml.safe_dump(data))
+
+
+NOON = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)  # outside the e-mail's and SMS's quiet hours
+
+
+def _abandoned(deps: Deps, profiles: dict, n: int, **profile: object) -> list[str]:
+    """``n`` people who left a basket 90 minutes before noon, entered into the journey and
+    run to its e-mail step (an hour after entering); their customer ids. The service's clock
+    is noon."""
+    from serving import journey_runner as jr
+    from serving.journey_intents import enter_due_intents
+
+    deps.settings.epsilon = 0.0
+    deps.clock = lambda: NOON
+    ts = (NOON - timedelta(minutes=90)).isoformat()
+    ids = []
+    for k in range(n):
+        ev = {"ts": ts, "channel": "web", "event_type": "basket_add", "value": 5.0,
+              "email": f"j{k}@example.com", "product_id": "data_10gb"}  # fmt: skip
+        ids.append(actions.ingest(ev, deps)["customer_id"])
+        profiles[ids[-1]] = {**profiles["c-post"], **profile}
+    assert outbox.scan_abandoned(deps, NOON) == []  # the journey takes the trigger over
+    assert enter_due_intents(deps, NOON) == n
+    jr.run_due(deps, NOON)  # the banner, then the hour's wait
+    jr.run_due(deps, NOON + timedelta(hours=1))  # the e-mail, then its wait_for
+    return ids
+
+
+def _messages(deps: Deps) -> list[dict]:
+    with deps.ledger.engine.connect() as conn:
+        from sqlalchemy import select
+
+        from record.tables import outbox as table
+
+        return [dict(r) for r in conn.execute(select(table)).mappings()]
+
+
+def test_journey_emails_first_and_a_purchase_cancels(deps: Deps, profiles: dict) -> None:
+    _basket_journey(deps)
+    ids = _abandoned(deps, profiles, 6)
+    sent = _messages(deps)
+    assert sent and {m["channel"] for m in sent} == {"email"}  # e-mail first, no SMS yet
+    assert {m["trigger"] for m in sent} == {"journey:abandoned_basket:email"}
+    msg = sent[0]
+    k = ids.index(msg["customer_id"])
+    deps.clock = lambda: NOON + timedelta(hours=1, minutes=10)  # bought in store, by e-mail
+    at = (NOON + timedelta(hours=1, minutes=5)).isoformat()  # written another way
+    ev = {"ts": at, "channel": "store", "value": 5.0, "event_type": "purchase",
+          "email": f"J{k}@example.com ", "product_id": "data_10gb"}  # fmt: skip
+    res = actions.ingest(ev, deps)
+    assert res["customer_id"] == msg["customer_id"] and res["journeys_ended"] == 1
+    assert _status(deps, msg["decision_id"]) == "cancelled"
+    assert msg["message_id"] not in {m["message_id"] for m in outbox.pending(deps, "email")}
+
+
+def test_journey_texts_when_email_has_no_consent(deps: Deps, profiles: dict) -> None:
+    """Through the journey the SMS follows the e-mail step's 24-hour wait for an open (the
+    e-mail was skipped for want of consent, so nothing can be opened), not at once."""
+    from serving import journey_runner as jr
+
+    _basket_journey(deps)
+    _abandoned(deps, profiles, 6, consent_email=False, consent_sms=True)
+    assert _messages(deps) == []  # no e-mail consent: no e-mail
+    jr.run_due(deps, NOON + timedelta(hours=26))
+    sent = _messages(deps)
+    assert sent and {m["channel"] for m in sent} == {"sms"}
+
+
+def test_journey_holdout_gets_nothing(deps: Deps, profiles: dict) -> None:
+    from serving import journey_runner as jr
+
+    _basket_journey(deps, holdout_share=0.9)
+    ids = _abandoned(deps, profiles, 6)
+    jr.run_due(deps, NOON + timedelta(hours=26))
+    held = [i for i in jr.instances(deps.ledger.engine) if i["arm"] == "holdout"]
+    assert held and all(i["status"] == "holdout" and i["step_id"] is None for i in held)
+    messaged = {m["customer_id"] for m in _messages(deps)}
+    assert not messaged & {i["customer_id"] for i in held}
+    logged = deps.ledger.logs()
+    assert not set(logged.get("customer_id", [])) & {i["customer_id"] for i in held}
+    assert len(ids) == 6
