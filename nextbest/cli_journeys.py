@@ -87,24 +87,25 @@ def run(
 ) -> None:
     """The journey runner: takes due steps (messages into the outbox, waits, splits) until
     interrupted; several runners may share one PostgreSQL ledger."""
-    from serving import journey_runner as jr
     from serving.deps import load_deps
+    from serving.journey_defs import active, sync_versions
+    from serving.journey_intents import run_round
 
     s = get_settings().ensure_dirs()
     seconds = s.journey_poll_seconds if poll is None else poll
     if seconds <= 0:
         fail(f"--poll must be > 0, got {poll}")
     try:
-        journeys = jr.active_journeys(s)
+        journeys = list(active(s).values())
     except ValueError as exc:
         fail(str(exc))
     deps = load_deps(s, bandit=None)  # the bandit explores /decide's visits, not journeys
-    jr.sync_versions(journeys, deps.ledger.engine)
+    sync_versions(journeys, deps.ledger.engine)
     if not once:
         console.print(f"journey runner: {len(journeys)} journeys, polling every {seconds}s")
     total = 0
     while True:
-        steps = jr.run_due(deps, limit=batch)
+        _, steps = run_round(deps, limit=batch)
         total += steps
         if once and steps < batch:
             break

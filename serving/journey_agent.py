@@ -77,7 +77,7 @@ def live_journeys(customer_id: str, deps: Deps) -> list[JourneyView]:
         ).mappings().all()  # fmt: skip
         views = []
         for r in rows:
-            j = definition(conn, r["journey"], r["version"], deps)
+            j = definition(conn, r["journey"], r["version"])
             views.append(
                 JourneyView(
                     journey=r["journey"],

@@ -78,7 +78,7 @@ def take(customer_id: str, channel: str, deps: Deps) -> JourneyVisit | None:
         row = conn.execute(q).first()
         if row is None:
             return None
-        j = definition(conn, row.journey, row.version, deps)
+        j = definition(conn, row.journey, row.version)
         decision_id = uuid.uuid4().hex
         claimed = conn.execute(
             update(journey_steps)

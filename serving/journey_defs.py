@@ -1,24 +1,28 @@
-"""Which journeys are active, and the definition each running instance follows.
+"""Which journeys are active, their stored versions, and the definition each running
+instance follows.
 
-``active`` is the one place the rest of serving asks; it uses ``journeys.load`` (h-defs) once
-that exists. An instance follows the version it entered on: the active definition when it is
-that version, else the stored one (``journey_versions``).
+``active`` is the one place the rest of serving asks (``journeys.load`` reads and checks the
+files). Every version that customers entered is stored in ``journey_versions`` under its
+content hash, so an instance finishes on the version it entered however the file changes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Engine, select
 
 from journeys.definition import Journey
+from journeys.load import active_journeys
 from journeys.state import journey_versions
+from record.tables import now
 from serving.deps import Deps
 
 _FILES: dict[str, tuple[tuple[tuple[str, int], ...], dict[str, Journey]]] = {}
-_VERSIONS: dict[tuple[str, str], Journey] = {}
+_VERSIONS: dict[tuple[str, str], Journey] = {}  # (journey, version) -> definition, immutable
+_SYNCED: set[tuple[int, str, str]] = set()  # (engine, journey, version) stored this process
 
 
 def active(settings: Any) -> dict[str, Journey]:
@@ -30,38 +34,61 @@ def active(settings: Any) -> dict[str, Journey]:
     cached = _FILES.get(str(folder))
     if cached is not None and cached[0] == stamp:
         return cached[1]
-    loaded = {j.name: j for j in _load(settings, folder)}
+    loaded = {j.name: j for j in active_journeys(settings)}
     _FILES[str(folder)] = (stamp, loaded)
     return loaded
 
 
-def _load(settings: Any, folder: Path) -> list[Journey]:
-    """REPLACE with ``journeys.load.active_journeys`` (h-defs), which this uses once it is
-    merged; until then the files are read here, checked by the model alone."""
-    try:
-        from journeys.load import active_journeys  # type: ignore[import-not-found]
-    except ImportError:
-        return [Journey.model_validate(yaml.safe_load(f.read_text()))
-                for f in sorted(folder.glob("*.y*ml"))]  # fmt: skip
-    return active_journeys(settings)
+def sync_versions(journeys: Iterable[Journey], engine: Engine) -> dict[str, str]:
+    """Store each journey's definition under its version (a content hash): an edited journey
+    is a new version, an unchanged one stores nothing. Returns journey -> version."""
+    out: dict[str, str] = {}
+    rows = []
+    for j in journeys:
+        out[j.name] = j.version
+        if (id(engine), j.name, j.version) not in _SYNCED:
+            rows.append(
+                {
+                    "journey": j.name,
+                    "version": j.version,
+                    "definition": j.model_dump(mode="json"),
+                    "created_at": now(),
+                }
+            )
+            _VERSIONS.setdefault((j.name, j.version), j)
+    if rows:
+        with engine.begin() as conn:
+            conn.execute(insert_ignore(conn, journey_versions), rows)
+        _SYNCED.update((id(engine), r["journey"], r["version"]) for r in rows)
+    return out
 
 
-def definition(conn: Connection, name: str, version: str, deps: Deps) -> Journey | None:
-    """The definition an instance runs: the active one if it is that version, else the stored
-    version (running instances finish on theirs). Versions are content hashes: cached for good."""
-    now_active = active(deps.settings).get(name)
-    if now_active is not None and now_active.version == version:
-        return now_active
-    key = (name, version)
+def definition(conn: Engine | Connection, journey: str, version: str) -> Journey:
+    """The definition an instance runs on: the version it entered (stored when it entered),
+    read once per process."""
+    key = (journey, version)
     if key not in _VERSIONS:
         q = select(journey_versions.c.definition).where(
-            journey_versions.c.journey == name, journey_versions.c.version == version
+            journey_versions.c.journey == journey, journey_versions.c.version == version
         )
-        stored = conn.execute(q).scalar_one_or_none()
+        if isinstance(conn, Engine):
+            with conn.connect() as c:
+                stored = c.execute(q).scalar_one_or_none()
+        else:
+            stored = conn.execute(q).scalar_one_or_none()
         if stored is None:
-            return now_active  # not recorded: the instance's journey as it is now
+            raise LookupError(f"journey {journey} version {version}: not in journey_versions")
         _VERSIONS[key] = Journey.model_validate(stored)
     return _VERSIONS[key]
+
+
+def insert_ignore(conn: Connection, table: Any) -> Any:
+    """An insert that skips rows whose key exists (both dialects)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    return dialect_insert(table).on_conflict_do_nothing()
 
 
 def journeys_with(deps: Deps, channels: tuple[str, ...]) -> list[Journey]:

@@ -98,7 +98,7 @@ def _exits_and_goals(
     for iid, name, version, status, entered, goal_at, context in rows:
         if ts < utc(entered):
             continue  # an event from before the customer entered
-        j = definition(conn, name, version, deps)
+        j = definition(conn, name, version)
         if j is None:
             continue
         context = context or {}
@@ -212,7 +212,7 @@ def _move_on(
     ).first()
     if row is None:
         return 0
-    j = definition(conn, row.journey, row.version, deps)
+    j = definition(conn, row.journey, row.version)
     step = j.step(row.step_id) if j is not None and row.step_id else None
     if not isinstance(step, WaitForStep) or step.event != event_type:
         return 0  # no longer on that wait (the runner timed it out meanwhile)

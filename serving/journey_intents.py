@@ -22,6 +22,7 @@ from record.tables import utc
 from serving import outbox
 from serving.deps import Deps
 from serving.journey_defs import active
+from serving.journey_runner import enter, run_due
 
 log = logging.getLogger("nextbest.journeys")
 
@@ -100,9 +101,14 @@ def _counted(
 
 def _enter(j: Journey, customer_id: str, ts: datetime, context: dict, deps: Deps) -> Any:
     """Enter through the runner (its rules: one live instance, cool-down, holdout draw)."""
-    from serving.journey_runner import enter
-
     return enter(j, customer_id, ts, context, deps)
+
+
+def run_round(deps: Deps, now: datetime | None = None, limit: int = 500) -> tuple[int, int]:
+    """One round of a journey runner, as the service's loop and ``nextbest journeys run`` take
+    them: due intent entries enter, then due steps run. Returns (entered, steps)."""
+    entered = enter_due_intents(deps, now or deps.clock(), limit)
+    return entered, run_due(deps, now, limit)
 
 
 def enter_due_intents(deps: Deps, now: datetime, limit: int = 500) -> int:

@@ -27,7 +27,7 @@ import logging
 import math
 import sys
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,102 +37,25 @@ from sqlalchemy.exc import IntegrityError
 
 from journeys.definition import Journey, WaitForStep
 from journeys.engine import State, Transition, advance
-from journeys.state import LIVE, journey_instances, journey_steps, journey_versions, journey_waits
+from journeys.state import LIVE, journey_instances, journey_steps, journey_waits
 from offers.catalog import NO_OFFER
 from record.assignment import StickyAssigner, assign_holdout
 from record.ledger_pending import MAX_PLANS, PG_LOCK, customer_lock
 from record.tables import DecisionRow, outbox, utc
-from record.tables import now as utcnow
 from serving import policy
 from serving.decide import DecideRequest, Scope, VisitContext, know, plan
 from serving.deps import Deps
+from serving.journey_defs import definition, sync_versions
 
 log = logging.getLogger("nextbest.journeys")
 MAX_HOPS = 50  # steps one instance takes in one transaction (a cycle always waits: see Journey)
 RETRY_AFTER = timedelta(minutes=1)  # a step that failed is tried again this much later
 MESSAGE_NS = uuid.UUID("6f1d4c1e-2b1a-4f53-9a57-5e1f0c0a7b11")  # message ids: (instance, seq)
-_DEFINITIONS: dict[tuple[str, str], Journey] = {}  # (journey, version) -> definition, immutable
-_SYNCED: set[tuple[int, str, str]] = set()  # (engine, journey, version) stored this process
 _RUNNERS: dict[int, tuple[Deps, Deps]] = {}  # the runner's copy of a Deps (its own assigner)
 
 
 class StepConflict(RuntimeError):
     """The instance changed under the step (another writer moved it): nothing is written."""
-
-
-# --- versions ---------------------------------------------------------------------------------
-def sync_versions(journeys: Iterable[Journey], engine: Engine) -> dict[str, str]:
-    """Store each journey's definition under its version (a content hash): an edited journey
-    is a new version, an unchanged one stores nothing. Returns journey -> version."""
-    out: dict[str, str] = {}
-    rows = []
-    for j in journeys:
-        out[j.name] = j.version
-        if (id(engine), j.name, j.version) not in _SYNCED:
-            rows.append(
-                {
-                    "journey": j.name,
-                    "version": j.version,
-                    "definition": j.model_dump(mode="json"),
-                    "created_at": utcnow(),
-                }
-            )
-    if rows:
-        with engine.begin() as conn:
-            conn.execute(_insert_ignore(conn, journey_versions), rows)
-        for r in rows:
-            _SYNCED.add((id(engine), r["journey"], r["version"]))
-            _DEFINITIONS.setdefault((r["journey"], r["version"]), _journey_of(r))
-    return out
-
-
-def definition(engine: Engine | Connection, journey: str, version: str) -> Journey:
-    """The definition an instance runs on: the version it entered, read once per process."""
-    key = (journey, version)
-    if key not in _DEFINITIONS:
-        q = select(journey_versions.c.definition).where(
-            journey_versions.c.journey == journey, journey_versions.c.version == version
-        )
-        if isinstance(engine, Engine):
-            with engine.connect() as conn:
-                stored = conn.execute(q).scalar_one_or_none()
-        else:
-            stored = engine.execute(q).scalar_one_or_none()
-        if stored is None:
-            raise LookupError(f"journey {journey} version {version}: not in journey_versions")
-        _DEFINITIONS[key] = Journey.model_validate(stored)
-    return _DEFINITIONS[key]
-
-
-def _journey_of(row: Mapping[str, Any]) -> Journey:
-    return Journey.model_validate(row["definition"])
-
-
-def _insert_ignore(conn: Connection, table: Any) -> Any:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    return dialect_insert(table).on_conflict_do_nothing()
-
-
-def active_journeys(settings: Any) -> list[Journey]:
-    """The journeys in ``settings.journeys_path`` (one YAML file each, sorted by file name).
-    TO BE REPLACED by ``journeys.load.active_journeys`` (h-defs: full validation, one line per
-    problem): this minimal loader only reads and validates the model, failing on the first
-    bad file with its name."""
-    import yaml
-
-    folder = settings.journeys_path
-    if not folder.is_dir():
-        return []
-    out = []
-    for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
-        try:
-            out.append(Journey.model_validate(yaml.safe_load(path.read_text(encoding="utf-8"))))
-        except Exception as exc:
-            raise ValueError(f"{path}: {exc}".splitlines()[0][:300]) from exc
-    return out
 
 
 # --- transactions -----------------------------------------------------------------------------

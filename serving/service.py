@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from features.schema import CHANNELS
 from nextbest.settings import development_secrets_error, get_settings
-from serving import actions, admin, journey_banners, journey_intents, learner, outbox
+from serving import actions, admin, journey_banners, journey_defs, journey_intents, learner, outbox
 from serving.auth import ApiGuard
 from serving.batching import FeatureBatcher
 from serving.bentofix import cancel_timeout_timers
@@ -209,15 +209,11 @@ class Nextbest:
         """Due journey steps (``serving.journey_runner``): the active journeys' versions are
         stored once, due intent entries enter (``serving.journey_intents``), then every due
         step runs, one transaction each, until none is due."""
-        from serving import journey_runner
-
         if not self._journeys_synced:
-            journey_runner.sync_versions(
-                journey_runner.active_journeys(self.deps.settings), self.deps.ledger.engine
-            )
+            journeys = journey_defs.active(self.deps.settings).values()
+            journey_defs.sync_versions(journeys, self.deps.ledger.engine)
             self._journeys_synced = True
-        entered = journey_intents.enter_due_intents(self.deps, self.deps.clock())
-        steps = journey_runner.run_due(self.deps)
+        entered, steps = journey_intents.run_round(self.deps)
         done = [f"{entered} customers entered on intent"] if entered else []
         done += [f"{steps} steps taken"] if steps else []
         return f"journeys: {'; '.join(done)}" if done else None

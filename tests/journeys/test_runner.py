@@ -12,6 +12,7 @@ from sqlalchemy import select
 from journeys.state import journey_steps, journey_waits
 from record.assignment import assign
 from record.tables import DecisionRow, outbox
+from serving import journey_defs
 from serving import journey_runner as jr
 from serving.decide import DecideRequest, decide
 from serving.deps import Deps
@@ -304,17 +305,17 @@ def test_an_instance_runs_on_the_version_it_entered(deps: Deps, profiles: dict) 
     v1 = journey(EMAIL_ONLY, holdout_share=0.0)
     v2 = journey(EMAIL_ONLY.replace("channel: email", "channel: web"), holdout_share=0.0)
     assert v1.version != v2.version
-    assert jr.sync_versions([v1], deps.ledger.engine) == {"mail": v1.version}
+    assert journey_defs.sync_versions([v1], deps.ledger.engine) == {"mail": v1.version}
     people = _customers(profiles, 3)
     old = [jr.enter(v1, c, T0, {}, deps) for c in people]
-    jr.sync_versions([v2], deps.ledger.engine)  # edited while they are in it
+    journey_defs.sync_versions([v2], deps.ledger.engine)  # edited while they are in it
     new = jr.enter(v2, "c-pre", T0, {}, deps)
     assert {r["version"] for r in old} == {v1.version} and new["version"] == v2.version
-    jr._DEFINITIONS.clear()  # a fresh process: definitions come from journey_versions
+    journey_defs._VERSIONS.clear()  # a fresh process: definitions come from journey_versions
     assert jr.run_due(deps, T0) == 4
     assert {_steps(deps, r["instance_id"])[0]["result"] for r in old} <= {"sent", "skipped"}
     assert _steps(deps, new["instance_id"])[0]["result"] == "banner"
-    assert jr.definition(deps.ledger.engine, "mail", v1.version) == v1
+    assert journey_defs.definition(deps.ledger.engine, "mail", v1.version) == v1
 
 
 def test_a_failing_step_is_retried_later_and_writes_nothing(deps: Deps) -> None:
