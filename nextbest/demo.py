@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from features.schema import ID_COLUMNS
+from nextbest.demo_journeys import journey_lifts
 from nextbest.demo_service import serve_visits
 from nextbest.settings import Settings
 
@@ -202,10 +203,14 @@ def run_demo(
     out["serving"] = _stage(
         console, timings, "5. serve visits", lambda: serve_visits(settings, console, visits)
     )
+    out["journeys"] = _stage(
+        console, timings, "6. journeys: lift over their holdouts",
+        lambda: journey_lifts(settings, console),
+    )  # fmt: skip
     out["replay"] = _stage(
-        console, timings, "6. bandit replay", lambda: _replay(settings, console, replay_visits)
+        console, timings, "7. bandit replay", lambda: _replay(settings, console, replay_visits)
     )
-    out["report"] = _stage(console, timings, "7. report", lambda: _report(settings, console))
+    out["report"] = _stage(console, timings, "8. report", lambda: _report(settings, console))
     out["seconds"] = timings
     console.rule("[bold]done")
     console.print(f"everything is under {settings.home}; report: {out['report'].get('html')}")

@@ -1,14 +1,12 @@
 """The demo's service stage: a real ``bentoml serve`` on 127.0.0.1, simulated visits from
 every channel sent over HTTP with outcomes drawn from the truth, sample decisions printed,
-and an abandoned web basket followed to the call-centre agent's view and the outbox.
+and one customer's abandoned-basket journey (``nextbest.demo_journeys``).
 
 Split from :mod:`nextbest.demo`, which sequences the stages.
 """
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -23,7 +21,8 @@ CHANNEL_KEY_HEADER = "X-API-Key"
 
 def serve_visits(settings: Settings, console: Console, visits: int) -> dict[str, Any]:
     """Real HTTP against a real server: visits from every channel, outcomes drawn from the
-    truth, an abandoned basket that reaches the call centre and the outbox."""
+    truth, then one customer's abandoned-basket journey (``nextbest.demo_journeys``)."""
+    from nextbest.demo_journeys import install_demo_journey, journey_story
     from serving import run
     from simulator.truth import Truth
 
@@ -32,14 +31,17 @@ def serve_visits(settings: Settings, console: Console, visits: int) -> dict[str,
     frame = truth.sample_visits(rng, visits)
     log = settings.home / "server.log"
     headers = {CHANNEL_KEY_HEADER: settings.channel_keys[0]}
+    install_demo_journey(settings)
+    web = frame[frame["channel"].isin(["web", "app"]) & frame["login_id"].notna()]
+    logins = list(dict.fromkeys(web["login_id"].astype(str)))
     with (
-        run.served(settings, log=log, NEXTBEST_ABANDON_SCAN_SECONDS="1") as base,
+        run.served(settings, log=log, NEXTBEST_JOURNEY_POLL_SECONDS="0.5") as base,
         httpx.Client(base_url=base, headers=headers, timeout=30) as c,
     ):
         shown, samples, offered = _decide_all(c, frame, truth, rng, console)
-        agent = _abandoned_basket_story(c, frame, console)
-    _print_samples(console, samples)
-    return {"decisions": len(frame), "with_offer": offered, "by_channel": shown, **agent}
+        _print_samples(console, samples)
+        story = journey_story(c, settings, logins[::-1], console)
+    return {"decisions": len(frame), "with_offer": offered, "by_channel": shown, **story}
 
 
 def _decide_all(
@@ -95,38 +97,3 @@ def _print_samples(console: Console, samples: list[dict[str, Any]]) -> None:
             top["reason"] if top else "; ".join(s["reasons"]) or "holdout: no offer",
         )
     console.print(table)
-
-
-def _abandoned_basket_story(client: httpx.Client, frame: Any, console: Console) -> dict[str, Any]:
-    """A web basket left two hours ago: the call-centre agent sees it, and the outbox holds
-    the reminder the abandoned-basket trigger queued."""
-    web = frame[frame["channel"].isin(["web", "app"]) & frame["login_id"].notna()]
-    if web.empty:
-        return {}
-    login = str(web.iloc[0]["login_id"])
-    when = datetime.now(UTC) - timedelta(hours=2)
-    event = {"ts": when.isoformat(), "channel": "web", "event_type": "basket_add",
-             "login_id": login, "product_id": "data_10gb", "value": 10.0}  # fmt: skip
-    pushed = client.post("/events", json=event)
-    pushed.raise_for_status()
-    cid = pushed.json()["customer_id"]
-    view = client.get(f"/profile/{cid}", params={"channel": "call_centre"}).json()
-    console.print(f"[bold]call-centre agent's view of {cid}[/bold] (basket left on the web):")
-    console.print(
-        {
-            "live basket": view.get("basket"),
-            "churn risk": view.get("churn_risk"),
-            "plan": view["profile"].get("plan"),
-            "recommended": [(o["offer_id"], o["reason"]) for o in view["recommended"]["offers"]],
-        }
-    )
-    deadline = time.monotonic() + 10
-    messages: list[dict[str, Any]] = []
-    while time.monotonic() < deadline and not messages:
-        time.sleep(1)
-        for channel in ("email", "sms"):
-            r = client.get("/outbox", params={"channel": channel, "peek": "true"})
-            messages += [m for m in r.json()["messages"] if m.get("customer_id") == cid]
-    queued = [(m["channel"], m["offer_id"], m["trigger"]) for m in messages]
-    console.print(f"outbox for {cid}: {queued or 'nothing (consent, caps or holdout)'}")
-    return {"agent_view_customer": cid, "outbox_messages": len(messages)}

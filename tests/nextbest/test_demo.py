@@ -22,7 +22,11 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     assert out["models"]["churn"]["promoted"] and out["models"]["propensity"]["promoted"]
     serving = out["serving"]
     assert serving["decisions"] == 40 and set(serving["by_channel"]) >= {"web", "app", "email"}
-    assert serving["agent_view_customer"]
+    # one customer's dialog through the real service and runner: banner, e-mail, SMS, exit
+    assert serving["journey_customer"] and serving["journey_steps"] >= 5, serving
+    basket = out["journeys"]["abandoned_basket"]
+    assert basket["n_treated"] > 0 and basket["n_holdout"] > 0
+    assert basket["ci_low"] <= basket["measured_lift"] <= basket["ci_high"]
     assert Path(out["replay"]["plot"]).is_file()
     assert Path(out["report"]["html"]).is_file() and Path(out["report"]["json"]).is_file()
     assert (settings.home / MARKER).is_file()

@@ -1,0 +1,204 @@
+"""The demo's journey stage: one customer's abandoned-basket dialog through the real service
+and its journey runner, and the journey's lift over its holdout beside the truth.
+
+The live service runs the shipped ``abandoned_basket`` journey with its waits shortened to
+seconds (a demo cannot wait an hour for the e-mail and a day for the SMS); everything else in
+it (holdout, consent, caps, the offers, the exits) is the shipped file's. A sender's part is
+played here: it claims the outbox's messages and confirms their delivery, the customer never
+opens the e-mail, and finally buys in a store, which ends the journey at once.
+
+The lift is measured on the simulated world by ``simulator.journey_sim`` with the report's
+statistics (``benchmarks.journey_coverage``): 30 days of comebacks cannot be waited for live.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import select
+
+from nextbest.settings import Settings
+
+JOURNEY = "abandoned_basket"
+# the shipped file's waits -> the demo's: basket idle 60m, e-mail after 1h, SMS after 24h
+DEMO_WAITS = {"idle": "4s", "wait_hour": "3s", "opened": "6s"}
+PRODUCT = "data_10gb"
+
+
+def install_demo_journey(settings: Settings) -> Path:
+    """The shipped abandoned-basket journey, waits in seconds, as the home's active journey."""
+    from journeys.load import shipped_examples
+
+    data = yaml.safe_load((shipped_examples() / f"{JOURNEY}.yaml").read_text(encoding="utf-8"))
+    data["entry"]["idle"] = DEMO_WAITS["idle"]
+    for step in data["steps"]:
+        if step["id"] == "wait_hour":
+            step["duration"] = DEMO_WAITS["wait_hour"]
+        elif step["id"] == "opened":
+            step["timeout"] = DEMO_WAITS["opened"]
+    folder = settings.journeys_path
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{JOURNEY}.yaml"
+    note = "# nextbest demo: the shipped abandoned_basket journey, waits shortened to seconds\n"
+    path.write_text(note + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+class _Dialog:
+    """What the demo saw, with the seconds since the basket was left."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.lines: list[tuple[float, str, str]] = []
+
+    def saw(self, channel: str, what: str) -> None:
+        self.lines.append((time.monotonic() - self.t0, channel, what))
+
+    def table(self, cid: str) -> Table:
+        table = Table(title=f"{cid}'s abandoned-basket dialog (waits shortened to seconds)")
+        for col in ("s", "channel", "what happened"):
+            table.add_column(col, overflow="fold")
+        for t, ch, what in self.lines:
+            table.add_row(f"{t:5.1f}", ch, what)
+        return table
+
+
+def _until(found: Callable[[], Any], seconds: float) -> Any:
+    deadline = time.monotonic() + seconds
+    while (got := found()) is None and time.monotonic() < deadline:
+        time.sleep(0.3)
+    return got
+
+
+def _instance(settings: Settings, cid: str) -> dict[str, Any] | None:
+    """The customer's newest instance of the journey, read from the ledger like an auditor."""
+    from journeys.state import journey_instances as ji
+    from nextbest.db import engine_for
+
+    q = select(ji).where(ji.c.customer_id == cid, ji.c.journey == JOURNEY)
+    with engine_for(settings.ledger_db_url).connect() as conn:
+        row = conn.execute(q.order_by(ji.c.entered_at.desc())).mappings().first()
+    return dict(row) if row else None
+
+
+def _step_log(settings: Settings, instance_id: str) -> list[dict[str, Any]]:
+    from journeys.state import journey_steps as js
+    from nextbest.db import engine_for
+
+    q = select(js).where(js.c.instance_id == instance_id).order_by(js.c.seq)
+    with engine_for(settings.ledger_db_url).connect() as conn:
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def _message(client: httpx.Client, cid: str, channel: str) -> dict[str, Any] | None:
+    """The sender's claim of the customer's message on ``channel``, if one is queued."""
+    r = client.get("/outbox", params={"channel": channel})
+    r.raise_for_status()
+    mine = [m for m in r.json()["messages"] if m["customer_id"] == cid]
+    return mine[0] if mine else None
+
+
+def _event(client: httpx.Client, **fields: Any) -> dict[str, Any]:
+    body = {"ts": datetime.now(UTC).isoformat(), **fields}
+    r = client.post("/events", json=body)
+    r.raise_for_status()
+    return r.json()
+
+
+def journey_story(
+    client: httpx.Client, settings: Settings, logins: list[str], console: Console
+) -> dict[str, Any]:
+    """A customer leaves a basket on the web: the banner on the next visit, the e-mail, the SMS
+    when the e-mail is not opened, and the end of it all when they buy in a store. Customers
+    the journey holds out get nothing; the demo says so and tries the next one."""
+    held_out = 0
+    for login in logins[:12]:
+        dialog = _Dialog()
+        left = _event(client, channel="web", event_type="basket_add", login_id=login,
+                      product_id=PRODUCT, value=10.0)  # fmt: skip
+        cid = left.get("customer_id")
+        if cid is None:
+            continue
+        dialog.saw("web", f"basket left: {PRODUCT}")
+        inst = _until(lambda cid=cid: _instance(settings, cid), 20)
+        if inst is None:
+            continue  # no entry (the global holdout, or a cool-down from an earlier run)
+        if inst["arm"] == "holdout":
+            held_out += 1
+            console.print(f"{cid}: held out of {JOURNEY} (gets nothing; its comeback is counted)")
+            continue
+        dialog.saw("-", f"entered {JOURNEY} (treatment) after the idle wait")
+        banner = lambda i=inst["instance_id"]: (
+            [  # noqa: E731
+                s for s in _step_log(settings, i) if s["result"] == "banner"
+            ]
+            or None
+        )
+        _until(banner, 10)  # the runner takes the first step in the round that entered it
+        visit = client.post("/decide", json={"login_id": login, "channel": "web"}).json()
+        top = visit["offers"][0]["offer_id"] if visit["offers"] else "nothing"
+        dialog.saw("web", f"next visit: banner under {visit['experiment']}: {top}")
+        view = client.get(f"/profile/{cid}", params={"channel": "call_centre"}).json()
+        where = [(j["journey"], j["step"], (j.get("next_contact") or {}).get("channel"))
+                 for j in view["journeys"]]  # fmt: skip
+        dialog.saw("call_centre", f"agent sees journey, step, next contact: {where}")
+        for channel in ("email", "sms"):
+            msg = _until(lambda ch=channel, cid=cid: _message(client, cid, ch), 20)
+            if msg is None:
+                dialog.saw(channel, "no message (no consent, capped, or nothing to offer)")
+                continue
+            dialog.saw(channel, f"message {msg['offer_id']} claimed by the sender")
+            receipt = {"idempotency_key": f"demo:delivered:{msg['decision_id']}",
+                       "decision_id": msg["decision_id"], "type": "delivered"}  # fmt: skip
+            client.post("/outcome", json=receipt).raise_for_status()
+            dialog.saw(channel, "delivered; not opened")
+        bought = _event(client, channel="store", event_type="purchase", login_id=login,
+                        product_id=PRODUCT, value=10.0)  # fmt: skip
+        dialog.saw("store", f"bought {PRODUCT}: journeys ended {bought.get('journeys_ended', 0)}")
+        console.print(dialog.table(cid))
+        steps = _step_log(settings, inst["instance_id"])
+        console.print(
+            "the journey's own log: "
+            + ", ".join(f"{s['step_id']}={s['result']}" for s in steps)
+            + f"; status now {(_instance(settings, cid) or {}).get('status')}"
+        )
+        return {"journey_customer": cid, "journey_steps": len(steps), "held_out_tried": held_out}
+    console.print("no customer entered the journey's treatment arm")
+    return {"journey_customer": None, "held_out_tried": held_out}
+
+
+def journey_lifts(settings: Settings, console: Console) -> dict[str, Any]:
+    """Every shipped journey on the demo's world: the measured lift in its goal over its
+    holdout, with its 95% interval, beside the truth's."""
+    from benchmarks.journey_coverage import simulated_lifts
+
+    from journeys.load import load_journeys, shipped_examples
+
+    lifts = simulated_lifts(
+        settings.customers, settings.days, settings.seed, load_journeys(shipped_examples())
+    )
+    table = Table(title="journeys on the simulated world: goal lift over the holdout (points)")
+    for col in ("journey", "treated", "holdout", "measured", "95% interval", "truth"):
+        table.add_column(col, justify="left" if col == "journey" else "right")
+    for name, x in lifts.items():
+        ci = "-" if x.ci_low is None else f"{100 * x.ci_low:+.1f} to {100 * x.ci_high:+.1f}"
+        measured = "-" if x.measured_lift is None else f"{100 * x.measured_lift:+.1f}"
+        table.add_row(name, str(x.n_treated), str(x.n_holdout), measured, ci,
+                      f"{100 * x.true_lift:+.1f}")  # fmt: skip
+    console.print(table)
+    basket = lifts.get(JOURNEY)
+    if basket is not None and basket.measured_lift is not None:
+        console.print(
+            f"{JOURNEY}: 30-day comeback {100 * basket.measured_lift:+.1f} points over its "
+            f"holdout (95% interval {100 * basket.ci_low:+.1f} to {100 * basket.ci_high:+.1f}); "
+            f"the truth: {100 * basket.true_lift:+.1f} points"
+        )
+    return {name: x.model_dump() for name, x in lifts.items()}
