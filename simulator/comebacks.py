@@ -20,7 +20,9 @@ from simulator.people import Population
 # Chance an abandoned basket comes back by itself within 30 days. Ordinary purchases of the same
 # product add ~5 points, so the measured no-contact rate (``comeback_rate``) is ~21%.
 COMEBACK_P = 0.165
-CONTACT_BOOST = 1.5  # a marketing contact in the window raises it
+# A marketing contact in the window raises it by a quarter: ~4 points, 5-10x what a calendar
+# campaign adds (the act-on-intent lift users report; ``simulator.calibration`` checks it).
+CONTACT_BOOST = 1.25
 COMEBACK_MEAN_DAYS = 5.0
 CONTACT_TYPES = ("email_send", "sms_send", "call_contact")
 
