@@ -62,7 +62,7 @@ def _table(ex: pd.DataFrame, by: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _intent(world: Any) -> tuple[dict[str, Any], float]:
+def _intent(world: Any) -> tuple[dict[str, Any], float | None]:
     """Abandoned baskets: the true comeback chance without and with a contact, over every
     abandoned basket; observed comebacks of the contacted and of the rest."""
     b = basket_outcomes(world.events, WINDOW_DAYS)
@@ -74,10 +74,15 @@ def _intent(world: Any) -> tuple[dict[str, Any], float]:
         comeback_probs(price, True), comeback_probs(price, False), back[contacted], back[~contacted]
     )
     quiet = back[~contacted]
-    return row, float(quiet.mean()) if len(quiet) else float("nan")
+    return row, float(quiet.mean()) if len(quiet) else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
 
 
 def _check(value: float | None, bounds: tuple[float, float]) -> dict[str, Any]:
+    """The measured figure against its target range; a figure the world cannot give fails."""
     ok = value is not None and not np.isnan(value) and bounds[0] <= value <= bounds[1]
     hi = None if np.isinf(bounds[1]) else bounds[1]
     return {"value": None if value is None else round(float(value), 5), "target": [bounds[0], hi],
@@ -116,11 +121,9 @@ def calibration(world: Any) -> dict[str, Any]:
         "negative_uplift_share": _check(
             float((uplift < 0).mean()) if len(uplift) else None, NEGATIVE_UPLIFT_SHARE
         ),
-        "top_decile_over_mean": _check(
-            top / mean if top is not None and mean else None, TOP_DECILE_OVER_MEAN
-        ),
+        "top_decile_over_mean": _check(_ratio(top, mean), TOP_DECILE_OVER_MEAN),
         "intent_over_calendar": _check(
-            intent["mean_true_uplift"] / mean if mean else None, INTENT_OVER_CALENDAR
+            _ratio(intent["mean_true_uplift"], mean), INTENT_OVER_CALENDAR
         ),
         "comeback_no_contact": _check(comeback, COMEBACK_NO_CONTACT),
     }
@@ -128,7 +131,7 @@ def calibration(world: Any) -> dict[str, Any]:
         "by_offer": by_offer,
         "by_channel": by_channel,
         "by_trigger": {"calendar": calendar, "intent": intent},
-        "comeback_rate": round(comeback, 5),
+        "comeback_rate": None if comeback is None else round(comeback, 5),
         "targets": targets,
         "pass": all(t["pass"] for t in targets.values()),
     }
