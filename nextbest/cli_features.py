@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
+from rich.table import Table
 
 from nextbest.cli_common import JsonFlag, console, emit, fail
 from nextbest.settings import get_settings
@@ -37,7 +39,52 @@ def simulate(
         )
     except ValueError as exc:
         fail(str(exc))
+    if not as_json:
+        emit({k: v for k, v in summary.items() if k != "calibration"}, as_json)
+        console.print(calibration_table(summary["calibration"]))
+        console.print(calibration_targets(summary["calibration"]))
+        return
     emit(summary, as_json)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def calibration_table(cal: dict) -> Table:
+    """The world's campaign response by offer, channel and trigger type, in percent."""
+    t = Table(title="Calibration: true 30-day conversion (observed)", box=box.SIMPLE_HEAD)
+    t.add_column("group", no_wrap=True)
+    for col in ("untreated", "treated", "uplift pt", "n"):
+        t.add_column(col, justify="right", no_wrap=True)
+    for part in ("by_offer", "by_channel", "by_trigger"):
+        t.add_row(f"[bold]{part.replace('_', ' ')}[/]")
+        for name, r in cal[part].items():
+            t.add_row(
+                f"  {name}",
+                f"{_pct(r['untreated_conversion'])} ({_pct(r['observed_untreated'])})",
+                f"{_pct(r['treated_conversion'])} ({_pct(r['observed_treated'])})",
+                f"{100 * r['mean_true_uplift']:+.2f}",
+                str(r["n"]),
+            )
+    return t
+
+
+def calibration_targets(cal: dict) -> Table:
+    """Each target users report, the world's figure and whether it lands inside."""
+    met = "all met" if cal["pass"] else "NOT all met"
+    t = Table(title=f"Calibration targets (simulator/calibration.py): {met}", box=box.SIMPLE_HEAD)
+    for col in ("target", "value", "range", ""):
+        t.add_column(col)
+    for name, r in cal["targets"].items():
+        low, high = r["target"]
+        t.add_row(
+            name,
+            "-" if r["value"] is None else f"{r['value']:.4g}",
+            f"{low:g} .. {'' if high is None else f'{high:g}'}",
+            "[green]pass[/]" if r["pass"] else "[red]FAIL[/]",
+        )
+    return t
 
 
 # --- identity -----------------------------------------------------------------------------
@@ -165,7 +212,6 @@ def profile(
     if as_json:
         emit(result, True)
         return
-    from rich.table import Table
 
     table = Table(title=f"customer {result['customer_id']}", show_header=False)
     ids = ", ".join(f"{k} x{n}" for k, n in result["identifiers"].items()) or "none"

@@ -20,9 +20,18 @@ from simulator.people import Population
 # Chance an abandoned basket comes back by itself within 30 days. Ordinary purchases of the same
 # product add ~5 points, so the measured no-contact rate (``comeback_rate``) is ~21%.
 COMEBACK_P = 0.165
-CONTACT_BOOST = 1.5  # a marketing contact in the window raises it
+# A marketing contact in the window raises it by a quarter: ~4 points, 5-10x what a calendar
+# campaign adds (the act-on-intent lift users report; ``simulator.calibration`` checks it).
+CONTACT_BOOST = 1.25
 COMEBACK_MEAN_DAYS = 5.0
 CONTACT_TYPES = ("email_send", "sms_send", "call_contact")
+
+
+def comeback_probs(price_sensitivity: np.ndarray, contacted: np.ndarray | bool) -> np.ndarray:
+    """True chance an abandoned basket comes back by itself within 30 days: the price-sensitive
+    less often; a marketing contact in the window multiplies it by CONTACT_BOOST."""
+    base = COMEBACK_P * (0.7 + 0.6 * (1 - np.asarray(price_sensitivity, dtype=float)))
+    return base * np.where(contacted, CONTACT_BOOST, 1.0)
 
 
 def add_comebacks(
@@ -39,7 +48,7 @@ def add_comebacks(
     nxt = first_after(contact_person, contact_ts, baskets.person, baskets.ts)
     contacted = (nxt >= 0) & (nxt <= baskets.ts + 30 * US_PER_DAY)
     price = pop.people["price_sensitivity"].to_numpy()[baskets.person]
-    prob = COMEBACK_P * (0.7 + 0.6 * (1 - price)) * np.where(contacted, CONTACT_BOOST, 1.0)
+    prob = comeback_probs(price, contacted)
     back = rng.random(len(prob)) < prob
     trunc = 1 - np.exp(-30 / COMEBACK_MEAN_DAYS)
     delay = -COMEBACK_MEAN_DAYS * np.log(1 - rng.random(len(prob)) * trunc)
@@ -60,10 +69,12 @@ def add_comebacks(
         buf.add(t + 3 * MINUTE, person, ch, "purchase", **kw, **cids)
 
 
-def comeback_rate(events: pd.DataFrame, window_days: int = 30, abandon_minutes: int = 60) -> dict:
-    """Share of abandoned baskets (no checkout within ``abandon_minutes``, not removed) whose
-    product the same person buys within ``window_days`` with no marketing contact meanwhile.
-    Baskets whose window runs past the last event are left out (their outcome is unknown)."""
+def basket_outcomes(
+    events: pd.DataFrame, window_days: int = 30, abandon_minutes: int = 60
+) -> pd.DataFrame:
+    """One row per basket add whose window ends inside the history: who, whether it was
+    abandoned (no checkout within ``abandon_minutes``, not removed), whether a marketing contact
+    reached the person within ``window_days``, and whether the product was bought in that time."""
     ev = events[["ts", "event_type", "product_id", "campaign_id", "true_person_id"]]
     ev = ev.assign(t=to_us(ev["ts"])).sort_values("t", kind="stable")
     end = int(ev["t"].max())
@@ -87,13 +98,29 @@ def comeback_rate(events: pd.DataFrame, window_days: int = 30, abandon_minutes: 
     abandoned = ~(_next(of("checkout"), ["true_person_id"]) <= grace) & ~(
         _next(of("basket_remove"), ["true_person_id", "product_id"]) <= grace
     )
-    quiet = abandoned & ~(
-        _next(contacts[contacts.campaign_id.notna()], ["true_person_id"]) <= t + win
-    )
+    contacted = _next(contacts[contacts.campaign_id.notna()], ["true_person_id"]) <= t + win
     back = _next(of("purchase"), ["true_person_id", "product_id"]) <= t + win
-    n, loud = int(quiet.sum()), abandoned & ~quiet
+    return pd.DataFrame(
+        {
+            "true_person_id": adds["true_person_id"].to_numpy(),
+            "abandoned": abandoned,
+            "contacted": contacted,
+            "back": back,
+        }
+    )
+
+
+def comeback_rate(events: pd.DataFrame, window_days: int = 30, abandon_minutes: int = 60) -> dict:
+    """Share of abandoned baskets (no checkout within ``abandon_minutes``, not removed) whose
+    product the same person buys within ``window_days`` with no marketing contact meanwhile.
+    Baskets whose window runs past the last event are left out (their outcome is unknown)."""
+    b = basket_outcomes(events, window_days, abandon_minutes)
+    back = b["back"].to_numpy()
+    quiet = (b["abandoned"] & ~b["contacted"]).to_numpy()
+    loud = (b["abandoned"] & b["contacted"]).to_numpy()
+    n = int(quiet.sum())
     return {
-        "abandoned": int(abandoned.sum()),
+        "abandoned": int(b["abandoned"].sum()),
         "abandoned_no_contact": n,
         "comeback_rate": float(back[quiet].mean()) if n else float("nan"),
         "comeback_rate_contacted": float(back[loud].mean()) if loud.any() else float("nan"),

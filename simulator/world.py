@@ -28,6 +28,7 @@ from features.schema import (
 )
 from offers.catalog import Catalog, load_catalog
 from simulator.buffer import EventBuffer
+from simulator.calibration import calibration
 from simulator.campaigns import HOLDOUT_SHARE, simulate_campaigns
 from simulator.clock import START_US, US_PER_DAY, WORLD_START, to_timestamp
 from simulator.comebacks import CONTACT_TYPES, add_comebacks, comeback_rate
@@ -231,7 +232,8 @@ def read_plans(world_dir: str | Path, people: pd.DataFrame) -> pd.DataFrame:
 
 
 def simulate_world(customers: int, days: int, seed: int, out: str | Path) -> dict[str, Any]:
-    """Simulate and write a world; return a summary (rows per table, key rates, seconds)."""
+    """Simulate and write a world; return a summary (rows per table, key rates, seconds) and
+    its calibration against what users report (``simulator.calibration``)."""
     t0 = time.perf_counter()
     world = build_world(customers, days, seed, progress=True)
     t1 = time.perf_counter()
@@ -242,6 +244,7 @@ def simulate_world(customers: int, days: int, seed: int, out: str | Path) -> dic
         **summarize(world),
         "seconds": round(seconds, 2),
         "seconds_simulate": round(t1 - t0, 2),
+        "calibration": calibration(world),
     }
 
 

@@ -133,7 +133,7 @@ def test_simulated_world_attribution_matches_the_campaign_flag(tmp_path) -> None
     from nextbest.db import engine_for
 
     world = tmp_path / "world"
-    world_mod.simulate_world(customers=400, days=60, seed=3, out=world)
+    world_mod.simulate_world(customers=1000, days=60, seed=3, out=world)
     records = pd.read_parquet(world / "identities.parquet")
     keys = ["email", "phone", "loyalty_id", "login_id", "cookie_id"]
     records = records[records[keys].notna().any(axis=1)]
@@ -144,11 +144,22 @@ def test_simulated_world_attribution_matches_the_campaign_flag(tmp_path) -> None
     assert units.attrs["outcome_source"].startswith("purchase events")
     exposures = pd.read_parquet(world / "exposures.parquet")
     flag = units["exposure_id"].map(exposures.set_index("exposure_id")["converted"])
-    assert len(units) > 300 and units["converted"].sum() > 10
+    assert len(units) > 700 and units["converted"].sum() > 10
     # the misses are the world's, not the window's: cookie-only web exposures the identity
     # records never saw, and a few purchases that carry no identifier at all
     assert (units["converted"] == flag).mean() >= 0.95
-    assert not (units["converted"] & ~flag).any()  # nothing counted that did not happen
+    # nothing counted that did not happen to the resolved customer: a purchase the flag lacks is
+    # another true person's whom the graph merged with this one (a shared e-mail), and rare
+    extra = units[units["converted"] & ~flag]
+    assert len(extra) <= 0.01 * len(units)
+    events = pd.read_parquet(world / "events.parquet")
+    buys = events[events.event_type == "purchase"].assign(
+        customer_id=lambda d: graph.map_identifiers(d).to_numpy()
+    )
+    for u in extra.itertuples():
+        hit = buys[(buys.customer_id == u.customer_id) & (buys.product_id == products[u.offer_id])
+                   & (buys.ts >= u.ts) & (buys.ts <= u.ts + pd.Timedelta(days=30))]  # fmt: skip
+        assert len(hit) and (hit.true_person_id != u.true_person_id).all(), u
 
 
 # --- the one rule per decision (record.attribution.credit), issue 12 items 1, 2 and 5 ---
