@@ -29,7 +29,7 @@ from journeys.definition import ExitRule, Journey, ScoreRule
 from offers.catalog import Catalog
 from offers.rules import Rule
 from simulator.clock import DAYS_PER_MONTH, US_PER_DAY, person_time_key, to_us
-from simulator.comebacks import COMEBACK_MEAN_DAYS, COMEBACK_P
+from simulator.comebacks import COMEBACK_MEAN_DAYS, comeback_probs
 from simulator.events import BASKET_P, IN_SESSION_CHECKOUT, RETAIL_IDS, RETAIL_WEIGHT
 from simulator.lifecycle import complaint_rate
 from simulator.people import PlanHistory, contract_end_at, profile_at
@@ -283,7 +283,7 @@ def baseline(
         within = (1 - np.exp(-min(w_days, WINDOW_DAYS) / COMEBACK_MEAN_DAYS)) / (
             1 - np.exp(-WINDOW_DAYS / COMEBACK_MEAN_DAYS)
         )
-        comeback = COMEBACK_P * (0.7 + 0.6 * (1 - price)) * within
+        comeback = comeback_probs(price, False) * within
         k = pd.Index(RETAIL_IDS).get_indexer(product)
         weight = np.where(k >= 0, RETAIL_WEIGHT[np.maximum(k, 0)], 0.0)
         organic = 1 - np.exp(-view.purchase_rate(idx) * weight * w_days)
