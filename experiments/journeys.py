@@ -74,12 +74,14 @@ class PathResult(BaseModel):
 class JourneyResult(BaseModel):
     journey: str
     versions: list[str]
+    window_days: float | None  # the goal window of its definition, when known
     treated: ArmCounts
     holdout: ArmCounts
     lift: ArmComparison | None
     note: str  # why there is no lift, else empty
     steps: list[StepFunnel]
     paths: list[PathResult]
+    verdict: str = ""  # the report's sentence for a marketer
 
     @property
     def measured(self) -> tuple[float, float, float] | None:
@@ -189,12 +191,14 @@ def evaluate(
         )  # fmt: skip
         if comp is not None and comp.p_value is not None:  # one journey, one test: no family
             comp.p_adjusted, comp.significant = comp.p_value, comp.p_value < alpha
-        order, reference = _definition_order(definitions.get(str(name)))
+        definition = definitions.get(str(name))
+        order, reference = _definition_order(definition)
         own_steps = steps[steps["journey"] == name] if not steps.empty else steps
         results.append(
             JourneyResult(
                 journey=str(name),
                 versions=sorted(part["version"].astype(str).unique()),
+                window_days=definition.goal.within.total_seconds() / 86400 if definition else None,
                 treated=_arm(t),
                 holdout=_arm(h),
                 lift=comp,

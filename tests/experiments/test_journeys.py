@@ -246,7 +246,7 @@ def fill_ledger(engine) -> None:
         conn.execute(insert(journey_versions), [
             {"journey": "abandoned_basket", "version": v, "definition": _definition(w),
              "created_at": T0 - timedelta(days=k)} for k, (v, w) in enumerate(
-                [("v7", "7d"), ("v30", "30d")])
+                [("v30", "30d"), ("v7", "7d")])
         ])  # fmt: skip
         conn.execute(insert(journey_instances), [
             {"instance_id": i, "journey": "abandoned_basket", "version": v, "customer_id": f"c{i}",
@@ -326,3 +326,46 @@ def test_loader_on_a_ledger_without_journeys(tmp_path: Path) -> None:
     units, steps = journey_frames(engine_for(f"sqlite:///{tmp_path / 'empty.db'}"))
     assert units.empty and steps.empty and list(units.columns) == UNIT_COLUMNS
     assert evaluate(units, steps) == []
+
+
+# --- the report's Journeys section ------------------------------------------------------------
+def test_report_has_a_journeys_section_with_the_same_numbers_as_its_json(tmp_path: Path) -> None:
+    import json
+    import re
+
+    from experiments.report import build_report
+    from experiments.report_charts import figures, render_html
+    from nextbest.db import engine_for
+    from nextbest.settings import Settings
+    from tests.experiments.test_report import make_world
+
+    world = make_world(tmp_path / "world")
+    settings = Settings(home=tmp_path / "home")
+    fill_ledger(engine_for(settings.ledger_db_url))
+    data = build_report(settings, world)
+    (j,) = data.journeys
+    assert (j.journey, j.window_days, j.treated.entered, j.holdout.entered) == (
+        "abandoned_basket", 30, 4, 2,
+    )  # fmt: skip
+    assert [f.step_id for f in j.steps] == ["banner", "email", "sms"]  # the file's order
+    assert [p.path for p in j.paths] == ["email_first", "sms_first"]
+    assert j.verdict.startswith("abandoned_basket: -25.0 points of 30-day conversion, 95% CI")
+    assert "1 journeys, 6 instances" in data.journeys_note
+    dumped = json.loads(data.model_dump_json())["journeys"][0]
+    assert dumped["lift"]["lift"] == pytest.approx(-0.25) and dumped["steps"][1]["opened"] == 2
+    sections = [f["section"] for f in figures(data)]
+    assert sections.count("journeys") == 1 and "journey:abandoned_basket" in sections
+    html = re.sub(r"\s+", " ", render_html(data))
+    assert '<h3 id="journey-abandoned_basket">abandoned_basket</h3>' in html
+    assert "<td>treated</td><td>4</td><td>1</td> <td>25.0%</td>" in html
+    assert "<td>holdout</td><td>2</td><td>1</td> <td>50.0%</td>" in html
+    assert "<td>email (email)</td><td>2</td><td>2</td> <td>2</td><td>1</td>" in html
+    assert "<td>email_first (reference)</td>" in html
+    assert j.verdict in html
+
+    quiet = build_report(Settings(home=tmp_path / "quiet"), world)
+    assert quiet.journeys == []
+    assert quiet.journeys_note == "No journey ran: there is no decision ledger yet."
+    html = render_html(quiet)
+    assert "<h2>Journeys</h2>" in html and "No journey ran" in html
+    assert not [f for f in figures(quiet) if f["section"].startswith("journey")]
