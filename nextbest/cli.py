@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from nextbest import cli_experiments, cli_features, cli_models, cli_serving
+from nextbest import cli_experiments, cli_features, cli_journeys, cli_models, cli_serving
 from nextbest.cli_common import JsonFlag, emit, fail, settings_error
 from nextbest.settings import get_settings
 
@@ -45,11 +45,13 @@ app.command()(cli_experiments.replay)
 bench_app.command("features")(cli_features.bench_features)
 bench_app.command("decide")(cli_serving.bench_decide_cmd)
 bench_app.command("uplift")(cli_experiments.bench_uplift)
+bench_app.command("journey-coverage")(cli_journeys.bench_journey_coverage)
 
 app.add_typer(cli_features.identity_app, name="identity")
 app.add_typer(cli_features.features_app, name="features")
 app.add_typer(bench_app, name="bench")
 app.add_typer(cli_experiments.uplift_app, name="uplift")
+app.add_typer(cli_journeys.journeys_app, name="journeys")
 
 
 @app.command()

@@ -369,3 +369,25 @@ def test_report_has_a_journeys_section_with_the_same_numbers_as_its_json(tmp_pat
     html = render_html(quiet)
     assert "<h2>Journeys</h2>" in html and "No journey ran" in html
     assert not [f for f in figures(quiet) if f["section"].startswith("journey")]
+
+
+# --- evaluate and the coverage benchmark ------------------------------------------------------
+def test_coverage_counts_the_worlds_whose_interval_holds_the_truth() -> None:
+    from benchmarks.journey_coverage import JourneyLift, coverage
+
+    def lift(m, lo, hi, truth=0.05):  # noqa: ANN001, ANN202
+        return JourneyLift(measured_lift=m, ci_low=lo, ci_high=hi, true_lift=truth,
+                           n_treated=400, n_holdout=100)  # fmt: skip
+
+    per = {
+        "basket": [lift(0.04, 0.01, 0.07), lift(0.09, 0.06, 0.12), lift(0.05, 0.05, 0.05)],
+        "empty": [lift(None, None, None, truth=0.0)],  # no interval: not covered
+    }
+    got = coverage(per, worlds=3)
+    assert got["basket"] == {
+        "covered": 2, "worlds": 3, "measured": 3, "mean_ci_width": pytest.approx(0.04),
+        "mean_true_lift": pytest.approx(0.05), "mean_measured_lift": pytest.approx(0.06),
+        "mean_n_treated": 400, "mean_n_holdout": 100,
+    }  # fmt: skip
+    assert (got["empty"]["covered"], got["empty"]["measured"]) == (0, 0)
+    assert got["empty"]["mean_ci_width"] is None
