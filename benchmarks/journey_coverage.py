@@ -46,13 +46,15 @@ def simulated_lifts(
 
     world = build_world(customers, days, seed)
     run = simulate_journeys(world, list(journeys), seed)
-    results = evaluate(run.units, run.steps, {j.name: j for j in journeys})
+    results = {r.journey: r for r in evaluate(run.units, run.steps, {j.name: j for j in journeys})}
     out = {}
-    for r in results:
-        lift, low, high = r.measured or (None, None, None)
-        out[r.journey] = JourneyLift(
-            measured_lift=lift, ci_low=low, ci_high=high, true_lift=float(run.truth[r.journey]),
-            n_treated=r.treated.entered, n_holdout=r.holdout.entered, note=r.note,
+    for j in journeys:  # every journey, measured or not: one that nobody entered says so
+        r = results.get(j.name)
+        lift, low, high = (r.measured if r else None) or (None, None, None)
+        out[j.name] = JourneyLift(
+            measured_lift=lift, ci_low=low, ci_high=high, true_lift=float(run.truth[j.name]),
+            n_treated=r.treated.entered if r else 0, n_holdout=r.holdout.entered if r else 0,
+            note=r.note if r else "nobody entered this journey in the simulated world",
         )  # fmt: skip
     return out
 

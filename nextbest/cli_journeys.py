@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,15 +15,40 @@ journeys_app = typer.Typer(no_args_is_help=True, help="Always-on, multi-step jou
 
 # nextbest.cli mounts this group and registers bench_journey_coverage on `bench`.
 
-Customers = Annotated[int | None, typer.Option(help="people in each simulated world")]
-Days = Annotated[int | None, typer.Option(help="days simulated")]
+Customers = Annotated[int | None, typer.Option(min=1, help="people in each simulated world")]
+Days = Annotated[int | None, typer.Option(min=1, help="days simulated")]
 Seed = Annotated[int | None, typer.Option(help="random seed (of the first world)")]
 
 
-def _shipped():  # noqa: ANN202 - list[Journey], imported late to keep the CLI quick to start
-    from journeys.load import load_journeys, shipped_examples
+Folder = Annotated[
+    Path | None, typer.Option(help="folder of journey files (default: the shipped examples)")
+]
+EXAMPLES = Path(__file__).resolve().parents[1] / "journeys" / "examples"
 
-    return load_journeys(shipped_examples())
+
+def _journeys(folder: Path | None):  # noqa: ANN202 - list[Journey]; pydantic imported late
+    """The journeys of ``folder``'s YAML files, in name order; one line naming a bad file."""
+    import yaml
+    from pydantic import ValidationError
+
+    from journeys.definition import Journey
+
+    folder = folder or EXAMPLES
+    files = sorted(folder.glob("*.yaml"))
+    if not files:
+        fail(f"--folder: no journey files (*.yaml) in {folder}")
+    out = []
+    for path in files:
+        try:
+            out.append(Journey.model_validate(yaml.safe_load(path.read_text(encoding="utf-8"))))
+        except yaml.YAMLError as exc:
+            fail(f"{path}: not YAML ({str(exc).splitlines()[0]})")
+        except ValidationError as exc:
+            first, more = exc.errors()[0], exc.error_count() - 1
+            where = ".".join(str(k) for k in first["loc"]) or "file"
+            also = f" (and {more} more: `nextbest journeys validate` lists them)" if more else ""
+            fail(f"{path}: {where}: {first['msg']}{also}")
+    return out
 
 
 def _pct(x: float | None) -> str:
@@ -34,6 +60,7 @@ def evaluate_cmd(
     customers: Customers = None,
     days: Days = None,
     seed: Seed = None,
+    folder: Folder = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Run the shipped journeys on a simulated world: each one's measured lift over its holdout,
@@ -48,7 +75,7 @@ def evaluate_cmd(
             s.customers if customers is None else customers,
             s.days if days is None else days,
             s.seed if seed is None else seed,
-            _shipped(),
+            _journeys(folder),
         )
     except ValueError as exc:
         fail(str(exc))
@@ -62,8 +89,9 @@ def evaluate_cmd(
         table.add_column(col, justify="left" if col == "journey" else "right")
     for name, x in lifts.items():
         ci = "-" if x.ci_low is None else f"{_pct(x.ci_low)} to {_pct(x.ci_high)}"
+        covered = "-" if x.ci_low is None else "yes" if x.covered else "no"
         table.add_row(name, str(x.n_treated), str(x.n_holdout), _pct(x.measured_lift), ci,
-                      _pct(x.true_lift), "yes" if x.covered else "no")  # fmt: skip
+                      _pct(x.true_lift), covered)  # fmt: skip
     console.print(table)
 
 
@@ -72,6 +100,7 @@ def bench_journey_coverage(
     customers: Customers = None,
     days: Days = None,
     seed: Seed = None,
+    folder: Folder = None,
     as_json: JsonFlag = False,
 ) -> None:
     """How often each shipped journey's 95% interval covers its true lift, over many worlds."""
@@ -81,7 +110,7 @@ def bench_journey_coverage(
 
     s = get_settings()
     result = run(
-        _shipped(),
+        _journeys(folder),
         worlds,
         s.customers if customers is None else customers,
         s.days if days is None else days,

@@ -391,3 +391,81 @@ def test_coverage_counts_the_worlds_whose_interval_holds_the_truth() -> None:
     }  # fmt: skip
     assert (got["empty"]["covered"], got["empty"]["measured"]) == (0, 0)
     assert got["empty"]["mean_ci_width"] is None
+
+
+def test_evaluate_prints_each_journeys_lift_interval_and_truth(private_home: Path) -> None:
+    """The last line's exact shape, and its figures recomputed from the simulator's own run."""
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from nextbest.cli import app
+    from simulator.journey_sim import simulate_journeys
+    from simulator.world import build_world
+
+    args = ["journeys", "evaluate", "--customers", "500", "--days", "30", "--seed", "3", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    shipped = sorted(EXAMPLE.parent.glob("*.yaml"))
+    journeys = [Journey.model_validate(yaml.safe_load(p.read_text())) for p in shipped]
+    assert list(got) == ["journeys"] and sorted(got["journeys"]) == sorted(j.name for j in journeys)
+    keys = ["measured_lift", "ci_low", "ci_high", "true_lift", "n_treated", "n_holdout"]
+    run = simulate_journeys(build_world(500, 30, 3), journeys, 3)
+    for name, figures in got["journeys"].items():
+        assert sorted(figures) == sorted(keys)
+        units = run.units[run.units.journey == name]
+        t, h = units[units.arm == "treatment"], units[units.arm == "holdout"]
+        assert (figures["n_treated"], figures["n_holdout"]) == (len(t), len(h))
+        assert figures["true_lift"] == run.truth[name]
+        if len(t) and len(h):
+            lift = t.converted.mean() - h.converted.mean()
+            assert figures["measured_lift"] == pytest.approx(lift)
+            assert figures["ci_low"] < figures["ci_high"]
+    basket = got["journeys"]["abandoned_basket"]
+    assert basket["n_treated"] > 100 and basket["n_holdout"] > 20
+    assert basket["ci_low"] <= basket["true_lift"] <= basket["ci_high"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--folder", "{tmp}"], "error: --folder: no journey files (*.yaml) in {tmp}"),
+        (["--customers", "0"], "'--customers': Input should be greater than or equal to 1"),
+        (["--days", "0"], "'--days': Input should be greater than or equal to 1"),
+        (
+            ["--folder", "{tmp}", "--seed", "1"],
+            "error: {tmp}/bad.yaml: entry: Field required (and 1 more: `nextbest journeys "
+            "validate` lists them)",
+        ),
+    ],
+)
+def test_evaluate_rejects_bad_options(private_home: Path, args, message) -> None:
+    from typer.testing import CliRunner
+
+    from nextbest.cli import app
+
+    tmp = private_home / "nothing"
+    tmp.mkdir()
+    if "--seed" in args:  # a folder holding one file that is not a journey
+        (tmp / "bad.yaml").write_text("name: x\noffers: [data_addon]\nsteps: []\n")
+    args = [a.replace("{tmp}", str(tmp)) for a in args]
+    result = CliRunner().invoke(app, ["journeys", "evaluate", *args])
+    assert result.exit_code == 2
+    assert message.replace("{tmp}", str(tmp)) in " ".join(result.stderr.split())
+
+
+def test_coverage_on_a_few_worlds_holds_the_truth() -> None:
+    """A sanity check on three small worlds (the 20-world run is the benchmark)."""
+    import yaml
+
+    from benchmarks.journey_coverage import run
+
+    basket = Journey.model_validate(yaml.safe_load(EXAMPLE.read_text()))
+    result = run([basket], worlds=3, customers=800, days=45, seed=11, progress=False)
+    got = result["journeys"]["abandoned_basket"]
+    assert got["measured"] == 3 and got["covered"] >= 2
+    assert abs(got["mean_measured_lift"] - got["mean_true_lift"]) < 0.05
+    assert 0 < got["mean_ci_width"] < 0.3
+    assert result["seeds"] == [11, 13] and result["goal"] == "covered in at least 2 of 3 worlds"
