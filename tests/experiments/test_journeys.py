@@ -363,6 +363,10 @@ def test_report_has_a_journeys_section_with_the_same_numbers_as_its_json(tmp_pat
     assert "<td>email_first (reference)</td>" in html
     assert j.verdict in html
 
+    lone = evaluate(make_units("lone", {"treatment": (30, 3)}), NO_STEPS)  # no holdout at all
+    html = re.sub(r"\s+", " ", render_html(data.model_copy(update={"journeys": lone})))
+    assert '<td rowspan="2" colspan="4">no holdout instances: lift cannot be measured</td>' in html
+
     quiet = build_report(Settings(home=tmp_path / "quiet"), world)
     assert quiet.journeys == []
     assert quiet.journeys_note == "No journey ran: there is no decision ledger yet."
