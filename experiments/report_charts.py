@@ -177,5 +177,6 @@ def write_report(settings: Any, out: Path, world_dir: Path | None = None) -> dic
         "json": str(out / "report.json"),
         "lines": len(data.lines),
         "units": data.n_units,
+        "journeys": len(data.journeys),
         "sources": data.sources,
     }

@@ -473,3 +473,27 @@ def test_coverage_on_a_few_worlds_holds_the_truth() -> None:
     assert abs(got["mean_measured_lift"] - got["mean_true_lift"]) < 0.05
     assert 0 < got["mean_ci_width"] < 0.3
     assert result["seeds"] == [11, 13] and result["goal"] == "covered in at least 2 of 3 worlds"
+
+
+def test_cli_report_writes_the_journeys_into_its_json(private_home: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from nextbest.cli import app
+    from nextbest.db import engine_for
+    from nextbest.settings import get_settings
+    from tests.experiments.test_report import make_world
+
+    world = make_world(private_home / "world")
+    fill_ledger(engine_for(get_settings().ledger_db_url))
+    out = private_home / "report"
+    args = ["report", "--out", str(out), "--world", str(world), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["journeys"] == 1
+    (j,) = json.loads((out / "report.json").read_text())["journeys"]
+    assert (j["journey"], j["treated"]["entered"], j["holdout"]["converted"]) == (
+        "abandoned_basket", 4, 1,
+    )  # fmt: skip
+    assert j["verdict"] in (out / "report.html").read_text()
