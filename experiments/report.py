@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from estimation.uplift import ArmComparison, compare
 from estimation.uplift_stats import holm
+from experiments.journeys import JourneyResult, evaluate, journey_definitions, journey_frames
 from experiments.qini import QiniCurve, report_curves
 from experiments.report_ope import PolicyEstimate, ope_estimates
 from experiments.report_units import ReportError, load_units, offer_catalog
@@ -68,6 +69,8 @@ class ReportData(BaseModel):
     qini_source: str
     ope: list[PolicyEstimate]
     ope_note: str
+    journeys: list[JourneyResult] = []
+    journeys_note: str = ""
 
 
 def verdict(
@@ -206,6 +209,33 @@ def cumulative(units: pd.DataFrame, top: int = 6) -> list[CumulativeSeries]:
     return series
 
 
+def journey_results(settings: Any, alpha: float = 0.05) -> tuple[list[JourneyResult], str]:
+    """Every journey that ran in the ledger, against its holdout; or why there is none."""
+    url = settings.ledger_db_url
+    if url.startswith("sqlite") and not Path(url.split("///", 1)[-1]).exists():
+        return [], "No journey ran: there is no decision ledger yet."
+    from nextbest.db import engine_for
+
+    try:
+        engine = engine_for(url)
+        units, steps = journey_frames(engine)
+        results = evaluate(units, steps, journey_definitions(engine) if len(units) else {}, alpha)
+    except Exception as exc:  # noqa: BLE001 - an unreadable ledger is reported, not fatal
+        return [], f"Journeys could not be read from the ledger ({type(exc).__name__}: {exc})."
+    if not results:
+        return [], "No journey ran: the ledger holds no journey instances."
+    for r in results:
+        window = round(r.window_days) if r.window_days else settings.attribution_days
+        r.verdict = verdict(r.journey, r.lift, window, r.note)
+    n = sum(r.treated.entered + r.holdout.entered for r in results)
+    note = (
+        f"{len(results)} journeys, {n} instances (treated and held out) from the decision "
+        "ledger. Lift is intent to treat: every treated instance counts, whatever became of its "
+        "messages; holdout instances got nothing and are followed over the same goal window."
+    )
+    return results, note
+
+
 def build_report(settings: Any = None, world_dir: Path | None = None) -> ReportData:
     """Every number of the report, from the ledger and the world."""
     from nextbest.settings import get_settings
@@ -215,6 +245,7 @@ def build_report(settings: Any = None, world_dir: Path | None = None) -> ReportD
     window, alpha = settings.attribution_days, 0.05
     curves, qini_source = report_curves(units, settings)
     policies, ope_note = ope_estimates(settings)
+    journeys, journeys_note = journey_results(settings, alpha)
     return ReportData(
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
         sources=sources,
@@ -229,4 +260,6 @@ def build_report(settings: Any = None, world_dir: Path | None = None) -> ReportD
         qini_source=qini_source,
         ope=policies,
         ope_note=ope_note,
+        journeys=journeys,
+        journeys_note=journeys_note,
     )

@@ -91,11 +91,49 @@ def _ope(data: ReportData) -> go.Figure | None:
     return fig
 
 
+def _journey_lifts(data: ReportData) -> go.Figure | None:
+    """Each journey's lift over its holdout with its 95% interval, like the forest plots."""
+    rows = [r for r in data.journeys if r.measured is not None][::-1]
+    if not rows:
+        return None
+    lift, lo, hi = (np.array([100 * r.measured[k] for r in rows]) for k in range(3))
+    fig = go.Figure()
+    fig.add_scatter(x=lift, y=[r.journey for r in rows], mode="markers", name="lift, 95% CI",
+                    marker={"color": TREATED, "size": 9},
+                    error_x={"type": "data", "array": hi - lift, "arrayminus": lift - lo,
+                             "color": TREATED, "thickness": 2})  # fmt: skip
+    fig.add_vline(x=0, line_color="#444", line_dash="dot")
+    fig.update_layout(title="Journeys: lift in goal conversion over the holdout (points)",
+                      xaxis_title="treated minus holdout, percentage points",
+                      height=140 + 34 * len(rows), margin={"l": 200})  # fmt: skip
+    return fig
+
+
+def _journey_funnel(result) -> go.Figure | None:
+    """Treated instances sent, delivered, opened and clicked at each message step."""
+    if not result.steps:
+        return None
+    x = [f"{f.step_id} ({f.channel})" if f.channel else f.step_id for f in result.steps]
+    fig = go.Figure()
+    shades = (TREATED, "#54aeff", "#80ccff", "#b6e3ff")
+    for stage, colour in zip(("sent", "delivered", "opened", "clicked"), shades, strict=True):
+        fig.add_bar(x=x, y=[getattr(f, stage) for f in result.steps], name=stage,
+                    marker_color=colour)  # fmt: skip
+    fig.add_scatter(x=x, y=[f.converted_sent for f in result.steps], mode="markers",
+                    name="reached the goal (of sent)",
+                    marker={"color": "#1a7f37", "size": 10, "symbol": "diamond"})  # fmt: skip
+    fig.update_layout(title=f"{result.journey}: message funnel (treated instances)",
+                      barmode="group", height=340, yaxis_title="instances")  # fmt: skip
+    return fig
+
+
 def figures(data: ReportData) -> list[dict[str, str]]:
     """Every chart as {id, section, json}, in page order."""
     figs: list[tuple[str, go.Figure | None]] = [("lift", _forest(data, d)) for d in DIMENSIONS]
     figs += [("cumulative", _cumulative(s)) for s in data.cumulative]
     figs += [("qini", _qini(data)), ("ope", _ope(data))]
+    figs += [("journeys", _journey_lifts(data))]
+    figs += [(f"journey:{r.journey}", _journey_funnel(r)) for r in data.journeys]
     out = []
     for i, (section, fig) in enumerate(f for f in figs if f[1] is not None):
         fig.update_layout(template="plotly_white", font={"size": 12})
@@ -139,5 +177,6 @@ def write_report(settings: Any, out: Path, world_dir: Path | None = None) -> dic
         "json": str(out / "report.json"),
         "lines": len(data.lines),
         "units": data.n_units,
+        "journeys": len(data.journeys),
         "sources": data.sources,
     }

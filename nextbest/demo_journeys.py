@@ -136,12 +136,10 @@ def journey_story(
             console.print(f"{cid}: held out of {JOURNEY} (gets nothing; its comeback is counted)")
             continue
         dialog.saw("-", f"entered {JOURNEY} (treatment) after the idle wait")
-        banner = lambda i=inst["instance_id"]: (
-            [  # noqa: E731
-                s for s in _step_log(settings, i) if s["result"] == "banner"
-            ]
-            or None
-        )
+
+        def banner(i: str = inst["instance_id"]) -> list[dict[str, Any]] | None:
+            return [s for s in _step_log(settings, i) if s["result"] == "banner"] or None
+
         _until(banner, 10)  # the runner takes the first step in the round that entered it
         visit = client.post("/decide", json={"login_id": login, "channel": "web"}).json()
         top = visit["offers"][0]["offer_id"] if visit["offers"] else "nothing"
@@ -179,7 +177,6 @@ def journey_lifts(settings: Settings, console: Console) -> dict[str, Any]:
     """Every shipped journey on the demo's world: the measured lift in its goal over its
     holdout, with its 95% interval, beside the truth's."""
     from benchmarks.journey_coverage import simulated_lifts
-
     from journeys.load import load_journeys, shipped_examples
 
     lifts = simulated_lifts(
