@@ -1,4 +1,5 @@
-"""Orchestration: people, identities, lifecycle, activity, campaigns, comebacks -> Parquet.
+"""Orchestration: people, joiners, identities, lifecycle, activity, campaigns, comebacks ->
+Parquet.
 
 Each stage draws from its own child seed, so changing one stage does not reshuffle the others
 and a seed always gives byte-identical tables.
@@ -33,17 +34,18 @@ from simulator.clock import START_US, US_PER_DAY, WORLD_START, to_timestamp
 from simulator.comebacks import CONTACT_TYPES, add_comebacks, comeback_rate
 from simulator.events import simulate_activity
 from simulator.identities import Keys, make_identities
+from simulator.joiners import pick_joiners, sign_up_events
 from simulator.lifecycle import simulate_lifecycle, simulate_plan_changes
 from simulator.people import make_people, static_plans
 from simulator.response import OFFER_IDS, WINDOW_DAYS
 
 TABLES = ("people", "identities", "events", "exposures", "plans")
-STAGES = ("people", "identities", "plans", "lifecycle", "activity", "campaigns", "comebacks",
-          "assemble")  # fmt: skip
+STAGES = ("people", "joiners", "identities", "plans", "lifecycle", "activity", "campaigns",
+          "comebacks", "assemble")  # fmt: skip
 # Child seeds in the order stages were added (not run): a new stage takes a new child, so the
 # earlier stages keep drawing exactly what they drew before it existed.
 SEEDED_STAGES = ("people", "identities", "lifecycle", "activity", "campaigns", "comebacks",
-                 "assemble", "plans")  # fmt: skip
+                 "assemble", "plans", "joiners")  # fmt: skip
 
 
 @dataclass
@@ -93,12 +95,15 @@ def build_world(
             bar.update(task, advance=1, description=name)
 
         pop = make_people(rng["people"], customers)
+        step("joiners")
+        joiners = pick_joiners(rng["joiners"], pop, days)
         step("identities")
         identities, keys = make_identities(rng["identities"], pop)
         step("plans")
         simulate_plan_changes(rng["plans"], pop, days)
         step("lifecycle")
         simulate_lifecycle(rng["lifecycle"], pop, keys, days, buf)
+        sign_up_events(rng["joiners"], pop, keys, joiners, days, buf)
         step("activity")
         baskets = simulate_activity(rng["activity"], pop, keys, days, buf)
         step("campaigns")
