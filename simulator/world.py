@@ -251,7 +251,8 @@ def simulate_world(customers: int, days: int, seed: int, out: str | Path) -> dic
 
 
 def summarize(world: World) -> dict[str, Any]:
-    """Figures a reader checks first: sizes, churn, comeback rate, campaign response."""
+    """Figures a reader checks first: sizes, churn and sign-ups in the window, comeback rate,
+    campaign response."""
     ex = world.exposures
     arms = ex.groupby("arm")["converted"].mean().to_dict() if len(ex) else {}
     uplift = ex["true_p_treated"] - ex["true_p_untreated"]
@@ -265,6 +266,7 @@ def summarize(world: World) -> dict[str, Any]:
         "seed": world.meta["seed"],
         "rows": {t: len(df) for t, df in world.tables().items()},
         "churned_share": round(float(world.people["churned_at"].notna().mean()), 4),
+        "joined_share": round(float((world.people["tenure_start"] >= WORLD_START).mean()), 4),
         "plan_changed_share": round(_plan_changed_share(world), 4),
         "basket_comeback": {
             k: round(v, 4) if isinstance(v, float) else v

@@ -13,7 +13,7 @@ from simulator.journey_entrants import world_entries
 from simulator.journey_sim import UNIT_COLUMNS, simulate_journeys
 from simulator.lifecycle import RENEWAL_MONTHS
 from simulator.people import make_people
-from simulator.world import SEEDED_STAGES, World, build_world
+from simulator.world import SEEDED_STAGES, World, build_world, summarize
 from tests.simulator.conftest import LARGE
 from tests.simulator.journey_defs import shipped
 
@@ -33,6 +33,7 @@ def test_about_one_and_a_half_percent_a_month_join(large_world: World) -> None:
     count = int(_joined(large_world).sum())
     sd = np.sqrt(n * share * (1 - share))
     assert abs(count - n * share) < 3.5 * sd, (count, n * share)
+    assert summarize(large_world)["joined_share"] == round(count / n, 4)
 
 
 def test_sign_ups_fall_inside_the_window_leaving_the_goal_window(large_world: World) -> None:
