@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from simulator.buffer import EventBuffer
-from simulator.clock import START_US, US_PER_DAY
-from simulator.events import active_end
+from simulator.clock import US_PER_DAY
+from simulator.events import active_end, active_start
 from simulator.identities import Keys
 from simulator.people import Population
 
@@ -30,14 +30,17 @@ class Consent:
         }
         self.flip = {c: np.full(n, -1, dtype=np.int64) for c in self.initial}
         self.optout = {c: np.full(n, -1, dtype=np.int64) for c in self.initial}
+        self.since = active_start(pop)
 
     def ok(self, channel: str, idx: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """Whether each person may be contacted on ``channel`` at ``t``."""
+        """Whether each person may be contacted on ``channel`` at ``t``: nobody before they
+        signed up (a new customer's consent is recorded then)."""
+        joined = self.since[idx] <= t
         if channel not in self.initial:
-            return np.ones(len(idx), dtype=bool)
+            return joined
         flip, out = self.flip[channel][idx], self.optout[channel][idx]
         state = self.initial[channel][idx] ^ ((flip >= 0) & (flip <= t))
-        return state & ~((out >= 0) & (out <= t))
+        return joined & state & ~((out >= 0) & (out <= t))
 
     def address(self, channel: str, idx: np.ndarray) -> dict[str, np.ndarray]:
         """The identifier a consent event of this channel carries."""
@@ -63,8 +66,10 @@ class Consent:
                 **self.address(ch, has),
             )
             flip = has[rng.random(len(has)) < ORGANIC_FLIP]
-            span = active_end(pop, days)[flip] - START_US  # nobody changes their mind after leaving
-            ft = START_US + (rng.random(len(flip)) * span).astype(np.int64)
+            # nobody changes their mind before joining or after leaving
+            since = active_start(pop)[flip]
+            span = active_end(pop, days)[flip] - since
+            ft = since + (rng.random(len(flip)) * span).astype(np.int64)
             self.flip[ch][flip] = ft
             buf.add(
                 ft,

@@ -13,7 +13,7 @@ import pandas as pd
 from offers.catalog import Catalog, Offer
 from simulator.buffer import EventBuffer
 from simulator.clock import START_US, US_PER_DAY, last_before
-from simulator.events import active_end
+from simulator.events import active_end, active_start
 from simulator.identities import Keys
 from simulator.lifecycle import identifiers
 from simulator.people import Population, profile_at
@@ -65,7 +65,7 @@ def organic_offer_purchases(
     p = pop.people
     n = len(p)
     idx = np.arange(n)
-    start = np.full(n, START_US)
+    start = active_start(pop)  # a new customer's demand is a new customer's
     x, averse = features_at(p, idx, start, np.zeros(n, dtype=bool))
     profile = profile_at(p, idx, start, pop.plans)
     end = active_end(pop, days)
@@ -77,7 +77,7 @@ def organic_offer_purchases(
         ts = START_US + (rng.random(len(person)) * (end[person] - START_US)).astype(np.int64)
         e = exposures[exposures.offer_id == offer.id]
         prev = last_before(e["person"].to_numpy(), e["ts"].to_numpy(), person, ts)
-        free = ~((prev >= 0) & (ts - prev <= WINDOW_DAYS * US_PER_DAY))
+        free = ~((prev >= 0) & (ts - prev <= WINDOW_DAYS * US_PER_DAY)) & (ts > start[person])
         k = int(free.sum())
         write_conversions(rng, keys, offer, person[free], ts[free], np.zeros(k, dtype=bool),
                           None, None, buf)  # fmt: skip

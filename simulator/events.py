@@ -48,6 +48,12 @@ class Baskets:
     channel: np.ndarray
 
 
+def active_start(pop: Population) -> np.ndarray:
+    """When each person starts doing anything: the window's start, or their sign-up inside it
+    (``simulator.joiners``)."""
+    return np.maximum(pop.people["tenure_start"].to_numpy(), START_US)
+
+
 def active_end(pop: Population, days: int) -> np.ndarray:
     end = START_US + days * US_PER_DAY
     churned = pop.people["churned_at"].to_numpy()
@@ -57,7 +63,9 @@ def active_end(pop: Population, days: int) -> np.ndarray:
 def _arrivals(
     rng: np.random.Generator, pop: Population, rate: np.ndarray, days: int, quiet: float = 0.4
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Poisson arrival times per person over [start, churn or end]; thinned once disengaged."""
+    """Poisson arrival times per person over [sign-up, churn or end]; thinned once disengaged.
+    Drawn over [window start, churn or end] and cut to the sign-up (a Poisson process on the
+    shorter span), so new customers do not change what the others draw."""
     end = active_end(pop, days)
     span = (end - START_US) / US_PER_DAY
     count = rng.poisson(rate * span)
@@ -65,6 +73,7 @@ def _arrivals(
     ts = START_US + (rng.random(len(person)) * (end[person] - START_US)).astype(np.int64)
     dis = pop.people["disengaged_at"].to_numpy()[person]
     keep = ~((dis >= 0) & (ts > dis) & (rng.random(len(ts)) > quiet))
+    keep &= ts > active_start(pop)[person]
     return person[keep], ts[keep]
 
 

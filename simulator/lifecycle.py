@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from simulator.buffer import EventBuffer
-from simulator.clock import START_US, US_PER_DAY
+from simulator.clock import DAYS_PER_MONTH, START_US, US_PER_DAY
 from simulator.identities import Keys
 from simulator.people import PLAN_ARPU, PLANS, PlanHistory, Population, months_between
 from simulator.response import churn_hazard, onset_hazard
@@ -44,16 +44,18 @@ def simulate_plan_changes(rng: np.random.Generator, pop: Population, days: int) 
     up = UPGRADE_RATE * (0.5 + p["data_hunger"].to_numpy())
     down = DOWNGRADE_RATE * (0.5 + p["price_sensitivity"].to_numpy())
     contract_end = p["contract_end"].to_numpy()
-    rows = [(np.arange(n), p["tenure_start"].to_numpy(), tier.copy(), factor.copy())]
+    tenure = p["tenure_start"].to_numpy()
+    rows = [(np.arange(n), tenure, tier.copy(), factor.copy())]
     for d in range(days):
         t = START_US + d * US_PER_DAY
         u = rng.random((3, n))
         jitter = (rng.random(n) * US_PER_DAY).astype(np.int64)
+        joined = tenure < t + jitter  # a new customer's plan holds from sign-up
         out_of_contract = (contract_end >= 0) & (contract_end <= t)
         down_rate = down * np.where(out_of_contract, OUT_OF_CONTRACT_DOWNGRADE, 1.0)
-        upgrade = (tier >= 1) & (tier < len(PLANS) - 1) & (u[0] < up)
-        downgrade = ~upgrade & (tier >= 2) & (u[1] < down_rate)
-        drift = ~upgrade & ~downgrade & (u[2] < ARPU_DRIFT_RATE)
+        upgrade = joined & (tier >= 1) & (tier < len(PLANS) - 1) & (u[0] < up)
+        downgrade = joined & ~upgrade & (tier >= 2) & (u[1] < down_rate)
+        drift = joined & ~upgrade & ~downgrade & (u[2] < ARPU_DRIFT_RATE)
         tier = tier + upgrade - downgrade
         factor = np.where(drift, factor * np.exp(ARPU_DRIFT_SIGMA * rng.standard_normal(n)), factor)
         moved = np.flatnonzero(upgrade | downgrade | drift)
@@ -101,14 +103,15 @@ def simulate_lifecycle(
     last_complaint = np.full(n, -1, dtype=np.int64)
     complaints: list[tuple[np.ndarray, np.ndarray]] = []
 
+    tenure = p["tenure_start"].to_numpy()
     for d in range(days):
         t = START_US + d * US_PER_DAY
-        alive = churned < 0
         ml = months_between(np.full(n, t), contract_end)
         dsc = np.where(last_complaint >= 0, (t - last_complaint) / US_PER_DAY, np.nan)
         is_dis = (disengaged >= 0) & (disengaged <= t)
         u = rng.random((4, n))
         jitter = (rng.random(n) * US_PER_DAY).astype(np.int64)
+        alive = (churned < 0) & (tenure < t + jitter)  # a new customer acts from sign-up on
 
         comp = alive & (u[0] < c_rate * np.where(is_dis, 2.5, 1.0))
         onset = alive & (disengaged < 0) & (u[1] < onset_hazard(base, ml, dsc))
@@ -129,7 +132,7 @@ def simulate_lifecycle(
         churned[churn] = t + jitter[churn]
         prior_end[renew] = contract_end[renew]
         renewed[renew] = t + jitter[renew]
-        contract_end[renew] = t + jitter[renew] + int(RENEWAL_MONTHS * 30.4375 * US_PER_DAY)
+        contract_end[renew] = t + jitter[renew] + int(RENEWAL_MONTHS * DAYS_PER_MONTH * US_PER_DAY)
 
     p["contract_end"] = contract_end
     p["prior_contract_end"] = prior_end
@@ -188,6 +191,7 @@ def _usage(
     )
     churned, dis = p["churned_at"].to_numpy()[person], p["disengaged_at"].to_numpy()[person]
     keep = (ts < START_US + days * US_PER_DAY) & ((churned < 0) | (ts < churned))
+    keep &= ts > p["tenure_start"].to_numpy()[person]
     person, ts = person[keep], ts[keep]
     dropped = (dis[keep] >= 0) & (dis[keep] <= ts)
     gb = gb_base[person] * np.where(dropped, USAGE_DROP, 1.0) * rng.lognormal(0, 0.15, len(ts))

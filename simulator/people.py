@@ -177,13 +177,7 @@ def make_people(rng: np.random.Generator, n: int) -> Population:
     contract_end = np.where(prepaid, -1, START_US + (end_days * US_PER_DAY).astype(np.int64))
     has_app = rng.random(n) < np.clip(0.15 + 0.7 * tech, 0, 0.95)
     base_purchase = 0.004 * rng.lognormal(0, 0.5, n) * (0.6 + tech)
-    churn_base = (
-        0.00035
-        * (1.6 - loyalty)
-        * (0.6 + 0.8 * price)
-        * np.where(prepaid, 1.6, 1.0)
-        * np.clip(1.5 - tenure_days / (6 * 365), 0.6, 1.5)
-    )
+    churn_base = churn_base_hazard(loyalty, price, prepaid, tenure_days)
     people = pd.DataFrame(
         {
             "person_id": [f"P{i:07d}" for i in range(n)],
@@ -217,6 +211,20 @@ def make_people(rng: np.random.Generator, n: int) -> Population:
         household_idx=hh,
         household_has_landline=rng.random(n_hh) < 0.45,
         household_has_family_email=rng.random(n_hh) < 0.35,
+    )
+
+
+def churn_base_hazard(
+    loyalty: np.ndarray, price: np.ndarray, prepaid: np.ndarray, tenure_days: np.ndarray
+) -> np.ndarray:
+    """Daily churn hazard before contract, complaints and disengagement: the disloyal, the
+    price-sensitive, prepaid and recent customers leave more readily."""
+    return (
+        0.00035
+        * (1.6 - loyalty)
+        * (0.6 + 0.8 * price)
+        * np.where(prepaid, 1.6, 1.0)
+        * np.clip(1.5 - tenure_days / (6 * 365), 0.6, 1.5)
     )
 
 

@@ -1,4 +1,5 @@
-"""Orchestration: people, identities, lifecycle, activity, campaigns, comebacks -> Parquet.
+"""Orchestration: people, joiners, identities, lifecycle, activity, campaigns, comebacks ->
+Parquet.
 
 Each stage draws from its own child seed, so changing one stage does not reshuffle the others
 and a seed always gives byte-identical tables.
@@ -34,17 +35,18 @@ from simulator.clock import START_US, US_PER_DAY, WORLD_START, to_timestamp
 from simulator.comebacks import CONTACT_TYPES, add_comebacks, comeback_rate
 from simulator.events import simulate_activity
 from simulator.identities import Keys, make_identities
+from simulator.joiners import pick_joiners, sign_up_events
 from simulator.lifecycle import simulate_lifecycle, simulate_plan_changes
 from simulator.people import make_people, static_plans
 from simulator.response import OFFER_IDS, WINDOW_DAYS
 
 TABLES = ("people", "identities", "events", "exposures", "plans")
-STAGES = ("people", "identities", "plans", "lifecycle", "activity", "campaigns", "comebacks",
-          "assemble")  # fmt: skip
+STAGES = ("people", "joiners", "identities", "plans", "lifecycle", "activity", "campaigns",
+          "comebacks", "assemble")  # fmt: skip
 # Child seeds in the order stages were added (not run): a new stage takes a new child, so the
 # earlier stages keep drawing exactly what they drew before it existed.
 SEEDED_STAGES = ("people", "identities", "lifecycle", "activity", "campaigns", "comebacks",
-                 "assemble", "plans")  # fmt: skip
+                 "assemble", "plans", "joiners")  # fmt: skip
 
 
 @dataclass
@@ -94,12 +96,15 @@ def build_world(
             bar.update(task, advance=1, description=name)
 
         pop = make_people(rng["people"], customers)
+        step("joiners")
+        joiners = pick_joiners(rng["joiners"], pop, days)
         step("identities")
         identities, keys = make_identities(rng["identities"], pop)
         step("plans")
         simulate_plan_changes(rng["plans"], pop, days)
         step("lifecycle")
         simulate_lifecycle(rng["lifecycle"], pop, keys, days, buf)
+        sign_up_events(rng["joiners"], pop, keys, joiners, days, buf)
         step("activity")
         baskets = simulate_activity(rng["activity"], pop, keys, days, buf)
         step("campaigns")
@@ -249,7 +254,8 @@ def simulate_world(customers: int, days: int, seed: int, out: str | Path) -> dic
 
 
 def summarize(world: World) -> dict[str, Any]:
-    """Figures a reader checks first: sizes, churn, comeback rate, campaign response."""
+    """Figures a reader checks first: sizes, churn and sign-ups in the window, comeback rate,
+    campaign response."""
     ex = world.exposures
     arms = ex.groupby("arm")["converted"].mean().to_dict() if len(ex) else {}
     uplift = ex["true_p_treated"] - ex["true_p_untreated"]
@@ -263,6 +269,7 @@ def summarize(world: World) -> dict[str, Any]:
         "seed": world.meta["seed"],
         "rows": {t: len(df) for t, df in world.tables().items()},
         "churned_share": round(float(world.people["churned_at"].notna().mean()), 4),
+        "joined_share": round(float((world.people["tenure_start"] >= WORLD_START).mean()), 4),
         "plan_changed_share": round(_plan_changed_share(world), 4),
         "basket_comeback": {
             k: round(v, 4) if isinstance(v, float) else v

@@ -264,3 +264,18 @@ def test_world_counts_match_a_brute_force_count(feature_home) -> None:  # noqa: 
         assert rows.loc[cid, "spend_30d"] == pytest.approx(buys["value"].sum())
         web = last30[(last30["event_type"] == "session_start") & (last30["channel"] == "web")]
         assert rows.loc[cid, "visits_web_30d"] == len(web)
+
+
+def test_a_customer_who_joins_in_the_window_has_features_from_sign_up(feature_home) -> None:  # noqa: ANN001
+    """New customers (simulator.joiners) have no row before signing up, then a tenure in days
+    since it."""
+    profile = pd.read_parquet(feature_home.build["profile_file"]).set_index("customer_id")
+    times = [pd.Timestamp(t) for t in feature_home.build["snapshots"]]
+    joined = profile[profile["tenure_start"] >= pd.Timestamp("2026-01-01", tz="UTC")]
+    assert len(joined) > 0
+    batch = feature_home.batch()
+    for cid, start in joined["tenure_start"].items():
+        rows = batch[batch["customer_id"] == cid].set_index("event_timestamp")
+        assert list(rows.index) == [t for t in times if t > start]
+        days = [(t.normalize() - start.normalize()).days for t in rows.index]
+        assert rows["tenure_days"].tolist() == days
