@@ -3,7 +3,8 @@ and its journey runner, and the journey's lift over its holdout beside the truth
 
 The live service runs the shipped ``abandoned_basket`` journey with its waits shortened to
 seconds (a demo cannot wait an hour for the e-mail and a day for the SMS); everything else in
-it (holdout, consent, caps, the offers, the exits) is the shipped file's. A sender's part is
+it (holdout, consent, caps, the offers, the exits) is the shipped file's, except its quiet
+hours: a dialog of seconds run at night would wait for the morning. A sender's part is
 played here: it claims the outbox's messages and confirms their delivery, the customer never
 opens the e-mail, and finally buys in a store, which ends the journey at once.
 
@@ -39,6 +40,7 @@ def install_demo_journey(settings: Settings) -> Path:
 
     data = yaml.safe_load((shipped_examples() / f"{JOURNEY}.yaml").read_text(encoding="utf-8"))
     data["entry"]["idle"] = DEMO_WAITS["idle"]
+    data["rules"].pop("quiet_hours", None)  # a dialog of seconds cannot wait for the morning
     for step in data["steps"]:
         if step["id"] == "wait_hour":
             step["duration"] = DEMO_WAITS["wait_hour"]
@@ -47,7 +49,7 @@ def install_demo_journey(settings: Settings) -> Path:
     folder = settings.journeys_path
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{JOURNEY}.yaml"
-    note = "# nextbest demo: the shipped abandoned_basket journey, waits shortened to seconds\n"
+    note = "# nextbest demo: the shipped abandoned_basket, waits in seconds, no quiet hours\n"
     path.write_text(note + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
 

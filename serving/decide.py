@@ -130,7 +130,8 @@ def allowed_offers(
     only: frozenset[str] | None = None,
 ) -> tuple[list[Any], dict[str, str]]:
     """Offers that pass validity, channel, consent, eligibility and caps; and why others did not.
-    ``only``: the offers a journey may carry (doing nothing stays possible).
+    ``only``: the offers a journey may carry; doing nothing is one of them only when the
+    journey lists it (``no_offer``): a marketer who wrote a message step wants it sent.
     A decision is one contact on its channel if any of its slots held a real offer (one e-mail
     however many offers it carries); each offer it showed, in any slot, counts for that
     offer's own cap and suppression."""
@@ -148,7 +149,7 @@ def allowed_offers(
             by_offer.setdefault(o, []).append((o, show.ts))
     kept, dropped = [], {}
     for offer in catalogue:
-        if only is not None and offer.id not in only and not policy.is_no_offer(offer):
+        if only is not None and offer.id not in only:
             continue  # not the journey's: not a candidate at all, nor a reason worth logging
         why = (
             policy.valid_now(offer, ts)
