@@ -207,14 +207,15 @@ class Nextbest:
 
     def _journeys(self) -> str | None:
         """Due journey steps (``serving.journey_runner``): the active journeys' versions are
-        stored once, due intent entries enter (``serving.journey_intents``), then every due
-        step runs, one transaction each, until none is due."""
+        stored once, due intent entries enter (``serving.journey_intents``), scheduled
+        triggers are swept every ``journey_schedule_minutes`` (``serving.journey_schedule``),
+        then every due step runs, one transaction each, until none is due."""
         if not self._journeys_synced:
             journeys = journey_defs.active(self.deps.settings).values()
             journey_defs.sync_versions(journeys, self.deps.ledger.engine)
             self._journeys_synced = True
         entered, steps = journey_intents.run_round(self.deps)
-        done = [f"{entered} customers entered on intent"] if entered else []
+        done = [f"{entered} customers entered on intent or schedule"] if entered else []
         done += [f"{steps} steps taken"] if steps else []
         return f"journeys: {'; '.join(done)}" if done else None
 
