@@ -127,6 +127,7 @@ class _Inputs:
         self._events: dict[str, pd.DataFrame] = {}
         self._churned: pd.Series | None = None
         self._latest: pd.DataFrame | None = None
+        self._crm: pd.DataFrame | None = None
 
     def canonical(self, ids: pd.Series) -> pd.Series:
         """Customer ids under the id their person goes by now (identity merges)."""
@@ -179,7 +180,9 @@ class _Inputs:
         path = self.settings.feature_dir / PROFILE_PATH
         if not path.exists():
             return self._derived()
-        p = pd.read_parquet(path)
+        if self._crm is None:
+            self._crm = pd.read_parquet(path)
+        p = self._crm
         renewed = _ts(p, "renewed_at")
         end = _ts(p, "contract_end")
         if "prior_contract_end" in p.columns:
