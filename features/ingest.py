@@ -17,6 +17,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import warnings
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,22 +114,39 @@ def write_event_log(settings: Settings, events: pd.DataFrame) -> Path:
     return path
 
 
-def read_event_log(settings: Settings) -> pd.DataFrame:
-    """The whole log: the batch history plus every live event, ordered by time."""
+def read_event_log(
+    settings: Settings,
+    event_types: Sequence[str] | None = None,
+    columns: Sequence[str] = LOG_COLUMNS,
+) -> pd.DataFrame:
+    """The whole log: the batch history plus every live event, ordered by time. ``event_types``
+    keeps only those types and ``columns`` only those columns, read from the files as such (a
+    journey sweep reads one event type of a year's log, not all of it)."""
+    cols = list(columns)
+    if event_types is not None and not event_types:
+        return pd.DataFrame(columns=cols)
     parts = []
     batch = settings.event_log_dir / "batch.parquet"
     if batch.exists():
-        parts.append(pd.read_parquet(batch))
-    live = pd.read_sql_query(f"SELECT {', '.join(LOG_COLUMNS)} FROM events", _live_db(settings))
+        wanted = None if event_types is None else [("event_type", "in", list(event_types))]
+        parts.append(pd.read_parquet(batch, columns=cols, filters=wanted))
+    query, args = f"SELECT {', '.join(cols)} FROM events", list(event_types or [])
+    if event_types is not None:
+        query += f" WHERE event_type IN ({', '.join('?' * len(args))})"
+    live = pd.read_sql_query(query, _live_db(settings), params=args)
     if len(live):
-        live["ts"] = pd.to_datetime(live["ts"], utc=True, format="ISO8601")
-        live["consent_value"] = live["consent_value"].map({1: True, 0: False})
+        if "ts" in live:
+            live["ts"] = pd.to_datetime(live["ts"], utc=True, format="ISO8601")
+        if "consent_value" in live:
+            live["consent_value"] = live["consent_value"].map({1: True, 0: False})
         parts.append(live)
     if not parts:
-        return pd.DataFrame(columns=list(LOG_COLUMNS))
+        return pd.DataFrame(columns=cols)
     with warnings.catch_warnings():  # all-null live columns (e.g. consent) are fine to widen
         warnings.simplefilter("ignore", FutureWarning)
         frame = pd.concat(parts, ignore_index=True)
+    if "ts" not in frame:
+        return frame
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True).astype("datetime64[us, UTC]")
     return frame.sort_values("ts", kind="stable").reset_index(drop=True)
 

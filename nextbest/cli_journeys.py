@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -217,3 +218,54 @@ def bench_journey_coverage(
                       "-" if v["mean_ci_width"] is None else f"{100 * v['mean_ci_width']:.2f}",
                       _pct(v["mean_true_lift"]), _pct(v["mean_measured_lift"]))  # fmt: skip
     console.print(table)
+
+
+def _iso_time(option: str, value: str | None) -> datetime | None:
+    """An ISO 8601 time (naive: UTC), or a one-line failure naming the option."""
+    if value is None:
+        return None
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"{option}: not an ISO 8601 time: {value!r}")
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+@journeys_app.command("sweep")
+def sweep_cmd(
+    since: Annotated[
+        str | None,
+        typer.Option(help="sweep from this ISO time (default: where each journey's last ended)"),
+    ] = None,
+    now: Annotated[
+        str | None, typer.Option(help="sweep up to this ISO time (default: now)")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """One sweep of the scheduled entry triggers (lifecycle, calendar, predictive,
+    behavioural): customers due in (since, now] enter their journeys; prints how many entered
+    per journey. A runner sweeps by itself every ``journey_schedule_minutes``."""
+    from serving.deps import load_deps
+    from serving.journey_schedule import sweep
+
+    start, end = _iso_time("--since", since), _iso_time("--now", now)
+    end = end or datetime.now(UTC)
+    if start is not None and start >= end:
+        fail(f"--since: must be before --now ({start.isoformat()} >= {end.isoformat()})")
+    s = get_settings().ensure_dirs()
+    deps = load_deps(s, bandit=None)
+    try:
+        done = sweep(deps, end, start)
+    except ValueError as exc:  # a journey file that does not load
+        fail(str(exc))
+    result = {
+        "now": done.now.isoformat(),
+        "since": {k: v.isoformat() for k, v in done.since.items()},
+        "entered": done.entered,
+        "skipped": done.skipped,
+    }
+    if not as_json:
+        for name, n in done.entered.items():
+            console.print(f"{name}: {n} entered" + (f" (not evaluated: {done.skipped[name]})"
+                                                     if name in done.skipped else ""))  # fmt: skip
+    emit(result, as_json)

@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     journey_poll_seconds: float = Field(
         1.0, gt=0, description="how often a journey runner looks for due steps when idle"
     )
+    journey_schedule_minutes: float = Field(
+        60.0,
+        gt=0,
+        description="how often a journey runner sweeps scheduled entry triggers (lifecycle, "
+        "calendar, predictive, behavioural)",
+    )
     bandit_reward_wait_minutes: float = Field(
         60.0 * 24,
         ge=0,

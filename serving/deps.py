@@ -17,6 +17,7 @@ from functools import cached_property
 from typing import Any
 
 import journeys.intent_state  # noqa: F401 - their tables join the ledger's metadata before
+import journeys.schedule_state  # noqa: F401 - (and the scheduled entries' state)
 import journeys.state  # noqa: F401 - Ledger creates them
 from nextbest.db import engine_for
 from nextbest.settings import Settings

@@ -23,6 +23,7 @@ from serving import outbox
 from serving.deps import Deps
 from serving.journey_defs import active
 from serving.journey_runner import enter, run_due
+from serving.journey_schedule import maybe_sweep
 
 log = logging.getLogger("nextbest.journeys")
 
@@ -106,8 +107,12 @@ def _enter(j: Journey, customer_id: str, ts: datetime, context: dict, deps: Deps
 
 def run_round(deps: Deps, now: datetime | None = None, limit: int = 500) -> tuple[int, int]:
     """One round of a journey runner, as the service's loop and ``nextbest journeys run`` take
-    them: due intent entries enter, then due steps run. Returns (entered, steps)."""
-    entered = enter_due_intents(deps, now or deps.clock(), limit)
+    them: due intent entries enter, scheduled triggers are swept when a sweep is due (every
+    ``journey_schedule_minutes``, ``serving.journey_schedule``), then due steps run. Returns
+    (entered, steps)."""
+    at = now or deps.clock()
+    entered = enter_due_intents(deps, at, limit)
+    entered += maybe_sweep(deps, at)
     return entered, run_due(deps, now, limit)
 
 

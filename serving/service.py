@@ -24,7 +24,16 @@ from starlette.routing import Route
 
 from features.schema import CHANNELS
 from nextbest.settings import development_secrets_error, get_settings
-from serving import actions, admin, journey_banners, journey_defs, journey_intents, learner, outbox
+from serving import (
+    actions,
+    admin,
+    journey_banners,
+    journey_defs,
+    journey_intents,
+    journey_schedule,
+    learner,
+    outbox,
+)
 from serving.auth import ApiGuard
 from serving.batching import FeatureBatcher
 from serving.bentofix import cancel_timeout_timers
@@ -196,25 +205,28 @@ class Nextbest:
     def _scan(self) -> str | None:
         """Abandoned baskets become outbound decisions (``serving.outbox``) unless the
         abandoned_basket journey is active; with no journey runner, due intent entries
-        enter their journeys here."""
+        enter their journeys here, and scheduled triggers are swept when a sweep is due."""
         queued = outbox.scan_abandoned(self.deps)
         entered = 0
         if not self.deps.settings.journey_runner:  # else the runner's round enters them
-            entered = journey_intents.enter_due_intents(self.deps, self.deps.clock())
+            at = self.deps.clock()
+            entered = journey_intents.enter_due_intents(self.deps, at)
+            entered += journey_schedule.maybe_sweep(self.deps, at)
         done = [f"abandoned baskets: {len(queued)} messages queued"] if queued else []
-        done += [f"intent entries: {entered} customers entered journeys"] if entered else []
+        done += [f"journey entries: {entered} customers entered journeys"] if entered else []
         return "; ".join(done) or None
 
     def _journeys(self) -> str | None:
         """Due journey steps (``serving.journey_runner``): the active journeys' versions are
-        stored once, due intent entries enter (``serving.journey_intents``), then every due
-        step runs, one transaction each, until none is due."""
+        stored once, due intent entries enter (``serving.journey_intents``), scheduled
+        triggers are swept every ``journey_schedule_minutes`` (``serving.journey_schedule``),
+        then every due step runs, one transaction each, until none is due."""
         if not self._journeys_synced:
             journeys = journey_defs.active(self.deps.settings).values()
             journey_defs.sync_versions(journeys, self.deps.ledger.engine)
             self._journeys_synced = True
         entered, steps = journey_intents.run_round(self.deps)
-        done = [f"{entered} customers entered on intent"] if entered else []
+        done = [f"{entered} customers entered on intent or schedule"] if entered else []
         done += [f"{steps} steps taken"] if steps else []
         return f"journeys: {'; '.join(done)}" if done else None
 
