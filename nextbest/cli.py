@@ -46,6 +46,7 @@ bench_app.command("features")(cli_features.bench_features)
 bench_app.command("decide")(cli_serving.bench_decide_cmd)
 bench_app.command("uplift")(cli_experiments.bench_uplift)
 bench_app.command("journey-coverage")(cli_journeys.bench_journey_coverage)
+bench_app.command("journeys")(cli_journeys.bench_journeys_cmd)
 
 app.add_typer(cli_features.identity_app, name="identity")
 app.add_typer(cli_features.features_app, name="features")

@@ -269,3 +269,17 @@ def sweep_cmd(
             console.print(f"{name}: {n} entered" + (f" (not evaluated: {done.skipped[name]})"
                                                      if name in done.skipped else ""))  # fmt: skip
     emit(result, as_json)
+
+
+def bench_journeys_cmd(
+    quick: Annotated[bool, typer.Option("--quick", help="small sizes, for a test")] = False,
+    postgres: Annotated[
+        bool, typer.Option(help="also measure on PostgreSQL at 127.0.0.1:5432 if it answers")
+    ] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Event -> outbox latency and runner throughput (1 and 3 runners, few and many instances
+    waiting) on SQLite and PostgreSQL, against a bare insert into the same database."""
+    from benchmarks.journeys import bench_journeys
+
+    emit(bench_journeys(quick=quick, postgres=postgres), as_json)
