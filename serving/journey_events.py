@@ -23,6 +23,7 @@ from record.ledger import mark_status
 from record.tables import outbox, utc
 from serving.deps import Deps
 from serving.journey_defs import definition
+from serving.journey_runner import run_instance
 
 log = logging.getLogger("nextbest.journeys")
 # A sender's outcome about a message, as the event it stands for (by the message's channel)
@@ -190,8 +191,20 @@ def resolve_waits(
         if (named and ref not in named) or ts > utc(expires):
             continue  # about another message, or it timed out first
         with deps.ledger.engine.begin() as conn:
-            moved += _move_on(conn, iid, event_type, decision_id, channel, deps)
+            went = _move_on(conn, iid, event_type, decision_id, channel, deps)
+        if went:
+            moved += 1
+            take_next_step(iid, deps)
     return moved
+
+
+def take_next_step(instance_id: str, deps: Deps) -> None:
+    """The step an event made due, taken now rather than at the runner's next poll (the
+    e-mail after an open arrives with the open). A failure is the runner's to retry."""
+    try:
+        run_instance(deps, instance_id)
+    except Exception:  # noqa: BLE001 - the instance stays due; a runner takes it
+        log.exception("journey instance %s: next step left to the runner", instance_id)
 
 
 def _move_on(

@@ -22,6 +22,7 @@ from record.tables import utc
 from serving import outbox
 from serving.deps import Deps
 from serving.journey_defs import active
+from serving.journey_events import take_next_step
 from serving.journey_runner import enter, run_due
 from serving.journey_schedule import maybe_sweep
 
@@ -63,7 +64,10 @@ def track(event: Any, customer_id: str, journeys: dict[str, Journey], deps: Deps
             continue
         context = entry_context(event)
         if t.idle is None:
-            out["journeys_entered"] += _enter(j, customer_id, ts, context, deps) is not None
+            entered = _enter(j, customer_id, ts, context, deps)
+            if entered is not None and entered["status"] == "active":
+                take_next_step(entered["instance_id"], deps)  # its first message: now
+            out["journeys_entered"] += entered is not None
             continue
         with deps.ledger.engine.begin() as conn:  # a later event pushes the entry back
             conn.execute(delete(journey_pending_entries).where(pending))

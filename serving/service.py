@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from features.schema import CHANNELS
+from journeys.definition import OUTBOUND_CHANNELS
 from nextbest.settings import development_secrets_error, get_settings
 from serving import (
     actions,
@@ -84,8 +85,8 @@ async def _profile(request: Request) -> JSONResponse:
 
 async def _outbox(request: Request) -> JSONResponse:
     channel = request.query_params.get("channel", "")
-    if channel not in outbox.OUTBOUND_ORDER:
-        msg = f"channel: must be one of {', '.join(outbox.OUTBOUND_ORDER)}, got {channel!r}"
+    if channel not in OUTBOUND_CHANNELS:
+        msg = f"channel: must be one of {', '.join(OUTBOUND_CHANNELS)}, got {channel!r}"
         return JSONResponse({"error": msg, "field": "channel"}, 400)
     peek = request.query_params.get("peek", "false").lower() in ("1", "true", "yes")
     return JSONResponse({"messages": outbox.pending(STATE.deps, channel, claim=not peek)})

@@ -105,11 +105,10 @@ def test_wait_for_is_resolved_by_an_event_about_its_email(deps: Deps) -> None:
     res = _ingest(deps, "email_open", at + timedelta(minutes=2), channel="email",
                   cookie_id="ck-2", campaign_id=mid)  # fmt: skip
     assert res["journey_waits_resolved"] == 1
-    after = state(deps, iid)
-    assert (after["status"], after["step_id"], after["waits"]) == ("active", "done", [])
-    assert after["due_at"] <= now()  # due now: the runner takes its on_event step
-    assert [s["result"] for s in after["steps"]] == ["sent", "waited", "event"]
-    assert after["steps"][-1]["detail"] == "email_open"
+    after = state(deps, iid)  # its on_event step (the exit) was taken at once, not at a poll
+    assert (after["status"], after["step_id"], after["waits"]) == ("completed", "done", [])
+    assert [s["result"] for s in after["steps"]] == ["sent", "waited", "event", "exit"]
+    assert after["steps"][2]["detail"] == "email_open"
 
 
 def test_wait_for_is_resolved_by_an_outcome_open(deps: Deps) -> None:
@@ -121,7 +120,8 @@ def test_wait_for_is_resolved_by_an_outcome_open(deps: Deps) -> None:
     assert actions.record_outcome(opened, deps).recorded is True
     after = state(deps, iid)
     assert (after["step_id"], after["waits"]) == ("done", [])
-    assert after["steps"][-1]["decision_id"] == did
+    assert [s["result"] for s in after["steps"]][-2:] == ["event", "exit"]
+    assert after["steps"][-2]["decision_id"] == did
     assert deps.ledger.decision(did).status == "delivered"  # opened: evidently delivered
     assert actions.record_outcome(opened, deps).recorded is False  # a retried report
 

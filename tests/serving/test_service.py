@@ -213,7 +213,7 @@ def test_profile_and_outbox(client: TestClient) -> None:
             None,
             CHANNEL,
             400,
-            "channel: must be one of email, sms, got 'fax'",
+            "channel: must be one of email, sms, call_centre, paid_media, got 'fax'",
         ),
         ("get", "/profile/c1?channel=fax", None, CHANNEL, 400, "channel: unknown channel 'fax'"),
         (
