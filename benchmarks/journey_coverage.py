@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from experiments.journeys import evaluate
 from journeys.definition import Journey
@@ -57,6 +58,23 @@ def simulated_lifts(
             note=r.note if r else "nobody entered this journey in the simulated world",
         )  # fmt: skip
     return out
+
+
+def points(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:+.2f}"
+
+
+def lift_table(lifts: dict[str, JourneyLift], title: str) -> Table:
+    """Each journey's measured lift, its 95% interval and the truth's, in points."""
+    table = Table(title=title)
+    for col in ("journey", "treated", "holdout", "measured", "95% CI", "truth", "covered"):
+        table.add_column(col, justify="left" if col == "journey" else "right")
+    for name, x in lifts.items():
+        ci = "-" if x.ci_low is None else f"{points(x.ci_low)} to {points(x.ci_high)}"
+        covered = "-" if x.ci_low is None else "yes" if x.covered else "no"
+        table.add_row(name, str(x.n_treated), str(x.n_holdout), points(x.measured_lift), ci,
+                      points(x.true_lift), covered)  # fmt: skip
+    return table
 
 
 def _mean(values: list[float]) -> float | None:

@@ -142,10 +142,6 @@ def _journeys(folder: Path | None) -> list:
     return found
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:+.2f}"
-
-
 @journeys_app.command("evaluate")
 def evaluate_cmd(
     customers: Customers = None,
@@ -158,7 +154,7 @@ def evaluate_cmd(
     its 95% interval and the truth's lift."""
     import json
 
-    from benchmarks.journey_coverage import simulated_lifts
+    from benchmarks.journey_coverage import lift_table, simulated_lifts
 
     s = get_settings()
     try:
@@ -175,15 +171,7 @@ def evaluate_cmd(
     if as_json:
         print(json.dumps(result))
         return
-    table = Table(title="Journeys: lift in goal conversion over the holdout (points)")
-    for col in ("journey", "treated", "holdout", "measured", "95% CI", "truth", "covered"):
-        table.add_column(col, justify="left" if col == "journey" else "right")
-    for name, x in lifts.items():
-        ci = "-" if x.ci_low is None else f"{_pct(x.ci_low)} to {_pct(x.ci_high)}"
-        covered = "-" if x.ci_low is None else "yes" if x.covered else "no"
-        table.add_row(name, str(x.n_treated), str(x.n_holdout), _pct(x.measured_lift), ci,
-                      _pct(x.true_lift), covered)  # fmt: skip
-    console.print(table)
+    console.print(lift_table(lifts, "Journeys: lift in goal conversion over the holdout (points)"))
 
 
 def bench_journey_coverage(
@@ -197,7 +185,7 @@ def bench_journey_coverage(
     """How often each shipped journey's 95% interval covers its true lift, over many worlds."""
     import json
 
-    from benchmarks.journey_coverage import run
+    from benchmarks.journey_coverage import points, run
 
     s = get_settings()
     result = run(
@@ -216,7 +204,7 @@ def bench_journey_coverage(
     for name, v in result["journeys"].items():
         table.add_row(name, f"{v['covered']} / {v['worlds']}",
                       "-" if v["mean_ci_width"] is None else f"{100 * v['mean_ci_width']:.2f}",
-                      _pct(v["mean_true_lift"]), _pct(v["mean_measured_lift"]))  # fmt: skip
+                      points(v["mean_true_lift"]), points(v["mean_measured_lift"]))  # fmt: skip
     console.print(table)
 
 

@@ -178,21 +178,13 @@ def journey_story(
 def journey_lifts(settings: Settings, console: Console) -> dict[str, Any]:
     """Every shipped journey on the demo's world: the measured lift in its goal over its
     holdout, with its 95% interval, beside the truth's."""
-    from benchmarks.journey_coverage import simulated_lifts
+    from benchmarks.journey_coverage import lift_table, simulated_lifts
     from journeys.load import load_journeys, shipped_examples
 
     lifts = simulated_lifts(
         settings.customers, settings.days, settings.seed, load_journeys(shipped_examples())
     )
-    table = Table(title="journeys on the simulated world: goal lift over the holdout (points)")
-    for col in ("journey", "treated", "holdout", "measured", "95% interval", "truth"):
-        table.add_column(col, justify="left" if col == "journey" else "right")
-    for name, x in lifts.items():
-        ci = "-" if x.ci_low is None else f"{100 * x.ci_low:+.1f} to {100 * x.ci_high:+.1f}"
-        measured = "-" if x.measured_lift is None else f"{100 * x.measured_lift:+.1f}"
-        table.add_row(name, str(x.n_treated), str(x.n_holdout), measured, ci,
-                      f"{100 * x.true_lift:+.1f}")  # fmt: skip
-    console.print(table)
+    console.print(lift_table(lifts, "journeys on the simulated world: goal lift over the holdout"))
     basket = lifts.get(JOURNEY)
     if basket is not None and basket.measured_lift is not None:
         console.print(

@@ -4,7 +4,6 @@ read as a marketer writes them."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +11,9 @@ import pytest
 import yaml
 
 from journeys.definition import Journey
-from nextbest.db import engine_for
 from nextbest.settings import Settings
-from offers.catalog import load_catalog
-from record.ledger import Ledger
 from serving.deps import Deps
-from tests.serving.conftest import PROFILES, table_reader
+from tests.serving.conftest import profiles, real_deps, settings  # noqa: F401 - fixtures
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "journeys" / "examples"
 
@@ -30,26 +26,6 @@ def journey(text: str | Path, **rules: Any) -> Journey:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path, global_holdout_share=0.0, experiment_holdout_share=0.0)
-
-
-@pytest.fixture
-def profiles() -> dict[str, dict[str, Any]]:
-    return {k: dict(v) for k, v in PROFILES.items()}
-
-
-@pytest.fixture
-def deps(settings: Settings, profiles: dict[str, dict[str, Any]]) -> Deps:
-    from features.identity import graph_for
-
+def deps(settings: Settings, profiles: dict[str, dict[str, Any]]) -> Deps:  # noqa: F811
     settings.epsilon = 0.0  # no model: the real offers tie and one of them is drawn
-    return Deps(
-        settings=settings,
-        ledger=Ledger(engine_for(settings.ledger_db_url)),
-        catalog=load_catalog(),
-        graph=graph_for(settings),
-        features=table_reader(profiles),
-        missing={"models": "nothing promoted yet"},
-        rng=random.Random(7),
-    )
+    return real_deps(settings, profiles)

@@ -81,20 +81,25 @@ def profiles() -> dict[str, dict[str, Any]]:
     return {k: dict(v) for k, v in PROFILES.items()}
 
 
-@pytest.fixture
-def deps(settings: Settings, profiles: dict[str, dict[str, Any]]) -> Deps:
+def real_deps(settings: Settings, profiles: dict[str, dict[str, Any]]) -> Deps:
+    """The service's parts for a test: a real ledger, identity graph and catalogue, the
+    profile table as features, no models."""
     from features.identity import graph_for
 
-    ledger = Ledger(engine_for(settings.ledger_db_url))
     return Deps(
         settings=settings,
-        ledger=ledger,
+        ledger=Ledger(engine_for(settings.ledger_db_url)),
         catalog=load_catalog(),
         graph=graph_for(settings),
         features=table_reader(profiles),
         missing={"models": "nothing promoted yet"},
         rng=random.Random(7),
     )
+
+
+@pytest.fixture
+def deps(settings: Settings, profiles: dict[str, dict[str, Any]]) -> Deps:
+    return real_deps(settings, profiles)
 
 
 @pytest.fixture(scope="session")
