@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel
+from scipy import stats
 from sqlalchemy import Engine, Select, exists, inspect, select
 
 from estimation.uplift import ArmComparison, compare
@@ -97,16 +98,65 @@ def _arm(part: pd.DataFrame) -> ArmCounts:
 
 
 def _comparison(
-    arm: str, control: str, y_t: np.ndarray, y_c: np.ndarray, alpha: float
+    arm: str,
+    control: str,
+    y_t: np.ndarray,
+    y_c: np.ndarray,
+    alpha: float,
+    who_t: np.ndarray | None = None,
+    who_c: np.ndarray | None = None,
 ) -> tuple[ArmComparison | None, str]:
-    """The engine's comparison, or the reason it cannot be made (an empty group)."""
+    """The engine's comparison, or the reason it cannot be made (an empty group). ``who_*``:
+    the customer of each instance; a customer who entered more than once is one sticky draw,
+    so the interval is widened by the design effect of those clusters."""
     for label, y in ((arm, y_t), (control, y_c)):
         if len(y) == 0:
             return None, f"no {label} instances: lift cannot be measured"
     comp = compare(arm, control, y_t.astype(float), y_c.astype(float), True, alpha)
     if comp.ci is None:
         return comp, comp.note or ""
+    if who_t is not None and who_c is not None:
+        _widen(comp, design_effect(y_t, who_t, y_c, who_c))
     return comp, ""
+
+
+def _cluster_var(y: np.ndarray, who: np.ndarray) -> tuple[float, float]:
+    """(independent, cluster-robust) variance of one arm's rate: the rate is a ratio of
+    conversions to entries summed by customer (the sandwich estimator of a ratio mean). Both
+    carry their small-sample factor, so with no customer twice they are equal."""
+    n, p = len(y), float(y.mean())
+    by = pd.DataFrame({"y": y.astype(float), "c": who}).groupby("c")["y"].agg(["sum", "size"])
+    k = len(by)
+    resid = by["sum"].to_numpy() - p * by["size"].to_numpy()
+    robust = (k / (k - 1)) * float((resid**2).sum()) / n**2 if k > 1 else 0.0
+    return (p * (1 - p) / (n - 1) if n > 1 else 0.0), robust
+
+
+def design_effect(y_t: np.ndarray, who_t: np.ndarray, y_c: np.ndarray, who_c: np.ndarray) -> float:
+    """How much repeat entries of the same customers inflate the lift's variance: the
+    cluster-robust variance of the difference over the independent one, at least 1 (a
+    smaller ratio is noise, and an interval is never narrowed for it)."""
+    if pd.Series(who_t).is_unique and pd.Series(who_c).is_unique:
+        return 1.0  # no customer twice: the instances are the independent units
+    (iid_t, rob_t), (iid_c, rob_c) = _cluster_var(y_t, who_t), _cluster_var(y_c, who_c)
+    iid = iid_t + iid_c
+    return max(1.0, (rob_t + rob_c) / iid) if iid > 0 else 1.0
+
+
+def _widen(comp: ArmComparison, deff: float) -> None:
+    """Scale the interval's half-widths and the test by the design effect."""
+    if deff <= 1.0:
+        return
+    k = float(np.sqrt(deff))
+    for ci in (comp.ci, comp.sequential_ci):
+        if ci is not None:
+            ci.low = max(comp.lift - k * (comp.lift - ci.low), -1.0)
+            ci.high = min(comp.lift + k * (ci.high - comp.lift), 1.0)
+    if comp.statistic is not None:
+        comp.statistic /= k
+        comp.p_value = float(2 * stats.norm.sf(abs(comp.statistic)))
+    widened = f"interval widened x{k:.2f}: customers who entered more than once"
+    comp.note = f"{comp.note}; {widened}" if comp.note else widened
 
 
 def funnel(units: pd.DataFrame, steps: pd.DataFrame, order: Sequence[str] = ()) -> list[StepFunnel]:
@@ -144,10 +194,15 @@ def paths(
     if len(names) < 1:
         return []
     ref = reference if reference in names else names[0]
-    y = {p: taken.loc[taken["path"].astype(str) == p, "converted"].to_numpy(bool) for p in names}
+    on = {p: taken[taken["path"].astype(str) == p] for p in names}
+    y = {p: g["converted"].to_numpy(bool) for p, g in on.items()}
+    who = {p: g["customer_id"].to_numpy() for p, g in on.items()}
     out = []
     for p in [ref, *[n for n in names if n != ref]]:
-        comp, note = (None, "") if p == ref else _comparison(p, ref, y[p], y[ref], alpha)
+        comp, note = (
+            (None, "") if p == ref
+            else _comparison(p, ref, y[p], y[ref], alpha, who[p], who[ref])
+        )  # fmt: skip
         out.append(
             PathResult(
                 path=p, entered=len(y[p]), converted=int(y[p].sum()), rate=float(y[p].mean()),
@@ -187,7 +242,7 @@ def evaluate(
         t, h = part[part["arm"] == "treatment"], part[part["arm"] == "holdout"]
         comp, note = _comparison(
             "treatment", "holdout", t["converted"].to_numpy(bool), h["converted"].to_numpy(bool),
-            alpha,
+            alpha, t["customer_id"].to_numpy(), h["customer_id"].to_numpy(),
         )  # fmt: skip
         if comp is not None and comp.p_value is not None:  # one journey, one test: no family
             comp.p_adjusted, comp.significant = comp.p_value, comp.p_value < alpha

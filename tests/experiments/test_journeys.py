@@ -52,6 +52,22 @@ def make_units(journey: str, arms: dict[str, tuple[int, int]], path: dict | None
 NO_STEPS = pd.DataFrame(columns=STEP_COLUMNS)
 
 
+def test_customers_who_entered_several_times_widen_the_interval() -> None:
+    """Four entries per customer with one outcome each: four times the information claimed,
+    so the interval is widened by about sqrt(4), and the lift itself is unchanged."""
+    once = make_units("basket", {"treatment": (400, 100), "holdout": (200, 40)})
+    (single,) = evaluate(once, NO_STEPS)
+    repeated = pd.concat([once.assign(instance_id=once.instance_id + f"-{k}") for k in range(4)])
+    (r,) = evaluate(repeated, NO_STEPS)
+    assert r.lift.lift == pytest.approx(single.lift.lift)
+    half = lambda x: x.lift.ci.high - x.lift.lift  # noqa: E731
+    y = {a: repeated[repeated.arm == a].converted.to_numpy(float) for a in ("treatment", "holdout")}
+    naive = compare("t", "h", y["treatment"], y["holdout"], True)
+    assert half(r) / (naive.ci.high - naive.lift) == pytest.approx(2.0, rel=0.01)
+    assert half(r) == pytest.approx(half(single), rel=0.01)  # what one entry each would say
+    assert "entered more than once" in r.lift.note and single.lift.note is None
+
+
 def test_lift_and_interval_are_the_engines_and_match_statsmodels() -> None:
     units = make_units("basket", {"treatment": (1000, 250), "holdout": (400, 80)})
     (r,) = evaluate(units, NO_STEPS)
