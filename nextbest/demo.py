@@ -32,9 +32,9 @@ class DemoError(RuntimeError):
     """A demo that cannot run (e.g. a home it must not wipe)."""
 
 
-# The bandit learns little in its first few thousand visits, and a replay that short shows
-# luck (2,000 visits on seeds 1-7, 11: -0.08 to 0.85 of the gap); 20,000 show it learning,
-# in about 40 s.
+# The replay's length: on the calibrated world (a purchase on 1-2% of visits) 20,000 visits
+# are often too few for the bandit to beat the best single offer (seeds 7, 11, 1, 2 closed
+# -0.06 to 0.63 of the gap, docs/benchmarks.md); the demo shows that honestly, in about 40 s.
 REPLAY_VISITS = 20_000
 
 
