@@ -255,7 +255,7 @@ def bench_journeys(quick: bool = False, postgres: bool = True) -> dict[str, Any]
         progress.add_task(f"a Feast store of {customers} synthetic customers", total=None)
         prepared = prepare_features(settings, customers)
         parts.write_journey(settings)
-        from serving.journey_runner import active_journeys
+        from journeys.load import active_journeys
 
         (j,) = active_journeys(settings)
         kinds = ["sqlite"]
