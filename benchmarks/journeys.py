@@ -241,11 +241,15 @@ def run_database(
     return out
 
 
-def bench_journeys(quick: bool = False, postgres: bool = True) -> dict[str, Any]:
+def bench_journeys(
+    quick: bool = False, postgres: bool = True, rate: float | None = None
+) -> dict[str, Any]:
     """Every figure on SQLite and (when it answers) PostgreSQL, in a throw-away home."""
     from benchmarks.decide import prepare_features
 
     size = QUICK if quick else FULL
+    if rate is not None:  # the same seconds of load at another offered rate
+        size = size.model_copy(update={"rate": rate})
     customers = max(int(size.rate * size.seconds), size.due + 3 * WARMUP) + 10
     with (
         tempfile.TemporaryDirectory(prefix="nextbest-bench-journeys-") as tmp,

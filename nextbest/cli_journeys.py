@@ -264,10 +264,13 @@ def bench_journeys_cmd(
     postgres: Annotated[
         bool, typer.Option(help="also measure on PostgreSQL at 127.0.0.1:5432 if it answers")
     ] = True,
+    rate: Annotated[
+        float | None, typer.Option(min=1, help="events offered per second (default 200)")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Event -> outbox latency and runner throughput (1 and 3 runners, few and many instances
     waiting) on SQLite and PostgreSQL, against a bare insert into the same database."""
     from benchmarks.journeys import bench_journeys
 
-    emit(bench_journeys(quick=quick, postgres=postgres), as_json)
+    emit(bench_journeys(quick=quick, postgres=postgres, rate=rate), as_json)
