@@ -29,8 +29,9 @@ from sqlalchemy import select
 from nextbest.settings import Settings
 
 JOURNEY = "abandoned_basket"
-# the shipped file's waits -> the demo's: basket idle 60m, e-mail after 1h, SMS after 24h
-DEMO_WAITS = {"idle": "4s", "wait_hour": "3s", "opened": "6s"}
+# the shipped file's waits -> the demo's: basket idle 60m, e-mail after 1h, SMS after 24h,
+# a day to click the SMS (the demo's customer buys in a store meanwhile)
+DEMO_WAITS = {"idle": "4s", "wait_hour": "3s", "opened": "6s", "clicked": "60s"}
 PRODUCT = "data_10gb"
 
 
@@ -44,8 +45,8 @@ def install_demo_journey(settings: Settings) -> Path:
     for step in data["steps"]:
         if step["id"] == "wait_hour":
             step["duration"] = DEMO_WAITS["wait_hour"]
-        elif step["id"] == "opened":
-            step["timeout"] = DEMO_WAITS["opened"]
+        elif step["id"] in ("opened", "clicked"):
+            step["timeout"] = DEMO_WAITS[step["id"]]
     folder = settings.journeys_path
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{JOURNEY}.yaml"
@@ -115,20 +116,38 @@ def _event(client: httpx.Client, **fields: Any) -> dict[str, Any]:
     return r.json()
 
 
+def _reachable(settings: Settings, cid: str, store: Any) -> bool:
+    """Whether the customer consents to both the e-mail and the SMS, so the demo shows the
+    whole dialog (a customer without consent gets the steps skipped, with the reason)."""
+    from features.store import unified_profile
+
+    features = unified_profile(settings, cid, store)["features"]
+    return bool(features.get("consent_email")) and bool(features.get("consent_sms"))
+
+
+def _step(settings: Settings, instance_id: str, step_id: str) -> dict[str, Any] | None:
+    """The step's row once the runner took it (sent, skipped or banner)."""
+    done = [s for s in _step_log(settings, instance_id) if s["step_id"] == step_id]
+    return done[0] if done else None
+
+
 def journey_story(
     client: httpx.Client, settings: Settings, logins: list[str], console: Console
 ) -> dict[str, Any]:
     """A customer leaves a basket on the web: the banner on the next visit, the e-mail, the SMS
     when the e-mail is not opened, and the end of it all when they buy in a store. Customers
     the journey holds out get nothing; the demo says so and tries the next one."""
-    held_out = 0
-    for login in logins[:12]:
-        dialog = _Dialog()
-        left = _event(client, channel="web", event_type="basket_add", login_id=login,
-                      product_id=PRODUCT, value=10.0)  # fmt: skip
-        cid = left.get("customer_id")
-        if cid is None:
+    from features.store import get_store
+
+    store, held_out = get_store(settings), 0
+    for login in logins[:40]:
+        seen = _event(client, channel="web", event_type="session_start", login_id=login)
+        cid = seen.get("customer_id")
+        if cid is None or not _reachable(settings, cid, store):
             continue
+        dialog = _Dialog()
+        _event(client, channel="web", event_type="basket_add", login_id=login,
+               product_id=PRODUCT, value=10.0)  # fmt: skip
         dialog.saw("web", f"basket left: {PRODUCT}")
         inst = _until(lambda cid=cid: _instance(settings, cid), 20)
         if inst is None:
@@ -137,12 +156,9 @@ def journey_story(
             held_out += 1
             console.print(f"{cid}: held out of {JOURNEY} (gets nothing; its comeback is counted)")
             continue
+        iid = inst["instance_id"]
         dialog.saw("-", f"entered {JOURNEY} (treatment) after the idle wait")
-
-        def banner(i: str = inst["instance_id"]) -> list[dict[str, Any]] | None:
-            return [s for s in _step_log(settings, i) if s["result"] == "banner"] or None
-
-        _until(banner, 10)  # the runner takes the first step in the round that entered it
+        _until(lambda i=iid: _step(settings, i, "banner"), 10)  # taken in the entering round
         visit = client.post("/decide", json={"login_id": login, "channel": "web"}).json()
         top = visit["offers"][0]["offer_id"] if visit["offers"] else "nothing"
         dialog.saw("web", f"next visit: banner under {visit['experiment']}: {top}")
@@ -151,9 +167,11 @@ def journey_story(
                  for j in view["journeys"]]  # fmt: skip
         dialog.saw("call_centre", f"agent sees journey, step, next contact: {where}")
         for channel in ("email", "sms"):
-            msg = _until(lambda ch=channel, cid=cid: _message(client, cid, ch), 20)
+            step = _until(lambda ch=channel, i=iid: _step(settings, i, ch), 30)
+            msg = _message(client, cid, channel) if step and step["result"] == "sent" else None
             if msg is None:
-                dialog.saw(channel, "no message (no consent, capped, or nothing to offer)")
+                why = f"{step['result']}: {step['detail']}" if step else "not reached"
+                dialog.saw(channel, f"no message ({why})")
                 continue
             dialog.saw(channel, f"message {msg['offer_id']} claimed by the sender")
             receipt = {"idempotency_key": f"demo:delivered:{msg['decision_id']}",
@@ -164,14 +182,14 @@ def journey_story(
                         product_id=PRODUCT, value=10.0)  # fmt: skip
         dialog.saw("store", f"bought {PRODUCT}: journeys ended {bought.get('journeys_ended', 0)}")
         console.print(dialog.table(cid))
-        steps = _step_log(settings, inst["instance_id"])
+        steps = _step_log(settings, iid)
         console.print(
             "the journey's own log: "
             + ", ".join(f"{s['step_id']}={s['result']}" for s in steps)
             + f"; status now {(_instance(settings, cid) or {}).get('status')}"
         )
         return {"journey_customer": cid, "journey_steps": len(steps), "held_out_tried": held_out}
-    console.print("no customer entered the journey's treatment arm")
+    console.print("no customer who consents to e-mail and SMS entered the journey's treatment arm")
     return {"journey_customer": None, "held_out_tried": held_out}
 
 

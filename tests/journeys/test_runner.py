@@ -47,7 +47,7 @@ def _customers(profiles: dict, n: int, like: str = "c-post", **changes: Any) -> 
 
 def test_the_abandoned_basket_dialog_step_by_step(deps: Deps, profiles: dict) -> None:
     """banner -> wait 1h -> e-mail in the outbox -> wait for its open -> timeout -> SMS
-    (no consent: skipped, with the reason) -> exit. Without a model every allowed offer ties;
+    (no consent: skipped, with the reason) -> a day to click it -> timeout -> exit. Without a model every allowed offer ties;
     the journey does not list no_offer, so an e-mail is skipped only when none of its offers
     is allowed for the customer: 12 customers."""
     people = _customers(profiles, 12)
@@ -87,14 +87,17 @@ def test_the_abandoned_basket_dialog_step_by_step(deps: Deps, profiles: dict) ->
         assert row.context == {"journey": "abandoned_basket:email", "basket": ["data_10gb"]}
         assert row.experiment == "journey:abandoned_basket" and row.offer_id in BASKET.offers
         assert row.propensity == pytest.approx(1 / 4)  # 4 eligible offers; no_offer is not listed
-    assert jr.run_due(deps, T0 + timedelta(hours=25)) == 12 * 3  # timeout, sms, exit
+    assert jr.run_due(deps, T0 + timedelta(hours=25)) == 12 * 3  # timeout, sms, wait to click
     for e in entered:
         steps = _steps(deps, e["instance_id"])
-        assert [s["result"] for s in steps][4:] == ["timeout", "skipped", "exit"]
+        assert [s["result"] for s in steps][4:] == ["timeout", "skipped", "waited"]
         assert steps[5]["detail"].startswith("sms: no offer (")  # c-post: no SMS consent
         assert "no marketing consent for sms" in steps[5]["detail"]
+    assert jr.run_due(deps, T0 + timedelta(hours=49)) == 12 * 2  # no click: timeout, exit
+    for e in entered:
+        assert [s["result"] for s in _steps(deps, e["instance_id"])][7:] == ["timeout", "exit"]
         inst = _instance(deps, e["instance_id"])
-        assert (inst["status"], inst["due_at"], inst["step_seq"]) == ("completed", None, 7)
+        assert (inst["status"], inst["due_at"], inst["step_seq"]) == ("completed", None, 9)
     assert jr.run_due(deps, T0 + timedelta(days=3)) == 0
     with deps.ledger.engine.connect() as conn:
         assert conn.execute(select(journey_waits)).first() is None
