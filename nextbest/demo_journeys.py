@@ -177,18 +177,20 @@ def journey_story(
             receipt = {"idempotency_key": f"demo:delivered:{msg['decision_id']}",
                        "decision_id": msg["decision_id"], "type": "delivered"}  # fmt: skip
             client.post("/outcome", json=receipt).raise_for_status()
-            dialog.saw(channel, "delivered; not opened")
+            dialog.saw(channel, "delivered; not " + ("opened" if channel == "email" else "clicked"))
         bought = _event(client, channel="store", event_type="purchase", login_id=login,
                         product_id=PRODUCT, value=10.0)  # fmt: skip
         dialog.saw("store", f"bought {PRODUCT}: journeys ended {bought.get('journeys_ended', 0)}")
         console.print(dialog.table(cid))
         steps = _step_log(settings, iid)
+        status = (_instance(settings, cid) or {}).get("status")
         console.print(
             "the journey's own log: "
             + ", ".join(f"{s['step_id']}={s['result']}" for s in steps)
-            + f"; status now {(_instance(settings, cid) or {}).get('status')}"
+            + f"; status now {status}"
         )
-        return {"journey_customer": cid, "journey_steps": len(steps), "held_out_tried": held_out}
+        return {"journey_customer": cid, "journey_steps": len(steps), "journey_status": status,
+                "held_out_tried": held_out}  # fmt: skip
     console.print("no customer who consents to e-mail and SMS entered the journey's treatment arm")
     return {"journey_customer": None, "held_out_tried": held_out}
 

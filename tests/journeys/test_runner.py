@@ -47,9 +47,9 @@ def _customers(profiles: dict, n: int, like: str = "c-post", **changes: Any) -> 
 
 def test_the_abandoned_basket_dialog_step_by_step(deps: Deps, profiles: dict) -> None:
     """banner -> wait 1h -> e-mail in the outbox -> wait for its open -> timeout -> SMS
-    (no consent: skipped, with the reason) -> a day to click it -> timeout -> exit. Without a model every allowed offer ties;
-    the journey does not list no_offer, so an e-mail is skipped only when none of its offers
-    is allowed for the customer: 12 customers."""
+    (no consent: skipped, with the reason) -> a day to click it -> timeout -> exit. Without a
+    model every allowed offer ties; the journey does not list no_offer, so an e-mail is skipped
+    only when none of its offers is allowed for the customer: 12 customers."""
     people = _customers(profiles, 12)
     entered = [jr.enter(BASKET, c, T0, {"basket": ["data_10gb"]}, deps) for c in people]
     assert all(e is not None and e["arm"] == "treatment" for e in entered)
