@@ -244,9 +244,9 @@ def decide(request: DecideRequest, deps: Deps, *, record: bool = True) -> Decide
 
 
 def journey_banner(request: DecideRequest, known: Known, deps: Deps) -> JourneyVisit | None:
-    """The journey banner this visit shows, claimed; None (and no lookup at all) when no
-    active journey has a banner step."""
-    if known.customer_id is None or not journey_banners.possible(deps):
+    """The journey banner this visit shows, claimed; None (and no lookup at all) when the
+    visit cannot show one."""
+    if known.customer_id is None or not journey_banners.possible(deps, request.channel):
         return None
     return journey_banners.take(known.customer_id, request.channel, deps)
 

@@ -44,8 +44,12 @@ class JourneyVisit:
         return f"{self.journey}:{self.step}"
 
 
-def possible(deps: Deps) -> bool:
-    """Whether any active journey has a web/app message step (rechecked every few seconds)."""
+def possible(deps: Deps, channel: str) -> bool:
+    """Whether this visit may show a banner: a web/app visit while an active journey has a
+    web/app message step (rechecked every few seconds). Other channels never look, so a
+    call-centre or e-mail decision pays nothing, not even a thread hop."""
+    if channel not in BANNER_CHANNELS:
+        return False
     key = str(getattr(deps.settings, "journeys_path", None) or deps.settings.home)
     at, known = _checked.get(key, (-CHECK_SECONDS, False))
     if time.monotonic() - at < CHECK_SECONDS:
@@ -57,9 +61,8 @@ def possible(deps: Deps) -> bool:
 
 def take(customer_id: str, channel: str, deps: Deps) -> JourneyVisit | None:
     """The customer's oldest unshown banner for ``channel`` of an active instance, claimed for
-    this visit (a concurrent visit cannot show it too); None when there is none."""
-    if channel not in BANNER_CHANNELS:
-        return None
+    this visit (a concurrent visit cannot show it too); None when there is none. Callers ask
+    ``possible`` first."""
     s, i = journey_steps.c, journey_instances.c
     q = (
         select(s.instance_id, s.seq, s.step_id, i.journey, i.version)

@@ -267,7 +267,7 @@ class Nextbest:
                 except Exception as exc:  # noqa: BLE001 - a fallback decision, with the reason
                     known.reasons.append(f"features: {type(exc).__name__}: {exc}")
         banner = None  # a journey's banner for this visit: skipped unless a journey has one
-        if known.customer_id is not None and journey_banners.possible(self.deps):
+        if known.customer_id is not None and journey_banners.possible(self.deps, request.channel):
             banner = await asyncio.to_thread(
                 journey_banners.take, known.customer_id, request.channel, self.deps
             )

@@ -66,11 +66,12 @@ def test_an_ended_journeys_banner_is_not_shown(deps: Deps) -> None:
 def test_no_banner_lookup_without_a_banner_journey(deps: Deps) -> None:
     from serving import journey_banners
 
-    assert journey_banners.possible(deps) is False  # no journey active: /decide skips it
+    assert journey_banners.possible(deps, "web") is False  # no journey active: /decide skips it
     activate(deps)
-    assert journey_banners.possible(deps) is False  # believed for CHECK_SECONDS
+    assert journey_banners.possible(deps, "web") is False  # believed for CHECK_SECONDS
     journey_banners._checked.clear()
-    assert journey_banners.possible(deps) is True
+    assert journey_banners.possible(deps, "web") is True
+    assert journey_banners.possible(deps, "email") is False  # no banner on e-mail: no lookup
 
 
 def test_profile_shows_step_and_next_planned_contact(deps: Deps) -> None:
