@@ -16,8 +16,7 @@ instance due on a ``wait_for`` step whose wait is still registered, takes the ti
 from __future__ import annotations
 
 import hashlib
-import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import Any, Literal
@@ -34,6 +33,7 @@ from journeys.definition import (
     WaitForStep,
     WaitStep,
 )
+from offers.rules import COMPARE
 
 # What the runner does for a transition, and the journey_steps result it records:
 #   send     plan an offer on one of ``channels`` and put it in the outbox        -> sent|skipped
@@ -193,16 +193,6 @@ def draw(salt: str, instance_id: str, step_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
-    "==": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
-
-
 def holds(condition: Any, profile: Mapping[str, Any], scores: Mapping[str, float]) -> bool:
     """A split condition: a profile-field rule (``offers.rules.Rule``) or a score rule; a
     missing field or score never holds (the safe side, as in eligibility)."""
@@ -212,7 +202,7 @@ def holds(condition: Any, profile: Mapping[str, Any], scores: Mapping[str, float
             return False
         if condition.op in ("in", "not_in"):  # a single number: membership is equality
             return (x == condition.value) == (condition.op == "in")
-        return bool(_COMPARE[condition.op](float(x), condition.value))
+        return bool(COMPARE[condition.op](float(x), condition.value))
     return bool(condition.matches(profile))
 
 

@@ -26,7 +26,7 @@ DERIVED_FIELDS: dict[str, tuple[str, float]] = {
 }
 KINDS = ("text", "number", "boolean")  # what a rule can compare
 Op = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not_in"]
-_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
+COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     "==": operator.eq,
     "!=": operator.ne,
     "<": operator.lt,
@@ -110,7 +110,7 @@ class Rule(BaseModel):
             return x in self.value  # type: ignore[operator]
         if self.op == "not_in":
             return x not in self.value  # type: ignore[operator]
-        return bool(_COMPARE[self.op](x, self.value))
+        return bool(COMPARE[self.op](x, self.value))
 
     def mask(self, frame: pd.DataFrame) -> np.ndarray:
         """Vectorised ``matches`` over the rows of a frame of profiles."""
@@ -123,5 +123,5 @@ class Rule(BaseModel):
         elif self.op == "not_in":
             hit = ~col.isin(self.value).to_numpy()
         else:
-            hit = np.asarray(_COMPARE[self.op](col, self.value), dtype=bool)
+            hit = np.asarray(COMPARE[self.op](col, self.value), dtype=bool)
         return present & hit
