@@ -21,15 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, create_engine, delete, func, select, text
+from sqlalchemy import Engine, delete, func, select, text
 
 from journeys.definition import Journey
 from journeys.state import journey_instances, journey_steps, journey_versions
-from nextbest.db import engine_for
+from nextbest.db import scratch_postgres
 from nextbest.settings import PROJECT_ROOT, Settings
 from record.tables import metadata, outbox
 
-PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
 NAME = "bench_journey"
 # Entered on a product view (no idle: at once), an e-mail through the /decide pipeline, then a
 # 30-day wait: each claim takes two steps (the message and the wait) in one transaction.
@@ -70,19 +69,6 @@ def know_customers(settings: Settings, url: str, n: int) -> None:
 
 
 # --- ledgers ----------------------------------------------------------------------------------
-def pg_answers() -> str | None:
-    """None when PostgreSQL at 127.0.0.1:5432/test answers, else why not."""
-    admin = create_engine(f"{PG_SERVER}/test".replace("://", "+psycopg://", 1))
-    try:
-        with admin.connect() as conn:
-            conn.execute(text("select 1"))
-        return None
-    except Exception as exc:  # noqa: BLE001 - the figure is left out, with the reason
-        return f"PostgreSQL at 127.0.0.1:5432/test does not answer: {type(exc).__name__}"
-    finally:
-        admin.dispose()
-
-
 @contextmanager
 def ledger_url(kind: str, home: Path) -> Iterator[str]:
     """A ledger of the bench's own: a SQLite file in the home, or a PostgreSQL database
@@ -90,19 +76,8 @@ def ledger_url(kind: str, home: Path) -> Iterator[str]:
     if kind == "sqlite":
         yield f"sqlite:///{home / 'bench-ledger.db'}"
         return
-    admin = create_engine(
-        f"{PG_SERVER}/test".replace("://", "+psycopg://", 1), isolation_level="AUTOCOMMIT"
-    )
-    name = f"nb_bench_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    try:
-        yield f"{PG_SERVER}/{name}"
-    finally:
-        engine_for(f"{PG_SERVER}/{name}").dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
+    with scratch_postgres("nb_bench") as url:
+        yield url
 
 
 def floor(engine: Engine, n: int) -> dict[str, float]:

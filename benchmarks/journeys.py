@@ -35,6 +35,7 @@ from sqlalchemy import Engine, func, select
 from benchmarks import journey_parts as parts
 from journeys.definition import Journey
 from journeys.state import journey_instances
+from nextbest.db import postgres_unavailable
 from nextbest.settings import Settings
 from record.tables import outbox
 
@@ -263,7 +264,7 @@ def bench_journeys(
 
         (j,) = active_journeys(settings)
         kinds = ["sqlite"]
-        skipped = parts.pg_answers() if postgres else "not asked (--no-postgres)"
+        skipped = postgres_unavailable() if postgres else "not asked (--no-postgres)"
         if skipped is None:
             kinds.append("postgresql")
         by_db = {k: run_database(k, settings, j, size, customers, progress) for k in kinds}

@@ -3,6 +3,9 @@ by URL."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -41,6 +44,44 @@ def is_sqlite_file(engine: Engine) -> bool:
     """A SQLite database in a file: WAL and one connection per thread apply (a memory database
     lives in one pooled connection; PostgreSQL manages its own)."""
     return engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
+
+
+# The PostgreSQL of development machines and CI (trust auth, database ``test``): the scale-out
+# path's tests and benchmarks each work in a database of their own on it.
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432"
+
+
+def postgres_unavailable(server: str = LOCAL_POSTGRES) -> str | None:
+    """None when the server's ``test`` database answers, else why not (one line)."""
+    admin = create_engine(f"{server}/test".replace("://", "+psycopg://", 1))
+    try:
+        with admin.connect() as conn:
+            conn.execute(text("select 1"))
+        return None
+    except Exception as exc:  # noqa: BLE001 - the caller skips or leaves a figure out
+        where = server.rsplit("@", 1)[-1]
+        return f"PostgreSQL at {where}/test does not answer: {type(exc).__name__}"
+    finally:
+        admin.dispose()
+
+
+@contextmanager
+def scratch_postgres(prefix: str, server: str = LOCAL_POSTGRES) -> Iterator[str]:
+    """A throw-away database on ``server``, dropped afterwards (its pooled connections first)."""
+    admin = create_engine(
+        f"{server}/test".replace("://", "+psycopg://", 1), isolation_level="AUTOCOMMIT"
+    )
+    url = f"{server}/{prefix}_{uuid.uuid4().hex[:10]}"
+    name = url.rsplit("/", 1)[-1]
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield url
+    finally:
+        engine_for(url).dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
 
 
 DDL_LOCK = 0x4E425354  # one advisory-lock key for every Nextbest schema change

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,32 +49,14 @@ def shared_file(name: str) -> Path:
     return path
 
 
-PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
-
-
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A throw-away database on the PostgreSQL at 127.0.0.1:5432 (the scale-out ledger), dropped
     afterwards; a skip that says so when the server does not answer."""
-    from sqlalchemy import create_engine, text
+    from nextbest.db import postgres_unavailable, scratch_postgres
 
-    admin = create_engine(f"{PG_SERVER}/test".replace("://", "+psycopg://", 1),
-                          isolation_level="AUTOCOMMIT")  # fmt: skip
-    try:
-        with admin.connect() as conn:
-            conn.execute(text("select 1"))
-    except Exception as exc:  # noqa: BLE001
-        admin.dispose()
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432/test does not answer: {type(exc).__name__}")
-    name = f"nb_test_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    try:
-        yield f"{PG_SERVER}/{name}"
-    finally:
-        from nextbest.db import engine_for
-
-        engine_for(f"{PG_SERVER}/{name}").dispose()  # close its pooled connections first
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
+    why = postgres_unavailable()
+    if why is not None:
+        pytest.skip(why)
+    with scratch_postgres("nb_test") as url:
+        yield url
