@@ -86,7 +86,7 @@ def live_journeys(customer_id: str, deps: Deps) -> list[JourneyView]:
                     step=r["step_id"],
                     status=r["status"],
                     entered_at=utc(r["entered_at"]),
-                    next_contact=next_contact(j, r) if j is not None else None,
+                    next_contact=next_contact(j, r),
                 )
             )
     return views

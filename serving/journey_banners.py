@@ -88,7 +88,7 @@ def take(customer_id: str, channel: str, deps: Deps) -> JourneyVisit | None:
             .where(s.instance_id == row.instance_id, s.seq == row.seq, s.decision_id.is_(None))
             .values(decision_id=decision_id)
         ).rowcount
-    if not claimed or j is None:
+    if not claimed:
         return None
     return JourneyVisit(
         journey=j.name,

@@ -100,8 +100,6 @@ def _exits_and_goals(
         if ts < utc(entered):
             continue  # an event from before the customer entered
         j = definition(conn, name, version)
-        if j is None:
-            continue
         context = context or {}
         goal = goal_at is None and ts <= utc(entered) + j.goal.within
         goal = goal and _hits(j.goal, event, context, deps)
@@ -226,7 +224,7 @@ def _move_on(
     if row is None:
         return 0
     j = definition(conn, row.journey, row.version)
-    step = j.step(row.step_id) if j is not None and row.step_id else None
+    step = j.step(row.step_id) if row.step_id else None
     if not isinstance(step, WaitForStep) or step.event != event_type:
         return 0  # no longer on that wait (the runner timed it out meanwhile)
     gone = conn.execute(delete(journey_waits).where(journey_waits.c.instance_id == instance_id))
