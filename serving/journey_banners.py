@@ -50,7 +50,7 @@ def possible(deps: Deps, channel: str) -> bool:
     call-centre or e-mail decision pays nothing, not even a thread hop."""
     if channel not in BANNER_CHANNELS:
         return False
-    key = str(getattr(deps.settings, "journeys_path", None) or deps.settings.home)
+    key = str(deps.settings.journeys_path)
     at, known = _checked.get(key, (-CHECK_SECONDS, False))
     if time.monotonic() - at < CHECK_SECONDS:
         return known

@@ -9,7 +9,6 @@ content hash, so an instance finishes on the version it entered however the file
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select
@@ -17,6 +16,7 @@ from sqlalchemy import Connection, Engine, select
 from journeys.definition import Journey
 from journeys.load import active_journeys
 from journeys.state import journey_versions
+from nextbest.settings import Settings
 from record.tables import now
 from serving.deps import Deps
 
@@ -25,10 +25,10 @@ _VERSIONS: dict[tuple[str, str], Journey] = {}  # (journey, version) -> definiti
 _SYNCED: set[tuple[int, str, str]] = set()  # (engine, journey, version) stored this process
 
 
-def active(settings: Any) -> dict[str, Journey]:
-    """The active journeys by name: the journey files of ``settings.journeys_path`` (else
-    ``<home>/journeys``), loaded again only when a file there changes (every event asks)."""
-    folder = Path(getattr(settings, "journeys_path", None) or Path(settings.home) / "journeys")
+def active(settings: Settings) -> dict[str, Journey]:
+    """The active journeys by name: the journey files of ``settings.journeys_path``, loaded
+    again only when a file there changes (every event asks)."""
+    folder = settings.journeys_path
     files = sorted(folder.glob("*.y*ml")) if folder.is_dir() else []
     stamp = tuple((str(f), f.stat().st_mtime_ns) for f in files)
     cached = _FILES.get(str(folder))
