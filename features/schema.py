@@ -89,6 +89,12 @@ IDENTITY_COLUMNS = {
 }
 # The identifiers a channel may know about a person (events, visits, decision requests).
 ID_COLUMNS = ("email", "phone", "loyalty_id", "login_id", "cookie_id")
+# The longest customer id: the ledger's and the journeys' columns hold it raw, and every API
+# field that takes one refuses a longer id (a 400), so no write can fail on its length.
+# The identifiers (ID_COLUMNS) may be longer (IDENTIFIER_MAX): they are stored only as salted
+# hashes (``features.identity.salted_hash``, 32 characters).
+CUSTOMER_ID_MAX = 64
+IDENTIFIER_MAX = 256
 # The CSV contract of `nextbest identity resolve`: the same minus source/created_at/truth.
 IDENTITY_INPUT_COLUMNS = (
     "record_id",

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from sqlalchemy import JSON, Column, DateTime, Index, PrimaryKeyConstraint, String, Table
 
+from features.schema import CUSTOMER_ID_MAX
 from record.tables import metadata
 
 journey_intent_events = Table(
     "journey_intent_events",
     metadata,
     Column("journey", String(40), nullable=False),
-    Column("customer_id", String(64), nullable=False),
+    Column("customer_id", String(CUSTOMER_ID_MAX), nullable=False),
     Column("event_id", String(64), nullable=False),
     Column("ts", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("journey", "customer_id", "event_id"),
@@ -24,7 +25,7 @@ journey_pending_entries = Table(
     "journey_pending_entries",
     metadata,
     Column("journey", String(40), nullable=False),
-    Column("customer_id", String(64), nullable=False),
+    Column("customer_id", String(CUSTOMER_ID_MAX), nullable=False),
     Column("due_at", DateTime(timezone=True), nullable=False),
     Column("context", JSON, nullable=False),  # the entry facts: event, product, channel
     PrimaryKeyConstraint("journey", "customer_id"),

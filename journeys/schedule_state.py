@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, DateTime, Float, PrimaryKeyConstraint, String, Table
 
+from features.schema import CUSTOMER_ID_MAX
 from record.tables import metadata
 
 SWEEP_CLOCK = "*sweep*"  # the row of the last sweep's start (no journey name has a '*')
@@ -26,7 +27,7 @@ journey_schedule_scores = Table(
     "journey_schedule_scores",
     metadata,
     Column("journey", String(40), nullable=False),
-    Column("customer_id", String(64), nullable=False),
+    Column("customer_id", String(CUSTOMER_ID_MAX), nullable=False),
     Column("as_of", DateTime(timezone=True), nullable=False),  # the scored feature row's time
     Column("score", Float, nullable=False),
     PrimaryKeyConstraint("journey", "customer_id"),

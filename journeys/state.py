@@ -25,6 +25,7 @@ from sqlalchemy import (
     text,
 )
 
+from features.schema import CUSTOMER_ID_MAX
 from record.tables import metadata
 
 # active: on a step (running or waiting); paused: an agent paused it (no step runs, exits and
@@ -49,7 +50,7 @@ journey_instances = Table(
     Column("instance_id", String(36), primary_key=True),
     Column("journey", String(40), nullable=False),
     Column("version", String(12), nullable=False),
-    Column("customer_id", String(64), nullable=False),
+    Column("customer_id", String(CUSTOMER_ID_MAX), nullable=False),
     Column("arm", String(16), nullable=False),  # Arm
     Column("path", String(40), nullable=True),  # the random_split branch taken, if any
     Column("status", String(16), nullable=False),  # InstanceStatus
@@ -81,7 +82,7 @@ journey_waits = Table(
     "journey_waits",
     metadata,
     Column("instance_id", String(36), nullable=False),
-    Column("customer_id", String(64), nullable=False),
+    Column("customer_id", String(CUSTOMER_ID_MAX), nullable=False),
     Column("event_type", String(32), nullable=False),
     Column("message_id", String(36), nullable=True),
     Column("decision_id", String(36), nullable=True),

@@ -25,6 +25,7 @@ from sqlalchemy import (
 )
 from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
 
+from features.schema import CUSTOMER_ID_MAX
 from record.ledger_pending import PlannedOn
 
 metadata = MetaData()
@@ -34,7 +35,7 @@ decisions = Table(
     metadata,
     Column("decision_id", String(36), primary_key=True),
     Column("ts", DateTime(timezone=True), nullable=False),
-    Column("customer_id", String(64), nullable=True),
+    Column("customer_id", String(CUSTOMER_ID_MAX), nullable=True),
     Column("channel", String(16), nullable=False),
     Column("context", JSON, nullable=False),
     Column("experiment", String(64), nullable=False),
@@ -61,7 +62,7 @@ outcomes = Table(
     Column("outcome_id", Integer, primary_key=True, autoincrement=True),
     Column("idempotency_key", String(128), nullable=False, unique=True),
     Column("decision_id", String(36), nullable=True, index=True),
-    Column("customer_id", String(64), nullable=True, index=True),
+    Column("customer_id", String(CUSTOMER_ID_MAX), nullable=True, index=True),
     Column("type", String(16), nullable=False),
     Column("value", Float, nullable=False, default=1.0),
     Column("ts", DateTime(timezone=True), nullable=False),
@@ -75,7 +76,7 @@ outbox = Table(
     metadata,
     Column("message_id", String(36), primary_key=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("customer_id", String(64), nullable=False, index=True),
+    Column("customer_id", String(CUSTOMER_ID_MAX), nullable=False, index=True),
     Column("channel", String(16), nullable=False),
     Column("decision_id", String(36), nullable=False),
     Column("offer_id", String(64), nullable=True),
@@ -88,7 +89,7 @@ outbox = Table(
 baskets = Table(
     "baskets",
     metadata,
-    Column("customer_id", String(64), primary_key=True),
+    Column("customer_id", String(CUSTOMER_ID_MAX), primary_key=True),
     Column("channel", String(16), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("products", JSON, nullable=False),
@@ -102,7 +103,8 @@ assignments = Table(
     "assignments",
     metadata,
     Column("experiment", String(64), nullable=False),
-    Column("unit_key", String(64), nullable=False),  # a customer id or a salted identifier hash
+    # a customer id or a salted identifier hash (32 characters)
+    Column("unit_key", String(CUSTOMER_ID_MAX), nullable=False),
     Column("arm", String(16), nullable=False),
     Column("assigned_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("experiment", "unit_key"),

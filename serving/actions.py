@@ -13,16 +13,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from features.schema import CUSTOMER_ID_MAX
 from record.attribution import ORDER_TYPES, order_key
 from record.tables import OutcomeRow, utc
 from serving import journey_defs, journey_events, journey_intents, outbox
 from serving.decide import DecideRequest, DecideResponse, Known, plan, read_features
 from serving.deps import Deps
 from serving.journey_agent import JourneyView, live_journeys
-from serving.schemas import ID_FIELDS, field_error
+from serving.schemas import ID_FIELDS, CustomerId, Id, field_error
 from serving.writer import commit
-
-Id = Field(None, min_length=1, max_length=256)
 
 
 class OutcomeRequest(BaseModel):
@@ -36,7 +35,7 @@ class OutcomeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     idempotency_key: str = Field(min_length=1, max_length=128)
     decision_id: str | None = Field(None, min_length=1, max_length=36)
-    customer_id: str | None = Id
+    customer_id: str | None = CustomerId
     email: str | None = Id
     phone: str | None = Id
     loyalty_id: str | None = Id
@@ -233,8 +232,8 @@ class ProfileView(BaseModel):
 def profile(customer_id: str, deps: Deps, channel: str = "call_centre") -> ProfileView:
     """Profile features, live basket, churn risk and offers with reasons. The offers shown
     are logged like a /decide's (every slot), so they count against caps and suppression."""
-    if not 1 <= len(customer_id) <= 256:
-        raise field_error("customer_id", "must be 1 to 256 characters", None)
+    if not 1 <= len(customer_id) <= CUSTOMER_ID_MAX:
+        raise field_error("customer_id", f"must be 1 to {CUSTOMER_ID_MAX} characters", None)
     known = Known(reasons=[], customer_id=customer_id)
     known.features = read_features(customer_id, deps, known.reasons)
     churn = None
@@ -262,7 +261,7 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 class EraseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-    customer_id: str = Field(min_length=1, max_length=256)
+    customer_id: str = Field(min_length=1, max_length=CUSTOMER_ID_MAX)
 
 
 def erase(req: EraseRequest, deps: Deps) -> dict[str, Any]:

@@ -7,10 +7,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from features.schema import ID_COLUMNS, Channel
+from features.schema import CUSTOMER_ID_MAX, ID_COLUMNS, IDENTIFIER_MAX, Channel
 
 ID_FIELDS = ("customer_id", *ID_COLUMNS)
-Id = Field(None, min_length=1, max_length=256)
+# A customer id is stored raw (features.schema.CUSTOMER_ID_MAX, the ledger's column); the
+# other identifiers only hashed, so they may be longer.
+CustomerId = Field(None, min_length=1, max_length=CUSTOMER_ID_MAX)
+Id = Field(None, min_length=1, max_length=IDENTIFIER_MAX)
 
 
 def field_error(field: str, reason: str, value: Any, title: str = "request") -> ValidationError:
@@ -52,7 +55,7 @@ class DecideRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid", str_strip_whitespace=True, json_schema_extra={"example": EXAMPLE_REQUEST}
     )
-    customer_id: str | None = Id
+    customer_id: str | None = CustomerId
     email: str | None = Id
     phone: str | None = Id
     loyalty_id: str | None = Id

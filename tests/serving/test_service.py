@@ -218,11 +218,11 @@ def test_profile_and_outbox(client: TestClient) -> None:
         ("get", "/profile/c1?channel=fax", None, CHANNEL, 400, "channel: unknown channel 'fax'"),
         (
             "get",
-            "/profile/" + "x" * 257,
+            "/profile/" + "x" * 65,
             None,
             CHANNEL,
             400,
-            "customer_id: must be 1 to 256 characters",
+            "customer_id: must be 1 to 64 characters",
         ),
     ],
 )
