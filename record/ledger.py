@@ -33,7 +33,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from nextbest.db import checkpoint, create_tables, is_sqlite_file
 from record.ledger_pending import PG_LOCK, Pending, customer_lock, stale_rows
@@ -51,6 +51,7 @@ from record.tables import (
     metadata,
     outbox,
     outcomes,
+    too_long,
     utc,
 )
 
@@ -102,6 +103,34 @@ _ASSIGNMENTS = select(
     assignments.c.experiment.in_([bindparam(f"e{i}") for i in range(ASSIGNMENT_SLOTS)]),
     assignments.c.unit_key.in_([bindparam(f"k{i}") for i in range(ASSIGNMENT_SLOTS)]),
 )
+
+
+class LedgerError(Exception):
+    """A ledger write that did not happen for a reason worth telling the caller (the
+    database's answer, not a bug): the service answers it with a 503 naming the ledger."""
+
+
+class RowRejected(LedgerError):
+    """The database refused this row alone (a value longer than its column, a duplicate key)
+    and wrote the other rows of its group. ``field``: the column whose value does not fit,
+    when that is why (the row's input, then); else None."""
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        super().__init__(f"{field or 'ledger'}: {reason}")
+        self.field, self.reason = field, reason
+
+
+# What the database says of one row's values rather than of the transaction or the connection.
+ROW_ERRORS = (IntegrityError, DataError)
+
+
+def rejected(row: DecisionRow, exc: Exception) -> RowRejected:
+    """Why the database refused ``row`` alone: the column it overflows, else its error."""
+    long = too_long(decisions, row.model_dump())
+    if long is not None:
+        return RowRejected(f"longer than {long[1]} characters", field=long[0])
+    orig = getattr(exc, "orig", exc)
+    return RowRejected(f"{type(orig).__name__}: {str(orig).splitlines()[0][:200]}")
 
 
 def _slots(prefix: str, values: list[str]) -> dict[str, str]:
@@ -164,6 +193,27 @@ class Ledger:
             return self._insert(rows, pick)
         with self.engine.begin() as conn:
             return self.record_decisions_in(conn, rows)
+
+    def record_decisions_isolated(
+        self, rows: list[DecisionRow]
+    ) -> tuple[list[DecisionRow], list[tuple[DecisionRow, RowRejected]]]:
+        """``record_decisions`` for a group of several callers' rows, where one row the
+        database refuses (``ROW_ERRORS``) must not fail the others: the group is split in
+        halves, each committed on its own (in order), until every refused row is alone. The
+        stale rows and the refused ones (with why) are returned; the rest is committed. A
+        refused row is counted as never written at once, so the plans after it that counted it
+        stand. Costs nothing while no row is refused; k refused rows cost ~2k log2(n) commits.
+        Any other error (the disk, the connection) fails the whole group, as before."""
+        try:
+            return self.record_decisions(rows), []
+        except ROW_ERRORS as exc:
+            if len(rows) == 1:
+                self.pending.release(rows, failed=rows)
+                return [], [(rows[0], rejected(rows[0], exc))]
+        half = len(rows) // 2
+        stale, refused = self.record_decisions_isolated(rows[:half])
+        more_stale, more_refused = self.record_decisions_isolated(rows[half:])
+        return stale + more_stale, refused + more_refused
 
     def record_decisions_in(self, conn: Connection, rows: list[DecisionRow]) -> list[DecisionRow]:
         """``record_decisions`` inside the caller's transaction (a journey step writes its

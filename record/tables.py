@@ -211,6 +211,17 @@ class OutcomeRow(BaseModel):
     offer_id: str | None = Field(None, max_length=64)
 
 
+def too_long(table: Table, values: dict[str, Any]) -> tuple[str, int] | None:
+    """The first of ``values``' strings longer than its column of ``table`` holds, and that
+    length: why PostgreSQL refuses a row (SQLite stores it whatever its length)."""
+    for col in table.columns:
+        length = getattr(col.type, "length", None)
+        value = values.get(col.key)
+        if length is not None and isinstance(value, str) and len(value) > length:
+            return col.key, length
+    return None
+
+
 def utc(ts: datetime) -> datetime:
     """SQLite hands back naive datetimes; everything in Nextbest is UTC."""
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)

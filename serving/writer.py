@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, event
 
 from nextbest.db import is_sqlite_file
-from record.ledger import Ledger
+from record.ledger import Ledger, LedgerError
 from record.ledger_pending import MAX_PLANS
 from record.tables import DecisionRow
 
@@ -28,7 +28,8 @@ T = TypeVar("T")
 
 
 class GroupWriter:
-    """``await writer.put(row)`` returns once ``row`` is committed (or raises why not);
+    """``await writer.put(row)`` returns once ``row`` is committed (or raises why not: a row
+    the database refuses fails alone, ``RowRejected``, and the rest of its group is written);
     ``await writer.decide(make)`` plans with ``make`` and commits, planning again when the
     commit finds the plan stale (another writer showed the customer something meanwhile)."""
 
@@ -45,7 +46,7 @@ class GroupWriter:
             response, row = make()  # on the loop, and held at once: no other plan in between
             if await self.put(row):
                 return response, row
-        raise RuntimeError(
+        raise LedgerError(
             f"customer {row.customer_id}: history kept changing over {MAX_PLANS} plans"
         )
 
@@ -67,20 +68,26 @@ class GroupWriter:
                 rows = [r for r, _ in batch]
                 try:
                     if self.inline:
-                        stale = self.ledger.record_decisions(rows)
+                        stale, refused = self.ledger.record_decisions_isolated(rows)
                     else:
-                        stale = await asyncio.to_thread(self.ledger.record_decisions, rows)
-                    written = [not any(row is x for x in stale) for row in rows]
+                        stale, refused = await asyncio.to_thread(
+                            self.ledger.record_decisions_isolated, rows
+                        )
                 except Exception as exc:  # noqa: BLE001 - each waiter gets the failure
                     self.ledger.pending.release(rows, failed=rows)
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(exc)
                 else:
-                    self.ledger.pending.release(rows, failed=stale)
-                    for (_, fut), ok in zip(batch, written, strict=True):
-                        if not fut.done():
-                            fut.set_result(ok)
+                    why = {id(row): err for row, err in refused}
+                    self.ledger.pending.release(rows, failed=stale + [r for r, _ in refused])
+                    for row, fut in batch:
+                        if fut.done():
+                            continue
+                        if id(row) in why:  # refused alone: the rest of the group is written
+                            fut.set_exception(why[id(row)])
+                        else:
+                            fut.set_result(not any(row is x for x in stale))
         finally:
             self._flushing = False
 
@@ -99,7 +106,7 @@ def commit(make: Callable[[], tuple[T, DecisionRow]], ledger: Ledger) -> tuple[T
         ledger.pending.release([row], failed=[] if written else [row])
         if written:
             return response, row
-    raise RuntimeError(f"customer {row.customer_id}: history kept changing over {MAX_PLANS} plans")
+    raise LedgerError(f"customer {row.customer_id}: history kept changing over {MAX_PLANS} plans")
 
 
 class WalCheckpointer:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from record.ledger import Ledger
+from record.ledger import Ledger, RowRejected
 from record.tables import DecisionRow
 from serving.writer import GroupWriter
 from tests.serving.conftest import decision_row
@@ -34,16 +34,26 @@ def test_concurrent_puts_are_committed_in_groups(deps) -> None:  # noqa: ANN001
 
 
 def test_a_failed_commit_reaches_every_waiter(deps) -> None:  # noqa: ANN001
-    writer = GroupWriter(deps.ledger)
-    row = decision_row()
+    """A failure of the whole transaction (the disk is full) fails every waiter of the group
+    with it, and nothing of the group is written."""
+    import sqlite3
 
-    async def go() -> None:
-        await writer.put(row)
-        await asyncio.gather(writer.put(row), writer.put(decision_row()))  # duplicate primary key
+    from sqlalchemy.exc import OperationalError
 
-    with pytest.raises(Exception, match="UNIQUE constraint failed: decisions.decision_id"):
-        asyncio.run(go())
-    assert deps.ledger.counts()["decisions"] == 1  # the whole group rolled back, none acked
+    ledger: Ledger = deps.ledger
+    ledger.record_decision(decision_row())
+    original = ledger.record_decisions
+
+    def full(rows: list[DecisionRow]) -> list[DecisionRow]:
+        raise OperationalError("INSERT", None, sqlite3.OperationalError("database or disk is full"))
+
+    ledger.record_decisions = full  # type: ignore[method-assign]
+    results = _group(deps, [decision_row() for _ in range(5)])
+    assert [type(r) for r in results] == [OperationalError] * 5
+    assert all("database or disk is full" in str(r) for r in results)
+    ledger.record_decisions = original  # type: ignore[method-assign]
+    assert ledger.counts()["decisions"] == 1
+    assert not ledger.pending  # nothing is left counted against caps
 
 
 def test_wal_checkpoints_move_off_the_commits(tmp_path) -> None:  # noqa: ANN001
@@ -77,3 +87,48 @@ def test_wal_checkpoints_move_off_the_commits(tmp_path) -> None:  # noqa: ANN001
         assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
     assert ledger.counts()["decisions"] == 1500
     assert not WalCheckpointer.applies(engine_for("sqlite://"))  # in memory: nothing to do
+
+
+def _group(deps, rows: list[DecisionRow]) -> list[bool | BaseException]:  # noqa: ANN001
+    """Every row put at once (one group): each waiter's result or exception."""
+    writer = GroupWriter(deps.ledger)
+
+    async def go() -> list[bool | BaseException]:
+        return await asyncio.gather(*(writer.put(r) for r in rows), return_exceptions=True)
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_one_bad_row_fails_only_its_own_waiter(backend: str, request, tmp_path) -> None:  # noqa: ANN001
+    """90 decisions committed as one group, 3 of them rows the database refuses (a customer id
+    longer than its column on PostgreSQL; on SQLite, which does not check lengths, a decision
+    id already recorded): those 3 waiters fail, naming why, and the other 87 are committed."""
+    from nextbest.db import engine_for
+    from nextbest.settings import Settings
+    from tests.serving.conftest import real_deps
+
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    settings = Settings(home=tmp_path, ledger_url=url)
+    deps = real_deps(settings, {})
+    rows = [decision_row(f"c-{i}") for i in range(90)]
+    if backend == "postgresql":
+        bad = {10: "x" * 65, 45: "y" * 100, 89: "z" * 256}
+        for i, cid in bad.items():
+            rows[i] = decision_row(cid)
+    else:
+        bad = {10: None, 45: None, 89: None}
+        for i in bad:
+            deps.ledger.record_decision(rows[i])  # already recorded: a duplicate primary key
+    results = _group(deps, rows)
+    failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+    assert failed == sorted(bad), results[failed[0]] if failed else None
+    for i in failed:
+        assert isinstance(results[i], RowRejected)
+        if backend == "postgresql":
+            assert results[i].field == "customer_id"
+            assert str(results[i]) == "customer_id: longer than 64 characters"
+    assert all(results[i] is True for i in range(90) if i not in bad)
+    logged = set(Ledger(engine_for(settings.ledger_db_url)).logs()["decision_id"])
+    assert {r.decision_id for i, r in enumerate(rows) if i not in bad} <= logged
+    assert len(logged) == (90 if backend == "sqlite" else 87)
