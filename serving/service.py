@@ -41,6 +41,7 @@ from serving.bentofix import cancel_timeout_timers
 from serving.decide import DecideRequest, DecideResponse, Known, plan, resolve, with_banner
 from serving.deps import Deps, load_deps, pinned_models
 from serving.run import bound_host
+from serving.unavailable import ledger_guard
 from serving.writer import GroupWriter, WalCheckpointer
 
 log = logging.getLogger("nextbest.service")
@@ -251,6 +252,7 @@ class Nextbest:
         return f"bandit {'; '.join(done)}" if done else None
 
     @bentoml.api(route="/decide")
+    @ledger_guard
     async def decide(self, request: DecideRequest, /) -> DecideResponse:
         # async: the pipeline is short CPU work on the loop; feature reads of concurrent
         # requests are batched, and commits are grouped and run off the loop
@@ -277,15 +279,18 @@ class Nextbest:
         return response
 
     @bentoml.api(route="/outcome")
+    @ledger_guard
     async def outcome(self, request: actions.OutcomeRequest, /) -> actions.OutcomeResponse:
         return await asyncio.to_thread(actions.record_outcome, request, self.deps)
 
     @bentoml.api(route="/events")
+    @ledger_guard
     async def events(self, event: dict[str, Any], /) -> dict[str, Any]:
         # off the loop: a feature push costs milliseconds and must not stall /decide
         return await asyncio.to_thread(actions.ingest, event, self.deps)
 
     @bentoml.api(route="/erase")
+    @ledger_guard
     async def erase(self, request: actions.EraseRequest, /) -> dict[str, Any]:
         return await asyncio.to_thread(actions.erase, request, self.deps)
 

@@ -1,0 +1,65 @@
+"""A part that cannot complete a request answers 503, with the body of the service's 400s.
+
+BentoML answers an exception raised in an API with a 500 (or, for its own
+``ServiceUnavailable``, a 503 whose body hides the message), so an API that meets a failing
+part returns this response instead: ``{"error": "<part>: <reason>", "field": "<part>"}``.
+``ledger_guard`` does it for the ledger (SQLite or PostgreSQL, with the identity graph in the
+same database): a full disk, a lost connection, an exhausted pool. Nothing is acknowledged
+then, and everything acknowledged before stays committed, so the caller may retry.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.responses import JSONResponse
+
+from record.ledger import LedgerError, RowRejected
+from serving.schemas import field_error
+
+log = logging.getLogger("nextbest.service")
+
+# The ledger's failures: the database's (DBAPIError: operational, integrity, data...), a pool
+# with no connection to give, and the writer's own (a row refused alone, plans never settling).
+LEDGER_ERRORS = (DBAPIError, PoolTimeout, LedgerError)
+
+
+def unavailable(part: str, reason: str) -> JSONResponse:
+    """The 503 that names the part that failed and why."""
+    return JSONResponse({"error": f"{part}: {reason}", "field": part}, status_code=503)
+
+
+def describe(exc: BaseException) -> str:
+    """One short line: the driver's exception and its message (no SQL, no parameters)."""
+    if isinstance(exc, LedgerError):
+        return str(exc).removeprefix("ledger: ")[:300]
+    orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    text = str(orig).split(" (Background on this error", 1)[0].strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(orig).__name__}: {first}"[:300]
+
+
+def ledger_guard(api: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Wrap an API method ``(self, request, /)``: a ledger failure becomes a 503 naming the
+    ledger; a row the ledger refused for a value of the request's own (a field of its model)
+    becomes the 400 naming that field."""
+
+    @functools.wraps(api)
+    async def guarded(self: Any, request: Any, /) -> Any:
+        try:
+            return await api(self, request)
+        except RowRejected as exc:
+            if exc.field is not None and exc.field in getattr(type(request), "model_fields", {}):
+                raise field_error(exc.field, exc.reason, None) from None
+            log.error("/%s: ledger refused a row: %s", api.__name__, exc)
+            return unavailable("ledger", describe(exc))
+        except LEDGER_ERRORS as exc:
+            log.error("/%s: ledger unavailable: %s", api.__name__, describe(exc))
+            return unavailable("ledger", describe(exc))
+
+    return guarded
