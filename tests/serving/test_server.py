@@ -46,11 +46,20 @@ def _load(base: str, acked: dict[str, list[str]], stop: threading.Event, k: int)
 
 
 @pytest.mark.slow
-def test_real_server_and_sigkill(tmp_path: Path) -> None:
-    """Run with ``synchronous=NORMAL`` (the default): in WAL mode it loses nothing to a process
-    crash (only to power loss), and the opt-in FULL is strictly stronger."""
-    settings = Settings(home=tmp_path, workers=1, ledger_synchronous="NORMAL")
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_real_server_and_sigkill(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """SQLite runs with ``synchronous=NORMAL`` (the default): in WAL mode it loses nothing to
+    a process crash (only to power loss), and the opt-in FULL is strictly stronger.
+    PostgreSQL (the scale-out ledger) runs two workers, both writing when the kill comes."""
     env = {"NEXTBEST_LEDGER_SYNCHRONOUS": "NORMAL"}
+    if backend == "postgresql":
+        pg_url = request.getfixturevalue("pg_url")
+        settings = Settings(home=tmp_path, workers=2, ledger_url=pg_url)
+        env["NEXTBEST_LEDGER_URL"] = pg_url
+    else:
+        settings = Settings(home=tmp_path, workers=1, ledger_synchronous="NORMAL")
     port = run.free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
