@@ -179,16 +179,20 @@ def recovery_seconds(
 
 
 def outage_figures(
-    base: str, headers: dict[str, str], proxy: FaultProxy, seconds: float = 5.0
+    base: str,
+    headers: dict[str, str],
+    proxy: FaultProxy,
+    seconds: float = 5.0,
+    concurrency: int = 4,
 ) -> dict[str, Any]:
     """``/decide`` timed with the proxied store up, hung and refusing, and the recovery time
     after each outage: the figures of issue 15's goal (p99 < 50 ms with the store hung or down,
     features again within 5 s of its return). Leaves the proxy up."""
-    figures: dict[str, Any] = {"up": timed_decisions(base, headers, seconds)}
+    figures: dict[str, Any] = {"up": timed_decisions(base, headers, seconds, concurrency)}
     try:
         for mode in ("hang", "refuse"):
             proxy.set(mode)
-            figures[mode] = timed_decisions(base, headers, seconds)
+            figures[mode] = timed_decisions(base, headers, seconds, concurrency)
             proxy.set("up")
             figures[mode]["recovery_s"] = recovery_seconds(base, headers, time.monotonic())
     finally:
