@@ -42,7 +42,7 @@ def repo_config(settings: Settings):  # noqa: ANN201 - feast import kept lazy
     feature_dir = settings.feature_dir
     feature_dir.mkdir(parents=True, exist_ok=True)
     if settings.online_store == "redis":
-        online = RedisOnlineStoreConfig(connection_string=settings.redis_url)
+        online = RedisOnlineStoreConfig(connection_string=redis_connection(settings))
     else:
         online = SqliteOnlineStoreConfig(path=str(feature_dir / "online.db"))
     return RepoConfig(
@@ -56,6 +56,21 @@ def repo_config(settings: Settings):  # noqa: ANN201 - feast import kept lazy
     )
 
 
+REDIS_TIMEOUTS = ("socket_timeout", "socket_connect_timeout")
+
+
+def redis_connection(settings: Settings) -> str:
+    """``settings.redis_url`` with socket connect and read timeouts of
+    ``feature_timeout_ms`` (Feast passes ``key=value`` parts of its connection string to
+    ``redis.Redis``), unless the URL sets its own. redis-py's default is 5 s each, retried 10
+    times: a hung Redis held every read for about a minute."""
+    url = settings.redis_url
+    given = {part.split("=", 1)[0].strip() for part in url.split(",") if "=" in part}
+    seconds = settings.feature_timeout_ms / 1000
+    extra = [f"{key}={seconds:g}" for key in REDIS_TIMEOUTS if key not in given]
+    return ",".join([url, *extra])
+
+
 def get_store(settings: Settings | None = None) -> FeatureStore:
     """A FeatureStore for these settings (default: the process settings)."""
     from feast import FeatureStore
@@ -64,7 +79,23 @@ def get_store(settings: Settings | None = None) -> FeatureStore:
     store = FeatureStore(repo_path=str(settings.feature_dir), config=repo_config(settings))
     if settings.online_store == "sqlite":
         _tune_sqlite(store)
+    else:
+        _no_redis_retries(store)
     return store
+
+
+def _no_redis_retries(store: FeatureStore) -> None:
+    """A failed Redis call fails at once: redis-py retries a connection error or a timeout 10
+    times with backoff by default (about a second against a refusing Redis, ten timeouts
+    against a hung one). The caller's circuit breaker decides when to try again. Uses Feast's
+    private ``_get_client`` (it builds the client without connecting): skipped if it moves."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    get_client = getattr(store.provider.online_store, "_get_client", None)
+    if get_client is None:
+        return
+    get_client(store.config.online_store).set_retry(Retry(NoBackoff(), 0))
 
 
 def _tune_sqlite(store: FeatureStore) -> None:

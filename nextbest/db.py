@@ -11,6 +11,8 @@ from pathlib import Path
 
 from sqlalchemy import Engine, MetaData, create_engine, event, inspect, text
 
+from nextbest.breaker import Breaker, CircuitOpen
+
 
 @lru_cache(maxsize=8)
 def engine_for(url: str) -> Engine:
@@ -37,7 +39,115 @@ def engine_for(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        pool_timeout=PG_POOL_TIMEOUT,
+        connect_args=_pg_connect_args(url),
+    )
+    if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
+        breaker = Breaker("ledger", failures=1, reset_seconds=PG_RESET_SECONDS)
+
+        @event.listens_for(engine, "do_connect")
+        def _connect(_dialect, _record, cargs, cparams):  # noqa: ANN001, ANN202
+            """New connections only while the server answers: after a timeout the circuit
+            opens, and every connect is refused at once until a probe gets through."""
+            import psycopg
+
+            try:
+                breaker.admit()
+            except CircuitOpen as exc:
+                raise psycopg.OperationalError(str(exc)) from None
+            try:
+                conn = _silence_bounded().connect(*cargs, **cparams)
+            except Exception as exc:
+                breaker.failure(exc)
+                raise
+            conn.breaker = breaker
+            breaker.success()
+            return conn
+
+    return engine
+
+
+# A hung PostgreSQL must cost a request a 503 within the request budget (10 s), not a hang.
+# A URL's own query parameters win (``?connect_timeout=10&options=...``).
+PG_CONNECT_TIMEOUT = 2  # seconds to connect and authenticate (libpq's least)
+PG_LOCK_TIMEOUT_MS = 3000  # a lock (a customer's advisory lock, a row) waited for at most
+PG_IDLE_IN_TRANSACTION_MS = 60_000  # a session that holds a transaction open, silent, is cut
+PG_POOL_TIMEOUT = 3.0  # seconds to wait for a pooled connection
+PG_SILENCE = 3.0  # seconds a server may stay silent mid-exchange before it is deemed hung
+PG_RESET_SECONDS = 2.0  # after a timeout, connects are refused at once this long, then probed
+
+
+def _pg_connect_args(url: str) -> dict[str, object]:
+    """libpq options the URL does not set: a connect timeout, and server-side lock and
+    idle-in-transaction timeouts. No server-wide statement timeout: the same engine runs the
+    reports' long reads; a server that stops answering is caught client-side (PG_SILENCE)."""
+    from sqlalchemy.engine import make_url
+
+    given = make_url(url).query
+    args: dict[str, object] = {}
+    if "connect_timeout" not in given:
+        args["connect_timeout"] = PG_CONNECT_TIMEOUT
+    if "options" not in given:
+        args["options"] = (
+            f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} "
+            f"-c idle_in_transaction_session_timeout={PG_IDLE_IN_TRANSACTION_MS}"
+        )
+    return args
+
+
+@lru_cache(maxsize=1)
+def _silence_bounded() -> type:
+    """A psycopg ``Connection`` that gives up on a server silent for ``PG_SILENCE`` seconds
+    in the middle of an exchange (a query, a commit, the pool's ping) and closes itself, so the
+    pool drops it. psycopg waits on a socket without end; TCP keepalives and
+    ``tcp_user_timeout`` do not help when the peer's kernel still acknowledges (a stopped or
+    wedged server, a proxy). A long read that keeps sending rows is never silent that long."""
+    import psycopg
+
+    class SilenceBounded(psycopg.Connection):
+        def wait(self, gen, interval=0.1, timeout=None):  # noqa: ANN001, ANN202
+            if timeout is not None:  # psycopg's own bounded waits (cancel, close)
+                return super().wait(gen, interval, timeout)
+            try:
+                return super().wait(_watched(gen, PG_SILENCE), min(interval, 0.1), None)
+            except HungServer as exc:
+                self.pgconn.finish()  # its protocol state is unknown: never reused
+                breaker = getattr(self, "breaker", None)
+                if breaker is not None:
+                    breaker.failure(exc)
+                raise psycopg.OperationalError(str(exc)) from None
+
+    return SilenceBounded
+
+
+class HungServer(Exception):
+    """Raised inside a wait when the server has said nothing for too long."""
+
+
+def _watched(gen, silence: float):  # noqa: ANN001, ANN202
+    """``gen`` (a psycopg wait generator) passed through, raising :class:`HungServer` when the
+    socket stays idle ``silence`` seconds: the wait function sends ``Ready.NONE`` (0) each
+    time its interval passes with nothing ready."""
+    import time
+
+    last = time.monotonic()
+    try:
+        state = next(gen)
+        while True:
+            ready = yield state
+            if ready:
+                last = time.monotonic()
+            elif time.monotonic() - last > silence:
+                gen.close()
+                raise HungServer(f"PostgreSQL silent for {silence:g} s")
+            state = gen.send(ready)
+    except StopIteration as stop:
+        return stop.value
 
 
 def is_sqlite_file(engine: Engine) -> bool:

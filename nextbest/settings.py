@@ -41,6 +41,19 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(None, description="default sqlite:///home/mlflow.db")
     online_store: Literal["sqlite", "redis"] = "sqlite"
     redis_url: str = "127.0.0.1:6379"
+    # a hung or dead online store must cost a decision a fast fallback, never a stall
+    feature_timeout_ms: int = Field(
+        100,
+        gt=0,
+        description="online feature store: Redis connect and read timeout, and the longest a "
+        "decision waits for its features before it falls back",
+    )
+    feature_breaker_failures: int = Field(
+        3, gt=0, description="failed feature reads in a row that open the circuit (fallback)"
+    )
+    feature_breaker_reset_seconds: float = Field(
+        1.0, gt=0, description="seconds the feature circuit stays open before one probe read"
+    )
 
     host: str = "127.0.0.1"
     port: int = 3000

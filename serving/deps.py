@@ -6,11 +6,12 @@ its reason instead of stopping the service: decisions then fall back and say why
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import secrets
-import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -19,6 +20,7 @@ from typing import Any
 import journeys.intent_state  # noqa: F401 - their tables join the ledger's metadata before
 import journeys.schedule_state  # noqa: F401 - (and the scheduled entries' state)
 import journeys.state  # noqa: F401 - Ledger creates them
+from nextbest.breaker import Breaker, CircuitOpen
 from nextbest.db import engine_for
 from nextbest.settings import Settings
 from record.assignment import StickyAssigner, holdout_shares
@@ -29,18 +31,26 @@ log = logging.getLogger("nextbest.serving")
 
 
 class FeatureReader:
-    """Online features of one customer through the Feast FeatureServices (H3's read path)."""
+    """Online features of one customer through the Feast FeatureServices (H3's read path),
+    behind a circuit breaker: a failing store costs each read one fast refusal, not a wait."""
 
-    RETRY_SECONDS = 5.0
-
-    def __init__(self, store: Any, read_online: Callable[..., list[dict[str, Any]]]) -> None:
+    def __init__(
+        self,
+        store: Any,
+        read_online: Callable[..., list[dict[str, Any]]],
+        breaker: Breaker | None = None,
+        timeout: float = 0.1,
+    ) -> None:
+        """``timeout``: the longest ``read_many_async`` waits for a read (seconds)."""
         self.store = store
         self._read = read_online
-        self._down_until, self._why = 0.0, ""
+        self.breaker = breaker or Breaker("features")
+        self.timeout = timeout
+        self._pool: ThreadPoolExecutor | None = None
 
     def failing(self) -> str | None:
-        """Why reads are paused, while they are."""
-        return self._why if time.monotonic() < self._down_until else None
+        """Why reads are refused, while they are (no call to the store)."""
+        return self.breaker.failing()
 
     def read(
         self,
@@ -61,16 +71,51 @@ class FeatureReader:
         """Several customers in one call: one query per feature view for all of them.
         ``now``: the decision's time, which the on-demand features count from (minutes since
         the basket changed, abandoned or not); None is the wall clock. The replay decides on
-        the world's time, and a basket must be as old then as it was."""
-        if time.monotonic() < self._down_until:  # a failing store is not retried per request
-            raise RuntimeError(f"unavailable, retrying soon ({self._why})")
+        the world's time, and a basket must be as old then as it was. Raises
+        :class:`CircuitOpen` at once while the store is failing (a half-open probe reads)."""
+        self.breaker.admit()
+        return self._guarded(customer_ids, service, now)
+
+    async def read_many_async(
+        self, customer_ids: list[str], service: str = "profile_v1", now: datetime | None = None
+    ) -> list[dict]:
+        """``read_many`` off the event loop, waiting at most ``timeout``. While the circuit is
+        open it raises at once; the half-open probe runs in the background, and this call
+        raises at once too: no decision waits on a store that was just failing."""
+        if self.breaker.admit():
+            self._executor().submit(self._guarded, customer_ids, service, now)
+            raise CircuitOpen(f"features circuit half-open, probing after {self.failing()}")
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self._executor(), self._read_rows, customer_ids, service, now)
         try:
-            rows = self._read(self.store, service, customer_ids, now=now)
+            rows = await asyncio.wait_for(work, self.timeout)
         except Exception as exc:
-            self._down_until = time.monotonic() + self.RETRY_SECONDS
-            self._why = f"{type(exc).__name__}: {exc}"[:200]
+            if isinstance(exc, TimeoutError):
+                exc = TimeoutError(f"no answer within {self.timeout * 1000:g} ms")
+            self.breaker.failure(exc)
+            raise exc from None
+        self.breaker.success()
+        return rows
+
+    def _guarded(self, customer_ids: list[str], service: str, now: datetime | None) -> list[dict]:
+        try:
+            rows = self._read_rows(customer_ids, service, now)
+        except Exception as exc:
+            self.breaker.failure(exc)
             raise
+        self.breaker.success()
+        return rows
+
+    def _read_rows(self, customer_ids: list[str], service: str, now: datetime | None) -> list[dict]:
+        rows = self._read(self.store, service, customer_ids, now=now)
         return [{k: v for k, v in row.items() if v is not None} for row in rows]
+
+    def _executor(self) -> ThreadPoolExecutor:
+        """Threads of the feature reads alone: a hung store cannot take the threads the rest of
+        the service runs on, and their work cannot delay a read past its timeout."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="features")
+        return self._pool
 
 
 @dataclass
@@ -105,8 +150,9 @@ class Deps:
     def health(self) -> dict[str, Any]:
         parts = ("catalog", "graph", "features", "models", "bandit", "ingest")
         state = {p: self.missing.get(p, "ok") for p in parts}
-        if self.features is not None and self.features.failing():
-            state["features"] = f"failing: {self.features.failing()}"
+        why = self.features.failing() if self.features is not None else None
+        if why:  # the breaker's state: /healthz never calls the store
+            state["features"] = f"circuit {self.features.breaker.state}: {why}"
         body = {
             "status": "ok" if all(v == "ok" for v in state.values()) else "degraded",
             "parts": state,
@@ -185,7 +231,17 @@ def _graph(settings: Settings) -> Any:
 def _features(settings: Settings) -> FeatureReader:
     from features.store import get_store, read_online
 
-    return FeatureReader(get_store(settings), read_online)
+    return FeatureReader(get_store(settings), read_online, **feature_guard(settings))
+
+
+def feature_guard(settings: Settings) -> dict[str, Any]:
+    """A FeatureReader's breaker and timeout from the settings."""
+    breaker = Breaker(
+        "features",
+        failures=settings.feature_breaker_failures,
+        reset_seconds=settings.feature_breaker_reset_seconds,
+    )
+    return {"breaker": breaker, "timeout": settings.feature_timeout_ms / 1000}
 
 
 def _models(settings: Settings) -> Any:

@@ -17,6 +17,7 @@ from typing import Any
 
 import bentoml
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -275,7 +276,10 @@ class Nextbest:
             )
         request, scope = with_banner(request, banner)
         # planned and held at once (no await between), committed in a group
-        response, _ = await self.writer.decide(lambda: plan(request, self.deps, known, scope))
+        try:
+            response, _ = await self.writer.decide(lambda: plan(request, self.deps, known, scope))
+        except SQLAlchemyError as exc:  # the ledger cannot be read or written: 503, not 500
+            raise bentoml.exceptions.ServiceUnavailable(f"ledger: {type(exc).__name__}") from exc
         return response
 
     @bentoml.api(route="/outcome")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from nextbest.breaker import Breaker, CircuitOpen
 from serving.batching import FeatureBatcher
 from serving.deps import FeatureReader
 
@@ -37,7 +40,7 @@ def test_concurrent_reads_share_a_call() -> None:
     assert all("gone" not in r for r in rows)  # nulls dropped: a missing field fails its rule
 
 
-def test_a_failed_read_reaches_every_caller_and_backs_off() -> None:
+def test_a_failed_read_reaches_every_caller_and_opens_the_circuit() -> None:
     calls: list[list[str]] = []
     reader = _reader(calls, fail=True)
     batcher = FeatureBatcher(reader)
@@ -47,9 +50,99 @@ def test_a_failed_read_reaches_every_caller_and_backs_off() -> None:
 
     errors = asyncio.run(go())
     assert [str(e) for e in errors] == ["store down", "store down"]
-    with pytest.raises(RuntimeError, match="unavailable, retrying soon"):
-        reader.read("c")  # not retried on every request while the store is down
-    assert len(calls) == 1
+    assert reader.breaker.state == "closed"  # one failure: the store is tried again
+    for c in ("c", "d"):
+        with pytest.raises(ConnectionError, match="store down"):
+            reader.read(c)
+    with pytest.raises(CircuitOpen, match="features circuit open after ConnectionError"):
+        reader.read("e")  # not retried on every request while the store is down
+    assert len(calls) == 3
+
+
+class HungStore:
+    """``read_online`` that never answers until released (a Redis that accepts and hangs)."""
+
+    def __init__(self) -> None:
+        self.release, self.calls = threading.Event(), 0
+
+    def __call__(self, store: Any, service: str, ids: list[str], now: Any = None) -> list[dict]:
+        self.calls += 1
+        if not self.release.wait(10):
+            raise TimeoutError("hung")
+        return [{"customer_id": c, "plan": "prepaid"} for c in ids]
+
+
+def test_a_hung_store_never_holds_the_event_loop() -> None:
+    """Before: the batch was read on the loop, so a hung store froze every request of the
+    worker (and the loop ticked not once until the store answered)."""
+    hung = HungStore()
+    breaker = Breaker("features", failures=2, reset_seconds=0.3)
+    reader = FeatureReader(None, hung, breaker=breaker, timeout=0.05)
+    batcher = FeatureBatcher(reader)
+
+    async def go() -> tuple[list, int, list[float]]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        ticker = asyncio.create_task(tick())
+        waited, results = [], []
+        for cid in ("a", "b", "c", "d"):
+            t0 = time.perf_counter()
+            results.append(*(await asyncio.gather(batcher.read(cid), return_exceptions=True)))
+            waited.append(time.perf_counter() - t0)
+        ticker.cancel()
+        return results, ticks, waited
+
+    try:
+        results, ticks, waited = asyncio.run(go())
+    finally:
+        hung.release.set()
+    assert [type(r).__name__ for r in results] == [
+        "TimeoutError",
+        "TimeoutError",  # two timeouts in a row open the circuit ...
+        "CircuitOpen",  # ... and the next decisions fall back at once, without a call
+        "CircuitOpen",
+    ]
+    assert str(results[0]) == "no answer within 50 ms"
+    assert hung.calls == 2
+    assert waited[0] < 2 and waited[1] < 2  # the timeout, not the store's hang
+    assert max(waited[2:]) < 0.01
+    assert ticks >= 10  # the loop went on meanwhile (a 5 ms ticker over ~100 ms)
+
+
+def test_the_half_open_probe_runs_in_the_background_and_closes_the_circuit() -> None:
+    hung = HungStore()
+    breaker = Breaker("features", failures=1, reset_seconds=0.05)
+    reader = FeatureReader(None, hung, breaker=breaker, timeout=0.05)
+    batcher = FeatureBatcher(reader)
+
+    async def read(cid: str) -> Any:
+        return (await asyncio.gather(batcher.read(cid), return_exceptions=True))[0]
+
+    async def go() -> list:
+        first = await read("a")  # times out: open
+        await asyncio.sleep(0.06)
+        hung.release.set()  # the store is back
+        t0 = time.perf_counter()
+        probing = await read("b")  # the probe starts in the background; this one falls back
+        waited = time.perf_counter() - t0
+        for _ in range(100):
+            if breaker.state == "closed":
+                break
+            await asyncio.sleep(0.01)
+        return [first, probing, waited, await read("c")]
+
+    first, probing, waited, after = asyncio.run(go())
+    assert isinstance(first, TimeoutError)
+    assert isinstance(probing, CircuitOpen) and "half-open, probing" in str(probing)
+    assert waited < 0.01
+    assert after == {"customer_id": "c", "plan": "prepaid"}
+    assert breaker.state == "closed" and hung.calls == 3
 
 
 def test_reads_count_from_the_batchers_clock() -> None:
