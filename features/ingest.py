@@ -10,12 +10,19 @@ The log keeps ``customer_id`` and never raw identifiers: those live only as salt
 the identity graph. Per-event pushes go to the online store only: Feast's file offline store
 rewrites the whole Parquet file on every offline push, so the offline side of the real-time
 view is rebuilt from the event log by ``features.build`` instead.
+
+An event is logged once and pushed once: ``live.db`` also holds the logged events whose push
+is not done (``unpushed``, written with the event), each with a lease its pusher holds. A push
+that fails leaves the event there and raises, so the caller does not call it applied; the
+client's retry finds it logged, and pushes it. Events logged before that table existed count
+as pushed.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -64,6 +71,10 @@ _lock = threading.Lock()
 _connections: dict[Path, sqlite3.Connection] = {}
 
 
+class PushInProgress(RuntimeError):
+    """Another request holds this event's push lease: not applied as far as this one knows."""
+
+
 # --- event log ---------------------------------------------------------------------------
 
 
@@ -83,23 +94,81 @@ def _live_db(settings: Settings) -> sqlite3.Connection:
                 "channel TEXT, event_type TEXT, customer_id TEXT, product_id TEXT, value REAL, "
                 "quantity INTEGER, campaign_id TEXT, consent_channel TEXT, consent_value INTEGER)"
             )
+            # logged events not pushed yet; claimed_until: a pusher's lease (epoch seconds)
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS unpushed (event_id TEXT PRIMARY KEY, "
+                "claimed_until REAL NOT NULL DEFAULT 0)"
+            )
             _connections[path] = con
     return con
 
 
-def append_event(settings: Settings, event: Event, customer_id: str) -> bool:
-    """Append one event; durable when this returns. False if ``event_id`` was already there."""
+def append_event(settings: Settings, event: Event, customer_id: str, claim: bool = False) -> bool:
+    """Append one event, with its push to do; durable when this returns. False if
+    ``event_id`` was already there. ``claim``: a new event's push lease is the caller's
+    (``claim_push`` in the same commit)."""
     row = event.model_dump()
     row["customer_id"] = customer_id
     row["ts"] = event.ts.astimezone(UTC).isoformat()
     con = _live_db(settings)
     with _lock:
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            new = (
+                con.execute(
+                    f"INSERT OR IGNORE INTO events ({', '.join(LOG_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(LOG_COLUMNS))})",
+                    [row[c] for c in LOG_COLUMNS],
+                ).rowcount
+                == 1
+            )
+            if new:
+                until = time.time() + _lease(settings) if claim else 0.0
+                con.execute(
+                    "INSERT OR IGNORE INTO unpushed (event_id, claimed_until) VALUES (?, ?)",
+                    [event.event_id, until],
+                )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    return new
+
+
+def claim_push(settings: Settings, event_id: str) -> bool:
+    """Take the lease on a logged event's push: True when this caller is now to push it;
+    False when it is pushed already or another request holds the lease. The lease outlives
+    any request, so a pusher that died frees it for a retry."""
+    at, con = time.time(), _live_db(settings)
+    with _lock:
         cur = con.execute(
-            f"INSERT OR IGNORE INTO events ({', '.join(LOG_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(LOG_COLUMNS))})",
-            [row[c] for c in LOG_COLUMNS],
+            "UPDATE unpushed SET claimed_until = ? WHERE event_id = ? AND claimed_until <= ?",
+            [at + _lease(settings), event_id, at],
         )
         return cur.rowcount == 1
+
+
+def _lease(settings: Settings) -> float:
+    """How long a push lease holds: longer than any request (three request timeouts)."""
+    return 3.0 * settings.request_timeout
+
+
+def push_pending(settings: Settings, event_id: str) -> bool:
+    """Whether a logged event's push is still to do."""
+    con = _live_db(settings)
+    with _lock:
+        found = con.execute("SELECT 1 FROM unpushed WHERE event_id = ?", [event_id]).fetchone()
+    return found is not None
+
+
+def _end_push(settings: Settings, event_id: str, done: bool) -> None:
+    """Done: the event leaves ``unpushed``. Failed: its lease is freed for the retry."""
+    con = _live_db(settings)
+    with _lock:
+        if done:
+            con.execute("DELETE FROM unpushed WHERE event_id = ?", [event_id])
+        else:
+            con.execute("UPDATE unpushed SET claimed_until = 0 WHERE event_id = ?", [event_id])
 
 
 def write_event_log(settings: Settings, events: pd.DataFrame) -> Path:
@@ -218,26 +287,61 @@ def ingest_event(
 ) -> dict[str, Any]:
     """Validate, resolve (creating a customer for new identifiers), append to the event log,
     then update and push the real-time row. The log comes first so everything visible online
-    is in the log; a repeated ``event_id`` (a client retry) is logged and counted once.
-    Raises ``InvalidEvent`` on bad input, before anything is written."""
+    is in the log; a repeated ``event_id`` (a client retry) is logged and pushed once.
+    Raises ``InvalidEvent`` on bad input, before anything is written; the online store's
+    error when the push fails, and ``PushInProgress`` when another request is pushing this
+    event: then the event is logged, and a retry pushes it."""
     from features.identity import Identifiers
 
     event = parse_event(event)
     customer_id = graph.link(Identifiers(**event.identifier_dict()))
-    row = None
-    if append_event(settings, event, customer_id):
-        with _customer_lock(customer_id):  # read-modify-write of one customer's live row
-            row = next_state(read_realtime(store, customer_id), event)
-            if row is not None:
-                # stamped with the later of event and arrival time: Redis drops a write that
-                # is not newer than the stored row, and a late event must still count
-                push_realtime(store, customer_id, row, max(event.ts, datetime.now(UTC)))
-    return {
+    new = append_event(settings, event, customer_id, claim=True)
+    row, registered = None, _registered(store)
+    if new or claim_push(settings, event.event_id):
+        try:
+            if registered:  # else nothing to push to (features not built): logged, that is all
+                row = _push(store, customer_id, event)
+        except BaseException:
+            _end_push(settings, event.event_id, done=False)
+            raise
+        _end_push(settings, event.event_id, done=True)
+    elif push_pending(settings, event.event_id):
+        raise PushInProgress(f"event {event.event_id} is being pushed by another request")
+    out = {
         "event_id": event.event_id,
         "customer_id": customer_id,
         "pushed": row is not None,
         "realtime": row,
+        "duplicate": not new,
     }
+    if not registered:
+        out["online"] = f"skipped: no {REALTIME_VIEW} view in the feature store"
+    return out
+
+
+def _push(store: FeatureStore, customer_id: str, event: Event) -> dict[str, Any] | None:
+    """Update and push the customer's real-time row; the row pushed, or None (untouched)."""
+    with _customer_lock(customer_id):  # read-modify-write of one customer's live row
+        row = next_state(read_realtime(store, customer_id), event)
+        if row is not None:
+            # stamped with the later of event and arrival time: Redis drops a write that is
+            # not newer than the stored row, and a late event must still count
+            push_realtime(store, customer_id, row, max(event.ts, datetime.now(UTC)))
+    return row
+
+
+def _registered(store: FeatureStore | None) -> bool:
+    """Whether the store has the real-time view: not, in a home whose features are not built
+    yet, which is no outage (a retry would find it the same), so no push is owed."""
+    from feast.errors import FeatureViewNotFoundException
+
+    if store is None:
+        return False
+    try:
+        _realtime_view(store)
+    except FeatureViewNotFoundException:
+        return False
+    return True
 
 
 _stripes = [threading.Lock() for _ in range(64)]

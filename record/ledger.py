@@ -36,6 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DataError, IntegrityError
 
 from nextbest.db import checkpoint, create_tables, is_sqlite_file
+from record import applied as _applied  # noqa: F401 - its table is on the ledger's metadata
 from record.ledger_pending import PG_LOCK, Pending, customer_lock, stale_rows
 from record.ledger_sqlite import Held, sqlite_history, sqlite_insert
 from record.tables import (
@@ -56,6 +57,14 @@ from record.tables import (
 )
 
 ERASED_PREFIX = "erased:"  # an erased outcome's idempotency key: this and a 64-hex hash
+# Each kind of outcome has its own key space, so no caller's key can take another's place:
+# a purchase event records its revenue under ``event:<event_id>`` and a caller's /outcome
+# key is stored under ``outcome:`` (``caller_key``). Ledgers from before stored callers'
+# keys as sent: ``legacy_keys`` finds those.
+EVENT_KEYS = "event:"
+CALLER_KEYS = "outcome:"
+_LONG_CALLER_KEYS = "outcome#"  # and a hash, for a key too long to fit with its prefix
+KEY_LENGTH: int = outcomes.c.idempotency_key.type.length
 # What an erased person's decisions keep of the columns that could name or describe them; a
 # column added to ``decisions`` that could do so belongs here too (``Ledger.erase``).
 ERASED_DECISION: dict[str, Any] = {"customer_id": None, "context": {}, "scores": {}, "reason": ""}
@@ -92,6 +101,28 @@ _SEEN = (
 
 # Built once like _HISTORY: is this key, hashed as an erasure leaves it, already recorded?
 _ERASED_KEY = select(outcomes.c.outcome_id).where(outcomes.c.idempotency_key == bindparam("key"))
+_STORED = select(outcomes).where(outcomes.c.idempotency_key == bindparam("key"))
+
+
+def event_key(event_id: str) -> str:
+    """The key a purchase event records its revenue outcome under."""
+    return EVENT_KEYS + event_id
+
+
+def caller_key(key: str) -> str:
+    """A caller's /outcome key as stored: in its own key space, never equal to an event's
+    key or an erased one's; hashed when the prefix would not fit the column."""
+    stored = CALLER_KEYS + key
+    if len(stored) <= KEY_LENGTH:
+        return stored
+    return _LONG_CALLER_KEYS + hashlib.sha256(key.encode()).hexdigest()
+
+
+def legacy_keys(key: str) -> list[str]:
+    """The caller's key as a ledger from before key spaces stored it (as sent), unless that
+    spelling belongs to another kind's space: a retry across the upgrade still counts once."""
+    reserved = (EVENT_KEYS, CALLER_KEYS, _LONG_CALLER_KEYS, ERASED_PREFIX)
+    return [] if key.startswith(reserved) else [key]
 
 
 # Prebuilt with a fixed number of slots (unused ones bind ""), so the compiled statement is
@@ -237,14 +268,35 @@ class Ledger:
 
     def record_outcome(self, row: OutcomeRow) -> bool:
         """Insert once per idempotency key; False when the key was already recorded."""
+        return self.record_outcome_once(row)[0]
+
+    def record_outcome_once(
+        self, row: OutcomeRow, older_keys: list[str] | tuple[str, ...] = ()
+    ) -> tuple[bool, OutcomeRow | None]:
+        """Insert once per idempotency key: (True, None) when this call recorded it, else
+        (False, the row stored under the key), so the caller can tell a retry from a key
+        reused for something else. None too when the row was erased (it says nothing
+        about the person any more). ``older_keys``: the same key as an older ledger spelt
+        it (``legacy_keys``), looked up too."""
+        keys = [row.idempotency_key, *older_keys]
         try:
             with self.engine.begin() as conn:
-                if conn.execute(_ERASED_KEY, {"key": self.erased_key(row.idempotency_key)}).first():
-                    return False  # recorded once already, for a person since erased
+                for key in keys:
+                    if conn.execute(_ERASED_KEY, {"key": self.erased_key(key)}).first():
+                        return False, None  # recorded once already, for a person since erased
+                for key in older_keys:
+                    if old := conn.execute(_STORED, {"key": key}).mappings().first():
+                        return False, OutcomeRow(**old)
                 conn.execute(insert(outcomes), [row.model_dump()])
         except IntegrityError:
-            return False
-        return True
+            return False, self.stored_outcome(row.idempotency_key)
+        return True, None
+
+    def stored_outcome(self, key: str) -> OutcomeRow | None:
+        """The outcome stored under this idempotency key (as stored), if any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(_STORED, {"key": key}).mappings().first()
+        return OutcomeRow(**row) if row is not None else None
 
     def first_assignments(self, experiments: list[str], keys: list[str]) -> dict[str, StoredArm]:
         """Per experiment, the earliest recorded draw under any of ``keys`` (ties: the smaller

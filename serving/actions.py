@@ -1,20 +1,25 @@
 """The other endpoints as plain functions: outcomes, events, the agent's profile view, erasure.
 
 Semantic input errors are raised as pydantic ``ValidationError`` naming the field, so HTTP
-callers get the same 400 shape as for a malformed body.
+callers get the same 400 shape as for a malformed body; other refusals (a 409, a 503) as
+``Refused``, with the status and the body ``serving.service`` answers.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from features.schema import CUSTOMER_ID_MAX
+from record import applied
 from record.attribution import ORDER_TYPES, order_key
+from record.ledger import caller_key, event_key, legacy_keys
 from record.tables import OutcomeRow, utc
 from serving import journey_defs, journey_events, journey_intents, outbox
 from serving.decide import DecideRequest, DecideResponse, Known, plan, read_features
@@ -22,6 +27,18 @@ from serving.deps import Deps
 from serving.journey_agent import JourneyView, live_journeys
 from serving.schemas import ID_FIELDS, CustomerId, Id, field_error
 from serving.writer import commit
+
+log = logging.getLogger("nextbest.actions")
+
+
+class Refused(Exception):
+    """An answer that is neither a 200 nor a 400: its HTTP status and JSON body
+    (``{"error": "<field>: <reason>", "field": ...}`` and what else the caller needs)."""
+
+    def __init__(self, status: int, field: str, reason: str, **extra: Any) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.status = status
+        self.body: dict[str, Any] = {"error": f"{field}: {reason}", "field": field, **extra}
 
 
 class OutcomeRequest(BaseModel):
@@ -120,9 +137,10 @@ def record_outcome(req: OutcomeRequest, deps: Deps) -> OutcomeResponse:
     order = req.order_id
     if order is None and req.type in ORDER_TYPES and cid is not None:
         order = order_key(cid, product, req.value, ts)
-    recorded = deps.ledger.record_outcome(
+    key = caller_key(req.idempotency_key)  # the callers' own key space
+    recorded, stored = deps.ledger.record_outcome_once(
         OutcomeRow(
-            idempotency_key=req.idempotency_key,
+            idempotency_key=key,
             decision_id=req.decision_id,
             customer_id=cid,
             type=req.type,
@@ -130,24 +148,87 @@ def record_outcome(req: OutcomeRequest, deps: Deps) -> OutcomeResponse:
             ts=ts,
             order_id=order,
             offer_id=req.offer_id,
-        )
+        ),
+        legacy_keys(req.idempotency_key),
     )
+    if stored is not None and (field := _differs(req, cid, stored)) is not None:
+        shown = {**stored.model_dump(mode="json"), "idempotency_key": req.idempotency_key}
+        shown["ts"] = utc(stored.ts).isoformat()
+        reason = f"already recorded with another payload ({field} differs)"
+        raise Refused(409, "idempotency_key", reason, stored=shown)
     response = OutcomeResponse(
         idempotency_key=req.idempotency_key,
         recorded=recorded,
         decision_id=req.decision_id,
         customer_id=cid,
-        order_id=order,
+        order_id=stored.order_id if stored is not None else order,
     )
+    if not recorded and stored is None:
+        return response  # recorded once already, for a person since erased
     if req.type == "open" and row.status in ("pending", "sent"):
         outbox.delivered(req.decision_id, deps)  # opened: evidently delivered
-    if req.type in ("open", "click") and row is not None:
-        journey_events.on_outcome(req.type, row, ts, deps)
-    elif req.type in ORDER_TYPES and recorded and cid is not None:  # a purchase: exits, goals
-        bought = journey_events.Happened("purchase", ts, row.channel if row else "store",
-                                         product, f"outcome:{req.idempotency_key}")  # fmt: skip
-        journey_events.on_event(bought, cid, deps)
+
+    def journeys() -> dict[str, Any]:
+        if req.type in ("open", "click") and row is not None:
+            journey_events.on_outcome(req.type, row, ts, deps)
+        elif req.type in ORDER_TYPES and cid is not None:  # a purchase: exits, goals
+            bought = journey_events.Happened("purchase", ts, row.channel if row else "store",
+                                             product, key)  # fmt: skip
+            journey_events.on_event(bought, cid, deps)
+        return {}
+
+    # once per outcome, a retry (the same payload) completing it if it failed the first time
+    if cid is not None:
+        failed = _once(key, "outcome_journeys", cid, journeys, deps, {})
+        if failed:
+            raise Refused(503, "ledger", failed, idempotency_key=req.idempotency_key)
     return response
+
+
+def _differs(req: OutcomeRequest, cid: str | None, stored: OutcomeRow) -> str | None:
+    """The first field a retried key's report changes from the stored one, or None (a retry).
+    A time or an order the caller left out is the service's to fill, not part of the report."""
+    pairs = [
+        ("type", req.type, stored.type),
+        ("value", req.value, stored.value),
+        ("decision_id", req.decision_id, stored.decision_id),
+        ("customer_id", cid, stored.customer_id),
+        ("ts", utc(req.ts) if req.ts else None, utc(stored.ts) if req.ts else None),
+        ("order_id", req.order_id, stored.order_id if req.order_id else None),
+        ("offer_id", req.offer_id, stored.offer_id),
+    ]
+    return next((field for field, new, old in pairs if new != old), None)
+
+
+def _once(
+    event_id: str,
+    sink: str,
+    cid: str,
+    apply: Callable[[], dict[str, Any]],
+    deps: Deps,
+    result: dict[str, Any],
+) -> str | None:
+    """Apply a sink of several transactions unless it was applied, then mark it applied
+    (``record.applied``); its answer merged into ``result``. The failure's one-line reason,
+    or None."""
+    try:
+        if applied.applied(deps.ledger.engine, event_id, sink):
+            return None
+        result.update(apply())
+        applied.mark(deps.ledger.engine, event_id, sink, cid, utc(deps.clock()))
+    except ValidationError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the caller answers 503 and the retry completes it
+        return _reason(event_id, sink, exc)
+    return None
+
+
+def _reason(event_id: str, sink: str, exc: BaseException) -> str:
+    """One line for the 503 and the log (no traceback: the store being down is reported by
+    its own health check, and every retry would repeat it)."""
+    why = f"{type(exc).__name__}: {exc}"[:300]
+    log.warning("event %s: %s not applied, the caller is told to retry (%s)", event_id, sink, why)
+    return why
 
 
 def _lookup(ids: dict[str, str], deps: Deps, create: bool = False) -> str | None:
@@ -159,8 +240,10 @@ def _lookup(ids: dict[str, str], deps: Deps, create: bool = False) -> str | None
 
 
 def ingest(data: dict[str, Any], deps: Deps) -> dict[str, Any]:
-    """An event into the real-time feature path, plus the basket/outbox state and, for a
-    purchase, a revenue outcome (idempotent on the event id)."""
+    """An event into the real-time feature path, plus the basket/outbox state, the journeys
+    and, for a purchase, a revenue outcome: each once per event id, however often the event
+    is sent. A part that fails (the online store or the ledger down) is a ``Refused`` 503
+    naming it, after every other part was applied; the client's retry applies what is left."""
     from features.events import InvalidEvent, parse_event
 
     try:
@@ -169,44 +252,85 @@ def ingest(data: dict[str, Any], deps: Deps) -> dict[str, Any]:
         raise field_error(exc.field, exc.reason, None, "event") from None
     checked_time(event.ts, deps, "event")
     result: dict[str, Any] = {"event_id": event.event_id}
+    failed: dict[str, str] = {}
     if deps.ingest is not None:
+        from features.ingest import PushInProgress
+
         store = getattr(deps.features, "store", None)
         try:
             result.update(deps.ingest(event, store=store, graph=deps.graph, settings=deps.settings))
-        except Exception as exc:  # noqa: BLE001 - the basket/outbox path below still runs
-            result["ingest"] = f"failed: {type(exc).__name__}: {exc}"[:300]
+        except ValidationError:
+            raise
+        except PushInProgress as exc:  # a copy of this event is being applied: that one does
+            raise Refused(503, "features", str(exc), event_id=event.event_id) from None
+        except Exception as exc:  # noqa: BLE001 - the ledger's parts below still run
+            failed["features"] = _reason(event.event_id, "features", exc)
     else:
         result["ingest"] = f"skipped: {deps.missing.get('ingest', 'unavailable')}"
     cid = result.get("customer_id") or event.customer_id
     if cid is None:
-        cid = _lookup(event.identifier_dict(), deps, create=True)
-    if cid is None:
-        result["customer_id"] = None
-        return _plain(result)
+        try:
+            cid = _lookup(event.identifier_dict(), deps, create=True)
+        except Exception as exc:  # noqa: BLE001 - the identity graph lives in the ledger
+            raise Refused(503, "ledger", _reason(event.event_id, "identity", exc),
+                          event_id=event.event_id) from None  # fmt: skip
     result["customer_id"] = cid
-    # journeys first: an exit cancels its own messages with its instance's state
-    result.update(journey_events.on_event(event, cid, deps))
-    result.update(journey_intents.track(event, cid, journey_defs.active(deps.settings), deps))
-    result.update(outbox.track_event(event, cid, deps))
-    if event.event_type == "purchase":
-        # the order names the offer of the product bought, if any: attribution credits it to
-        # the last decision that showed that offer (record.attribution.credit)
-        offer = deps.catalog.by_product().get(event.product_id) if deps.catalog else None
-        value = float(event.value or 0.0)
-        order = event.order_id or order_key(cid, event.product_id, value, event.ts)
-        result["outcome_recorded"] = deps.ledger.record_outcome(
-            OutcomeRow(
-                idempotency_key=f"event:{event.event_id}",
-                customer_id=cid,
-                type="revenue",
-                value=value,
-                ts=utc(event.ts),
-                order_id=order,
-                offer_id=offer.id if offer is not None else None,
-            )
-        )
-        result["order_id"] = order
+    if cid is not None:
+        _apply_once(event, cid, deps, result, failed)
+    if failed:
+        part, why = next(iter(failed.items()))
+        raise Refused(503, part, why, event_id=event.event_id)
     return _plain(result)
+
+
+def _apply_once(
+    event: Any, cid: str, deps: Deps, result: dict[str, Any], failed: dict[str, str]
+) -> None:
+    """The event's parts in the ledger, each applied once (``record.applied``; the revenue
+    outcome by its key), their answers merged into ``result``, their failures into ``failed``
+    (by part: ``ledger``)."""
+    active = journey_defs.active(deps.settings)
+    sinks: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        # journeys first: an exit cancels its own messages with its instance's state
+        ("journeys", lambda: journey_events.on_event(event, cid, deps)),
+        ("intents", lambda: journey_intents.track(event, cid, active, deps)),
+    ]
+    for sink, apply in sinks:
+        why = _once(event.event_id, sink, cid, apply, deps, result)
+        if why:
+            failed.setdefault("ledger", why)
+    # one transaction each: the basket's mark commits with it (serving.outbox), the revenue
+    # is once by its key
+    for sink, apply in (("basket", outbox.track_event), ("revenue", _revenue)):
+        try:
+            result.update(apply(event, cid, deps))
+        except ValidationError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - answered 503; the retry completes it
+            failed.setdefault("ledger", _reason(event.event_id, sink, exc))
+
+
+def _revenue(event: Any, cid: str, deps: Deps) -> dict[str, Any]:
+    """A purchase's revenue outcome, once under the event's key. The order names the offer of
+    the product bought, if any: attribution credits it to the last decision that showed that
+    offer (record.attribution.credit)."""
+    if event.event_type != "purchase":
+        return {}
+    offer = deps.catalog.by_product().get(event.product_id) if deps.catalog else None
+    value = float(event.value or 0.0)
+    order = event.order_id or order_key(cid, event.product_id, value, event.ts)
+    recorded = deps.ledger.record_outcome(
+        OutcomeRow(
+            idempotency_key=event_key(event.event_id),
+            customer_id=cid,
+            type="revenue",
+            value=value,
+            ts=utc(event.ts),
+            order_id=order,
+            offer_id=offer.id if offer is not None else None,
+        )
+    )
+    return {"outcome_recorded": recorded, "order_id": order}
 
 
 def _plain(result: dict[str, Any]) -> dict[str, Any]:

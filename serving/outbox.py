@@ -21,6 +21,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from offers.catalog import NO_OFFER
+from record.applied import claim
 from record.ledger import mark_status
 from record.tables import baskets, decisions, now, outbox, utc
 from serving.decide import DecideRequest, VisitContext, decide
@@ -34,10 +35,13 @@ JOURNEY = "abandoned_basket"  # the journey that takes this trigger over when it
 
 def track_event(event: Any, customer_id: str, deps: Deps) -> dict[str, int]:
     """Keep the live basket of web/app sessions; a purchase or checkout anywhere closes it and
-    cancels the person's pending abandoned-basket messages."""
+    cancels the person's pending abandoned-basket messages. Once per event: its mark commits
+    with the change (``record.applied``), so a retried event changes nothing again."""
     engine, ts = deps.ledger.engine, utc(event.ts)
     if event.event_type in ("checkout", "purchase"):
         with engine.begin() as conn:
+            if not claim(conn, event.event_id, "basket", customer_id, utc(deps.clock())):
+                return {}
             closed = conn.execute(
                 update(baskets)
                 .where(baskets.c.customer_id == customer_id, baskets.c.status != "checked_out")
@@ -61,6 +65,8 @@ def track_event(event: Any, customer_id: str, deps: Deps) -> dict[str, int]:
     ):
         return {}
     with engine.begin() as conn:
+        if not claim(conn, event.event_id, "basket", customer_id, utc(deps.clock())):
+            return {}
         row = conn.execute(select(baskets).where(baskets.c.customer_id == customer_id)).first()
         items = list(row.products) if row is not None and row.status == "open" else []
         value = float(row.value) if row is not None and row.status == "open" else 0.0

@@ -68,6 +68,15 @@ class _State:
 STATE = _State()
 
 
+async def _answer(call: Callable[..., Any], *args: Any) -> Any:
+    """``call(*args)`` off the loop; its ``actions.Refused`` (a 409, a 503) answered with the
+    status and body it carries (BentoML would answer a 503 with a generic body)."""
+    try:
+        return await asyncio.to_thread(call, *args)
+    except actions.Refused as exc:
+        return JSONResponse(exc.body, exc.status)
+
+
 async def _profile(request: Request) -> JSONResponse:
     channel = request.query_params.get("channel", "call_centre")
     if channel not in CHANNELS:
@@ -285,13 +294,13 @@ class Nextbest:
     @bentoml.api(route="/outcome")
     @ledger_guard
     async def outcome(self, request: actions.OutcomeRequest, /) -> actions.OutcomeResponse:
-        return await asyncio.to_thread(actions.record_outcome, request, self.deps)
+        return await _answer(actions.record_outcome, request, self.deps)
 
     @bentoml.api(route="/events")
     @ledger_guard
     async def events(self, event: dict[str, Any], /) -> dict[str, Any]:
         # off the loop: a feature push costs milliseconds and must not stall /decide
-        return await asyncio.to_thread(actions.ingest, event, self.deps)
+        return await _answer(actions.ingest, event, self.deps)
 
     @bentoml.api(route="/erase")
     @ledger_guard

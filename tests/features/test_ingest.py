@@ -108,3 +108,51 @@ def test_event_log_append_is_idempotent(tmp_path) -> None:  # noqa: ANN001
     assert list(log["event_id"]) == ["e-1"]
     assert str(log["ts"].dtype) == "datetime64[us, UTC]"
     assert log.iloc[0]["ts"] == pd.Timestamp(T0)
+
+
+def _retry_event(email: str, event_id: str) -> dict:
+    return {"event_id": event_id, "ts": datetime.now(UTC).isoformat(), "channel": "web",
+            "event_type": "basket_add", "email": email, "product_id": "data_10gb",
+            "value": 5.0}  # fmt: skip
+
+
+def test_a_failed_push_is_raised_and_the_retry_pushes_it_once(feature_home, monkeypatch) -> None:  # noqa: ANN001
+    """The online store down for the first try: the error reaches the caller (nothing says
+    applied), the event is logged once, and the retry pushes it; a third copy changes nothing."""
+    import features.ingest as ingest
+    from features.identity import graph_for
+
+    home, real = feature_home, ingest.push_realtime
+    calls = {"n": 0}
+
+    def flaky(*args: object, **kw: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ConnectionError("Redis is down")
+        real(*args, **kw)
+
+    monkeypatch.setattr(ingest, "push_realtime", flaky)
+    graph, ev = graph_for(home.settings), _retry_event("retry@example.com", "retry-push-1")
+    with pytest.raises(ConnectionError, match="Redis is down"):
+        ingest.ingest_event(ev, store=home.store, graph=graph, settings=home.settings)
+    second = ingest.ingest_event(ev, store=home.store, graph=graph, settings=home.settings)
+    third = ingest.ingest_event(ev, store=home.store, graph=graph, settings=home.settings)
+    assert (second["pushed"], third["pushed"]) == (True, False)
+    assert ingest.read_realtime(home.store, second["customer_id"])["basket_items"] == 1
+    log = read_event_log(home.settings)
+    assert (log["event_id"] == "retry-push-1").sum() == 1
+
+
+def test_an_event_being_pushed_elsewhere_is_not_acknowledged(feature_home) -> None:  # noqa: ANN001
+    """Two copies at once (two workers): the second finds the first one's claim on the push and
+    says so (a retry later finds it done) rather than pushing it twice or calling it applied."""
+    import features.ingest as ingest
+    from features.identity import graph_for
+
+    home = feature_home
+    graph, ev = graph_for(home.settings), _retry_event("busy@example.com", "retry-busy-1")
+    event = parse_event(ev)
+    assert append_event(home.settings, event, "busy-customer")  # logged, push not yet made
+    assert ingest.claim_push(home.settings, event.event_id)  # another request is pushing it
+    with pytest.raises(ingest.PushInProgress, match="retry-busy-1"):
+        ingest.ingest_event(ev, store=home.store, graph=graph, settings=home.settings)
