@@ -1,19 +1,27 @@
-"""API keys and clear errors at the HTTP edge, as one small ASGI middleware.
+"""API keys, readable body errors and one log line per bad request, as one ASGI middleware.
 
 Default deny: every path needs a key unless it is one of the ``PUBLIC_PATHS`` probes, so a
 route BentoML adds in a later version is closed until someone opens it here. Channel keys may
 decide, send outcomes and events, read profiles, the outbox, the reports and the OpenAPI
 document (channels code against it); only admin keys may erase, promote and read the metrics
 (operators' data; channel keys sit in many client apps). ``/healthz`` answers anyone, with the
-reasons, versions and learner state for admin keys only. BentoML answers a malformed body with
-``"1 validation error for Input"``; this rewrites that 400 so its ``error`` names the field and
-the reason.
+reasons, versions and learner state for admin keys only.
+
+After the key, the body: every route that takes one takes a JSON object, so a POST is read
+here (at most ``max_body_bytes``, counted as it streams: 413 past it) and refused before
+BentoML parses it when its content type is not JSON (415) or it is not UTF-8 JSON of at most
+``MAX_DEPTH`` levels (400). BentoML answered those with a 500 (its JSON parse raises outside
+its validation) and accepted text/plain and form bodies as JSON. BentoML answers a malformed
+field with ``"1 validation error for Input"``; this rewrites that 400 so its ``error`` names
+the field and the reason. Every 400, 413 and 415 is logged here as one WARNING line with the
+path and the field (``serving.bentofix`` drops BentoML's own traceback for them).
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -22,7 +30,13 @@ from serving.deps import health_summary
 Scope = dict[str, Any]
 PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/healthz"})  # exact paths: probes
 ADMIN_PATHS = ("/erase", "/promote/", "/metrics")  # prefixes; any other path takes any key
+NO_BODY_PATHS = ("/promote/",)  # POSTs that take no body; every other one takes a JSON object
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+JSON = "application/json"
+MAX_DEPTH = 32  # the deepest request (an event's items) is 3 levels; json.loads recurses in C
 HEADER = b"x-api-key"
+BAD_REQUEST = frozenset({400, 413, 415})  # logged as one line: the caller's fault, not ours
+log = logging.getLogger("nextbest.edge")
 
 
 def role_of(key: str | None, channel_keys: Iterable[str], admin_keys: Iterable[str]) -> str | None:
@@ -52,6 +66,89 @@ def clear_validation_error(body: dict[str, Any]) -> dict[str, Any]:
     return {"error": f"{field}: {msg}{more}", "field": field, "detail": detail}
 
 
+class BadBody(Exception):
+    """A request body refused at the edge: its status and the error naming the problem."""
+
+    def __init__(self, status: int, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.status, self.field = status, field
+
+
+def media_type(scope: Scope) -> str | None:
+    """The request's media type without parameters (``application/json``), None if unsent."""
+    raw = next((v for k, v in scope["headers"] if k == b"content-type"), None)
+    if raw is None:
+        return None
+    return raw.decode("latin-1").split(";", 1)[0].strip().lower()
+
+
+def _depth(value: Any, limit: int) -> int:
+    """How deep ``value`` nests, counted up to ``limit + 1`` (iterative: no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def check_json(body: bytes) -> None:
+    """Raise ``BadBody`` (400) unless ``body`` is UTF-8 JSON nested at most ``MAX_DEPTH`` deep:
+    the problems BentoML's parser turns into 500s (RFC 8259: JSON on the wire is UTF-8 and has
+    no NaN or Infinity)."""
+    if not body.strip():
+        raise BadBody(400, "body", "empty; send a JSON object")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        reason = f"not UTF-8 (byte 0x{body[exc.start]:02x} at {exc.start})"
+        raise BadBody(400, "body", reason) from None
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        reason = f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        raise BadBody(400, "body", reason) from None
+    except ValueError as exc:  # NaN or Infinity
+        raise BadBody(400, "body", f"not JSON ({exc})") from None
+    except RecursionError:
+        raise BadBody(400, "body", f"nested deeper than {MAX_DEPTH} levels") from None
+    if _depth(value, MAX_DEPTH) > MAX_DEPTH:
+        raise BadBody(400, "body", f"nested deeper than {MAX_DEPTH} levels")
+
+
+async def read_body(scope: Scope, receive: Callable, limit: int) -> bytes:
+    """The whole body, refused (413) as soon as it passes ``limit`` bytes: by its declared
+    Content-Length before reading, else counted as it streams."""
+    declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BadBody(413, "body", f"larger than {limit} bytes")
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away
+            raise BadBody(400, "body", "the client disconnected before sending it")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BadBody(413, "body", f"larger than {limit} bytes")
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def check_body_route(scope: Scope) -> bool:
+    """Whether this request's body must be a JSON object (every POST but ``NO_BODY_PATHS``)."""
+    return scope["method"] in BODY_METHODS and not scope["path"].startswith(NO_BODY_PATHS)
+
+
 async def _json(send: Callable, status: int, body: dict[str, Any]) -> None:
     data = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
@@ -59,8 +156,21 @@ async def _json(send: Callable, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
+def log_bad_request(scope: Scope, status: int, body: dict[str, Any]) -> None:
+    """One WARNING line a bad request: method, path, status, the field and the reason."""
+    log.warning(
+        "bad request %s %s -> %d field=%s: %s",
+        scope["method"],
+        scope["path"],
+        status,
+        body.get("field", "-"),
+        str(body.get("error", ""))[:300],
+    )
+
+
 class ApiGuard:
-    """Keys first (before any body is read), then readable 400s; /healthz reports the parts."""
+    """Keys first (before any body is read), then the body's size, type and JSON, then
+    readable 400s; /healthz reports the parts."""
 
     def __init__(
         self,
@@ -68,9 +178,11 @@ class ApiGuard:
         channel_keys: list[str],
         admin_keys: list[str],
         health: Callable[[], dict[str, Any]] | None = None,
+        max_body_bytes: int = 65_536,
     ) -> None:
         self.app = app
         self.channel_keys, self.admin_keys, self.health = channel_keys, admin_keys, health
+        self.max_body_bytes = max_body_bytes
 
     def _role(self, scope: Scope) -> tuple[str | None, str]:
         """The caller's role, or None and why (for the 401)."""
@@ -102,16 +214,41 @@ class ApiGuard:
             return await _json(send, 403, {"error": msg, "field": "X-API-Key"})
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        return await self.app(scope, receive, _Rewriter(send))
+        if check_body_route(scope):
+            try:
+                receive = await self._json_body(scope, receive)
+            except BadBody as exc:
+                body = {"error": str(exc), "field": exc.field}
+                log_bad_request(scope, exc.status, body)
+                return await _json(send, exc.status, body)
+        return await self.app(scope, receive, _Rewriter(send, scope))
+
+    async def _json_body(self, scope: Scope, receive: Callable) -> Callable:
+        """The body read and checked (``BadBody`` if it is refused), replayed to the app."""
+        kind = media_type(scope)
+        if kind is not None and kind != JSON:
+            raise BadBody(415, "Content-Type", f"must be {JSON}, got {kind or 'nothing'!r}")
+        body = await read_body(scope, receive, self.max_body_bytes)
+        check_json(body)
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if replayed:  # after the body: the disconnect, when it comes
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return replay
 
 
 class _Rewriter:
-    """Passes responses through, except a 400 whose JSON body it rewrites."""
+    """Passes responses through, except a 400 whose JSON body it rewrites and logs."""
 
-    __slots__ = ("send", "start", "chunks")
+    __slots__ = ("send", "scope", "start", "chunks")
 
-    def __init__(self, send: Callable) -> None:
-        self.send, self.start, self.chunks = send, None, []
+    def __init__(self, send: Callable, scope: Scope) -> None:
+        self.send, self.scope, self.start, self.chunks = send, scope, None, []
 
     async def __call__(self, message: dict[str, Any]) -> None:
         if self.start is None and message["type"] == "http.response.start":
@@ -125,8 +262,14 @@ class _Rewriter:
         self.chunks.append(message.get("body", b""))
         if message.get("more_body"):
             return None
+        raw = b"".join(self.chunks)
         try:
-            body = clear_validation_error(json.loads(b"".join(self.chunks)))
+            body = json.loads(raw)
         except ValueError:
-            body = {"error": b"".join(self.chunks).decode(errors="replace")}
+            body = None
+        if isinstance(body, dict):
+            body = clear_validation_error(body)
+        else:
+            body = {"error": raw.decode(errors="replace")}
+        log_bad_request(self.scope, 400, body)
         await _json(self.send, 400, body)

@@ -295,4 +295,5 @@ Nextbest.add_asgi_middleware(
     channel_keys=SETTINGS.channel_keys,
     admin_keys=SETTINGS.admin_keys,
     health=STATE.health,
+    max_body_bytes=SETTINGS.max_body_bytes,
 )

@@ -9,6 +9,7 @@ The routes are read from the app itself, so a route BentoML adds in a later vers
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -189,3 +190,97 @@ def test_a_websocket_without_a_key_is_refused_before_its_handshake(client: TestC
     with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/decide"):
         pass
     assert refused.value.code == 1008
+
+
+# Issue 15, item 5: malformed bodies get a 4xx naming the problem before BentoML parses them
+# (it answered 500 for bad JSON, non-UTF-8, deep nesting and junk, and took text/plain and
+# form bodies on /decide as JSON). (path, key, content type, body, status, error)
+DEEP = b"[" * 100_000 + b"]" * 100_000  # 200 KB: over the size limit before any parse
+NESTED = b'{"a":' * 40 + b"1" + b"}" * 40  # small, valid JSON, 40 levels deep
+JUNK = bytes(random.Random(15).randrange(256) for _ in range(1_000_000))
+MULTIPART = "multipart/form-data; boundary=XyZ"
+FORM_BODY = b'--XyZ\r\nContent-Disposition: form-data; name="channel"\r\n\r\nweb\r\n--XyZ--\r\n'
+TOO_BIG = "body: larger than 65536 bytes"
+DEEPER = "body: nested deeper than 32 levels"
+J = "application/json"
+
+
+def not_json(kind: str) -> str:
+    return f"Content-Type: must be application/json, got {kind!r}"
+
+
+BAD_BODIES: list[tuple[str, dict[str, str], str | None, bytes, int, str]] = [
+    ("/events", CHANNEL, J, b"{bad", 400, "body: not JSON (Expecting property name enclosed "
+     "in double quotes at line 1 column 2)"),
+    ("/events", CHANNEL, J, b'\xff\xfe{"a": 1}', 400, "body: not UTF-8 (byte 0xff at 0)"),
+    ("/events", CHANNEL, J, b'{"a": "caf\xe9"}', 400, "body: not UTF-8 (byte 0xe9 at 10)"),
+    ("/events", CHANNEL, J, DEEP, 413, TOO_BIG),
+    ("/events", CHANNEL, J, NESTED, 400, DEEPER),
+    ("/events", CHANNEL, J, JUNK, 413, TOO_BIG),
+    ("/events", CHANNEL, None, b"\x80" + JUNK[:4999], 400, "body: not UTF-8 (byte 0x80 at 0)"),
+    ("/decide", CHANNEL, J, b"", 400, "body: empty; send a JSON object"),
+    ("/decide", CHANNEL, J, b'{"channel": "web", "max_offers": NaN}', 400,
+     "body: not JSON (NaN is not a JSON value)"),
+    ("/outcome", CHANNEL, J, b"[" * 5000, 400, DEEPER),
+    ("/decide", CHANNEL, "text/plain", b'{"channel": "web"}', 415, not_json("text/plain")),
+    ("/decide", CHANNEL, "application/x-www-form-urlencoded", b"channel=web", 415,
+     not_json("application/x-www-form-urlencoded")),
+    ("/decide", CHANNEL, MULTIPART, FORM_BODY, 415, not_json("multipart/form-data")),
+    ("/outcome", CHANNEL, MULTIPART, FORM_BODY, 415, not_json("multipart/form-data")),
+    ("/events", CHANNEL, MULTIPART, FORM_BODY, 415, not_json("multipart/form-data")),
+    ("/erase", ADMIN, MULTIPART, FORM_BODY, 415, not_json("multipart/form-data")),
+    ("/journeys/end", CHANNEL, "text/plain", b"{}", 415, not_json("text/plain")),
+    ("/decide", CHANNEL, J, b"[]", 400, "body: Input should be an object"),
+]  # fmt: skip
+
+
+def post_raw(
+    request: Any, path: str, headers: dict[str, str], kind: str | None, body: bytes
+) -> Any:
+    """A POST of ``body`` as bytes with the content type ``kind`` (None: no such header)."""
+    sent = dict(headers) | ({"Content-Type": kind} if kind else {})
+    return request("POST", path, content=body, headers=sent)
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "kind", "body", "status", "error"),
+    BAD_BODIES,
+    ids=[f"{p}-{s}-{e[:30]}" for p, _, _, _, s, e in BAD_BODIES],
+)
+def test_a_malformed_body_is_a_4xx_naming_the_problem(
+    client: TestClient,
+    path: str,
+    headers: dict[str, str],
+    kind: str | None,
+    body: bytes,
+    status: int,
+    error: str,
+) -> None:
+    r = post_raw(client.request, path, headers, kind, body)
+    assert (r.status_code, r.json()["error"]) == (status, error)
+    assert r.json()["field"] == error.partition(":")[0]
+
+
+@pytest.mark.parametrize(
+    "kind", [None, "application/json", "application/json; charset=utf-8", "Application/JSON"]
+)
+def test_json_bodies_pass_with_or_without_parameters(client: TestClient, kind: str | None) -> None:
+    r = post_raw(client.request, "/decide", CHANNEL, kind, b'{"channel": "web"}')
+    assert r.status_code == 200, r.text
+
+
+def test_a_body_is_not_read_before_the_key_is_checked(client: TestClient) -> None:
+    """No key: 401, whatever the body (reading 1 MB for a caller with no key would be a gift)."""
+    r = post_raw(client.request, "/events", {}, "text/plain", JUNK)
+    assert (r.status_code, r.json()["error"]) == (401, "X-API-Key: missing")
+
+
+def test_a_streamed_body_is_refused_once_it_passes_the_limit(client: TestClient) -> None:
+    """Chunked (no Content-Length): counted as it arrives (the real server's test sees it
+    stop reading)."""
+
+    def chunks() -> Iterator[bytes]:
+        yield from (b" " * 16_384 for _ in range(10))
+
+    r = client.post("/events", content=chunks(), headers=CHANNEL)
+    assert (r.status_code, r.json()["error"]) == (413, TOO_BIG)
