@@ -149,9 +149,17 @@ def check_body_route(scope: Scope) -> bool:
     return scope["method"] in BODY_METHODS and not scope["path"].startswith(NO_BODY_PATHS)
 
 
-async def _json(send: Callable, status: int, body: dict[str, Any]) -> None:
+async def _json(
+    send: Callable, status: int, body: dict[str, Any], keep: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    """Answer ``body`` as JSON; ``keep``: the original response's headers (an Allow header)
+    besides its content type and length."""
     data = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    headers = [(k, v) for k, v in keep if k not in (b"content-type", b"content-length")]
+    headers += [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(data)).encode()),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
 
@@ -243,7 +251,9 @@ class ApiGuard:
 
 
 class _Rewriter:
-    """Passes responses through, except a 400 whose JSON body it rewrites and logs."""
+    """Passes responses through, except a 400 whose JSON body it rewrites and logs, and a 4xx
+    that is not JSON (Starlette's ``Not Found``, ``Method Not Allowed``) which it answers in
+    the error shape every other refusal has."""
 
     __slots__ = ("send", "scope", "start", "chunks")
 
@@ -252,7 +262,11 @@ class _Rewriter:
 
     async def __call__(self, message: dict[str, Any]) -> None:
         if self.start is None and message["type"] == "http.response.start":
-            if message["status"] != 400:
+            status = message["status"]
+            kind = dict(message.get("headers", ())).get(b"content-type", b"")
+            if status != 400 and not (
+                400 < status < 500 and not kind.startswith(b"application/json")
+            ):
                 self.start = False
                 return await self.send(message)
             self.start = message
@@ -262,7 +276,11 @@ class _Rewriter:
         self.chunks.append(message.get("body", b""))
         if message.get("more_body"):
             return None
-        raw = b"".join(self.chunks)
+        status, raw = self.start["status"], b"".join(self.chunks)
+        if status != 400:  # a route or method that does not exist: the path is the problem
+            text = raw.decode(errors="replace").strip() or "refused"
+            body = {"error": f"path: {self.scope['path']}: {text}", "field": "path"}
+            return await _json(self.send, status, body, self.start.get("headers", ()))
         try:
             body = json.loads(raw)
         except ValueError:

@@ -9,6 +9,7 @@ The routes are read from the app itself, so a route BentoML adds in a later vers
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from bentoml.exceptions import InvalidArgument, NotFound, ServiceUnavailable
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.testclient import TestClient
@@ -23,6 +25,8 @@ from starlette.websockets import WebSocketDisconnect
 
 from nextbest.settings import Settings
 from serving import run
+from serving.bentofix import HTTP_APP_LOGGER, ClientErrorFilter
+from serving.schemas import field_error
 from tests.serving.conftest import ADMIN, CHANNEL
 
 KEYS: dict[str, dict[str, str]] = {"none": {}, "channel": CHANNEL, "admin": ADMIN}
@@ -36,6 +40,7 @@ ACCESS: dict[tuple[str, str], tuple[str, Any, int, int, int]] = {
     ("GET", "/healthz"): ("/healthz", None, 200, 200, 200),
     ("GET", "/metrics"): ("/metrics", None, 401, 403, 200),
     ("GET", "/docs.json"): ("/docs.json", None, 401, 200, 200),
+    ("GET", "/docs"): ("/docs", None, 401, 200, 200),  # the same document
     ("GET", "/schema.json"): ("/schema.json", None, 401, 200, 200),
     ("GET", "/"): ("/", None, 401, 200, 200),  # the Swagger UI page
     ("GET", "/static_content/{path}"): ("", None, 401, 200, 200),  # its scripts (path: below)
@@ -284,3 +289,69 @@ def test_a_streamed_body_is_refused_once_it_passes_the_limit(client: TestClient)
 
     r = client.post("/events", content=chunks(), headers=CHANNEL)
     assert (r.status_code, r.json()["error"]) == (413, TOO_BIG)
+
+
+def test_a_bad_request_is_one_warning_line_naming_path_and_field(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15, item 10: one WARNING line per bad request, from the edge, with no traceback."""
+    with caplog.at_level(logging.WARNING):
+        client.post("/decide", json={"channel": "fax"}, headers=CHANNEL)
+        post_raw(client.request, "/events", CHANNEL, J, b"{bad")
+    lines = [(r.name, r.levelname, r.getMessage(), r.exc_info) for r in caplog.records]
+    assert lines == [
+        (
+            "nextbest.edge",
+            "WARNING",
+            "bad request POST /decide -> 400 field=channel: channel: Input should be 'web', "
+            "'app', 'email', 'sms', 'call_centre', 'store' or 'paid_media'",
+            None,
+        ),
+        (
+            "nextbest.edge",
+            "WARNING",
+            "bad request POST /events -> 400 field=body: body: not JSON (Expecting property "
+            "name enclosed in double quotes at line 1 column 2)",
+            None,
+        ),
+    ]
+
+
+def _record(exc: BaseException | None) -> logging.LogRecord:
+    info = (type(exc), exc, None) if exc else None
+    return logging.LogRecord(HTTP_APP_LOGGER, logging.ERROR, "x", 1, "Exception", (), info)
+
+
+@pytest.mark.parametrize(
+    ("exc", "kept"),
+    [
+        (field_error("channel", "unknown", "fax"), False),  # BentoML's 400
+        (InvalidArgument("bad"), False),
+        (NotFound("no such task"), False),
+        (ServiceUnavailable("ledger: down"), True),  # a 503: a fault, with its traceback
+        (RuntimeError("boom"), True),  # a 500
+        (None, True),  # a record with no exception
+    ],
+)
+def test_bentoml_keeps_tracebacks_for_faults_only(exc: BaseException | None, kept: bool) -> None:
+    """BentoML logged every 400 at ERROR with a 2 KB traceback (``log_exception``)."""
+    assert ClientErrorFilter().filter(_record(exc)) is kept
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "error"),
+    [
+        # a "/" in a path parameter makes no route: JSON like every refusal (was text/plain)
+        ("POST", "/promote/a%2Fb", 404, "path: /promote/a/b: Not Found"),
+        ("GET", "/no-such-route", 404, "path: /no-such-route: Not Found"),
+        ("GET", "/decide", 405, "path: /decide: Method Not Allowed"),
+        # claimed the messages it meant to peek at
+        ("GET", "/outbox?channel=email&peek=null", 400, "peek: must be true or false, got 'null'"),
+    ],
+)
+def test_every_refusal_is_json_naming_the_problem(
+    client: TestClient, method: str, path: str, status: int, error: str
+) -> None:
+    r = client.request(method, path, headers=ADMIN)
+    assert (r.status_code, r.json()["error"]) == (status, error)
+    assert r.headers["content-type"] == "application/json"
