@@ -7,13 +7,13 @@ document (channels code against it); only admin keys may erase, promote and read
 (operators' data; channel keys sit in many client apps). ``/healthz`` answers anyone, with the
 reasons, versions and learner state for admin keys only.
 
-After the key, the body: every route that takes one takes a JSON object, so a POST is read
-here (at most ``max_body_bytes``, counted as it streams: 413 past it) and refused before
-BentoML parses it when its content type is not JSON (415) or it is not UTF-8 JSON of at most
-``MAX_DEPTH`` levels (400). BentoML answered those with a 500 (its JSON parse raises outside
-its validation) and accepted text/plain and form bodies as JSON. BentoML answers a malformed
-field with ``"1 validation error for Input"``; this rewrites that 400 so its ``error`` names
-the field and the reason. Every 400, 413 and 415 is logged here as one WARNING line with the
+After the key, the body: every route that takes one takes a JSON object, so a POST to one
+of them (``JSON_PATHS``) is read here (at most ``max_body_bytes``, counted as it streams: 413
+past it) and refused before BentoML parses it when its content type is not JSON (415) or it
+is not UTF-8 JSON of at most ``MAX_DEPTH`` levels (400). BentoML answered those with a 500
+(its JSON parse raises outside its validation) and accepted text/plain and form bodies as
+JSON. BentoML answers a malformed field with ``"1 validation error for Input"``; this
+rewrites that 400 so its ``error`` names the field and the reason. Every 400, 413 and 415 is logged here as one WARNING line with the
 path and the field (``serving.bentofix`` drops BentoML's own traceback for them).
 """
 
@@ -30,8 +30,9 @@ from serving.deps import health_summary
 Scope = dict[str, Any]
 PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/healthz"})  # exact paths: probes
 ADMIN_PATHS = ("/erase", "/promote/", "/metrics")  # prefixes; any other path takes any key
-NO_BODY_PATHS = ("/promote/",)  # POSTs that take no body; every other one takes a JSON object
-BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# the POST routes that take a JSON object (exact, or a prefix ending in "/"); /promote/ takes
+# no body, and a POST anywhere else is a 404 or 405 from the router, not a body problem
+JSON_PATHS = ("/decide", "/outcome", "/events", "/erase", "/journeys/")
 JSON = "application/json"
 MAX_DEPTH = 32  # the deepest request (an event's items) is 3 levels; json.loads recurses in C
 HEADER = b"x-api-key"
@@ -144,9 +145,11 @@ async def read_body(scope: Scope, receive: Callable, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def check_body_route(scope: Scope) -> bool:
-    """Whether this request's body must be a JSON object (every POST but ``NO_BODY_PATHS``)."""
-    return scope["method"] in BODY_METHODS and not scope["path"].startswith(NO_BODY_PATHS)
+def takes_json(method: str, path: str) -> bool:
+    """Whether this request's body must be a JSON object: a POST to a ``JSON_PATHS`` route."""
+    if method != "POST":
+        return False
+    return any(path == p or (p.endswith("/") and path.startswith(p)) for p in JSON_PATHS)
 
 
 async def _json(
@@ -210,6 +213,9 @@ class ApiGuard:
         role, why = self._role(scope)
         if scope["type"] == "http" and path in PUBLIC_PATHS:
             if path == "/healthz" and self.health is not None:
+                if scope["method"] not in ("GET", "HEAD"):
+                    body = {"error": f"path: {path}: Method Not Allowed", "field": "path"}
+                    return await _json(send, 405, body, [(b"allow", b"GET")])
                 body = self.health()
                 return await _json(send, 200, body if role == "admin" else health_summary(body))
             return await self.app(scope, receive, send)
@@ -222,7 +228,7 @@ class ApiGuard:
             return await _json(send, 403, {"error": msg, "field": "X-API-Key"})
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if check_body_route(scope):
+        if takes_json(scope["method"], path):
             try:
                 receive = await self._json_body(scope, receive)
             except BadBody as exc:

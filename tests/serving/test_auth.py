@@ -25,6 +25,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from nextbest.settings import Settings
 from serving import run
+from serving.auth import takes_json
 from serving.bentofix import HTTP_APP_LOGGER, ClientErrorFilter
 from serving.schemas import field_error
 from tests.serving.conftest import ADMIN, CHANNEL
@@ -266,6 +267,13 @@ def test_a_malformed_body_is_a_4xx_naming_the_problem(
     assert r.json()["field"] == error.partition(":")[0]
 
 
+def test_every_post_route_but_promote_has_its_body_checked(client: TestClient) -> None:
+    """A POST route added later without a row in ``JSON_PATHS`` fails here."""
+    for method, route, path in app_routes(client.app):
+        if method == "POST":
+            assert takes_json(method, path) == (route != "/promote/{model}"), route
+
+
 @pytest.mark.parametrize(
     "kind", [None, "application/json", "application/json; charset=utf-8", "Application/JSON"]
 )
@@ -345,6 +353,9 @@ def test_bentoml_keeps_tracebacks_for_faults_only(exc: BaseException | None, kep
         ("POST", "/promote/a%2Fb", 404, "path: /promote/a/b: Not Found"),
         ("GET", "/no-such-route", 404, "path: /no-such-route: Not Found"),
         ("GET", "/decide", 405, "path: /decide: Method Not Allowed"),
+        ("PUT", "/metrics", 405, "path: /metrics: Method Not Allowed"),  # was a 400 (body)
+        ("POST", "/outbox", 405, "path: /outbox: Method Not Allowed"),
+        ("TRACE", "/healthz", 405, "path: /healthz: Method Not Allowed"),  # was a 200
         # claimed the messages it meant to peek at
         ("GET", "/outbox?channel=email&peek=null", 400, "peek: must be true or false, got 'null'"),
     ],

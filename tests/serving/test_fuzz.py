@@ -34,6 +34,7 @@ CHECKS = (
     "response_schema_conformance",
     "negative_data_rejection",
     "ignored_auth",
+    "unsupported_method",
 )
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
