@@ -13,8 +13,10 @@ past it) and refused before BentoML parses it when its content type is not JSON 
 is not UTF-8 JSON of at most ``MAX_DEPTH`` levels (400). BentoML answered those with a 500
 (its JSON parse raises outside its validation) and accepted text/plain and form bodies as
 JSON. BentoML answers a malformed field with ``"1 validation error for Input"``; this
-rewrites that 400 so its ``error`` names the field and the reason. Every 400, 413 and 415 is logged here as one WARNING line with the
-path and the field (``serving.bentofix`` drops BentoML's own traceback for them).
+rewrites that 400 so its ``error`` names the field and the reason, and answers a 404 or 405
+of the router (text) in the same JSON shape. Every 400, 413 and 415 is logged here as one
+WARNING line with the path and the field (``serving.bentofix`` drops BentoML's own
+traceback for them).
 """
 
 from __future__ import annotations
