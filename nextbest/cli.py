@@ -13,7 +13,10 @@ from pydantic import ValidationError
 
 from nextbest import cli_experiments, cli_features, cli_journeys, cli_models, cli_serving
 from nextbest.cli_common import JsonFlag, emit, fail, settings_error
+from nextbest.quiet import quiet_dependencies
 from nextbest.settings import get_settings
+
+quiet_dependencies()  # the dependencies' deprecation warnings are not the user's to act on
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: figures printed against a floor.")

@@ -176,6 +176,12 @@ class Settings(BaseSettings):
         "validation window) exceeds this",
     )
     request_timeout: int = Field(10, gt=0, description="BentoML request timeout, seconds")
+    max_body_bytes: int = Field(
+        65_536,
+        ge=1024,
+        description="largest request body the service reads (a 413 past it, counted as it "
+        "streams); a decision or an event is well under 4 KB",
+    )
     ledger_synchronous: Literal["FULL", "NORMAL"] = Field(
         "NORMAL",
         description="SQLite ledger: NORMAL (WAL) survives process crashes (SIGKILL: "

@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from features.schema import CHANNELS
 from journeys.definition import OUTBOUND_CHANNELS
+from nextbest.quiet import quiet_dependencies
 from nextbest.settings import development_secrets_error, get_settings
 from serving import (
     actions,
@@ -34,11 +35,12 @@ from serving import (
     journey_intents,
     journey_schedule,
     learner,
+    openapi,
     outbox,
 )
 from serving.auth import ApiGuard
 from serving.batching import FeatureBatcher
-from serving.bentofix import cancel_timeout_timers
+from serving.bentofix import cancel_timeout_timers, quiet_client_errors
 from serving.decide import DecideRequest, DecideResponse, Known, plan, resolve, with_banner
 from serving.deps import Deps, load_deps, pinned_models
 from serving.run import bound_host
@@ -56,6 +58,8 @@ PINNED = pinned_models(SETTINGS)
 
 
 cancel_timeout_timers()
+quiet_client_errors()  # a 400 is one WARNING line (serving.auth), not an ERROR traceback
+quiet_dependencies()  # before the @bentoml.api models below: BentoML's own deprecations
 
 
 class _State:
@@ -99,8 +103,12 @@ async def _outbox(request: Request) -> JSONResponse:
     if channel not in OUTBOUND_CHANNELS:
         msg = f"channel: must be one of {', '.join(OUTBOUND_CHANNELS)}, got {channel!r}"
         return JSONResponse({"error": msg, "field": "channel"}, 400)
-    peek = request.query_params.get("peek", "false").lower() in ("1", "true", "yes")
-    return JSONResponse({"messages": outbox.pending(STATE.deps, channel, claim=not peek)})
+    peek = request.query_params.get("peek", "false").lower()
+    if peek not in ("true", "false"):  # "peek=null" claimed the messages it meant to look at
+        msg = f"peek: must be true or false, got {peek!r}"
+        return JSONResponse({"error": msg, "field": "peek"}, 400)
+    claim = peek == "false"
+    return JSONResponse({"messages": outbox.pending(STATE.deps, channel, claim=claim)})
 
 
 async def _journey_action(request: Request) -> JSONResponse:
@@ -133,6 +141,7 @@ reads = Starlette(
         Route("/journeys/{action}", _journey_action, methods=["POST"]),
         Route("/outbox", _outbox, methods=["GET"]),
         *admin.routes(lambda: STATE.deps),
+        *openapi.routes(lambda: Nextbest.openapi_spec.asdict()),  # BentoML's, corrected
     ]
 )
 
@@ -313,4 +322,5 @@ Nextbest.add_asgi_middleware(
     channel_keys=SETTINGS.channel_keys,
     admin_keys=SETTINGS.admin_keys,
     health=STATE.health,
+    max_body_bytes=SETTINGS.max_body_bytes,
 )

@@ -9,12 +9,15 @@ The routes are read from the app itself, so a route BentoML adds in a later vers
 from __future__ import annotations
 
 import json
+import logging
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from bentoml.exceptions import InvalidArgument, NotFound, ServiceUnavailable
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.testclient import TestClient
@@ -22,6 +25,9 @@ from starlette.websockets import WebSocketDisconnect
 
 from nextbest.settings import Settings
 from serving import run
+from serving.auth import takes_json
+from serving.bentofix import HTTP_APP_LOGGER, ClientErrorFilter
+from serving.schemas import field_error
 from tests.serving.conftest import ADMIN, CHANNEL
 
 KEYS: dict[str, dict[str, str]] = {"none": {}, "channel": CHANNEL, "admin": ADMIN}
@@ -35,6 +41,7 @@ ACCESS: dict[tuple[str, str], tuple[str, Any, int, int, int]] = {
     ("GET", "/healthz"): ("/healthz", None, 200, 200, 200),
     ("GET", "/metrics"): ("/metrics", None, 401, 403, 200),
     ("GET", "/docs.json"): ("/docs.json", None, 401, 200, 200),
+    ("GET", "/docs"): ("/docs", None, 401, 200, 200),  # the same document
     ("GET", "/schema.json"): ("/schema.json", None, 401, 200, 200),
     ("GET", "/"): ("/", None, 401, 200, 200),  # the Swagger UI page
     ("GET", "/static_content/{path}"): ("", None, 401, 200, 200),  # its scripts (path: below)
@@ -189,3 +196,173 @@ def test_a_websocket_without_a_key_is_refused_before_its_handshake(client: TestC
     with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/decide"):
         pass
     assert refused.value.code == 1008
+
+
+# Issue 15, item 5: malformed bodies get a 4xx naming the problem before BentoML parses them
+# (it answered 500 for bad JSON, non-UTF-8, deep nesting and junk, and took text/plain and
+# form bodies on /decide as JSON). (path, key, content type, body, status, error)
+DEEP = b"[" * 100_000 + b"]" * 100_000  # 200 KB: over the size limit before any parse
+NESTED = b'{"a":' * 40 + b"1" + b"}" * 40  # small, valid JSON, 40 levels deep
+JUNK = bytes(random.Random(15).randrange(256) for _ in range(1_000_000))
+MULTIPART = "multipart/form-data; boundary=XyZ"
+FORM_BODY = b'--XyZ\r\nContent-Disposition: form-data; name="channel"\r\n\r\nweb\r\n--XyZ--\r\n'
+TOO_BIG = "body: larger than 65536 bytes"
+DEEPER = "body: nested deeper than 32 levels"
+J = "application/json"
+
+
+def not_json(kind: str) -> str:
+    return f"Content-Type: must be application/json, got {kind!r}"
+
+
+BAD_BODIES: list[tuple[str, dict[str, str], str | None, bytes, int, str]] = [
+    ("/events", CHANNEL, J, b"{bad", 400, "body: not JSON (Expecting property name enclosed "
+     "in double quotes at line 1 column 2)"),
+    ("/events", CHANNEL, J, b'\xff\xfe{"a": 1}', 400, "body: not UTF-8 (byte 0xff at 0)"),
+    ("/events", CHANNEL, J, b'{"a": "caf\xe9"}', 400, "body: not UTF-8 (byte 0xe9 at 10)"),
+    ("/events", CHANNEL, J, DEEP, 413, TOO_BIG),
+    ("/events", CHANNEL, J, NESTED, 400, DEEPER),
+    ("/events", CHANNEL, J, JUNK, 413, TOO_BIG),
+    ("/events", CHANNEL, None, b"\x80" + JUNK[:4999], 400, "body: not UTF-8 (byte 0x80 at 0)"),
+    ("/decide", CHANNEL, J, b"", 400, "body: empty; send a JSON object"),
+    ("/decide", CHANNEL, J, b'{"channel": "web", "max_offers": NaN}', 400,
+     "body: not JSON (NaN is not a JSON value)"),
+    ("/outcome", CHANNEL, J, b"[" * 5000, 400, DEEPER),
+    ("/decide", CHANNEL, "text/plain", b'{"channel": "web"}', 415, not_json("text/plain")),
+    ("/decide", CHANNEL, "application/x-www-form-urlencoded", b"channel=web", 415,
+     not_json("application/x-www-form-urlencoded")),
+    ("/decide", CHANNEL, MULTIPART, FORM_BODY, 415, not_json("multipart/form-data")),
+    ("/outcome", CHANNEL, MULTIPART, FORM_BODY, 415, not_json("multipart/form-data")),
+    ("/events", CHANNEL, MULTIPART, FORM_BODY, 415, not_json("multipart/form-data")),
+    ("/erase", ADMIN, MULTIPART, FORM_BODY, 415, not_json("multipart/form-data")),
+    ("/journeys/end", CHANNEL, "text/plain", b"{}", 415, not_json("text/plain")),
+    ("/decide", CHANNEL, J, b"[]", 400, "body: Input should be an object"),
+]  # fmt: skip
+
+
+def post_raw(
+    request: Any, path: str, headers: dict[str, str], kind: str | None, body: bytes
+) -> Any:
+    """A POST of ``body`` as bytes with the content type ``kind`` (None: no such header)."""
+    sent = dict(headers) | ({"Content-Type": kind} if kind else {})
+    return request("POST", path, content=body, headers=sent)
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "kind", "body", "status", "error"),
+    BAD_BODIES,
+    ids=[f"{p}-{s}-{e[:30]}" for p, _, _, _, s, e in BAD_BODIES],
+)
+def test_a_malformed_body_is_a_4xx_naming_the_problem(
+    client: TestClient,
+    path: str,
+    headers: dict[str, str],
+    kind: str | None,
+    body: bytes,
+    status: int,
+    error: str,
+) -> None:
+    r = post_raw(client.request, path, headers, kind, body)
+    assert (r.status_code, r.json()["error"]) == (status, error)
+    assert r.json()["field"] == error.partition(":")[0]
+
+
+def test_every_post_route_but_promote_has_its_body_checked(client: TestClient) -> None:
+    """A POST route added later without a row in ``JSON_PATHS`` fails here."""
+    for method, route, path in app_routes(client.app):
+        if method == "POST":
+            assert takes_json(method, path) == (route != "/promote/{model}"), route
+
+
+@pytest.mark.parametrize(
+    "kind", [None, "application/json", "application/json; charset=utf-8", "Application/JSON"]
+)
+def test_json_bodies_pass_with_or_without_parameters(client: TestClient, kind: str | None) -> None:
+    r = post_raw(client.request, "/decide", CHANNEL, kind, b'{"channel": "web"}')
+    assert r.status_code == 200, r.text
+
+
+def test_a_body_is_not_read_before_the_key_is_checked(client: TestClient) -> None:
+    """No key: 401, whatever the body (reading 1 MB for a caller with no key would be a gift)."""
+    r = post_raw(client.request, "/events", {}, "text/plain", JUNK)
+    assert (r.status_code, r.json()["error"]) == (401, "X-API-Key: missing")
+
+
+def test_a_streamed_body_is_refused_once_it_passes_the_limit(client: TestClient) -> None:
+    """Chunked (no Content-Length): counted as it arrives (the real server's test sees it
+    stop reading)."""
+
+    def chunks() -> Iterator[bytes]:
+        yield from (b" " * 16_384 for _ in range(10))
+
+    r = client.post("/events", content=chunks(), headers=CHANNEL)
+    assert (r.status_code, r.json()["error"]) == (413, TOO_BIG)
+
+
+def test_a_bad_request_is_one_warning_line_naming_path_and_field(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15, item 10: one WARNING line per bad request, from the edge, with no traceback."""
+    with caplog.at_level(logging.WARNING):
+        client.post("/decide", json={"channel": "fax"}, headers=CHANNEL)
+        post_raw(client.request, "/events", CHANNEL, J, b"{bad")
+    lines = [(r.name, r.levelname, r.getMessage(), r.exc_info) for r in caplog.records]
+    assert lines == [
+        (
+            "nextbest.edge",
+            "WARNING",
+            "bad request POST /decide -> 400 field=channel: channel: Input should be 'web', "
+            "'app', 'email', 'sms', 'call_centre', 'store' or 'paid_media'",
+            None,
+        ),
+        (
+            "nextbest.edge",
+            "WARNING",
+            "bad request POST /events -> 400 field=body: body: not JSON (Expecting property "
+            "name enclosed in double quotes at line 1 column 2)",
+            None,
+        ),
+    ]
+
+
+def _record(exc: BaseException | None) -> logging.LogRecord:
+    info = (type(exc), exc, None) if exc else None
+    return logging.LogRecord(HTTP_APP_LOGGER, logging.ERROR, "x", 1, "Exception", (), info)
+
+
+@pytest.mark.parametrize(
+    ("exc", "kept"),
+    [
+        (field_error("channel", "unknown", "fax"), False),  # BentoML's 400
+        (InvalidArgument("bad"), False),
+        (NotFound("no such task"), False),
+        (ServiceUnavailable("ledger: down"), True),  # a 503: a fault, with its traceback
+        (RuntimeError("boom"), True),  # a 500
+        (None, True),  # a record with no exception
+    ],
+)
+def test_bentoml_keeps_tracebacks_for_faults_only(exc: BaseException | None, kept: bool) -> None:
+    """BentoML logged every 400 at ERROR with a 2 KB traceback (``log_exception``)."""
+    assert ClientErrorFilter().filter(_record(exc)) is kept
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "error"),
+    [
+        # a "/" in a path parameter makes no route: JSON like every refusal (was text/plain)
+        ("POST", "/promote/a%2Fb", 404, "path: /promote/a/b: Not Found"),
+        ("GET", "/no-such-route", 404, "path: /no-such-route: Not Found"),
+        ("GET", "/decide", 405, "path: /decide: Method Not Allowed"),
+        ("PUT", "/metrics", 405, "path: /metrics: Method Not Allowed"),  # was a 400 (body)
+        ("POST", "/outbox", 405, "path: /outbox: Method Not Allowed"),
+        ("TRACE", "/healthz", 405, "path: /healthz: Method Not Allowed"),  # was a 200
+        # claimed the messages it meant to peek at
+        ("GET", "/outbox?channel=email&peek=null", 400, "peek: must be true or false, got 'null'"),
+    ],
+)
+def test_every_refusal_is_json_naming_the_problem(
+    client: TestClient, method: str, path: str, status: int, error: str
+) -> None:
+    r = client.request(method, path, headers=ADMIN)
+    assert (r.status_code, r.json()["error"]) == (status, error)
+    assert r.headers["content-type"] == "application/json"
