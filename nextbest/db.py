@@ -79,13 +79,24 @@ PG_LOCK_TIMEOUT_MS = 3000  # a lock (a customer's advisory lock, a row) waited f
 PG_IDLE_IN_TRANSACTION_MS = 60_000  # a session that holds a transaction open, silent, is cut
 PG_POOL_TIMEOUT = 3.0  # seconds to wait for a pooled connection
 PG_SILENCE = 3.0  # seconds a server may stay silent mid-exchange before it is deemed hung
+_silence_bound: float | None = None  # None: wait (a batch job's long query); the service sets it
+
+
+def bound_silence(seconds: float | None = PG_SILENCE) -> None:
+    """Treat a PostgreSQL server silent ``seconds`` in the middle of an exchange as hung, in
+    this process. The service calls it: a request must get its 503 within its budget. Batch
+    jobs (reports, training, replays) leave it unset, so a long aggregate that keeps the
+    server silent while it computes is never cut."""
+    global _silence_bound
+    _silence_bound = seconds
 PG_RESET_SECONDS = 2.0  # after a timeout, connects are refused at once this long, then probed
 
 
 def _pg_connect_args(url: str) -> dict[str, object]:
     """libpq options the URL does not set: a connect timeout, and server-side lock and
     idle-in-transaction timeouts. No server-wide statement timeout: the same engine runs the
-    reports' long reads; a server that stops answering is caught client-side (PG_SILENCE)."""
+    reports' long reads; a server that stops answering is caught client-side in the service
+    (``bound_silence``)."""
     from sqlalchemy.engine import make_url
 
     given = make_url(url).query
@@ -102,7 +113,7 @@ def _pg_connect_args(url: str) -> dict[str, object]:
 
 @lru_cache(maxsize=1)
 def _silence_bounded() -> type:
-    """A psycopg ``Connection`` that gives up on a server silent for ``PG_SILENCE`` seconds
+    """A psycopg ``Connection`` that gives up on a server silent for ``bound_silence`` seconds
     in the middle of an exchange (a query, a commit, the pool's ping) and closes itself, so the
     pool drops it. psycopg waits on a socket without end; TCP keepalives and
     ``tcp_user_timeout`` do not help when the peer's kernel still acknowledges (a stopped or
@@ -111,10 +122,11 @@ def _silence_bounded() -> type:
 
     class SilenceBounded(psycopg.Connection):
         def wait(self, gen, interval=0.1, timeout=None):  # noqa: ANN001, ANN202
-            if timeout is not None:  # psycopg's own bounded waits (cancel, close)
+            silence = _silence_bound
+            if timeout is not None or silence is None:  # psycopg's bounded waits; batch jobs
                 return super().wait(gen, interval, timeout)
             try:
-                return super().wait(_watched(gen, PG_SILENCE), min(interval, 0.1), None)
+                return super().wait(_watched(gen, silence), min(interval, 0.1), None)
             except HungServer as exc:
                 self.pgconn.finish()  # its protocol state is unknown: never reused
                 breaker = getattr(self, "breaker", None)

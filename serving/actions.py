@@ -2,7 +2,7 @@
 
 Semantic input errors are raised as pydantic ``ValidationError`` naming the field, so HTTP
 callers get the same 400 shape as for a malformed body; other refusals (a 409, a 503) as
-``Refused``, with the status and the body ``serving.service`` answers.
+``serving.unavailable.Refused``, with the status and the body the service answers.
 """
 
 from __future__ import annotations
@@ -26,19 +26,10 @@ from serving.decide import DecideRequest, DecideResponse, Known, plan, read_feat
 from serving.deps import Deps
 from serving.journey_agent import JourneyView, live_journeys
 from serving.schemas import ID_FIELDS, CustomerId, Id, field_error
+from serving.unavailable import Refused
 from serving.writer import commit
 
 log = logging.getLogger("nextbest.actions")
-
-
-class Refused(Exception):
-    """An answer that is neither a 200 nor a 400: its HTTP status and JSON body
-    (``{"error": "<field>: <reason>", "field": ...}`` and what else the caller needs)."""
-
-    def __init__(self, status: int, field: str, reason: str, **extra: Any) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.status = status
-        self.body: dict[str, Any] = {"error": f"{field}: {reason}", "field": field, **extra}
 
 
 class OutcomeRequest(BaseModel):

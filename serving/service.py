@@ -17,7 +17,6 @@ from typing import Any
 
 import bentoml
 from pydantic import ValidationError
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -25,6 +24,7 @@ from starlette.routing import Route
 
 from features.schema import CHANNELS
 from journeys.definition import OUTBOUND_CHANNELS
+from nextbest.db import bound_silence
 from nextbest.quiet import quiet_dependencies
 from nextbest.settings import development_secrets_error, get_settings
 from serving import (
@@ -58,6 +58,7 @@ PINNED = pinned_models(SETTINGS)
 
 
 cancel_timeout_timers()
+bound_silence()  # a PostgreSQL server silent mid-request for seconds is hung: a 503, not a hang
 quiet_client_errors()  # a 400 is one WARNING line (serving.auth), not an ERROR traceback
 quiet_dependencies()  # before the @bentoml.api models below: BentoML's own deprecations
 
@@ -70,15 +71,6 @@ class _State:
 
 
 STATE = _State()
-
-
-async def _answer(call: Callable[..., Any], *args: Any) -> Any:
-    """``call(*args)`` off the loop; its ``actions.Refused`` (a 409, a 503) answered with the
-    status and body it carries (BentoML would answer a 503 with a generic body)."""
-    try:
-        return await asyncio.to_thread(call, *args)
-    except actions.Refused as exc:
-        return JSONResponse(exc.body, exc.status)
 
 
 async def _profile(request: Request) -> JSONResponse:
@@ -294,22 +286,19 @@ class Nextbest:
             )
         request, scope = with_banner(request, banner)
         # planned and held at once (no await between), committed in a group
-        try:
-            response, _ = await self.writer.decide(lambda: plan(request, self.deps, known, scope))
-        except SQLAlchemyError as exc:  # the ledger cannot be read or written: 503, not 500
-            raise bentoml.exceptions.ServiceUnavailable(f"ledger: {type(exc).__name__}") from exc
+        response, _ = await self.writer.decide(lambda: plan(request, self.deps, known, scope))
         return response
 
     @bentoml.api(route="/outcome")
     @ledger_guard
     async def outcome(self, request: actions.OutcomeRequest, /) -> actions.OutcomeResponse:
-        return await _answer(actions.record_outcome, request, self.deps)
+        return await asyncio.to_thread(actions.record_outcome, request, self.deps)
 
     @bentoml.api(route="/events")
     @ledger_guard
     async def events(self, event: dict[str, Any], /) -> dict[str, Any]:
         # off the loop: a feature push costs milliseconds and must not stall /decide
-        return await _answer(actions.ingest, event, self.deps)
+        return await asyncio.to_thread(actions.ingest, event, self.deps)
 
     @bentoml.api(route="/erase")
     @ledger_guard

@@ -15,8 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from starlette.responses import JSONResponse
 
 from record.ledger import LedgerError, RowRejected
@@ -24,9 +23,21 @@ from serving.schemas import field_error
 
 log = logging.getLogger("nextbest.service")
 
-# The ledger's failures: the database's (DBAPIError: operational, integrity, data...), a pool
-# with no connection to give, and the writer's own (a row refused alone, plans never settling).
-LEDGER_ERRORS = (DBAPIError, PoolTimeout, LedgerError)
+# The ledger's failures: the database's (operational, integrity, data...) and a pool with no
+# connection to give (all SQLAlchemyError), and the writer's own (a row refused alone, plans
+# never settling).
+LEDGER_ERRORS = (SQLAlchemyError, LedgerError)
+
+
+class Refused(Exception):
+    """An answer that is neither a 200 nor a 400, raised by the plain functions: its HTTP
+    status and JSON body (``{"error": "<field>: <reason>", "field": ...}`` and what else the
+    caller needs, e.g. the stored record of a 409)."""
+
+    def __init__(self, status: int, field: str, reason: str, **extra: Any) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.status = status
+        self.body: dict[str, Any] = {"error": f"{field}: {reason}", "field": field, **extra}
 
 
 def unavailable(part: str, reason: str) -> JSONResponse:
@@ -45,14 +56,17 @@ def describe(exc: BaseException) -> str:
 
 
 def ledger_guard(api: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Wrap an API method ``(self, request, /)``: a ledger failure becomes a 503 naming the
-    ledger; a row the ledger refused for a value of the request's own (a field of its model)
+    """Wrap an API method ``(self, request, /)``: a ``Refused`` is answered with its status
+    and body (BentoML would give a 503 a generic body), a ledger failure becomes a 503 naming
+    the ledger; a row the ledger refused for a value of the request's own (a field of its model)
     becomes the 400 naming that field."""
 
     @functools.wraps(api)
     async def guarded(self: Any, request: Any, /) -> Any:
         try:
             return await api(self, request)
+        except Refused as exc:
+            return JSONResponse(exc.body, exc.status)
         except RowRejected as exc:
             if exc.field is not None and exc.field in getattr(type(request), "model_fields", {}):
                 raise field_error(exc.field, exc.reason, None) from None

@@ -18,6 +18,7 @@ from record.tables import now, outcomes
 from serving import actions, outbox
 from serving.deps import Deps
 from serving.journey_intents import enter_due_intents
+from serving.unavailable import Refused
 from tests.serving.conftest import real_deps
 from tests.serving.journey_fixtures import activate
 
@@ -98,7 +99,7 @@ def test_a_failed_feature_push_is_a_503_and_the_retry_completes(ledger_deps: Dep
     deps = ledger_deps
     deps.ingest = _flaky(1, ConnectionError("Error 111 connecting to 127.0.0.1:6379"))
     ev = _event("basket_add", "add-5", **BASKET_ADD)
-    with pytest.raises(actions.Refused) as info:
+    with pytest.raises(Refused) as info:
         actions.ingest(ev, deps)
     assert info.value.status == 503
     assert info.value.body == {
@@ -125,7 +126,7 @@ def test_a_failed_ledger_write_is_a_503_and_the_retry_completes(
 
     monkeypatch.setattr(outbox, "track_event", track_event)
     ev = _event("basket_add", "add-6", **BASKET_ADD)
-    with pytest.raises(actions.Refused) as info:
+    with pytest.raises(Refused) as info:
         actions.ingest(ev, deps)
     assert (info.value.status, info.value.body["field"]) == (503, "ledger")
     assert info.value.body["error"] == "ledger: RuntimeError: disk full"
@@ -140,7 +141,7 @@ def test_a_copy_being_applied_elsewhere_is_a_503_that_changes_nothing(ledger_dep
 
     deps = ledger_deps
     deps.ingest = _flaky(1, PushInProgress("event add-7 is being pushed by another request"))
-    with pytest.raises(actions.Refused) as info:
+    with pytest.raises(Refused) as info:
         actions.ingest(_event("basket_add", "add-7", **BASKET_ADD), deps)
     assert (info.value.status, info.value.body) == (503, {
         "error": "features: event add-7 is being pushed by another request",
@@ -167,7 +168,7 @@ def test_an_outcomes_journey_effects_happen_once_a_failure_retried(
     monkeypatch.setattr(journey_events, "on_outcome", on_outcome)
     did = decide(DecideRequest(customer_id="c-post", channel="email"), deps).decision_id
     click = actions.OutcomeRequest(idempotency_key="click-1", decision_id=did, type="click")
-    with pytest.raises(actions.Refused) as info:
+    with pytest.raises(Refused) as info:
         actions.record_outcome(click, deps)
     assert info.value.status == 503
     assert info.value.body == {"error": "ledger: RuntimeError: database is locked",

@@ -16,6 +16,7 @@ from record.tables import now, outcomes
 from serving import actions
 from serving.decide import DecideRequest, decide
 from serving.deps import Deps
+from serving.unavailable import Refused
 from tests.serving.conftest import real_deps
 
 
@@ -78,7 +79,7 @@ def test_a_key_reused_for_another_payload_is_a_409_with_the_stored_record(
     first = _outcome(ts=AT, order_id="o-1")
     assert actions.record_outcome(first, deps).recorded is True
     assert actions.record_outcome(first, deps).recorded is False  # the same payload: a retry
-    with pytest.raises(actions.Refused) as info:
+    with pytest.raises(Refused) as info:
         actions.record_outcome(first.model_copy(update=change), deps)
     assert info.value.status == 409
     body = info.value.body
