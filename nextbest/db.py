@@ -89,6 +89,8 @@ def bound_silence(seconds: float | None = PG_SILENCE) -> None:
     server silent while it computes is never cut."""
     global _silence_bound
     _silence_bound = seconds
+
+
 PG_RESET_SECONDS = 2.0  # after a timeout, connects are refused at once this long, then probed
 
 
