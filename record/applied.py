@@ -25,6 +25,7 @@ from sqlalchemy import (
     select,
 )
 
+from features.schema import CUSTOMER_ID_MAX
 from record.tables import metadata
 
 applied_events = Table(
@@ -33,7 +34,7 @@ applied_events = Table(
     # an event's id (up to the API's length), or the stored key of a caller's outcome
     Column("event_id", String(300), nullable=False),
     Column("sink", String(16), nullable=False),  # basket | journeys | intents | outcome_journeys
-    Column("customer_id", String(256), nullable=False),
+    Column("customer_id", String(CUSTOMER_ID_MAX), nullable=False),
     Column("applied_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("event_id", "sink"),
 )

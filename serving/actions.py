@@ -26,7 +26,7 @@ from serving.decide import DecideRequest, DecideResponse, Known, plan, read_feat
 from serving.deps import Deps
 from serving.journey_agent import JourneyView, live_journeys
 from serving.schemas import ID_FIELDS, CustomerId, Id, field_error
-from serving.unavailable import Refused
+from serving.unavailable import Refused, describe
 from serving.writer import commit
 
 log = logging.getLogger("nextbest.actions")
@@ -217,7 +217,7 @@ def _once(
 def _reason(event_id: str, sink: str, exc: BaseException) -> str:
     """One line for the 503 and the log (no traceback: the store being down is reported by
     its own health check, and every retry would repeat it)."""
-    why = f"{type(exc).__name__}: {exc}"[:300]
+    why = describe(exc)  # the driver's line: never the SQL or its parameters
     log.warning("event %s: %s not applied, the caller is told to retry (%s)", event_id, sink, why)
     return why
 

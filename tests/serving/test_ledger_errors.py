@@ -28,7 +28,7 @@ from starlette.testclient import TestClient
 from features.schema import CUSTOMER_ID_MAX
 from nextbest.db import engine_for
 from nextbest.settings import Settings
-from record.ledger import Ledger, LedgerError, RowRejected
+from record.ledger import Ledger, LedgerError, RowRejected, caller_key
 from record.tables import metadata
 from serving import run
 from serving.auth import clear_validation_error
@@ -160,14 +160,14 @@ def test_a_full_ledger_answers_503_and_keeps_what_it_acknowledged(client: TestCl
         reported, refused = _until_refused(outcome)
         assert (refused.status_code, refused.json()) == (503, full)
         r = client.post("/events", json=purchase, headers=CHANNEL)
-        assert (r.status_code, r.json()) == (503, full)
+        assert (r.status_code, r.json()) == (503, {**full, "event_id": run_id})
         r = client.post("/erase", json={"customer_id": f"full-{run_id}"}, headers=ADMIN)
         assert (r.status_code, r.json()) == (503, full)
     logged = set(ledger.logs()["decision_id"])
     assert {r.json()["decision_id"] for r in [*decided]} | {before["decision_id"]} <= logged
     keys = set(ledger.outcomes_frame()["idempotency_key"])
-    assert {f"full-{run_id}-{i}" for i in range(len(reported))} <= keys
-    assert f"full-{run_id}-{len(reported)}" not in keys  # the refused one was not written
+    assert {caller_key(f"full-{run_id}-{i}") for i in range(len(reported))} <= keys
+    assert caller_key(f"full-{run_id}-{len(reported)}") not in keys  # the refused one was not written
     assert decide(999).status_code == 200  # room again: the same service writes again
     assert outcome(len(reported)).json()["recorded"] is True
     assert client.post("/events", json=purchase, headers=CHANNEL).status_code == 200
@@ -273,7 +273,8 @@ def test_a_full_disk_under_a_real_server(tmp_path: Path) -> None:
         assert any("full" in b["error"] for b in bodies), bodies[:3]
         ledger = Ledger(engine_for(url))
         assert set(acked["decisions"]) <= set(ledger.logs()["decision_id"])
-        assert set(acked["outcomes"]) <= set(ledger.outcomes_frame()["idempotency_key"])
+        stored = set(ledger.outcomes_frame()["idempotency_key"])
+        assert {caller_key(k) for k in acked["outcomes"]} <= stored
         assert len(acked["decisions"]) > 20
         ledger.engine.dispose()
 
