@@ -40,6 +40,7 @@ from serving.batching import FeatureBatcher
 from serving.bentofix import cancel_timeout_timers
 from serving.decide import DecideRequest, DecideResponse, Known, plan, resolve, with_banner
 from serving.deps import Deps, load_deps, pinned_models
+from serving.journey_agent import NotFound
 from serving.run import bound_host
 from serving.writer import GroupWriter, WalCheckpointer
 
@@ -80,6 +81,8 @@ async def _profile(request: Request) -> JSONResponse:
         err = exc.errors()[0]
         field = ".".join(str(x) for x in err["loc"])
         return JSONResponse({"error": f"{field}: {err['msg']}", "field": field}, 400)
+    except NotFound as exc:
+        return JSONResponse({"error": str(exc), "field": exc.field}, 404)
     return JSONResponse(view.model_dump(mode="json"))
 
 
@@ -255,7 +258,7 @@ class Nextbest:
         # async: the pipeline is short CPU work on the loop; feature reads of concurrent
         # requests are batched, and commits are grouped and run off the loop
         known = Known(reasons=[])
-        known.customer_id = resolve(request, self.deps, known.reasons)
+        known.customer_id = resolve(request, self.deps, known.reasons, verify=True)
         if known.customer_id is not None:
             if self.batcher is None:
                 known.reasons.append(
@@ -278,7 +281,10 @@ class Nextbest:
 
     @bentoml.api(route="/outcome")
     async def outcome(self, request: actions.OutcomeRequest, /) -> actions.OutcomeResponse:
-        return await asyncio.to_thread(actions.record_outcome, request, self.deps)
+        try:
+            return await asyncio.to_thread(actions.record_outcome, request, self.deps)
+        except NotFound as exc:  # an unknown customer: nothing is recorded
+            return JSONResponse({"error": str(exc), "field": exc.field}, 404)  # type: ignore[return-value]
 
     @bentoml.api(route="/events")
     async def events(self, event: dict[str, Any], /) -> dict[str, Any]:
