@@ -293,7 +293,10 @@ class Nextbest:
 
     @bentoml.api(route="/erase")
     async def erase(self, request: actions.EraseRequest, /) -> dict[str, Any]:
-        return await asyncio.to_thread(actions.erase, request, self.deps)
+        result = await asyncio.to_thread(actions.erase, request, self.deps)
+        if result.get("status") != "done":  # a store failed: say what is left; a retry ends it
+            return JSONResponse(result, 503, headers={"Retry-After": "60"})  # type: ignore[return-value]
+        return result
 
 
 Nextbest.add_asgi_middleware(
