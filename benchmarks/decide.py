@@ -37,9 +37,24 @@ def prepare_features(settings: Settings, customers: int) -> dict[str, Any]:
 
     end = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
     _synthetic_snapshots(settings, customers, end)
+    register_customers(settings, [f"bench{i:06d}" for i in range(customers)])
     store = get_store(settings)
     apply_repo(store)
     return materialize(store, end=end + timedelta(seconds=1), start=end - timedelta(days=1))
+
+
+def register_customers(settings: Settings, customer_ids: list[str]) -> None:
+    """The synthetic customers in the identity graph, as a features build leaves real ones:
+    /decide reads features only for a customer_id the graph knows (else: an unknown visitor)."""
+    from features import graph_store as gs
+    from features.identity import graph_for
+
+    graph = graph_for(settings)
+    with graph.engine.begin() as conn:
+        col = gs.customers.c.customer_id
+        have = {c for (c,) in gs.fetch(conn, col, list(customer_ids), col)}
+        new = [c for c in dict.fromkeys(customer_ids) if c not in have]
+        gs.write_batch(conn, new, [], set(), datetime.now(UTC))
 
 
 def prepare_models(settings: Settings) -> dict[str, Any]:

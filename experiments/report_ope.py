@@ -30,25 +30,40 @@ def ope_estimates(settings: Any) -> tuple[list[PolicyEstimate], str]:
     orders ``record.attribution.credit`` gives each decision, ``settings.bandit_reward``,
     ``settings.attribution_days``), on the decisions it learns from. Candidates need no model:
     the logging policy itself, uniform choice among the offers that were allowed, and each offer
-    "whenever allowed, else as logged".
+    "whenever allowed, else as logged". Ledger rows no report can count (an outcome worth
+    1e300 would make every estimate 1e295) are skipped and counted in the note
+    (``experiments.report_units.sane_rows``).
     """
     url = settings.ledger_db_url
     if url.startswith("sqlite") and not Path(url.split("///", 1)[-1]).exists():
         return [], "No decision ledger yet: off-policy estimates need logged decisions."
     from sqlalchemy import inspect
 
+    from experiments.report_units import sane_rows, skipped_note
     from nextbest.db import engine_for
-    from training.bandit_ledger import ledger_examples
+    from record.ledger import Ledger
+    from training.bandit_ledger import catalog_actions, logged_examples
 
+    skipped: dict[str, int] = {}
     try:
-        has_table = inspect(engine_for(url)).has_table("decisions")
-        logs = ledger_examples(settings) if has_table else pd.DataFrame()
+        engine = engine_for(url)
+        logs = pd.DataFrame()
+        if inspect(engine).has_table("decisions"):  # ledger_examples' frames, sane rows only
+            ledger = Ledger(engine, create=False)
+            decisions, outcomes, skipped = sane_rows(
+                ledger.logs(), ledger.outcomes_frame(), settings.max_money_value
+            )
+            logs = logged_examples(decisions, outcomes, catalog_actions(settings)[1],
+                                   settings.attribution_days, settings.bandit_reward)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - the rest of the report stands without it
         return [], f"The ledger could not be read ({type(exc).__name__})."
+    skipped_text = f" Ledger {skipped_note(skipped)}." if skipped else ""
     if logs.empty:
-        return [], "No logged decisions yet: off-policy estimates need the service to have run."
+        note = "No logged decisions yet: off-policy estimates need the service to have run."
+        return [], note + skipped_text
     if len(logs) < 20:
-        return [], f"Only {len(logs)} logged decisions with propensities: too few to estimate."
+        note = f"Only {len(logs)} logged decisions with propensities: too few to estimate."
+        return [], note + skipped_text
     reward, p = logs["reward"].to_numpy(float), logs["propensity"].to_numpy(float)
     allowed = logs["probabilities"].map(lambda d: list(d) if isinstance(d, dict) else [])
     logged = logs["offer_id"].to_numpy()
@@ -74,6 +89,6 @@ def ope_estimates(settings: Any) -> tuple[list[PolicyEstimate], str]:
             out.append(PolicyEstimate(policy=name, **fields))
     note = (
         f"IPS and SNIPS on {len(logs)} logged decisions (reward: the bandit's "
-        f"{settings.bandit_reward} reward, {settings.attribution_days}-day window)."
+        f"{settings.bandit_reward} reward, {settings.attribution_days}-day window)." + skipped_text
     )
     return out, note

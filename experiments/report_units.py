@@ -7,12 +7,15 @@ purchase events, the identity graph that resolves them, and the offer catalogue'
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from features.events import EARLIEST, LATEST
 from record.attribution import ORDER_TYPES, attribute, first_exposures, orders, to_utc
 
 COLUMNS = ["experiment", "customer_id", "arm", "ts", "offer_id", "channel", "segment",
@@ -32,8 +35,57 @@ def _segment(context: Any, scores: Any) -> str | None:
     return str(plan) if plan else None
 
 
+def _bad_times(ts: pd.Series) -> pd.Series:
+    """Times no report can place: unparseable, beyond what pandas holds (an outcome dated
+    1497), or outside the bounds every event and outcome is held to (``features.events``)."""
+    at = pd.to_datetime(ts, utc=True, errors="coerce")
+    return at.isna() | (at < EARLIEST) | (at >= LATEST)
+
+
+def _bad_values(values: pd.Series, max_value: float) -> pd.Series:
+    v = pd.to_numeric(values, errors="coerce").astype(float)
+    return ~(np.isfinite(v) & (v >= 0) & (v <= max_value))
+
+
+def sane_rows(
+    decisions: pd.DataFrame, outcomes: pd.DataFrame, max_value: float = math.inf
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """The ledger's rows a report can count, and how many of each kind it skipped and why.
+
+    A ledger written before the API bounded its input (or by hand) may hold an outcome dated
+    1497 or worth 1e300: one such row must not drop the whole ledger from the report nor
+    dominate its means; it is left out and counted (``max_value``: ``max_money_value``)."""
+    skipped: dict[str, int] = {}
+
+    def drop(frame: pd.DataFrame, bad: pd.Series, reason: str) -> pd.DataFrame:
+        if n := int(bad.sum()):
+            skipped[reason] = skipped.get(reason, 0) + n
+        return frame[~bad]
+
+    if not decisions.empty:
+        decisions = drop(decisions, _bad_times(decisions["ts"]), "decision time out of range")
+        decisions = decisions.assign(ts=to_utc(decisions["ts"]))
+    if not outcomes.empty:
+        outcomes = drop(outcomes, _bad_times(outcomes["ts"]), "outcome time out of range")
+        reason = f"outcome value not a finite number in [0, {max_value:g}]"
+        outcomes = drop(outcomes, _bad_values(outcomes["value"], max_value), reason)
+        outcomes = outcomes.assign(ts=to_utc(outcomes["ts"]))
+    return decisions, outcomes, skipped
+
+
+def skipped_note(skipped: dict[str, int]) -> str:
+    """``rows skipped: 3 (outcome time out of range: 1; ...)``, or "" when none was."""
+    if not skipped:
+        return ""
+    why = "; ".join(f"{reason}: {n}" for reason, n in skipped.items())
+    return f"rows skipped: {sum(skipped.values())} ({why})"
+
+
 def ledger_units(
-    engine, window_days: float = 30, customer_map: Mapping[str, str] | None = None
+    engine,
+    window_days: float = 30,
+    customer_map: Mapping[str, str] | None = None,
+    max_value: float = math.inf,
 ) -> pd.DataFrame:
     """Experiment units from the decision ledger: decisions x orders (each order once).
 
@@ -43,6 +95,7 @@ def ledger_units(
     the person's first assignment whatever happened to the message (intent to treat): dropping
     treated people whose message a purchase cancelled would drop the quickest buyers from one
     arm only, since the holdout's would-be-cancelled messages cannot be known.
+    Rows no report can count are skipped (:func:`sane_rows`), counted in ``attrs["skipped"]``.
     """
     from sqlalchemy import inspect
 
@@ -51,10 +104,10 @@ def ledger_units(
     if not inspect(engine).has_table("decisions"):
         return pd.DataFrame()
     ledger = Ledger(engine, create=False)
-    decisions = ledger.logs()
+    decisions, outcomes, skipped = sane_rows(ledger.logs(), ledger.outcomes_frame(), max_value)
     if decisions.empty:
-        return pd.DataFrame()
-    bought = orders(ledger.outcomes_frame())
+        return _empty_with(skipped)
+    bought = orders(outcomes)
     bought = bought[bought["type"].isin(ORDER_TYPES)]
     conv = bought[bought["type"] == "conversion"]
     units = attribute(decisions, conv, window_days, customer_map=customer_map)
@@ -63,7 +116,14 @@ def ledger_units(
     units["segment"] = [
         _segment(c, sc) for c, sc in zip(units["context"], units["scores"], strict=True)
     ]
+    units.attrs["skipped"] = skipped
     return units
+
+
+def _empty_with(skipped: dict[str, int]) -> pd.DataFrame:
+    empty = pd.DataFrame()
+    empty.attrs["skipped"] = skipped
+    return empty
 
 
 def _safe_map(
@@ -166,14 +226,19 @@ def load_units(settings: Any, world_dir: Path | None = None) -> tuple[pd.DataFra
         from nextbest.db import engine_for
 
         try:
-            units = ledger_units(engine_for(url), days, _merged_ids(settings))
+            top = settings.max_money_value
+            units = ledger_units(engine_for(url), days, _merged_ids(settings), top)
         except Exception as exc:  # noqa: BLE001 - an unreadable ledger is reported, not fatal
             units = pd.DataFrame()
             sources.append(f"decision ledger unreadable ({type(exc).__name__})")
+        skipped = skipped_note(units.attrs.get("skipped", {}))
         if not units.empty:
             frames.append(units.assign(source="ledger"))
-            sources.append(f"decision ledger ({len(units)} experiment units)")
+            note = f"; {skipped}" if skipped else ""
+            sources.append(f"decision ledger ({len(units)} experiment units{note})")
             outcome_sources.append("ledger outcomes by customer id")
+        elif skipped:
+            sources.append(f"decision ledger (no experiment units; {skipped})")
     world = Path(world_dir or settings.world_dir)
     if (world / "exposures.parquet").exists():
         products = {k: o.product_id for k, o in offer_catalog().items()}

@@ -7,11 +7,13 @@ the simulated world and the live path cannot drift apart. A malformed event is r
 
 from __future__ import annotations
 
+import math
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from features.schema import CHANNELS, EVENT_TYPES, ID_COLUMNS
 
@@ -26,6 +28,42 @@ LIVE_ONLY_TYPES = ("purchase_intent",)
 # views and the aggregates both build their column names from these tuples.
 VISIT_CHANNELS = ("web", "app", "store", "call_centre")
 CONSENT_CHANNELS = ("email", "sms", "app", "call_centre")
+# Bounds every event crosses (issue 15 items 3 and 6): a time any store can hold (pandas,
+# Parquet, DuckDB and both ledgers), a quantity a basket can hold, and ids no longer than the
+# columns and keys they end up in (the ledger's customer_id and offer columns hold 64).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+MAX_QUANTITY = 10_000
+NAIVE_TIME = "must carry a timezone (ISO 8601 with an offset, e.g. Z)"
+
+
+def bounded_time(v: datetime) -> datetime:
+    """A caller's time, refused when naive (ambiguous across regions: guessing would shift
+    every window) or outside [EARLIEST, LATEST) in UTC (year 1 at +14:00 is not even a UTC
+    time); shared by events and outcomes so both routes follow one rule."""
+    if v.tzinfo is None or v.utcoffset() is None:
+        raise _invalid(NAIVE_TIME)
+    try:
+        at = v.astimezone(UTC)
+    except OverflowError:
+        at = None
+    if at is None or not EARLIEST <= at < LATEST:
+        raise _invalid(f"must fall between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d} (UTC)")
+    return v
+
+
+def finite_amount(v: float | None) -> float | None:
+    """A money amount: a finite number >= 0 (JSON's 1e400 and the string "Infinity" parse to
+    inf; NaN fails every comparison)."""
+    if v is not None and not (math.isfinite(v) and v >= 0):
+        raise _invalid(f"must be a finite number >= 0, got {v}")
+    return v
+
+
+def _invalid(reason: str) -> PydanticCustomError:
+    """The reason alone as the error's message (a ValueError's would read "Value error, ...")
+    in every model that shares these checks, whoever turns it into a 400."""
+    return PydanticCustomError("invalid", reason)
 
 
 class InvalidEvent(ValueError):
@@ -42,34 +80,31 @@ class Event(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=64)
     ts: datetime
-    channel: str
-    event_type: str
-    customer_id: str | None = None
-    email: str | None = None
-    phone: str | None = None
-    loyalty_id: str | None = None
-    login_id: str | None = None
-    cookie_id: str | None = None
-    product_id: str | None = None
+    channel: str = Field(max_length=32)
+    event_type: str = Field(max_length=32)
+    customer_id: str | None = Field(None, max_length=64)
+    email: str | None = Field(None, max_length=256)
+    phone: str | None = Field(None, max_length=256)
+    loyalty_id: str | None = Field(None, max_length=256)
+    login_id: str | None = Field(None, max_length=256)
+    cookie_id: str | None = Field(None, max_length=256)
+    product_id: str | None = Field(None, min_length=1, max_length=64)
     value: float | None = None
-    quantity: int | None = None
+    quantity: int | None = Field(None, ge=1, le=MAX_QUANTITY)
     # a purchase's order: the same order reported again (another event, a POST /outcome
     # conversion) counts once; without it the ledger keys the order by customer, product,
     # amount and minute
     order_id: str | None = Field(None, min_length=1, max_length=128)
-    campaign_id: str | None = None
-    consent_channel: str | None = None
+    campaign_id: str | None = Field(None, max_length=64)
+    consent_channel: str | None = Field(None, max_length=32)
     consent_value: bool | None = None
 
     @field_validator("ts")
     @classmethod
-    def _tz_aware(cls, v: datetime) -> datetime:
-        # A naive time is ambiguous across regions; guessing would shift every window.
-        if v.tzinfo is None or v.utcoffset() is None:
-            raise ValueError("timestamp has no timezone (send ISO 8601 with an offset, e.g. Z)")
-        return v
+    def _bounded_time(cls, v: datetime) -> datetime:
+        return bounded_time(v)
 
     @field_validator("channel")
     @classmethod
@@ -94,17 +129,8 @@ class Event(BaseModel):
 
     @field_validator("value")
     @classmethod
-    def _non_negative_value(cls, v: float | None) -> float | None:
-        if v is not None and not v >= 0:  # also rejects NaN
-            raise ValueError(f"must be a number >= 0, got {v}")
-        return v
-
-    @field_validator("quantity")
-    @classmethod
-    def _positive_quantity(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError(f"must be >= 1, got {v}")
-        return v
+    def _finite_value(cls, v: float | None) -> float | None:
+        return finite_amount(v)
 
     @field_validator(*IDENTIFIER_FIELDS)
     @classmethod

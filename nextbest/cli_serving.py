@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -74,10 +75,13 @@ def erase(
     if (customer_id is None) == (not resume):
         fail("give a CUSTOMER_ID or --resume (one of them)")
     deps = load_deps(get_settings().ensure_dirs(), models=None, bandit=None)
-    if resume:
-        emit({"resumed": erasure.resume_pending(deps)}, as_json)
-    else:
-        emit(erasure.erase(customer_id, deps), as_json)
+    results = erasure.resume_pending(deps) if resume else [erasure.erase(customer_id, deps)]
+    emit({"resumed": results} if resume else results[0], as_json)
+    left = [r for r in results if r["status"] != "done"]
+    if left:  # what is left is in the result above; a later --resume finishes it
+        errors = "; ".join(f"{r['request_id']}: {r['error']}" for r in left)
+        print(f"error: erasure partial ({errors}); run `nextbest erase --resume`", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 def bench_decide_cmd(

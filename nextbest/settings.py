@@ -105,6 +105,15 @@ class Settings(BaseSettings):
         "older one is refused (400 naming ts): no decision could count it (send history in "
         "bulk to the event log instead)",
     )
+    # issue 15 item 3: one absurd amount (1e300) would dominate every mean the reports and the
+    # bandit take; a larger one is refused at the door and skipped (and counted) by the report
+    max_money_value: float = Field(
+        1_000_000.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="the largest money value an outcome or a purchase event may carry (400 "
+        "naming value above it); the report skips and counts ledger rows above it",
+    )
     experiment: str = Field("nbo", description="experiment of decisions without a campaign")
     experiments: list[str] = Field(
         [],

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from features.events import bounded_time, finite_amount
 from features.schema import CUSTOMER_ID_MAX
 from record import applied
 from record.attribution import ORDER_TYPES, order_key
@@ -24,7 +24,7 @@ from record.tables import OutcomeRow, utc
 from serving import journey_defs, journey_events, journey_intents, outbox
 from serving.decide import DecideRequest, DecideResponse, Known, plan, read_features
 from serving.deps import Deps
-from serving.journey_agent import JourneyView, live_journeys
+from serving.journey_agent import JourneyView, NotFound, live_journeys
 from serving.schemas import ID_FIELDS, CustomerId, Id, field_error
 from serving.unavailable import Refused, describe
 from serving.writer import commit
@@ -60,9 +60,13 @@ class OutcomeRequest(BaseModel):
     @field_validator("value")
     @classmethod
     def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be a finite number")
-        return v
+        return finite_amount(v)
+
+    @field_validator("ts")
+    @classmethod
+    def _bounded_time(cls, v: datetime | None) -> datetime | None:
+        # one rule with /events (features.events): a naive time is refused, not taken as UTC
+        return None if v is None else bounded_time(v)
 
 
 class OutcomeResponse(BaseModel):
@@ -87,6 +91,22 @@ def checked_time(ts: datetime, deps: Deps, title: str = "request") -> datetime:
     return ts
 
 
+def checked_value(value: float | None, deps: Deps, title: str = "request") -> None:
+    """Refuse (naming ``value``) an amount above ``max_money_value``: one absurd order would
+    dominate every mean the report and the bandit take."""
+    top = deps.settings.max_money_value
+    if value is not None and value > top:
+        raise field_error("value", f"must be at most {top:g} (max_money_value)", None, title)
+
+
+def known_customer(customer_id: str, deps: Deps) -> str | None:
+    """The id the identity graph knows this customer by now (a recorded merge followed), or
+    None when it has never seen it. Without a graph the id cannot be checked and is kept."""
+    if deps.graph is None:
+        return customer_id
+    return _lookup({"customer_id": customer_id}, deps)
+
+
 def _offer(offer_id: str | None, deps: Deps) -> Any | None:
     """The catalogue's offer of this id, or None."""
     return next((o for o in deps.offers() if o.id == offer_id), None)
@@ -94,6 +114,7 @@ def _offer(offer_id: str | None, deps: Deps) -> Any | None:
 
 def record_outcome(req: OutcomeRequest, deps: Deps) -> OutcomeResponse:
     ts = checked_time(req.ts, deps) if req.ts else utc(deps.clock())
+    checked_value(req.value, deps)
     named = req.offer_id
     if named is not None and deps.catalog is not None and _offer(named, deps) is None:
         raise field_error("offer_id", "no such offer in the catalogue", req.offer_id)
@@ -107,13 +128,16 @@ def record_outcome(req: OutcomeRequest, deps: Deps) -> OutcomeResponse:
         raise field_error("decision_id", "a delivery receipt needs the message's decision_id", None)
     elif req.type == "open":
         raise field_error("decision_id", "an open needs the message's decision_id", None)
-    elif cid is None:
+    elif cid is not None:  # an outcome of a customer nobody has seen would be invented
+        if (cid := known_customer(cid, deps)) is None:
+            raise NotFound("customer_id", "no such customer (unknown to the identity graph)")
+    else:
         ids = {f: getattr(req, f) for f in ID_FIELDS if getattr(req, f)}
         if not ids:
             raise field_error("decision_id", "give a decision_id or an identifier", None)
         cid = _lookup(ids, deps)
         if cid is None:
-            raise field_error(next(iter(ids)), "no known customer has this identifier", None)
+            raise NotFound(next(iter(ids)), "no known customer has this identifier")
     if req.type in ("delivered", "open") and row.status == "cancelled":
         reason = "its message was cancelled before it was sent"
         raise field_error("decision_id", reason, req.decision_id)
@@ -242,6 +266,7 @@ def ingest(data: dict[str, Any], deps: Deps) -> dict[str, Any]:
     except InvalidEvent as exc:
         raise field_error(exc.field, exc.reason, None, "event") from None
     checked_time(event.ts, deps, "event")
+    checked_value(event.value, deps, "event")
     result: dict[str, Any] = {"event_id": event.event_id}
     failed: dict[str, str] = {}
     if deps.ingest is not None:
@@ -349,6 +374,9 @@ def profile(customer_id: str, deps: Deps, channel: str = "call_centre") -> Profi
     are logged like a /decide's (every slot), so they count against caps and suppression."""
     if not 1 <= len(customer_id) <= CUSTOMER_ID_MAX:
         raise field_error("customer_id", f"must be 1 to {CUSTOMER_ID_MAX} characters", None)
+    if (found := known_customer(customer_id, deps)) is None:  # a made-up profile helps nobody
+        raise NotFound("customer_id", "no such customer (unknown to the identity graph)")
+    customer_id = found
     known = Known(reasons=[], customer_id=customer_id)
     known.features = read_features(customer_id, deps, known.reasons)
     churn = None

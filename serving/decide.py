@@ -43,10 +43,21 @@ log = logging.getLogger("nextbest.decide")
 HISTORY_DAYS = 90  # caps, offer periods and suppression look this far back
 
 
-def resolve(request: DecideRequest, deps: Deps, reasons: list[str]) -> str | None:
-    """The customer id: given directly, or a deterministic lookup of the identifiers."""
-    if request.customer_id:
-        return request.customer_id
+UNKNOWN_ID = "cold start: customer_id: unknown (the identity graph has never seen it)"
+
+
+def resolve(
+    request: DecideRequest, deps: Deps, reasons: list[str], *, verify: bool = False
+) -> str | None:
+    """The customer id: given directly, or a deterministic lookup of the identifiers.
+
+    ``verify`` (a channel's request, POST /decide): a given customer_id counts only when the
+    identity graph knows it (a recorded merge followed); one it has never seen is a customer
+    new to us, decided as an unknown visitor (``UNKNOWN_ID``), not logged as a known one, unless
+    another identifier resolves. Without ``verify`` (the journey runner, the basket scan: ids
+    from our own records) the id is taken as given."""
+    if request.customer_id and (not verify or deps.graph is None):
+        return request.customer_id  # without a graph it cannot be checked: taken as given
     ids = request.identifiers()
     if not ids:
         reasons.append("cold start: anonymous visitor")
@@ -62,7 +73,7 @@ def resolve(request: DecideRequest, deps: Deps, reasons: list[str]) -> str | Non
         reasons.append(f"identity: {type(exc).__name__}: {exc}")
         return None
     if cid is None:
-        reasons.append("cold start: unknown visitor")
+        reasons.append(UNKNOWN_ID if request.customer_id else "cold start: unknown visitor")
     return cid
 
 
@@ -113,10 +124,11 @@ def read_features(cid: str | None, deps: Deps, reasons: list[str]) -> dict[str, 
         return {}
 
 
-def know(request: DecideRequest, deps: Deps) -> Known:
-    """Who the visitor is and their features, each with the reason it fell back, if any."""
+def know(request: DecideRequest, deps: Deps, *, verify: bool = False) -> Known:
+    """Who the visitor is and their features, each with the reason it fell back, if any
+    (``verify``: see :func:`resolve`)."""
     known = Known(reasons=[])
-    known.customer_id = resolve(request, deps, known.reasons)
+    known.customer_id = resolve(request, deps, known.reasons, verify=verify)
     known.features = read_features(known.customer_id, deps, known.reasons)
     return known
 

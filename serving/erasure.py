@@ -88,7 +88,8 @@ def erasable_ids(customer_id: str, deps: Deps) -> list[str]:
 
 def erase(customer_id: str, deps: Deps) -> dict[str, Any]:
     """Erase a person everywhere, or finish the pending request for them; the result says
-    per store what was erased, or why it failed (the request then stays pending)."""
+    per store what was erased, or why it failed (status ``partial``, the stores ``left``; the
+    request then stays pending)."""
     create_tables(deps.ledger.engine, metadata)
     subject = subject_hash(deps, customer_id)
     ids = erasable_ids(customer_id, deps)  # before anything of this request is deleted
@@ -145,7 +146,7 @@ def _run(request_id: str, deps: Deps) -> dict[str, Any]:
     person = Person(list(record["customer_ids"]), list(record["key_hashes"]))
     ids = person.customer_ids
     result: dict[str, Any] = {"request_id": request_id, "customer_ids": ids}
-    errors = []
+    errors, left = [], []
     for store in STORES:
         if record[f"{store}_done"]:
             result[store] = "done earlier"
@@ -155,6 +156,7 @@ def _run(request_id: str, deps: Deps) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - reported; the other stores are still erased
             result[store] = f"failed: {type(exc).__name__}: {exc}"[:300]
             errors.append(f"{store}: {result[store]}")
+            left.append(store)
             continue
         with deps.ledger.engine.begin() as conn:
             conn.execute(_set(request_id, **{f"{store}_done": True}))
@@ -163,7 +165,9 @@ def _run(request_id: str, deps: Deps) -> dict[str, Any]:
         with deps.ledger.engine.begin() as conn:
             conn.execute(_set(request_id, last_error="; ".join(errors)[:300]))
         log.warning("erasure %s pending: %s", request_id, "; ".join(errors))
-        result["status"] = "pending"
+        # the 503's body (serving.service): what is left, and the first failure as the error;
+        # the request stays pending, so the same request again (or the resume round) ends it
+        result.update(status="partial", left=left, error=errors[0][:300], field=left[0])
         return result
     with deps.ledger.engine.begin() as conn:  # needed until now, not any more
         done = {"status": "done", "finished_at": now(), "last_error": ""}

@@ -28,6 +28,7 @@ from serving.deps import Deps
 from serving.journey_defs import definition
 from serving.journey_events import end_instance, log_step
 from serving.schemas import field_error
+from serving.unavailable import Refused
 
 
 class NextContact(BaseModel):
@@ -58,11 +59,11 @@ class JourneyAction(BaseModel):
     reason: str = Field("", max_length=160, description="kept in the step log")
 
 
-class NotFound(LookupError):
+class NotFound(Refused):
     """A 404: ``field`` names what was not found."""
 
     def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
+        super().__init__(404, field, reason)
         self.field, self.reason = field, reason
 
 

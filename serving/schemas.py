@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -29,7 +29,8 @@ class VisitContext(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     page: str | None = Field(None, max_length=256)
-    basket: list[str] = Field(default_factory=list, max_length=100)
+    # product ids, as long as an event's product_id (features.events)
+    basket: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=100)
     intent: str | None = Field(None, max_length=64)
     campaign: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
     journey: str | None = Field(

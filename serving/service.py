@@ -44,7 +44,7 @@ from serving.bentofix import cancel_timeout_timers, quiet_client_errors
 from serving.decide import DecideRequest, DecideResponse, Known, plan, resolve, with_banner
 from serving.deps import Deps, load_deps, pinned_models
 from serving.run import bound_host
-from serving.unavailable import ledger_guard
+from serving.unavailable import Refused, ledger_guard
 from serving.writer import GroupWriter, WalCheckpointer
 
 log = logging.getLogger("nextbest.service")
@@ -87,6 +87,8 @@ async def _profile(request: Request) -> JSONResponse:
         err = exc.errors()[0]
         field = ".".join(str(x) for x in err["loc"])
         return JSONResponse({"error": f"{field}: {err['msg']}", "field": field}, 400)
+    except Refused as exc:  # an unknown customer: a 404
+        return JSONResponse(exc.body, exc.status)
     return JSONResponse(view.model_dump(mode="json"))
 
 
@@ -106,7 +108,7 @@ async def _outbox(request: Request) -> JSONResponse:
 async def _journey_action(request: Request) -> JSONResponse:
     """``POST /journeys/{end|pause|resume}`` with ``{"customer_id", "journey", "reason"}``: an
     agent or a clerk ends or pauses a customer's journey (a channel key, like the profile)."""
-    from serving.journey_agent import JourneyAction, NotFound, act
+    from serving.journey_agent import JourneyAction, act
 
     try:
         body = await request.json()
@@ -122,8 +124,8 @@ async def _journey_action(request: Request) -> JSONResponse:
         msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
         msg = "required" if err["type"] == "missing" else msg
         return JSONResponse({"error": f"{field}: {msg}", "field": field}, 400)
-    except NotFound as exc:
-        return JSONResponse({"error": str(exc), "field": exc.field}, 404)
+    except Refused as exc:  # not in that journey: a 404
+        return JSONResponse(exc.body, exc.status)
     return JSONResponse(done)
 
 
@@ -268,7 +270,7 @@ class Nextbest:
         # async: the pipeline is short CPU work on the loop; feature reads of concurrent
         # requests are batched, and commits are grouped and run off the loop
         known = Known(reasons=[])
-        known.customer_id = resolve(request, self.deps, known.reasons)
+        known.customer_id = resolve(request, self.deps, known.reasons, verify=True)
         if known.customer_id is not None:
             if self.batcher is None:
                 known.reasons.append(
@@ -303,7 +305,10 @@ class Nextbest:
     @bentoml.api(route="/erase")
     @ledger_guard
     async def erase(self, request: actions.EraseRequest, /) -> dict[str, Any]:
-        return await asyncio.to_thread(actions.erase, request, self.deps)
+        result = await asyncio.to_thread(actions.erase, request, self.deps)
+        if result.get("status") != "done":  # a store failed: say what is left; a retry ends it
+            return JSONResponse(result, 503, headers={"Retry-After": "60"})  # type: ignore[return-value]
+        return result
 
 
 Nextbest.add_asgi_middleware(

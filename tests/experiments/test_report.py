@@ -280,3 +280,58 @@ def test_verdict_says_what_the_numbers_say(
     comp = compare("treatment", "holdout", outcomes(*treated), outcomes(*holdout), True)
     comp.p_adjusted, comp.significant = comp.p_value, (comp.p_value or 1) < 0.05
     assert re.search(expected, verdict("Offer", comp, 30)), verdict("Offer", comp, 30)
+
+
+def test_report_skips_and_counts_absurd_ledger_rows(world: Path, tmp_path: Path) -> None:
+    """Issue 15 item 3: rows from before the API bounded its input (an outcome dated 1497,
+    values of 1e300 and infinity, a decision dated 1497) are skipped and counted; the ledger's
+    other rows still make the report and the off-policy estimates they made before."""
+    from sqlalchemy import insert
+
+    from nextbest.db import engine_for
+    from nextbest.settings import Settings
+    from record.ledger import Ledger
+    from record.tables import DecisionRow, OutcomeRow, decisions, outcomes
+    from training.bandit_ledger import ledger_examples
+
+    settings = Settings(home=tmp_path / "home")
+    ledger = Ledger(engine_for(settings.ledger_db_url))
+    probs = {"data_addon": 0.5, "family_plan": 0.5}
+    for i in range(40):
+        ledger.record_decision(DecisionRow(
+            decision_id=f"d{i}", ts=T0 + timedelta(hours=i), customer_id=f"c{i}", channel="web",
+            experiment="web_banner", arm="holdout" if i % 5 == 0 else "treatment",
+            offer_id=None if i % 5 == 0 else ("data_addon" if i % 2 else "family_plan"),
+            propensity=None if i % 5 == 0 else 0.5, probabilities={} if i % 5 == 0 else probs,
+            scores={"features": {"plan": "postpaid_m"}},
+        ))  # fmt: skip
+        if i % 3 == 0:
+            ledger.record_outcome(OutcomeRow(
+                idempotency_key=f"k{i}", decision_id=f"d{i}", customer_id=f"c{i}",
+                type="conversion", value=30.0, ts=T0 + timedelta(hours=i, days=2),
+            ))  # fmt: skip
+    clean = ledger_examples(settings)
+    before = build_report(settings, world)
+    bad = {"decision_id": "d1", "customer_id": "c1", "type": "conversion"}
+    with ledger.engine.begin() as conn:  # written around the API, as an old ledger may hold
+        conn.execute(insert(outcomes), [
+            {**bad, "idempotency_key": "old", "value": 5.0, "ts": datetime(1497, 3, 1)},
+            {**bad, "idempotency_key": "huge", "value": 1e300, "ts": T0 + timedelta(days=1)},
+            {**bad, "idempotency_key": "inf", "value": float("inf"), "ts": T0 + timedelta(days=1)},
+        ])  # fmt: skip
+        row = DecisionRow(decision_id="d-old", ts=datetime(1497, 3, 1, tzinfo=UTC),
+                          customer_id="c-old", channel="web", experiment="web_banner",
+                          arm="treatment", offer_id="data_addon", propensity=0.5,
+                          probabilities=probs, scores={})  # fmt: skip
+        conn.execute(insert(decisions), [row.model_dump()])
+    data = build_report(settings, world)
+    skipped = (
+        "rows skipped: 4 (decision time out of range: 1; outcome time out of range: 1; "
+        "outcome value not a finite number in [0, 1e+06]: 2)"
+    )
+    assert f"decision ledger (40 experiment units; {skipped})" in data.sources, data.sources
+    logged = next(e for e in data.ope if (e.policy, e.estimator) == ("logging policy", "ips"))
+    assert logged.value == pytest.approx(clean["reward"].mean()) and logged.n == len(clean)
+    assert f"Ledger {skipped}." in data.ope_note
+    assert [ln.model_dump() for ln in data.lines] == [ln.model_dump() for ln in before.lines]
+    assert skipped in report_html(settings, world)

@@ -17,6 +17,8 @@ from nextbest.settings import Settings
         ("bandit_learn_every_seconds", "-0.5", "greater than 0"),
         ("outcome_future_minutes", "-1", "greater than or equal to 0"),
         ("outcome_grace_days", "a week", "valid number"),
+        ("max_money_value", "0", "greater than 0"),
+        ("max_money_value", "inf", "finite number"),
     ],
 )
 def test_bad_settings_name_the_field(name: str, value: str, message: str, monkeypatch) -> None:

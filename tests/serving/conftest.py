@@ -81,16 +81,30 @@ def profiles() -> dict[str, dict[str, Any]]:
     return {k: dict(v) for k, v in PROFILES.items()}
 
 
+def register(graph: Any, *customer_ids: str) -> None:
+    """Customers the identity graph knows (as if their events had been ingested): /decide,
+    /outcome and /profile take only a customer_id the graph has seen (issue 15 item 8)."""
+    from features import graph_store as gs
+
+    with graph.engine.begin() as conn:
+        col = gs.customers.c.customer_id
+        have = {c for (c,) in gs.fetch(conn, col, list(customer_ids), col)}
+        new = [c for c in dict.fromkeys(customer_ids) if c not in have]
+        gs.write_batch(conn, new, [], set(), now())
+
+
 def real_deps(settings: Settings, profiles: dict[str, dict[str, Any]]) -> Deps:
     """The service's parts for a test: a real ledger, identity graph and catalogue, the
-    profile table as features, no models."""
+    profile table as features (its people known to the graph), no models."""
     from features.identity import graph_for
 
+    graph = graph_for(settings)
+    register(graph, *profiles)
     return Deps(
         settings=settings,
         ledger=Ledger(engine_for(settings.ledger_db_url)),
         catalog=load_catalog(),
-        graph=graph_for(settings),
+        graph=graph,
         features=table_reader(profiles),
         missing={"models": "nothing promoted yet"},
         rng=random.Random(7),

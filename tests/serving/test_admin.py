@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from starlette.testclient import TestClient
 
@@ -11,8 +13,11 @@ from tests.serving.conftest import ADMIN, CHANNEL
 
 def test_report_served_behind_a_key(client: TestClient) -> None:
     assert client.get("/reports").status_code == 401
-    for i in range(3):
-        body = {**EXAMPLE_REQUEST, "email": None, "customer_id": f"report-{i}"}
+    for i in range(3):  # customers the service knows (an unknown id decides anonymously)
+        ev = {"ts": datetime.now(UTC).isoformat(), "channel": "web", "event_type": "product_view",
+              "email": f"report-{i}@example.com"}  # fmt: skip
+        cid = client.post("/events", json=ev, headers=CHANNEL).json()["customer_id"]
+        body = {**EXAMPLE_REQUEST, "email": None, "customer_id": cid}
         assert client.post("/decide", json=body, headers=CHANNEL).status_code == 200
     html = client.get("/reports", headers=CHANNEL)
     assert html.status_code == 200, html.text

@@ -15,13 +15,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import text
+from starlette.testclient import TestClient
 
 from features import normalize
 from nextbest.settings import Settings
 from record.tables import OutcomeRow, now
-from serving import actions
+from serving import actions, erasure
 from serving.decide import DecideRequest, decide
 from serving.deps import Deps
+from tests.serving.conftest import ADMIN, CHANNEL
 
 # One person, four identities as the channels type them; the canonical forms are searched too.
 EMAIL, EMAIL_KEY = " Ann.Erase@Example.COM ", "ann.erase@example.com"
@@ -275,3 +277,57 @@ def test_erase_command_erases_then_resumes_nothing(private_home: Path) -> None:
     assert json.loads(erased.stdout.splitlines()[-1])["status"] == "done"
     resumed = runner.invoke(app, ["erase", "--resume", "--json"])
     assert json.loads(resumed.stdout.splitlines()[-1]) == {"resumed": []}
+
+
+def test_partial_erasure_is_a_503_and_a_retry_finishes_it(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that fails mid-erasure: 503 saying which stores are left (the others are
+    erased); the same request again, once the store is back, ends it with 200."""
+    recent = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    ev = {"ts": recent, "channel": "app", "event_type": "session_start", "email": "p@ex.com"}
+    cid = client.post("/events", json=ev, headers=CHANNEL).json()["customer_id"]
+    client.post("/decide", json={"customer_id": cid, "channel": "web"}, headers=CHANNEL)
+
+    def down(person: Any, deps: Deps) -> Any:
+        raise ConnectionError("feature store unreachable")
+
+    monkeypatch.setitem(erasure.STEPS, "features", down)
+    r = client.post("/erase", json={"customer_id": cid}, headers=ADMIN)
+    body = r.json()
+    assert r.status_code == 503 and r.headers["retry-after"] == "60", r.text
+    assert (body["status"], body["left"], body["field"]) == ("partial", ["features"], "features")
+    assert body["error"] == "features: failed: ConnectionError: feature store unreachable"
+    assert body["ledger"]["decisions"] == 1 and body["identities"] >= 2, body
+
+    monkeypatch.undo()  # the store is back
+    r = client.post("/erase", json={"customer_id": cid}, headers=ADMIN)
+    assert r.status_code == 200 and r.json()["status"] == "done", r.text
+    assert r.json()["ledger"] == "done earlier" and r.json()["features"]["event_log"] == 1
+
+
+def test_cli_erase_exits_non_zero_while_part_is_left(
+    private_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same rule for ``nextbest erase``: the result is still the last JSON line, the
+    exit code 1 with one line naming what is left; ``--resume`` then finishes it (exit 0)."""
+    from typer.testing import CliRunner
+
+    from nextbest.cli import app
+
+    def down(person: Any, deps: Deps) -> Any:
+        raise ConnectionError("feature store unreachable")
+
+    monkeypatch.setitem(erasure.STEPS, "features", down)
+    runner = CliRunner()
+    partial = runner.invoke(app, ["erase", "someone", "--json"])
+    result = json.loads(partial.stdout.splitlines()[-1])
+    assert (partial.exit_code, result["status"], result["left"]) == (1, "partial", ["features"])
+    assert partial.stderr.strip() == (
+        f"error: erasure partial ({result['request_id']}: features: failed: ConnectionError: "
+        "feature store unreachable); run `nextbest erase --resume`"
+    )
+    monkeypatch.setitem(erasure.STEPS, "features", lambda person, deps: {"online": 0})
+    resumed = runner.invoke(app, ["erase", "--resume", "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout.splitlines()[-1])["resumed"][0]["status"] == "done"

@@ -58,8 +58,10 @@ def test_healthz_shows_the_effective_held_out_share(client: TestClient) -> None:
 
 
 def test_profile_and_outbox(client: TestClient) -> None:
-    r = client.get("/profile/someone", headers=CHANNEL)
-    assert r.status_code == 200 and r.json()["recommended"]["customer_id"] == "someone"
+    ev = {"ts": RECENT, "channel": "store", "event_type": "store_visit", "phone": "+4915112345"}
+    someone = client.post("/events", json=ev, headers=CHANNEL).json()["customer_id"]
+    r = client.get(f"/profile/{someone}", headers=CHANNEL)
+    assert r.status_code == 200 and r.json()["recommended"]["customer_id"] == someone
     assert r.json()["excluded"]["device_upgrade"].startswith("rule plan in")  # no profile
     assert client.get("/outbox?channel=email", headers=CHANNEL).json() == {"messages": []}
 
@@ -204,7 +206,7 @@ def test_profile_and_outbox(client: TestClient) -> None:
             },
             CHANNEL,
             400,
-            "ts: timestamp has no timezone (send ISO 8601 with an offset, e.g. Z)",
+            "ts: must carry a timezone (ISO 8601 with an offset, e.g. Z)",
         ),
         ("post", "/erase", {}, ADMIN, 400, "customer_id: required"),
         (
@@ -240,14 +242,12 @@ def test_bad_requests(
 
 
 def test_erase_with_admin_key(client: TestClient) -> None:
-    client.post("/decide", json={"customer_id": "gone", "channel": "web"}, headers=CHANNEL)
-    r = client.post("/erase", json={"customer_id": "gone"}, headers=ADMIN)
-    assert r.status_code == 200 and r.json()["ledger"]["decisions"] == 1
-    assert r.json()["features"] == {"online": 0, "offline": 0, "event_log": 0}
     ev = {"ts": RECENT, "channel": "app", "event_type": "session_start"}
     ev["email"] = "erase-me@example.com"
     cid = client.post("/events", json=ev, headers=CHANNEL).json()["customer_id"]
+    client.post("/decide", json={"customer_id": cid, "channel": "web"}, headers=CHANNEL)
     r = client.post("/erase", json={"customer_id": cid}, headers=ADMIN)
+    assert r.status_code == 200 and r.json()["ledger"]["decisions"] == 1, r.json()
     assert r.json()["features"]["event_log"] == 1 and r.json()["identities"] >= 2, r.json()
 
 
@@ -260,7 +260,7 @@ def test_outcome_times_are_bounded_by_the_services_clock(deps) -> None:
 
     world = datetime(2025, 6, 1, 12, tzinfo=UTC)
     deps.clock = lambda: world
-    ok = OutcomeRequest(idempotency_key="k1", customer_id="c", type="revenue", value=5.0,
+    ok = OutcomeRequest(idempotency_key="k1", customer_id="c-post", type="revenue", value=5.0,
                         ts=world - timedelta(days=1))  # fmt: skip
     assert record_outcome(ok, deps).recorded
     assert record_outcome(ok.model_copy(update={"idempotency_key": "k2", "ts": None}), deps)
