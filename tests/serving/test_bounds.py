@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from nextbest.db import engine_for
 from nextbest.settings import Settings
-from record.ledger import Ledger
+from record.ledger import Ledger, caller_key
 from serving import actions, run
 from serving.actions import OutcomeRequest, record_outcome
 from serving.decide import UNKNOWN_ID, DecideRequest, DecideResponse, know, plan
@@ -160,7 +160,7 @@ def test_outcome_of_an_unknown_customer_is_refused_before_anything_is_written(
                                       value=5.0), deps)  # fmt: skip
     ok = record_outcome(OutcomeRequest(idempotency_key="k", customer_id="c-post", type="revenue",
                                        value=5.0), deps)  # fmt: skip
-    assert ok.recorded and list(deps.ledger.outcomes_frame()["idempotency_key"]) == ["k"]
+    assert ok.recorded and list(deps.ledger.outcomes_frame()["idempotency_key"]) == [caller_key("k")]
 
 
 @pytest.mark.parametrize(
