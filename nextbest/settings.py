@@ -163,6 +163,14 @@ class Settings(BaseSettings):
         "validation window) exceeds this",
     )
     request_timeout: int = Field(10, gt=0, description="BentoML request timeout, seconds")
+    # issue 15: a report build reads the whole ledger, so a process of its own does it on this
+    # schedule (and on an admin's POST /reports/refresh); /reports serves the last one
+    report_every_minutes: float = Field(
+        15.0,
+        ge=0,
+        description="how often serve rebuilds the report in the background; 0: only "
+        "on an admin's POST /reports/refresh",
+    )
     ledger_synchronous: Literal["FULL", "NORMAL"] = Field(
         "NORMAL",
         description="SQLite ledger: NORMAL (WAL) survives process crashes (SIGKILL: "

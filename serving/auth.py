@@ -21,7 +21,8 @@ from serving.deps import health_summary
 
 Scope = dict[str, Any]
 PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/healthz"})  # exact paths: probes
-ADMIN_PATHS = ("/erase", "/promote/", "/metrics")  # prefixes; any other path takes any key
+# prefixes; any other path takes any key
+ADMIN_PATHS = ("/erase", "/promote/", "/metrics", "/reports/refresh")
 HEADER = b"x-api-key"
 
 

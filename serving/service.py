@@ -34,6 +34,7 @@ from serving import (
     journey_schedule,
     learner,
     outbox,
+    reports,
 )
 from serving.auth import ApiGuard
 from serving.batching import FeatureBatcher
@@ -172,6 +173,13 @@ class Nextbest:
                 self._every(s.abandon_scan_seconds, self._resume_erasures, "erasure resume")
             ),
         ]
+        builder = reports.builder_for(s)  # a report build process when one is due
+        await asyncio.to_thread(builder.tick)  # the first at once: none may exist yet
+        self._background.append(
+            asyncio.create_task(
+                self._every(reports.tick_seconds(s), builder.tick, "report builder")
+            )
+        )
         if s.journey_runner:
             self._background.append(
                 asyncio.create_task(
@@ -186,6 +194,7 @@ class Nextbest:
     async def _stop(self) -> None:
         for task in self._background:
             task.cancel()
+        reports.builder_for(self.deps.settings).stop()
         self.deps.assigner.flush()  # holdout draws still waiting for their group write
         self.checkpointer.stop()
 
