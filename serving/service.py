@@ -38,7 +38,7 @@ from serving import (
 )
 from serving.auth import ApiGuard
 from serving.batching import FeatureBatcher
-from serving.bentofix import cancel_timeout_timers
+from serving.bentofix import MetricLabels, bounded_metric_labels, cancel_timeout_timers
 from serving.decide import DecideRequest, DecideResponse, Known, plan, resolve, with_banner
 from serving.deps import Deps, load_deps, pinned_models
 from serving.run import bound_host
@@ -55,6 +55,15 @@ PINNED = pinned_models(SETTINGS)
 
 
 cancel_timeout_timers()
+# one metrics series per route, not one per customer id or scanned path (issue 15)
+METRIC_TEMPLATES = {
+    "/profile/": "/profile/{customer_id}",
+    "/journeys/": "/journeys/{action}",
+    "/promote/": "/promote/{model}",
+    "/static_content/": "/static_content/{path}",
+}
+ROUTES = ("/decide", "/outcome", "/events", "/erase", "/outbox", "/reports", "/reports/refresh")
+bounded_metric_labels(MetricLabels(METRIC_TEMPLATES, (*ROUTES, "/", "/docs.json", "/schema.json")))
 
 
 class _State:
