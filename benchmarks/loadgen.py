@@ -96,6 +96,7 @@ async def open_loop(
 
 # The soak's mix: mostly decisions, some outcomes for them and events, a few profile reads.
 MIX = {"decide": 0.80, "outcome": 0.08, "events": 0.10, "profile": 0.02}
+NEW_VISITORS = 0.2  # share of decisions for a customer id never seen before
 
 
 def _soak_request(
@@ -113,6 +114,8 @@ def _soak_request(
         return "POST", "/events", json.dumps(body).encode()
     if kind == "profile" and seen:
         return "GET", f"/profile/{rng.choice(seen)}?channel=call_centre", None
+    if rng.random() < NEW_VISITORS:  # a first visit: caches keyed by customer must not grow
+        customer = f"new-{i}"
     body = {"customer_id": customer, "channel": "web", "context": {"page": "home"}}
     return "POST", "/decide", json.dumps(body).encode()
 

@@ -1,12 +1,13 @@
 """``nextbest bench soak``: a constant rate of mixed requests for minutes against a served home.
 
 Figures, not pass/fail (issue 15): a separate client process (``benchmarks.loadgen``, open
-loop, Poisson arrivals) sends mostly ``/decide``, plus outcomes for those decisions, events and
-a few profile reads, while this process samples the resident memory of the served worker
-processes. Per window (a minute, or a quarter of a short run): requests, errors, p50, p99 and
-the workers' RSS; after the warm-up, the RSS slope (least squares, MiB a minute) and how much
-p99 moves from one window to the next. Goals for a 30-minute run: 0 errors, p99 within 20%
-window to window, RSS slope under 0.2 MiB/min after the first 5 minutes.
+loop, Poisson arrivals) sends mostly ``/decide`` (a fifth of them for new customers), plus
+outcomes for those decisions, events and a few profile reads, while this process samples the
+resident memory of the served worker processes. Per window (a minute, or a quarter of a short
+run): requests, errors, p50, p99 and the workers' RSS; after the warm-up, the RSS slope (least
+squares, MiB a minute) and how much p99 moves from one window to the next. Goals for a
+30-minute run: 0 errors, p99 within 20% window to window, RSS slope under 0.2 MiB/min after
+the first 5 minutes.
 """
 
 from __future__ import annotations
