@@ -47,6 +47,7 @@ app.command()(cli_experiments.replay)
 
 bench_app.command("features")(cli_features.bench_features)
 bench_app.command("decide")(cli_serving.bench_decide_cmd)
+bench_app.command("soak")(cli_serving.bench_soak_cmd)
 bench_app.command("uplift")(cli_experiments.bench_uplift)
 bench_app.command("journey-coverage")(cli_journeys.bench_journey_coverage)
 bench_app.command("journeys")(cli_journeys.bench_journeys_cmd)

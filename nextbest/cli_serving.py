@@ -1,5 +1,5 @@
 """Serving commands: run the decision service, build its Bento, erase a person, benchmark
-/decide."""
+/decide and soak the service."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from nextbest.cli_common import JsonFlag, console, emit, fail
 from nextbest.settings import development_secrets_error, get_settings
@@ -106,3 +107,52 @@ def bench_decide_cmd(
         fail(f"--workers must be >= 1, got {workers}")
     s = get_settings().ensure_dirs() if use_home else None
     emit(bench_decide(s, concurrency or None, seconds, workers=workers), as_json)
+
+
+def bench_soak_cmd(
+    minutes: Annotated[float, typer.Option(help="how long the load runs")] = 5.0,
+    rate: Annotated[float, typer.Option(help="requests a second (Poisson arrivals)")] = 100.0,
+    customers: Annotated[int, typer.Option(help="synthetic customers the load picks from")] = 1000,
+    workers: Annotated[int | None, typer.Option(help="server worker processes")] = None,
+    use_home: Annotated[
+        bool, typer.Option(help="soak the home as it is instead of a fresh one")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """A constant rate of mixed requests (decide, outcome, events, profile) from a separate
+    process: per-minute p50/p99, errors, the workers' RSS and its slope after warm-up."""
+    import json
+
+    from benchmarks.soak import bench_soak
+
+    if not 0 < minutes <= 24 * 60:
+        fail(f"--minutes must be in (0, 1440], got {minutes}")
+    if rate <= 0:
+        fail(f"--rate must be > 0, got {rate}")
+    if customers < 1:
+        fail(f"--customers must be >= 1, got {customers}")
+    if workers is not None and workers < 1:
+        fail(f"--workers must be >= 1, got {workers}")
+    s = get_settings().ensure_dirs() if use_home else None
+    result = bench_soak(s, minutes, rate, customers, workers)
+    console.print(soak_table(result))
+    if as_json:
+        print(json.dumps(result, default=str))
+
+
+def soak_table(result: dict) -> Table:
+    """One row a window: its p50/p99, errors and the workers' RSS; the totals in the title."""
+    slope = result["rss_slope_mib_per_min"]
+    title = (
+        f"Soak: {result['requests']} requests at {result['rps']}/s, {result['errors']} errors; "
+        f"RSS slope after {result['warmup_excluded_seconds'] / 60:.1f} min warm-up: "
+        f"{'-' if slope is None else f'{slope:+.3f}'} MiB/min; p99 max step "
+        f"{result['p99_max_step']}"
+    )
+    table = Table(title=title)
+    for col in ("from (s)", "requests", "errors", "p50 ms", "p99 ms", "RSS MiB"):
+        table.add_column(col, justify="right")
+    for w in result["windows"]:
+        table.add_row(f"{w['start_s']:.0f}", str(w["requests"]), str(w["errors"]),
+                      f"{w['p50_ms']:.2f}", f"{w['p99_ms']:.2f}", str(w["rss_mib"]))  # fmt: skip
+    return table

@@ -191,6 +191,18 @@ class Settings(BaseSettings):
         description="largest request body the service reads (a 413 past it, counted as it "
         "streams); a decision or an event is well under 4 KB",
     )
+    # each worker caches holdout answers for 5 minutes (about 0.7 KB each)
+    assignment_cache_size: int = Field(
+        20_000, gt=0, description="most holdout assignments a worker keeps in memory"
+    )
+    # a report build reads the whole ledger, so a process of its own does it on this schedule
+    # (and on an admin's POST /reports/refresh); /reports serves the last one
+    report_every_minutes: float = Field(
+        15.0,
+        ge=0,
+        description="how often serve rebuilds the report in the background; 0: only "
+        "on an admin's POST /reports/refresh",
+    )
     ledger_synchronous: Literal["FULL", "NORMAL"] = Field(
         "NORMAL",
         description="SQLite ledger: NORMAL (WAL) survives process crashes (SIGKILL: "

@@ -109,7 +109,9 @@ class StickyAssigner:
     Answers are cached per (experiment, key) for ``ttl`` of decision time (the replay's clock
     is the world's, so its answers repeat), so a returning person costs no query on the
     decision path; the ttl bounds how long a worker may keep an arm that a merge (in another
-    worker) has since replaced by an earlier one of the same person. New rows are written in
+    worker) has since replaced by an earlier one of the same person; expired answers leave the
+    cache, and it holds at most ``max_cached`` (issue 15: kept until 100,000, they grew a
+    worker by 2 MiB a minute under new customers). New rows are written in
     groups (``flush``: by the first decision ``flush_seconds`` after the last flush, or at
     ``flush_rows`` rows), not one commit per new person: a row lost in a crash is a fresh
     draw, the hash of the person's id, which their next decision draws and records again."""
@@ -118,7 +120,7 @@ class StickyAssigner:
         self,
         ledger: Any,
         ttl: timedelta = timedelta(minutes=5),
-        max_cached: int = 100_000,
+        max_cached: int = 20_000,
         flush_seconds: float = 1.0,
         flush_rows: int = 256,
     ) -> None:
@@ -147,9 +149,11 @@ class StickyAssigner:
         if hit is not None and hit[1] > now:
             return hit[0]
         answer = self._first(experiment, unit, global_share, experiment_share, salt, now)
-        if len(self._cache) >= self.max_cached:
-            self._cache.pop(next(iter(self._cache)))  # the oldest entry
-        self._cache[(experiment, unit.key)] = (answer, now + self.ttl)
+        self._cache.pop((experiment, unit.key), None)  # entries stay in order of expiry
+        cache = self._cache
+        while cache and (len(cache) >= self.max_cached or next(iter(cache.values()))[1] <= now):
+            del cache[next(iter(cache))]  # the oldest: full, or its ttl has passed
+        cache[(experiment, unit.key)] = (answer, now + self.ttl)
         return answer
 
     def flush(self) -> None:

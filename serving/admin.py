@@ -1,8 +1,9 @@
-"""Routes beside the decision path: the marketers' report (any key) and model promotion
-(admin keys only; ``serving.auth`` checks the key before these run).
+"""Routes beside the decision path: the marketers' report (any key; its refresh and model
+promotion admin keys only; ``serving.auth`` checks the key before these run).
 
-Both are slow, rare calls (a report reads the whole ledger; a promotion scores two models on
-a validation window), so they run in a thread and never stall ``/decide``.
+A report reads the whole ledger, so it is built by a process of its own (``serving.reports``)
+and this only serves the last one; a promotion scores two models on a validation window, in
+a thread, so neither stalls ``/decide``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from serving import reports
 from serving.deps import Deps
 
 
@@ -23,21 +25,38 @@ def _error(status: int, field: str, message: str) -> JSONResponse:
 
 
 async def report(request: Request, deps: Deps) -> Response:
-    """``GET /reports``: the self-contained HTML report; ``?format=json`` for its numbers."""
-    from experiments.report import build_report
-    from experiments.report_charts import report_html
-    from experiments.report_units import ReportError
-
+    """``GET /reports``: the last built HTML report (``?format=json`` for its numbers), with
+    its build time in ``X-Report-Built-At``. Never built here (``serving.reports``): before
+    the first build a 503 says one is under way or how to start one."""
     fmt = request.query_params.get("format", "html")
-    if fmt not in ("html", "json"):
+    if fmt not in reports.FILES:
         return _error(400, "format", f"must be html or json, got {fmt!r}")
-    try:
-        if fmt == "json":
-            data = await asyncio.to_thread(build_report, deps.settings)
-            return Response(data.model_dump_json(), media_type="application/json")
-        return HTMLResponse(await asyncio.to_thread(report_html, deps.settings))
-    except ReportError as exc:
-        return _error(404, "report", str(exc))
+    settings = deps.settings
+    found = await asyncio.to_thread(reports.served, settings, fmt)
+    if found is not None:
+        body, built_at = found
+        media = "text/html; charset=utf-8" if fmt == "html" else "application/json"
+        return Response(body, media_type=media, headers={"X-Report-Built-At": built_at})
+    if await asyncio.to_thread(reports.building, settings):
+        busy = _error(503, "report", "being built; try again shortly")
+        busy.headers["Retry-After"] = "30"
+        return busy
+    status = await asyncio.to_thread(reports.read_status, settings)
+    if status and status.get("error"):  # nothing to report yet, say why
+        return _error(404, "report", status["error"])
+    return _error(503, "report", "not built yet; an admin can POST /reports/refresh")
+
+
+async def refresh_report(request: Request, deps: Deps) -> JSONResponse:
+    """``POST /reports/refresh`` (admin): start a build in a process of its own, answer at once."""
+    started = await asyncio.to_thread(reports.builder_for(deps.settings).start)
+    last = await asyncio.to_thread(reports.last_attempt, deps.settings)
+    body = {
+        "started": started,
+        "status": "building" if started else "already building",
+        "last_built_at": reports.iso(last) if last else None,
+    }
+    return JSONResponse(body, 202)
 
 
 async def promote(request: Request, deps: Deps) -> JSONResponse:
@@ -85,10 +104,14 @@ def routes(deps_of: Callable[[], Deps]) -> list[Route]:
     async def _report(request: Request) -> Response:
         return await report(request, deps_of())
 
+    async def _refresh(request: Request) -> JSONResponse:
+        return await refresh_report(request, deps_of())
+
     async def _promote(request: Request) -> JSONResponse:
         return await promote(request, deps_of())
 
     return [
         Route("/reports", _report, methods=["GET"]),
+        Route("/reports/refresh", _refresh, methods=["POST"]),
         Route("/promote/{model}", _promote, methods=["POST"]),
     ]

@@ -31,7 +31,8 @@ from serving.deps import health_summary
 
 Scope = dict[str, Any]
 PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/healthz"})  # exact paths: probes
-ADMIN_PATHS = ("/erase", "/promote/", "/metrics")  # prefixes; any other path takes any key
+# prefixes; any other path takes any key
+ADMIN_PATHS = ("/erase", "/promote/", "/metrics", "/reports/refresh")
 # the POST routes that take a JSON object (exact, or a prefix ending in "/"); /promote/ takes
 # no body, and a POST anywhere else is a 404 or 405 from the router, not a body problem
 JSON_PATHS = ("/decide", "/outcome", "/events", "/erase", "/journeys/")

@@ -10,6 +10,11 @@ ERROR with the full traceback, about 2 KB each (the issue's fuzz run wrote 20 MB
 minutes). ``serving.auth`` logs each bad request as one WARNING line with the path and the
 field, so those records are dropped here; a real fault (any other exception: a 5xx) keeps
 its traceback.
+
+Its traffic metrics label each request with its raw path, so every distinct path (each
+customer id read through ``/profile/{customer_id}``, each path a scanner tries) adds a
+Prometheus series for the life of the worker: memory that grows with traffic, never levelling
+off (issue 15). ``bounded_metric_labels`` labels by route instead, with a cap.
 """
 
 from __future__ import annotations
@@ -83,3 +88,61 @@ def quiet_client_errors() -> None:
     logger = logging.getLogger(HTTP_APP_LOGGER)
     if not any(isinstance(f, ClientErrorFilter) for f in logger.filters):
         logger.addFilter(ClientErrorFilter())
+
+
+REAL_PATH = "nextbest.real_path"
+
+
+class MetricLabels:
+    """The ``endpoint`` label of a path: a parameterised route's template, a ``known`` route's
+    path, any other path itself for the first ``most`` seen, then ``other``: a bounded set of
+    labels whatever comes in."""
+
+    def __init__(
+        self, templates: dict[str, str], known: tuple[str, ...] = (), most: int = 32
+    ) -> None:
+        self.templates, self.known, self.most = templates, frozenset(known), most
+        self.seen: set[str] = set()
+
+    def __call__(self, path: str) -> str:
+        for prefix, template in self.templates.items():
+            if path.startswith(prefix):
+                return template
+        if path in self.known or path in self.seen:
+            return path
+        if len(self.seen) < self.most:
+            self.seen.add(path)
+            return path
+        return "other"
+
+
+def bounded_metric_labels(labels: MetricLabels) -> None:
+    """Patch BentoML's traffic-metrics middlewares to label a request with ``labels(path)``;
+    the app behind them still gets the real path."""
+    from bentoml._internal.server.http import instruments
+
+    classes = (instruments.HTTPTrafficMetricsMiddleware, instruments.RunnerTrafficMetricsMiddleware)
+    for cls in classes:
+        if getattr(cls, "_nextbest_labels", None) is not None:
+            cls._nextbest_labels = labels
+            continue
+        cls._nextbest_labels = labels
+        original = cls.__call__
+
+        async def __call__(self: Any, scope: Any, receive: Any, send: Any, _o: Any = original):
+            path = scope.get("path", "")
+            label = type(self)._nextbest_labels(path) if scope["type"] != "lifespan" else path
+            if label == path:
+                return await _o(self, scope, receive, send)
+            if not getattr(self, "_nextbest_restores", False):
+                inner = self.app
+
+                async def restore(scope: Any, receive: Any, send: Any) -> None:
+                    if REAL_PATH in scope:
+                        scope = {**scope, "path": scope[REAL_PATH]}
+                    await inner(scope, receive, send)
+
+                self.app, self._nextbest_restores = restore, True
+            return await _o(self, {**scope, "path": label, REAL_PATH: path}, receive, send)
+
+        cls.__call__ = __call__

@@ -142,7 +142,7 @@ class Deps:
     @cached_property
     def assigner(self) -> StickyAssigner:
         """This worker's holdout assignments: recorded in the ledger, cached in memory."""
-        return StickyAssigner(self.ledger)
+        return StickyAssigner(self.ledger, max_cached=self.settings.assignment_cache_size)
 
     def offers(self) -> list[Any]:
         return list(getattr(self.catalog, "offers", []) or []) if self.catalog is not None else []

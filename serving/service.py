@@ -37,10 +37,16 @@ from serving import (
     learner,
     openapi,
     outbox,
+    reports,
 )
 from serving.auth import ApiGuard
 from serving.batching import FeatureBatcher
-from serving.bentofix import cancel_timeout_timers, quiet_client_errors
+from serving.bentofix import (
+    MetricLabels,
+    bounded_metric_labels,
+    cancel_timeout_timers,
+    quiet_client_errors,
+)
 from serving.decide import DecideRequest, DecideResponse, Known, plan, resolve, with_banner
 from serving.deps import Deps, load_deps, pinned_models
 from serving.run import bound_host
@@ -61,6 +67,15 @@ cancel_timeout_timers()
 bound_silence()  # a PostgreSQL server silent mid-request for seconds is hung: a 503, not a hang
 quiet_client_errors()  # a 400 is one WARNING line (serving.auth), not an ERROR traceback
 quiet_dependencies()  # before the @bentoml.api models below: BentoML's own deprecations
+# one metrics series per route, not one per customer id or scanned path (issue 15)
+METRIC_TEMPLATES = {
+    "/profile/": "/profile/{customer_id}",
+    "/journeys/": "/journeys/{action}",
+    "/promote/": "/promote/{model}",
+    "/static_content/": "/static_content/{path}",
+}
+ROUTES = ("/decide", "/outcome", "/events", "/erase", "/outbox", "/reports", "/reports/refresh")
+bounded_metric_labels(MetricLabels(METRIC_TEMPLATES, (*ROUTES, "/", "/docs.json", "/schema.json")))
 
 
 class _State:
@@ -186,6 +201,13 @@ class Nextbest:
                 self._every(s.abandon_scan_seconds, self._resume_erasures, "erasure resume")
             ),
         ]
+        builder = reports.builder_for(s)  # a report build process when one is due
+        await asyncio.to_thread(builder.tick)  # the first at once: none may exist yet
+        self._background.append(
+            asyncio.create_task(
+                self._every(reports.tick_seconds(s), builder.tick, "report builder")
+            )
+        )
         if s.journey_runner:
             self._background.append(
                 asyncio.create_task(
@@ -200,6 +222,7 @@ class Nextbest:
     async def _stop(self) -> None:
         for task in self._background:
             task.cancel()
+        reports.builder_for(self.deps.settings).stop()
         self.deps.assigner.flush()  # holdout draws still waiting for their group write
         self.checkpointer.stop()
 

@@ -186,3 +186,22 @@ def test_experiment_names_are_checked_at_load(env: dict, message: str) -> None:
 
     with pytest.raises(ValidationError, match=re.escape(message)):
         Settings(**env)
+
+
+def test_the_cache_keeps_only_live_answers_and_at_most_its_size(tmp_path) -> None:
+    """Before: expired answers stayed until 100,000 entries filled the cache (about 50 MB a
+    worker, growing 2 MiB a minute under a soak of new customers); now an answer leaves when
+    its ttl has passed, and the cache never holds more than ``max_cached``."""
+    ledger = _ledger(f"sqlite:///{tmp_path}/l.db")
+    assigner = StickyAssigner(ledger, ttl=timedelta(minutes=5), max_cached=50)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    for i in range(40):  # one new person a second
+        _assign(assigner, f"c{i}", [], "s", t0 + timedelta(seconds=i))
+    assert len(assigner._cache) == 40
+    _assign(assigner, "late", [], "s", t0 + timedelta(minutes=5, seconds=20))
+    assert len(assigner._cache) == 40 - 21 + 1  # c0..c20 expired by then
+    for i in range(200):
+        _assign(assigner, f"d{i}", [], "s", t0 + timedelta(minutes=6))
+    assert len(assigner._cache) == 50
+    _assign(assigner, "d0", [], "s", t0 + timedelta(minutes=12))  # expired: answered again
+    assert list(assigner._cache) == [("exp", "d0")]  # the newest entry; the rest expired

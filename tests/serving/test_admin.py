@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -19,7 +20,14 @@ def test_report_served_behind_a_key(client: TestClient) -> None:
         cid = client.post("/events", json=ev, headers=CHANNEL).json()["customer_id"]
         body = {**EXAMPLE_REQUEST, "email": None, "customer_id": cid}
         assert client.post("/decide", json=body, headers=CHANNEL).status_code == 200
-    html = client.get("/reports", headers=CHANNEL)
+    # built by a process of its own, once the start-up build (if any) is out of the way
+    deadline = time.monotonic() + 120
+    while not client.post("/reports/refresh", headers=ADMIN).json()["started"]:
+        assert time.monotonic() < deadline, "the start-up build never ended"
+        time.sleep(0.2)
+    while (html := client.get("/reports", headers=CHANNEL)).status_code == 503:
+        assert time.monotonic() < deadline, html.text
+        time.sleep(0.2)
     assert html.status_code == 200, html.text
     assert html.headers["content-type"].startswith("text/html") and "<html" in html.text.lower()
     numbers = client.get("/reports", params={"format": "json"}, headers=CHANNEL)

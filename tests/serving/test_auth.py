@@ -53,6 +53,7 @@ ACCESS: dict[tuple[str, str], tuple[str, Any, int, int, int]] = {
     # an agent or clerk ends or pauses a journey: a channel key, like the profile they read
     ("POST", "/journeys/{action}"): ("/journeys/stop", {}, 401, 400, 400),
     ("GET", "/reports"): ("/reports?format=xml", None, 401, 400, 400),
+    ("POST", "/reports/refresh"): ("/reports/refresh", None, 401, 403, 202),  # starts a build
     ("POST", "/erase"): ("/erase", {}, 401, 403, 400),
     ("POST", "/promote/{model}"): ("/promote/no_such_model", None, 401, 403, 400),
 }

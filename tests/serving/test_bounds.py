@@ -160,7 +160,9 @@ def test_outcome_of_an_unknown_customer_is_refused_before_anything_is_written(
                                       value=5.0), deps)  # fmt: skip
     ok = record_outcome(OutcomeRequest(idempotency_key="k", customer_id="c-post", type="revenue",
                                        value=5.0), deps)  # fmt: skip
-    assert ok.recorded and list(deps.ledger.outcomes_frame()["idempotency_key"]) == [caller_key("k")]
+    assert ok.recorded and list(deps.ledger.outcomes_frame()["idempotency_key"]) == [
+        caller_key("k")
+    ]
 
 
 @pytest.mark.parametrize(

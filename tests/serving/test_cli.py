@@ -16,6 +16,10 @@ from nextbest.cli import app
         (["bench", "decide", "--concurrency", "0"], "error: --concurrency must be >= 1, got 0"),
         (["bench", "decide", "--workers", "0"], "error: --workers must be >= 1, got 0"),
         (["serve", "--workers", "0"], "error: --workers must be >= 1, got 0"),
+        (["bench", "soak", "--minutes", "0"], "error: --minutes must be in (0, 1440], got 0.0"),
+        (["bench", "soak", "--rate", "-1"], "error: --rate must be > 0, got -1.0"),
+        (["bench", "soak", "--customers", "0"], "error: --customers must be >= 1, got 0"),
+        (["bench", "soak", "--workers", "0"], "error: --workers must be >= 1, got 0"),
     ],
 )
 def test_bad_options(args: list[str], message: str) -> None:

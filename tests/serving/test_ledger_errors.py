@@ -167,7 +167,9 @@ def test_a_full_ledger_answers_503_and_keeps_what_it_acknowledged(client: TestCl
     assert {r.json()["decision_id"] for r in [*decided]} | {before["decision_id"]} <= logged
     keys = set(ledger.outcomes_frame()["idempotency_key"])
     assert {caller_key(f"full-{run_id}-{i}") for i in range(len(reported))} <= keys
-    assert caller_key(f"full-{run_id}-{len(reported)}") not in keys  # the refused one was not written
+    assert (
+        caller_key(f"full-{run_id}-{len(reported)}") not in keys
+    )  # the refused one was not written
     assert decide(999).status_code == 200  # room again: the same service writes again
     assert outcome(len(reported)).json()["recorded"] is True
     assert client.post("/events", json=purchase, headers=CHANNEL).status_code == 200
