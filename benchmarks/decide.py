@@ -137,7 +137,14 @@ def _measure(
 ) -> dict[str, dict[str, Any]]:
     ports = {name: run.free_port() for name in TARGETS}
     procs = {
-        name: run.start(settings, ports[name], target, log=settings.home / f"bench-{name}.log")
+        # no background report build competing with the measured requests
+        name: run.start(
+            settings,
+            ports[name],
+            target,
+            log=settings.home / f"bench-{name}.log",
+            NEXTBEST_REPORT_EVERY_MINUTES="0",
+        )
         for name, target in TARGETS.items()
     }
     key = settings.channel_keys[0]
