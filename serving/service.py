@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import bentoml
-from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -50,7 +49,7 @@ from serving.bentofix import (
 from serving.decide import DecideRequest, DecideResponse, Known, plan, resolve, with_banner
 from serving.deps import Deps, load_deps, pinned_models
 from serving.run import bound_host
-from serving.unavailable import Refused, ledger_guard
+from serving.unavailable import ledger_guard, route_handlers
 from serving.writer import GroupWriter, WalCheckpointer
 
 log = logging.getLogger("nextbest.service")
@@ -94,16 +93,9 @@ async def _profile(request: Request) -> JSONResponse:
         return JSONResponse(
             {"error": f"channel: unknown channel {channel!r}", "field": "channel"}, 400
         )
-    try:
-        view = await asyncio.to_thread(
-            actions.profile, request.path_params["customer_id"], STATE.deps, channel
-        )
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(x) for x in err["loc"])
-        return JSONResponse({"error": f"{field}: {err['msg']}", "field": field}, 400)
-    except Refused as exc:  # an unknown customer: a 404
-        return JSONResponse(exc.body, exc.status)
+    view = await asyncio.to_thread(
+        actions.profile, request.path_params["customer_id"], STATE.deps, channel
+    )
     return JSONResponse(view.model_dump(mode="json"))
 
 
@@ -129,18 +121,8 @@ async def _journey_action(request: Request) -> JSONResponse:
         body = await request.json()
     except ValueError:
         return JSONResponse({"error": "body: not JSON", "field": "body"}, 400)
-    try:
-        req = JourneyAction.model_validate(body)
-        action = request.path_params["action"]
-        done = await asyncio.to_thread(act, action, req, STATE.deps)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(x) for x in err["loc"]) or "body"
-        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-        msg = "required" if err["type"] == "missing" else msg
-        return JSONResponse({"error": f"{field}: {msg}", "field": field}, 400)
-    except Refused as exc:  # not in that journey: a 404
-        return JSONResponse(exc.body, exc.status)
+    req = JourneyAction.model_validate(body)
+    done = await asyncio.to_thread(act, request.path_params["action"], req, STATE.deps)
     return JSONResponse(done)
 
 
@@ -151,7 +133,8 @@ reads = Starlette(
         Route("/outbox", _outbox, methods=["GET"]),
         *admin.routes(lambda: STATE.deps),
         *openapi.routes(lambda: Nextbest.openapi_spec.asdict()),  # BentoML's, corrected
-    ]
+    ],
+    exception_handlers=route_handlers(),  # 4xx naming the field, the ledger down a 503
 )
 
 

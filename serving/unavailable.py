@@ -15,10 +15,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from starlette.responses import JSONResponse
 
 from record.ledger import LedgerError, RowRejected
+from serving.auth import clear_validation_error
 from serving.schemas import field_error
 
 log = logging.getLogger("nextbest.service")
@@ -77,3 +79,25 @@ def ledger_guard(api: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[
             return unavailable("ledger", describe(exc))
 
     return guarded
+
+
+def route_handlers() -> dict[type[BaseException], Callable[..., Awaitable[JSONResponse]]]:
+    """``ledger_guard``'s answers for the Starlette routes (profile, journeys, outbox, reports,
+    promotion), as their app's exception handlers: a ``Refused`` with its status and body, a
+    ValidationError the 400 naming its field, a ledger failure a 503 naming the ledger."""
+
+    async def refused(_request: Any, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, Refused)
+        return JSONResponse(exc.body, exc.status)
+
+    async def invalid(_request: Any, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ValidationError)
+        detail = exc.errors(include_url=False, include_context=False, include_input=False)
+        return JSONResponse(clear_validation_error({"detail": detail}), 400)
+
+    async def ledger(request: Any, exc: Exception) -> JSONResponse:
+        route = getattr(request.scope.get("route"), "path", "?")  # the template: no customer id
+        log.error("%s: ledger unavailable: %s", route, describe(exc))
+        return unavailable("ledger", describe(exc))
+
+    return {Refused: refused, ValidationError: invalid, **dict.fromkeys(LEDGER_ERRORS, ledger)}
