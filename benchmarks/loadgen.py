@@ -109,8 +109,10 @@ def _soak_request(
         return "POST", "/outcome", json.dumps(body).encode()
     if kind == "events":
         ts = datetime.now(UTC).isoformat()
-        body = {"event_id": f"soak-{i}", "ts": ts, "channel": "web", "customer_id": customer,
-                "event_type": "product_view", "product_id": "data_10gb"}  # fmt: skip
+        # by e-mail, as a web channel knows a visitor: the graph links it to a customer
+        body = {"event_id": f"soak-{i}", "ts": ts, "channel": "web",
+                "email": f"{customer}@soak.example.com", "event_type": "product_view",
+                "product_id": "data_10gb"}  # fmt: skip
         return "POST", "/events", json.dumps(body).encode()
     if kind == "profile" and seen:
         return "GET", f"/profile/{rng.choice(seen)}?channel=call_centre", None
@@ -165,8 +167,8 @@ async def soak(
             if status == 200 and kind == "decide":
                 decided.append(json.loads(payload)["decision_id"])
                 del decided[:-1000]
-            elif status == 200 and kind == "events":
-                seen.append(customer)
+            elif status == 200 and kind == "events":  # the customer the graph linked it to
+                seen.append(json.loads(payload)["customer_id"])
                 del seen[:-1000]
             latency = time.perf_counter() - (start + offset)
             records.append((offset, kind, latency, status))

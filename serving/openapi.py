@@ -1,9 +1,9 @@
 """The OpenAPI document channels code against: BentoML's, corrected in this one place.
 
 BentoML 1.4 builds the document from the ``@bentoml.api`` methods only, so it omitted the
-routes of our Starlette app (``/profile``, ``/journeys``, ``/outbox``, ``/reports``,
-``/promote``); it declared no API key, no 401/403/413/415/503, an error body whose ``detail``
-is a string (a list is sent) and a 500 as a documented answer; and its inline request and
+routes of our Starlette app (``/profile``, ``/journeys``, ``/outbox``, ``/reports`` and its
+refresh, ``/promote``); it declared no API key, no 401/403/413/415/503, an error body whose
+``detail`` is a string (a list is sent) and a 500 as a documented answer; and its inline request and
 response schemas drop the ``null`` of optional fields (``customer_id``, ``decision_id``) that
 its own ``components`` keep. ``document`` takes BentoML's and fixes each of those, declaring
 OpenAPI 3.1 so Pydantic's JSON Schemas (``null`` as a type, numeric ``exclusiveMinimum``)
@@ -65,6 +65,7 @@ STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/journeys/{action}"): (*JSON_BODY, 404, 503),
     ("get", "/outbox"): (400, 503),
     ("get", "/reports"): (400, 404, 503),
+    ("post", "/reports/refresh"): (),
     ("post", "/promote/{model}"): (400, 409, 503),
     ("get", "/metrics"): (),
     ("get", "/readyz"): (503,),
@@ -167,6 +168,13 @@ def _starlette_paths(components: dict[str, Any]) -> dict[str, dict[str, Any]]:
                         },
                     }
                 },
+            }
+        },
+        "/reports/refresh": {
+            "post": {
+                "description": "Starts a report build in a process of its own (admin); "
+                "GET /reports serves it once built.",
+                "responses": {"202": {"description": "Accepted", **_json(OPEN_OBJECT)}},
             }
         },
         "/promote/{model}": {
