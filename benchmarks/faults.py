@@ -98,6 +98,12 @@ class FaultProxy:
             except OSError:
                 client.close()
                 continue
+            server.settimeout(None)  # the 5 s bound is for connecting; the pumps wait on select
+            # no Nagle: each chunk goes on at once, as the two ends sent it. With it, a small
+            # write behind an unacknowledged one waited for the peer's delayed ACK (40 ms), and
+            # /decide on PostgreSQL at 4 clients measured p50 97 ms instead of 22 ms
+            for sock in (client, server):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._pairs.append((client, server))
             for a, b in ((client, server), (server, client)):
