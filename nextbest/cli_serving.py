@@ -1,5 +1,5 @@
 """Serving commands: run the decision service, build its Bento, erase a person, benchmark
-/decide and soak the service."""
+/decide, soak the service and time it through store faults."""
 
 from __future__ import annotations
 
@@ -156,3 +156,54 @@ def soak_table(result: dict) -> Table:
         table.add_row(f"{w['start_s']:.0f}", str(w["requests"]), str(w["errors"]),
                       f"{w['p50_ms']:.2f}", f"{w['p99_ms']:.2f}", str(w["rss_mib"]))  # fmt: skip
     return table
+
+
+def bench_faults_cmd(
+    seconds: Annotated[float, typer.Option(help="seconds of load in each phase")] = 8.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """/decide with Redis up, hung and refusing (1 and 4 clients) and with PostgreSQL hung,
+    each through a proxy in front of the machine's server: p50/p99 against the healthy p99,
+    fallback share, non-2xx, recovery time, acknowledged decisions missing. Needs both."""
+    import json
+
+    from benchmarks.faults import bench_faults, servers_missing
+
+    if not 0 < seconds <= 60:
+        fail(f"--seconds must be in (0, 60], got {seconds}")
+    if missing := servers_missing():
+        fail(f"{missing}; bench faults needs Redis and PostgreSQL on this machine")
+    result = bench_faults(seconds)
+    for table in faults_tables(result):
+        console.print(table)
+    if as_json:
+        print(json.dumps(result, default=str))
+
+
+def faults_tables(result: dict) -> list[Table]:
+    """Redis: one row a state and client count; PostgreSQL hung: one row. Ratios are to the
+    healthy (Redis up) p99 of the same run at the same client count."""
+    met = ", ".join(f"{goal} {'yes' if ok else 'NO'}" for goal, ok in result["goals"].items())
+    redis = Table(title=f"Faults, {result['seconds']:g} s a phase: {met}")
+    for col in ("Redis", "clients", "requests", "p50 ms", "p99 ms", "p99 / healthy",
+                "fallback share", "non-2xx", "recovery s"):  # fmt: skip
+        redis.add_column(col, justify="right")
+    for clients, by_mode in result["redis"].items():
+        for mode, f in by_mode.items():
+            ratio, back = f.get("p99_vs_healthy"), f.get("recovery_s", "")
+            redis.add_row(mode, clients, str(f["requests"]), f"{f['p50_ms']:.1f}",
+                          f"{f['p99_ms']:.1f}", "1 (floor)" if ratio is None else f"{ratio:.2f}",
+                          f"{f['fallback_share']:.3f}", str(f["non_2xx"]),
+                          "-" if back is None else str(back))  # fmt: skip
+    tables = [redis]
+    pg = result.get("postgres")
+    if pg is not None:
+        ledger = Table(title=f"PostgreSQL hung {pg['hung_seconds']:g} s, {pg['clients']} clients")
+        for col in ("first 503 s", "503s after it", "their p99 ms", "p99 / healthy",
+                    "recovery s", "acknowledged", "missing"):  # fmt: skip
+            ledger.add_column(col, justify="right")
+        ledger.add_row(*(str("-" if pg.get(k) is None else pg[k]) for k in (
+            "first_503_s", "after_first_503s", "p99_503_ms", "p99_503_vs_healthy",
+            "recovery_s", "acknowledged", "missing")))  # fmt: skip
+        tables.append(ledger)
+    return tables

@@ -20,6 +20,8 @@ from nextbest.cli import app
         (["bench", "soak", "--rate", "-1"], "error: --rate must be > 0, got -1.0"),
         (["bench", "soak", "--customers", "0"], "error: --customers must be >= 1, got 0"),
         (["bench", "soak", "--workers", "0"], "error: --workers must be >= 1, got 0"),
+        (["bench", "faults", "--seconds", "0"], "error: --seconds must be in (0, 60], got 0.0"),
+        (["bench", "faults", "--seconds", "61"], "error: --seconds must be in (0, 60], got 61.0"),
     ],
 )
 def test_bad_options(args: list[str], message: str) -> None:
