@@ -111,6 +111,15 @@ def real_deps(settings: Settings, profiles: dict[str, dict[str, Any]]) -> Deps:
     )
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_deps(request: pytest.FixtureRequest, tmp_path: Path, profiles: dict) -> Deps:
+    """The service's parts on an SQLite ledger, then on a PostgreSQL one."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    settings = Settings(home=tmp_path, ledger_url=url, global_holdout_share=0.0,
+                        experiment_holdout_share=0.0)  # fmt: skip
+    return real_deps(settings, profiles)
+
+
 @pytest.fixture
 def deps(settings: Settings, profiles: dict[str, dict[str, Any]]) -> Deps:
     return real_deps(settings, profiles)

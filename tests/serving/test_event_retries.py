@@ -6,30 +6,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from journeys.intent_state import journey_pending_entries
-from nextbest.settings import Settings
 from record.tables import now, outcomes
 from serving import actions, outbox
 from serving.deps import Deps
 from serving.journey_intents import enter_due_intents
 from serving.unavailable import Refused
-from tests.serving.conftest import real_deps
 from tests.serving.journey_fixtures import activate
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger_deps(request: pytest.FixtureRequest, tmp_path: Path, profiles: dict) -> Deps:
-    """The service's parts on an SQLite ledger, then on a PostgreSQL one."""
-    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
-    settings = Settings(home=tmp_path, ledger_url=url, global_holdout_share=0.0,
-                        experiment_holdout_share=0.0)  # fmt: skip
-    return real_deps(settings, profiles)
 
 
 def _event(kind: str, event_id: str, minutes_ago: float = 5, **kw: Any) -> dict[str, Any]:

@@ -5,27 +5,16 @@ and a caller's key reused for a different payload is a 409 with the stored recor
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import insert
 
-from nextbest.settings import Settings
 from record.tables import now, outcomes
 from serving import actions
 from serving.decide import DecideRequest, decide
 from serving.deps import Deps
 from serving.unavailable import Refused
-from tests.serving.conftest import real_deps
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger_deps(request: pytest.FixtureRequest, tmp_path: Path, profiles: dict) -> Deps:
-    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
-    settings = Settings(home=tmp_path, ledger_url=url, global_holdout_share=0.0,
-                        experiment_holdout_share=0.0)  # fmt: skip
-    return real_deps(settings, profiles)
 
 
 def _outcome(**kw: Any) -> actions.OutcomeRequest:
