@@ -37,13 +37,13 @@ async def report(request: Request, deps: Deps) -> Response:
         body, built_at = found
         media = "text/html; charset=utf-8" if fmt == "html" else "application/json"
         return Response(body, media_type=media, headers={"X-Report-Built-At": built_at})
+    status = await asyncio.to_thread(reports.read_status, settings)
+    if status and status.get("error"):  # the last build found nothing to report: why, until
+        return _error(404, "report", status["error"])  # a build succeeds (one may be under way)
     if await asyncio.to_thread(reports.building, settings):
         busy = _error(503, "report", "being built; try again shortly")
         busy.headers["Retry-After"] = "30"
         return busy
-    status = await asyncio.to_thread(reports.read_status, settings)
-    if status and status.get("error"):  # nothing to report yet, say why
-        return _error(404, "report", status["error"])
     return _error(503, "report", "not built yet; an admin can POST /reports/refresh")
 
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,10 +47,16 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """An empty home served on 127.0.0.1: nothing promoted, no features (fallback decisions)."""
+    """An empty home served on 127.0.0.1: nothing promoted, no features (fallback decisions).
+    Its start-up report build is waited for: until it ends, ``/reports`` is a documented 503
+    (being built), which the fuzz run's server-error check would count."""
     home = tmp_path_factory.mktemp("fuzz_home")
     log = home / "server.log"
     with run.served(Settings(home=home, workers=1), log=log) as base:
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{base}/reports", headers=CHANNEL, timeout=30).status_code == 503:
+            assert time.monotonic() < deadline, "the start-up report build never ended"
+            time.sleep(0.5)
         yield Served(base, log)
 
 
