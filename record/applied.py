@@ -18,7 +18,6 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Engine,
-    Executable,
     PrimaryKeyConstraint,
     String,
     Table,
@@ -26,7 +25,7 @@ from sqlalchemy import (
 )
 
 from features.schema import CUSTOMER_ID_MAX
-from record.tables import metadata
+from record.tables import insert_ignore, metadata
 
 applied_events = Table(
     "applied_events",
@@ -40,23 +39,14 @@ applied_events = Table(
 )
 
 
-def _insert(conn: Connection) -> Executable:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    # RETURNING: psycopg reports no rowcount for an INSERT ... ON CONFLICT DO NOTHING
-    return (
-        dialect_insert(applied_events).on_conflict_do_nothing().returning(applied_events.c.event_id)
-    )
-
-
 def claim(conn: Connection, event_id: str, sink: str, customer_id: str, at: datetime) -> bool:
     """Mark the sink applied in the caller's transaction, which then applies it; False when it
     already was (the caller applies nothing). On PostgreSQL a concurrent claim of the same
     event waits for this transaction and then finds the mark."""
     row = {"event_id": event_id, "sink": sink, "customer_id": customer_id, "applied_at": at}
-    return conn.execute(_insert(conn), row).first() is not None
+    # RETURNING: psycopg reports no rowcount for an INSERT ... ON CONFLICT DO NOTHING
+    inserted = insert_ignore(conn, applied_events).returning(applied_events.c.event_id)
+    return conn.execute(inserted, row).first() is not None
 
 
 def applied(engine: Engine, event_id: str, sink: str) -> bool:

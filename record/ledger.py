@@ -49,6 +49,7 @@ from record.tables import (
     assignments,
     baskets,
     decisions,
+    insert_ignore,
     metadata,
     outbox,
     outcomes,
@@ -318,12 +319,8 @@ class Ledger:
         its row: the first write wins, whichever worker made it."""
         if not rows:
             return
-        if self.engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
         with self.engine.begin() as conn:
-            conn.execute(dialect_insert(assignments).on_conflict_do_nothing(), rows)
+            conn.execute(insert_ignore(conn, assignments), rows)
 
     def erase_assignments(self, keys: list[str]) -> int:
         """Forget a person's holdout draws: ``keys`` are every id they had (the customer id,

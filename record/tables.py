@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    Connection,
     DateTime,
     Float,
     Index,
@@ -229,3 +230,14 @@ def utc(ts: datetime) -> datetime:
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def insert_ignore(conn: Connection, table: Table) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` in the connection's dialect: a row whose key is
+    there already is skipped, so concurrent writers of the same key need no error handling
+    (an IntegrityError aborts a PostgreSQL transaction)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    return dialect_insert(table).on_conflict_do_nothing()

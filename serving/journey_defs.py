@@ -9,7 +9,6 @@ content hash, so an instance finishes on the version it entered however the file
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 
@@ -17,7 +16,7 @@ from journeys.definition import Journey
 from journeys.load import active_journeys
 from journeys.state import journey_versions
 from nextbest.settings import Settings
-from record.tables import now
+from record.tables import insert_ignore, now
 from serving.deps import Deps
 
 _FILES: dict[str, tuple[tuple[tuple[str, int], ...], dict[str, Journey]]] = {}
@@ -80,15 +79,6 @@ def definition(conn: Engine | Connection, journey: str, version: str) -> Journey
             raise LookupError(f"journey {journey} version {version}: not in journey_versions")
         _VERSIONS[key] = Journey.model_validate(stored)
     return _VERSIONS[key]
-
-
-def insert_ignore(conn: Connection, table: Any) -> Any:
-    """An insert that skips rows whose key exists (both dialects)."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    return dialect_insert(table).on_conflict_do_nothing()
 
 
 def journeys_with(deps: Deps, channels: tuple[str, ...]) -> list[Journey]:

@@ -18,12 +18,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError
 
 from offers.catalog import NO_OFFER
 from record.applied import claim
 from record.ledger import mark_status
-from record.tables import baskets, decisions, now, outbox, utc
+from record.tables import baskets, decisions, insert_ignore, now, outbox, utc
 from serving.decide import DecideRequest, VisitContext, decide
 from serving.deps import Deps
 
@@ -67,9 +66,16 @@ def track_event(event: Any, customer_id: str, deps: Deps) -> dict[str, int]:
     with engine.begin() as conn:
         if not claim(conn, event.event_id, "basket", customer_id, utc(deps.clock())):
             return {}
-        row = conn.execute(select(baskets).where(baskets.c.customer_id == customer_id)).first()
-        items = list(row.products) if row is not None and row.status == "open" else []
-        value = float(row.value) if row is not None and row.status == "open" else 0.0
+        # the first event of a customer creates an empty basket; then its row is locked, so two
+        # workers applying events of one customer add to each other's items, never overwrite
+        empty = {"customer_id": customer_id, "channel": event.channel, "updated_at": ts,
+                 "products": [], "value": 0.0, "status": "checked_out"}  # fmt: skip
+        conn.execute(insert_ignore(conn, baskets), [empty])
+        row = conn.execute(
+            select(baskets).where(baskets.c.customer_id == customer_id).with_for_update()
+        ).one()
+        items = list(row.products) if row.status == "open" else []
+        value = float(row.value) if row.status == "open" else 0.0
         sign = 1 if event.event_type in ("basket_add", "purchase_intent") else -1
         if event.product_id:
             if sign > 0:
@@ -79,19 +85,11 @@ def track_event(event: Any, customer_id: str, deps: Deps) -> dict[str, int]:
         value = max(0.0, value + sign * float(event.value or 0.0))
         fields = {"channel": event.channel, "updated_at": ts, "products": items, "value": value}
         status = "open" if items or value > 0 else "checked_out"
-        if row is None:
-            try:
-                conn.execute(
-                    insert(baskets), [{"customer_id": customer_id, "status": status, **fields}]
-                )
-            except IntegrityError:  # another worker created it first
-                row = True
-        if row is not None:
-            conn.execute(
-                update(baskets)
-                .where(baskets.c.customer_id == customer_id)
-                .values(status=status, **fields)
-            )
+        conn.execute(
+            update(baskets)
+            .where(baskets.c.customer_id == customer_id)
+            .values(status=status, **fields)
+        )
     return {"basket_items": len(items)}
 
 

@@ -163,3 +163,26 @@ def test_an_outcomes_journey_effects_happen_once_a_failure_retried(
                                "field": "ledger", "idempotency_key": "click-1"}  # fmt: skip
     assert actions.record_outcome(click, deps).recorded is False and calls == ["click"] * 2
     assert actions.record_outcome(click, deps).recorded is False and calls == ["click"] * 2
+
+
+def test_concurrent_basket_events_of_a_new_customer_all_count(ledger_deps: Deps) -> None:
+    """Eight workers add eight products to one new customer's basket at once: every one is
+    in it. Before, on PostgreSQL, all but one creator hit the primary key, and the update after
+    it ran in an aborted transaction (a 503); and two updates of one basket could overwrite
+    each other's items."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from features.events import parse_event
+    from record.tables import baskets
+
+    events = [
+        parse_event(
+            _event("basket_add", f"race-{i}", customer_id="c-race", product_id=f"p{i}", value=1.0)
+        )
+        for i in range(8)
+    ]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda ev: outbox.track_event(ev, "c-race", ledger_deps), events))
+    with ledger_deps.ledger.engine.connect() as conn:
+        row = conn.execute(select(baskets).where(baskets.c.customer_id == "c-race")).one()
+    assert (row.status, sorted(row.products)) == ("open", [f"p{i}" for i in range(8)])
