@@ -99,12 +99,16 @@ def checked_value(value: float | None, deps: Deps, title: str = "request") -> No
         raise field_error("value", f"must be at most {top:g} (max_money_value)", None, title)
 
 
-def known_customer(customer_id: str, deps: Deps) -> str | None:
-    """The id the identity graph knows this customer by now (a recorded merge followed), or
-    None when it has never seen it. Without a graph the id cannot be checked and is kept."""
+def known_customer(customer_id: str, deps: Deps) -> str:
+    """The id the identity graph knows this customer by now (a recorded merge followed); a
+    404 naming ``customer_id`` when it has never seen it (an outcome or a profile of nobody
+    would be invented). Without a graph the id cannot be checked and is kept."""
     if deps.graph is None:
         return customer_id
-    return _lookup({"customer_id": customer_id}, deps)
+    found = _lookup({"customer_id": customer_id}, deps)
+    if found is None:
+        raise NotFound("customer_id", "no such customer (unknown to the identity graph)")
+    return found
 
 
 def _offer(offer_id: str | None, deps: Deps) -> Any | None:
@@ -128,9 +132,8 @@ def record_outcome(req: OutcomeRequest, deps: Deps) -> OutcomeResponse:
         raise field_error("decision_id", "a delivery receipt needs the message's decision_id", None)
     elif req.type == "open":
         raise field_error("decision_id", "an open needs the message's decision_id", None)
-    elif cid is not None:  # an outcome of a customer nobody has seen would be invented
-        if (cid := known_customer(cid, deps)) is None:
-            raise NotFound("customer_id", "no such customer (unknown to the identity graph)")
+    elif cid is not None:
+        cid = known_customer(cid, deps)
     else:
         ids = {f: getattr(req, f) for f in ID_FIELDS if getattr(req, f)}
         if not ids:
@@ -374,9 +377,7 @@ def profile(customer_id: str, deps: Deps, channel: str = "call_centre") -> Profi
     are logged like a /decide's (every slot), so they count against caps and suppression."""
     if not 1 <= len(customer_id) <= CUSTOMER_ID_MAX:
         raise field_error("customer_id", f"must be 1 to {CUSTOMER_ID_MAX} characters", None)
-    if (found := known_customer(customer_id, deps)) is None:  # a made-up profile helps nobody
-        raise NotFound("customer_id", "no such customer (unknown to the identity graph)")
-    customer_id = found
+    customer_id = known_customer(customer_id, deps)
     known = Known(reasons=[], customer_id=customer_id)
     known.features = read_features(customer_id, deps, known.reasons)
     churn = None
