@@ -32,31 +32,23 @@ def ope_estimates(settings: Any) -> tuple[list[PolicyEstimate], str]:
     the logging policy itself, uniform choice among the offers that were allowed, and each offer
     "whenever allowed, else as logged". Ledger rows no report can count (an outcome worth
     1e300 would make every estimate 1e295) are skipped and counted in the note
-    (``experiments.report_units.sane_rows``).
+    (``record.attribution.sane_rows``, in ``ledger_examples``).
     """
     url = settings.ledger_db_url
     if url.startswith("sqlite") and not Path(url.split("///", 1)[-1]).exists():
         return [], "No decision ledger yet: off-policy estimates need logged decisions."
     from sqlalchemy import inspect
 
-    from experiments.report_units import sane_rows, skipped_note
+    from experiments.report_units import skipped_note
     from nextbest.db import engine_for
-    from record.ledger import Ledger
-    from training.bandit_ledger import catalog_actions, logged_examples
+    from training.bandit_ledger import ledger_examples
 
-    skipped: dict[str, int] = {}
     try:
-        engine = engine_for(url)
-        logs = pd.DataFrame()
-        if inspect(engine).has_table("decisions"):  # ledger_examples' frames, sane rows only
-            ledger = Ledger(engine, create=False)
-            decisions, outcomes, skipped = sane_rows(
-                ledger.logs(), ledger.outcomes_frame(), settings.max_money_value
-            )
-            logs = logged_examples(decisions, outcomes, catalog_actions(settings)[1],
-                                   settings.attribution_days, settings.bandit_reward)  # fmt: skip
+        has_table = inspect(engine_for(url)).has_table("decisions")
+        logs = ledger_examples(settings) if has_table else pd.DataFrame()
     except Exception as exc:  # noqa: BLE001 - the rest of the report stands without it
         return [], f"The ledger could not be read ({type(exc).__name__})."
+    skipped = logs.attrs.get("skipped", {})
     skipped_text = f" Ledger {skipped_note(skipped)}." if skipped else ""
     if logs.empty:
         note = "No logged decisions yet: off-policy estimates need the service to have run."

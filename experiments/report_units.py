@@ -12,11 +12,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from features.events import EARLIEST, LATEST
-from record.attribution import ORDER_TYPES, attribute, first_exposures, orders, to_utc
+from record.attribution import ORDER_TYPES, attribute, first_exposures, orders, sane_rows, to_utc
 
 COLUMNS = ["experiment", "customer_id", "arm", "ts", "offer_id", "channel", "segment",
            "converted", "converted_at", "revenue", "source"]  # fmt: skip
@@ -33,44 +31,6 @@ def _segment(context: Any, scores: Any) -> str | None:
     features = scores.get("features") if isinstance(scores, dict) else None
     plan = features.get("plan") if isinstance(features, dict) else None
     return str(plan) if plan else None
-
-
-def _bad_times(ts: pd.Series) -> pd.Series:
-    """Times no report can place: unparseable, beyond what pandas holds (an outcome dated
-    1497), or outside the bounds every event and outcome is held to (``features.events``)."""
-    at = pd.to_datetime(ts, utc=True, errors="coerce")
-    return at.isna() | (at < EARLIEST) | (at >= LATEST)
-
-
-def _bad_values(values: pd.Series, max_value: float) -> pd.Series:
-    v = pd.to_numeric(values, errors="coerce").astype(float)
-    return ~(np.isfinite(v) & (v >= 0) & (v <= max_value))
-
-
-def sane_rows(
-    decisions: pd.DataFrame, outcomes: pd.DataFrame, max_value: float = math.inf
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
-    """The ledger's rows a report can count, and how many of each kind it skipped and why.
-
-    A ledger written before the API bounded its input (or by hand) may hold an outcome dated
-    1497 or worth 1e300: one such row must not drop the whole ledger from the report nor
-    dominate its means; it is left out and counted (``max_value``: ``max_money_value``)."""
-    skipped: dict[str, int] = {}
-
-    def drop(frame: pd.DataFrame, bad: pd.Series, reason: str) -> pd.DataFrame:
-        if n := int(bad.sum()):
-            skipped[reason] = skipped.get(reason, 0) + n
-        return frame[~bad]
-
-    if not decisions.empty:
-        decisions = drop(decisions, _bad_times(decisions["ts"]), "decision time out of range")
-        decisions = decisions.assign(ts=to_utc(decisions["ts"]))
-    if not outcomes.empty:
-        outcomes = drop(outcomes, _bad_times(outcomes["ts"]), "outcome time out of range")
-        reason = f"outcome value not a finite number in [0, {max_value:g}]"
-        outcomes = drop(outcomes, _bad_values(outcomes["value"], max_value), reason)
-        outcomes = outcomes.assign(ts=to_utc(outcomes["ts"]))
-    return decisions, outcomes, skipped
 
 
 def skipped_note(skipped: dict[str, int]) -> str:

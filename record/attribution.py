@@ -14,6 +14,9 @@ the report and the replay) goes through this module, so they all count the same 
   LAST delivered treatment decision before it within the window (to the last one that showed
   the offer it names, when it names one), never to several. Undelivered decisions (``pending``
   or ``cancelled`` messages) get nothing.
+* **Rows no count can take** (:func:`sane_rows`): a time out of range or an amount that is not
+  a finite number within ``max_money_value``, left by a ledger from before the API bounded
+  its input, is skipped and counted rather than let one row drop or dominate a count.
 * **Per experiment unit** (:func:`attribute`: the uplift report): a customer's *first* exposure
   or holdout assignment anchors the window, so treated and holdout customers are measured over
   the same window; every order of the person within it counts, on any channel.
@@ -25,12 +28,15 @@ the identity graph's merges) makes a person's rows under an id merged away count
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from features.events import EARLIEST, LATEST
 
 UNIT = ["experiment", "customer_id"]
 ORDER_TYPES = ("conversion", "revenue")  # outcome types that are purchases (orders)
@@ -41,6 +47,44 @@ CREDIT_COLUMNS = ["order", "decision_id", "type", "value", "ts", "cost_offer"]
 
 def to_utc(ts: pd.Series) -> pd.Series:
     return pd.to_datetime(ts, utc=True)
+
+
+def _bad_times(ts: pd.Series) -> pd.Series:
+    """Times no report can place: unparseable, beyond what pandas holds (an outcome dated
+    1497), or outside the bounds every event and outcome is held to (``features.events``)."""
+    at = pd.to_datetime(ts, utc=True, errors="coerce")
+    return at.isna() | (at < EARLIEST) | (at >= LATEST)
+
+
+def _bad_values(values: pd.Series, max_value: float) -> pd.Series:
+    v = pd.to_numeric(values, errors="coerce").astype(float)
+    return ~(np.isfinite(v) & (v >= 0) & (v <= max_value))
+
+
+def sane_rows(
+    decisions: pd.DataFrame, outcomes: pd.DataFrame, max_value: float = math.inf
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """The ledger's rows a report can count, and how many of each kind it skipped and why.
+
+    A ledger written before the API bounded its input (or by hand) may hold an outcome dated
+    1497 or worth 1e300: one such row must not drop the whole ledger from the report nor
+    dominate its means; it is left out and counted (``max_value``: ``max_money_value``)."""
+    skipped: dict[str, int] = {}
+
+    def drop(frame: pd.DataFrame, bad: pd.Series, reason: str) -> pd.DataFrame:
+        if n := int(bad.sum()):
+            skipped[reason] = skipped.get(reason, 0) + n
+        return frame[~bad]
+
+    if not decisions.empty:
+        decisions = drop(decisions, _bad_times(decisions["ts"]), "decision time out of range")
+        decisions = decisions.assign(ts=to_utc(decisions["ts"]))
+    if not outcomes.empty:
+        outcomes = drop(outcomes, _bad_times(outcomes["ts"]), "outcome time out of range")
+        reason = f"outcome value not a finite number in [0, {max_value:g}]"
+        outcomes = drop(outcomes, _bad_values(outcomes["value"], max_value), reason)
+        outcomes = outcomes.assign(ts=to_utc(outcomes["ts"]))
+    return decisions, outcomes, skipped
 
 
 def order_key(customer_id: str, product_id: str | None, amount: float, ts: datetime) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from nextbest.settings import BanditReward, Settings
-from record.attribution import credit, delivered
+from record.attribution import credit, delivered, sane_rows
 from training.bandit import BanditPolicy, cold_offers, offer_features
 from training.bandit_registry import (
     MODEL_NAME,
@@ -144,20 +144,22 @@ def ledger_examples(
     customer_map: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """The learnable rows of the decision ledger, with rewards (``customer_map``: ids merged
-    away -> the id they were merged into, so a person's orders count under any identity)."""
+    away -> the id they were merged into, so a person's orders count under any identity).
+    Rows no count can take are left out (``record.attribution.sane_rows``: an outcome worth
+    1e300 would make every reward and estimate meaningless), counted in ``attrs["skipped"]``."""
     from nextbest.db import engine_for
     from record.ledger import Ledger
 
     ledger = Ledger(engine_for(settings.ledger_db_url))
     _, costs = catalog_actions(settings)
-    return logged_examples(
-        ledger.logs(since=since),
-        ledger.outcomes_frame(),
-        costs,
-        settings.attribution_days,
-        settings.bandit_reward,
-        customer_map,
+    logs, outcomes, skipped = sane_rows(
+        ledger.logs(since=since), ledger.outcomes_frame(), settings.max_money_value
     )
+    examples = logged_examples(
+        logs, outcomes, costs, settings.attribution_days, settings.bandit_reward, customer_map
+    )
+    examples.attrs["skipped"] = skipped
+    return examples
 
 
 def reward_scale(rewards: np.ndarray) -> float:

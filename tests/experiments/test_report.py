@@ -335,3 +335,6 @@ def test_report_skips_and_counts_absurd_ledger_rows(world: Path, tmp_path: Path)
     assert f"Ledger {skipped}." in data.ope_note
     assert [ln.model_dump() for ln in data.lines] == [ln.model_dump() for ln in before.lines]
     assert skipped in report_html(settings, world)
+    trained_on = ledger_examples(settings)  # training takes the same rows (record.attribution)
+    assert trained_on["reward"].tolist() == clean["reward"].tolist()
+    assert sum(trained_on.attrs["skipped"].values()) == 4
