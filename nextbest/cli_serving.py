@@ -25,13 +25,18 @@ def serve(
             help="run due journey steps beside the service (default: journey_runner)",
         ),
     ] = True,
+    learner: Annotated[
+        bool,
+        typer.Option(
+            "--learner/--no-learner",
+            help="run the online learner process beside the workers (restarted if it dies)",
+        ),
+    ] = True,
 ) -> None:
     """Run the decision service (bentoml serve) on NEXTBEST_HOST (127.0.0.1) until interrupted;
     another host needs salts and keys of your own. A journey runner runs in each worker
-    unless ``--no-journeys``."""
-    import os
-
-    from nextbest.settings import PROJECT_ROOT
+    unless ``--no-journeys``; one learner process beside them unless ``--no-learner``."""
+    from serving.learner_supervisor import serve_foreground
     from serving.run import server_cmd, server_env
 
     s = get_settings()
@@ -46,8 +51,7 @@ def serve(
     env = server_env(s, **extra)
     cmd = server_cmd("serving.service:Nextbest", port or s.port, s.host)
     console.print(f"serving on http://{s.host}:{port or s.port} ({workers or s.workers} workers)")
-    os.chdir(PROJECT_ROOT)
-    os.execve(cmd[0], cmd, env)  # bentoml becomes this process: signals reach it directly
+    raise typer.Exit(serve_foreground(s, cmd, env, learner=learner))
 
 
 def bento(as_json: JsonFlag = False) -> None:

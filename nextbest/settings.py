@@ -153,8 +153,24 @@ class Settings(BaseSettings):
     bandit_learn_every_seconds: float = Field(
         30.0,
         gt=0,
-        description="how often serve adopts a newly promoted bandit and learns the decisions "
-        "that matured",
+        description="how often the learner process adopts a newly promoted bandit and learns "
+        "the decisions that matured",
+    )
+    learner_publish_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="the learner process publishes its policy to the workers this long after "
+        "the last publish, when it learned something since",
+    )
+    learner_publish_updates: int = Field(
+        500,
+        gt=0,
+        description="the learner process publishes at once when this many updates are waiting",
+    )
+    learner_stale_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="/healthz reports the learner degraded when its heartbeat is older",
     )
     bandit_cold_start_share: float = Field(
         0.05,

@@ -134,7 +134,8 @@ class Deps:
     rng: random.Random = field(default_factory=lambda: random.Random(secrets.randbits(64)))
     # the decision time: the wall clock, or a simulated one (the replay runs on the world's time)
     clock: Callable[[], datetime] = now
-    # the service's incremental bandit learner (``serving.learner.Learner``), when it runs
+    # the bandit's online learner: its ``serving.learner.Learner`` where it learns in process
+    # (the learner process, the replay), a ``serving.policy_follow.PolicyFollower`` in a worker
     learner: Any = None
     # finished erasures this worker has seen (``serving.erasure.resume_pending``)
     erasures_seen: int | None = None
@@ -153,6 +154,9 @@ class Deps:
         why = self.features.failing() if self.features is not None else None
         if why:  # the breaker's state: /healthz never calls the store
             state["features"] = f"circuit {self.features.breaker.state}: {why}"
+        problem = getattr(self.learner, "problem", None)  # the learner process's, if followed
+        if callable(problem) and (learner_down := problem()):
+            state["learner"] = learner_down
         body = {
             "status": "ok" if all(v == "ok" for v in state.values()) else "degraded",
             "parts": state,

@@ -13,10 +13,10 @@ decision learned exactly once. It starts just after the last decision the servin
 was trained on (:func:`start_for`), since those are the batch retrain's (``nextbest train
 bandit``); for a champion that does not say, when the service starts. Each tick reads only
 the decisions between the watermark and ``now - wait`` (see :func:`matured_before`) and their
-outcomes, in pages. Each worker learns into its own policy from the one shared ledger, in the
-same order, so workers converge. A bandit promoted while the service runs is adopted by every
-worker on its next tick (:func:`adopt_promoted`), and the watermark moves to the last decision
-it was trained on, so no decision is learned twice or skipped.
+outcomes, in pages. One learner process runs this for the service
+(``serving.learner_process``) and publishes the policy the workers swap in. A bandit promoted
+while the service runs is adopted on its next tick (:func:`adopt_promoted`), and the watermark
+moves to the last decision it was trained on, so no decision is learned twice or skipped.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ _COLUMNS += ("propensity", "probabilities", "scores", "status")
 
 
 class Learner:
-    """The learner's watermark and counters (one per worker; ``/healthz`` shows them)."""
+    """The learner's watermark and counters (the learner process's heartbeat carries them to
+    ``/healthz``)."""
 
     def __init__(self, start: datetime) -> None:
         self.ts = utc(start)  # every decision before ``ts`` (and ``ids`` at it) is handled
@@ -113,8 +114,8 @@ def adopt_promoted(deps: Any) -> str | None:
         return None
     if policy is None:  # removed from the store since it was read
         return None
-    learner: Learner | None = getattr(deps, "learner", None)
-    if learner is None:
+    learner = getattr(deps, "learner", None)
+    if not isinstance(learner, Learner):  # a worker (it follows the learner process) or none
         deps.bandit = policy
     else:
         with learner._lock:  # not in the middle of a tick that learns into the old policy

@@ -144,13 +144,23 @@ def served(
     target: str = "serving.service:Nextbest",
     log: Path | None = None,
     timeout: float = 120.0,
+    learner: bool = False,
     **env: str,
 ) -> Iterator[str]:
-    """A ready server on a free local port for the block (its base URL), stopped after it."""
+    """A ready server on a free local port for the block (its base URL), stopped after it;
+    ``learner``: with the supervised learner process beside it, as ``nextbest serve`` runs."""
+    from serving.learner_supervisor import Supervisor
+
     port = free_port()
     proc = start(settings, port, target, log, **env)
+    out = open(log, "ab") if log and learner else None  # noqa: SIM115 - closed below
+    supervisor = Supervisor(settings, server_env(settings, **env), out).start() if learner else None
     try:
         wait_ready(proc, port, timeout)
         yield f"http://127.0.0.1:{port}"
     finally:
+        if supervisor is not None:
+            supervisor.stop()
+        if out is not None:
+            out.close()
         stop(proc)

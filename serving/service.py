@@ -33,7 +33,6 @@ from serving import (
     journey_defs,
     journey_intents,
     journey_schedule,
-    learner,
     openapi,
     outbox,
     reports,
@@ -48,6 +47,7 @@ from serving.bentofix import (
 )
 from serving.decide import DecideRequest, DecideResponse, Known, plan, resolve, with_banner
 from serving.deps import Deps, load_deps, pinned_models
+from serving.policy_follow import PolicyFollower
 from serving.run import bound_host
 from serving.unavailable import ledger_guard, route_handlers
 from serving.writer import GroupWriter, WalCheckpointer
@@ -162,8 +162,8 @@ class Nextbest:
         features = self.deps.features
         self.batcher = FeatureBatcher(features, clock=self.deps.clock) if features else None
         STATE.deps = self.deps
-        # decisions after the champion's training logs are learned online
-        self.deps.learner = learner.Learner(start=learner.start_for(self.deps))
+        # the learner process learns; this worker swaps in what it publishes
+        self.follower = self.deps.learner = PolicyFollower(self.deps)
         self._background: list[asyncio.Task] = []
         self._journeys_synced = False
 
@@ -174,9 +174,7 @@ class Nextbest:
             asyncio.create_task(
                 self._every(s.abandon_scan_seconds, self._scan, "abandoned-basket scan")
             ),
-            asyncio.create_task(
-                self._every(s.bandit_learn_every_seconds, self._learn, "bandit learning")
-            ),
+            asyncio.create_task(self.follower.run()),
             asyncio.create_task(
                 self._every(s.abandon_scan_seconds, self._resume_erasures, "erasure resume")
             ),
@@ -208,7 +206,7 @@ class Nextbest:
 
     async def _every(self, seconds: float, job: Callable[[], str | None], what: str) -> None:
         """``job`` in a thread every ``seconds`` while the service runs, off the loop that
-        decides; a failure is logged (the learner's also in /healthz) and the next round retries.
+        decides; a failure is logged and the next round retries.
         ``job`` returns a line worth logging, if any."""
         while True:
             await asyncio.sleep(seconds)
@@ -255,17 +253,6 @@ class Nextbest:
 
         results = resume_pending(self.deps)
         return f"erasures resumed: {[r['status'] for r in results]}" if results else None
-
-    def _learn(self) -> str | None:
-        """The bandit adopts a newly promoted model, then learns the decisions whose reward
-        wait has passed (``serving.learner``); /decide only waits for the policy's lock, one
-        example at a time."""
-        adopted = learner.adopt_promoted(self.deps)
-        n = learner.learn_matured(self.deps, self.deps.clock())
-        bandit = self.deps.model_versions().get("bandit")
-        done = [f"adopted the promoted {adopted}"] if adopted else []
-        done += [f"learned {n} matured decisions: now {bandit}"] if n else []
-        return f"bandit {'; '.join(done)}" if done else None
 
     @bentoml.api(route="/decide")
     @ledger_guard

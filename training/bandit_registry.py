@@ -40,7 +40,8 @@ def _mlflow(settings: Settings) -> Any:
     return mlflow
 
 
-def _meta(policy: BanditPolicy) -> dict[str, Any]:
+def policy_meta(policy: BanditPolicy) -> dict[str, Any]:
+    """What loading a saved policy needs besides its VW model (also what a learner publishes)."""
     return {
         "format": FORMAT_VERSION,
         "actions": policy.actions,
@@ -76,7 +77,7 @@ def register(
         mlflow.log_metrics({f"ope_{k}_ess": float(v.ess or 0.0) for k, v in ope.items()})
         mlflow.log_metrics({f"ope_{k}_ci_low": float(v.ci_low) for k, v in ope.items()})
         mlflow.log_artifact(str(model), artifact_path=MODEL_NAME)
-        mlflow.log_dict(_meta(policy), f"{MODEL_NAME}/meta.json")
+        mlflow.log_dict(policy_meta(policy), f"{MODEL_NAME}/meta.json")
         if not client.search_registered_models(f"name='{MODEL_NAME}'"):
             client.create_registered_model(MODEL_NAME)
         mv = client.create_model_version(
@@ -119,12 +120,12 @@ def to_bentoml(
     online from there on (``serving.learner.adopt_promoted``)."""
     from training.scoring import bentoml_models
 
-    meta = {**_meta(policy), "mlflow_version": version}
+    meta = {**policy_meta(policy), "mlflow_version": version}
     if trained_through is not None:  # BentoML's metadata holds no None
         meta["trained_through"] = trained_through.isoformat()
     with bentoml_models(settings).create(MODEL_NAME, metadata=meta) as bento_model:
         policy.save(Path(bento_model.path_of("model.vw")))
-        Path(bento_model.path_of("meta.json")).write_text(json.dumps(_meta(policy)))
+        Path(bento_model.path_of("meta.json")).write_text(json.dumps(policy_meta(policy)))
     return str(bento_model.tag)
 
 
