@@ -319,9 +319,10 @@ def test_default_settings() -> None:
 
 @pytest.mark.slow
 def test_the_running_service_learns_as_outcomes_arrive(tmp_path: Path) -> None:
-    """A real ``bentoml serve`` with a promoted bandit, no reward wait and a 0.2 s tick: the
-    decision after an outcome records the bandit's version with its updates; a bandit promoted
-    while it runs is adopted on the next tick."""
+    """A real ``bentoml serve`` and its learner process with a promoted bandit, no reward wait
+    and a 0.2 s tick: the decision after an outcome records the bandit's version with its
+    updates (published by the learner, swapped in by the worker); a bandit promoted while it
+    runs is adopted on the next tick."""
     from benchmarks.decide import prepare_features
     from offers.catalog import load_catalog
     from serving import run
@@ -334,13 +335,14 @@ def test_the_running_service_learns_as_outcomes_arrive(tmp_path: Path) -> None:
     env = {
         "NEXTBEST_BANDIT_REWARD_WAIT_MINUTES": "0",
         "NEXTBEST_BANDIT_LEARN_EVERY_SECONDS": "0.2",
+        "NEXTBEST_LEARNER_PUBLISH_SECONDS": "0.2",
         "NEXTBEST_REQUEST_TIMEOUT": "2",  # also how long a decision waits for its commit
         "NEXTBEST_GLOBAL_HOLDOUT_SHARE": "0",
         "NEXTBEST_EXPERIMENT_HOLDOUT_SHARE": "0",
     }
     log = tmp_path / "server.log"
     with (
-        run.served(settings, log=log, **env) as base,
+        run.served(settings, log=log, learner=True, **env) as base,
         httpx.Client(base_url=base, headers=CHANNEL) as client,
     ):
         body = {"customer_id": "bench000004", "channel": "web"}
@@ -353,15 +355,18 @@ def test_the_running_service_learns_as_outcomes_arrive(tmp_path: Path) -> None:
         deadline, health = time.monotonic() + 30, {}
         while time.monotonic() < deadline:
             health = client.get("/healthz", headers=ADMIN).json()
-            if health["bandit_learner"]["learned"] >= 1:
+            if health["model_versions"]["bandit"].startswith("bandit:1+"):
                 break
             time.sleep(0.2)
-        assert health["bandit_learner"]["learned"] >= 1, (health, log.read_text()[-2000:])
+        assert health["bandit_learner"]["learner"]["learned"] >= 1, (
+            health,
+            log.read_text()[-2000:],
+        )
         later = client.post("/decide", json=body).json()
         version = later["model_versions"]["bandit"]
         assert version.startswith("bandit:1+") and int(version.split("+")[1]) >= 1, later
         # promoted while it runs (as `nextbest train bandit --promote` does): adopted
-        through = datetime.fromisoformat(health["bandit_learner"]["watermark"])
+        through = datetime.fromisoformat(health["bandit_learner"]["learner"]["watermark"])
         to_bentoml(settings, BanditPolicy(actions, exploration="epsilon"), "2", through)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -371,11 +376,24 @@ def test_the_running_service_learns_as_outcomes_arrive(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert health["model_versions"]["bandit"].startswith("bandit:2"), log.read_text()[-2000:]
         # its watermark: after "first" (trained on), so "later" is learned into it (+1)
-        assert health["bandit_learner"]["watermark"] > through.isoformat()
+        health = _until_published(client, "bandit:2")
+        assert health["bandit_learner"]["learner"]["watermark"] > through.isoformat()
         assert client.post("/decide", json=body).json()["model_versions"]["bandit"] in (
             "bandit:2",
             "bandit:2+1",
         )
+
+
+def _until_published(client: httpx.Client, base: str) -> dict:
+    """/healthz once the learner's heartbeat says it published a version grown from ``base``
+    (its watermark then is the adopted model's)."""
+    deadline, health = time.monotonic() + 30, {}
+    while time.monotonic() < deadline:
+        health = client.get("/healthz", headers=ADMIN).json()
+        if (health["bandit_learner"].get("published") or "").startswith(base):
+            return health
+        time.sleep(0.2)
+    raise AssertionError(f"{base} not published: {health}")
 
 
 def test_an_order_goes_to_the_persons_last_decision_even_one_not_matured(ldeps: Deps) -> None:
