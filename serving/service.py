@@ -3,7 +3,9 @@
 Run with ``nextbest serve`` (or ``bentoml serve serving.service:Nextbest``). Two measured
 fixes from the architecture notes apply: the timeout middleware's timer is cancelled when a
 request ends (``serving.bentofix``), and ``gc.freeze()`` after start-up keeps the long-lived
-objects out of every later collection.
+objects out of every later collection. The bandit learns in a process of its own
+(``serving.learner_process``, started by ``nextbest serve``); each worker swaps in the policy
+it publishes (``serving.policy_follow``) and never learns itself.
 """
 
 from __future__ import annotations
