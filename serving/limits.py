@@ -73,7 +73,8 @@ def parse_limits(text: str, catalog: Catalog) -> Limits:
     try:
         limits = Limits.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        # a misspelt key explains the missing one beside it: name the misspelling
+        err = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
         reason = {
             "greater_than_equal": f"must be >= {err.get('ctx', {}).get('ge', 0):g}",
             "extra_forbidden": "unknown key",
