@@ -22,12 +22,15 @@ def test_good_file() -> None:
     assert limits.budget is not None and limits.budget.money == 20000
 
 
-BAD = [
-    ("offers: {device_upgrade: {stock: -3}}", "limits.offers.device_upgrade.stock: must be >= 0, got -3"),
+BAD = [  # (file, the start of its one-line error)
+    ("offers: {device_upgrade: {stock: -3}}",
+     "limits.offers.device_upgrade.stock: must be >= 0, got -3"),
     ("offers: {device_discount: {stock: 3}}", "limits.offers.device_discount: unknown offer"),
     ("channels: {fax: {capacity_per_day: 3}}", "limits.channels.fax: unknown channel"),
-    ("channels: {sms: {capacity_per_day: -1}}", "limits.channels.sms.capacity_per_day: must be >= 0, got -1"),
-    ("channels: {sms: {capacity_per_day: lots}}", "limits.channels.sms.capacity_per_day: Input should be a valid integer"),
+    ("channels: {sms: {capacity_per_day: -1}}",
+     "limits.channels.sms.capacity_per_day: must be >= 0, got -1"),
+    ("channels: {sms: {capacity_per_day: lots}}",
+     "limits.channels.sms.capacity_per_day: Input should be a valid integer"),
     ("budget: {money: -5}", "limits.budget.money: must be >= 0, got -5"),
     ("budget: {money: 5, currency: EUR}", "limits.budget.currency: unknown key, got 'EUR'"),
     ("stocks: {}", "limits.stocks: unknown key"),
