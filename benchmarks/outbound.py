@@ -42,8 +42,8 @@ def world_truth(settings: Settings, graph: Any) -> Any:
         k = len(offer_ids)
         people = np.repeat(np.asarray([person[ids[i]] for i in known], dtype=object), k)
         offers = np.tile(np.asarray(offer_ids, dtype=object), len(known))
-        r = truth.expected_rewards(people, np.datetime64(at.replace(tzinfo=None), "us"),
-                                   channel, offers)  # fmt: skip
+        when = np.repeat(np.datetime64(at.replace(tzinfo=None), "us"), len(people))
+        r = truth.expected_rewards(people, when, channel, offers)
         out[known] = r.reshape(len(known), k)
         return out
 
@@ -77,7 +77,7 @@ def bench_allocation(sizes: list[int], seed: int = 0) -> dict[str, Any]:
         out.append({
             "customers": n, "pairs": int(len(problem.value)), "build_s": round(built, 2),
             "lp_total": round(lp.total, 2), "lp_bound": round(lp.bound or 0.0, 2),
-            "lp_s": round(lp.seconds, 2), "lp_pairs_priced_in": int(len(lp.pairs or [])),
+            "lp_s": round(lp.seconds, 2), "lp_pairs": 0 if lp.pairs is None else len(lp.pairs),
             "greedy_total": round(base.total, 2), "greedy_s": round(base.seconds, 2),
             "lp_over_greedy": round(lp.total / base.total, 4) if base.total else None,
             "feasible": not problem.check(lp.chosen) and not problem.check(base.chosen),

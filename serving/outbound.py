@@ -95,19 +95,23 @@ def used_today(deps: Deps, channel: str, at: datetime) -> int:
 
 def build_problem(
     rows: Sequence[DecisionRow], offer_ids: list[str], costs: dict[str, float],
-    limits: Limits, channel: str, capacity_left: int | None,
+    limits: Limits, channel: str, capacity_left: int | None, values: np.ndarray | None = None,
 ) -> Problem:  # fmt: skip
     """Candidates: treated customers' allowed offers with a positive value (``no_offer`` is
     the default, not a candidate); limits: the offers' stock, the channel's capacity left
-    today, the budget against the offers' catalogue cost."""
+    today, the budget against the offers' catalogue cost. ``values`` (customers x offers)
+    replaces the models' values: the truth's, for the oracle's allocation."""
     col = {o: k for k, o in enumerate(offer_ids)}
     cust, off, val = [], [], []
     for i, row in enumerate(rows):
         if row.arm != "treatment" or row.customer_id is None:
             continue
         for oid, v in (row.scores.get("value") or {}).items():
-            if oid != NO_OFFER and oid in col and v > 0:
-                cust.append(i), off.append(col[oid]), val.append(float(v))
+            if oid == NO_OFFER or oid not in col:
+                continue
+            v = float(v) if values is None else float(values[i, col[oid]])
+            if v > 0:
+                cust.append(i), off.append(col[oid]), val.append(v)
     k = len(offer_ids)
     lims = [
         Limit("offer_stock", oid, float(lim.stock), (np.arange(k) == col[oid]).astype(float))
@@ -194,11 +198,16 @@ def run_outbound(
     mip = None
     if lp.pairs is not None and 0 < len(lp.pairs) <= MILP_MAX_PAIRS:
         mip = solve_milp(problem, milp_seconds, lp.pairs)
-    truth_v = None
-    if truth is not None and len(problem.value):
-        ids = [planned[i].customer_id or "" for i in range(len(planned))]
-        matrix = truth(ids, offer_ids, channel, at)
+    truth_v, oracle = None, None
+    if truth is not None:
+        matrix = truth([r.customer_id or "" for r in planned], offer_ids, channel, at)
         truth_v = matrix[problem.customer, problem.offer]
+        # what the same limits allow with perfect scores: LP and greedy on the truth's values
+        best = build_problem(planned, offer_ids, costs, limits, channel, left, matrix)
+        best_lp = solve_lp(best)
+        oracle = {"lp": _summary(best_lp, None), "greedy": _summary(greedy(best, seed=seed), None)}
+        if best_lp.pairs is not None and 0 < len(best_lp.pairs) <= MILP_MAX_PAIRS:
+            oracle["milp"] = _summary(solve_milp(best, milp_seconds, best_lp.pairs), None)
     offer_of: dict[int, str] = {
         int(problem.customer[j]): offer_ids[int(problem.offer[j])]
         for j in np.flatnonzero(lp.chosen)
@@ -229,6 +238,7 @@ def run_outbound(
         "lp": _summary(lp, truth_v),
         "greedy": _summary(base, truth_v),
         "milp": _summary(mip, truth_v) if mip is not None else None,
+        "oracle": oracle,
         "prices": [
             {"kind": k, "key": key, "price": round(p, 6)} for (k, key), p in lp.prices.items()
         ],

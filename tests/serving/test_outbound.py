@@ -164,3 +164,24 @@ def test_cli_bad_limits_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert res.exit_code == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: limits.offers.device_discount: unknown")
+
+
+def test_truth_values_each_allocation(run_deps: Any) -> None:
+    """On a simulated world the truth values each allocation, and the oracle (LP and greedy on
+    the truth's values) shows what the limits allow with perfect scores."""
+    import numpy as np
+
+    def truth(ids: list[str], offers: list[str], channel: str, at: Any) -> np.ndarray:
+        assert channel == "email" and len(ids) == 40
+        return np.array([[(zlib.crc32(f"{c}{o}".encode()) % 50) / 10 - 1 for o in offers]
+                         for c in ids])  # fmt: skip
+
+    limits = parse_limits(LIMITS, load_catalog())
+    result = run_outbound(run_deps, "email", limits, audience(run_deps, None), truth=truth)
+    for method in ("lp", "greedy", "milp"):
+        assert isinstance(result[method]["truth_total"], float)
+    oracle = result["oracle"]
+    assert oracle["lp"]["total"] >= oracle["greedy"]["total"]
+    assert oracle["lp"]["total"] >= result["lp"]["truth_total"]  # nothing beats the oracle
+    assert oracle["milp"]["status"] == "optimal"
+    assert oracle["lp"]["total"] >= 0.995 * oracle["milp"]["total"]
