@@ -183,7 +183,10 @@ def run_outbound(
         raise OutboundError(f"catalog: {deps.missing.get('catalog', 'unavailable')}")
     run_id, at = uuid.uuid4().hex, utc(deps.clock())
     # the run prices its own limits: values before any earlier run's prices
-    raw = dataclasses.replace(deps, prices=None) if hasattr(deps, "prices") else deps
+    raw = deps
+    if deps.prices is not None:
+        raw = dataclasses.replace(deps, prices=None)
+        raw.__dict__["assigner"] = deps.assigner  # one assigner: its draws are flushed below
     requests = [DecideRequest(customer_id=c, channel=channel) for c in customers]
     planned = [row for _, row in plan_all(requests, raw)]
     t_plan = time.perf_counter() - start
@@ -228,6 +231,7 @@ def run_outbound(
         if messages:  # their decisions carry status pending already: not shown until sent
             conn.execute(insert(outbox), messages)
         store_prices(conn, run_id, lp.prices, valid_from, valid_until, at)
+    deps.assigner.flush()  # the holdout draws of new customers, recorded before we return
     return {
         "run_id": run_id,
         "channel": channel,

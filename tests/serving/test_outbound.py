@@ -185,3 +185,30 @@ def test_truth_values_each_allocation(run_deps: Any) -> None:
     assert oracle["lp"]["total"] >= result["lp"]["truth_total"]  # nothing beats the oracle
     assert oracle["milp"]["status"] == "optimal"
     assert oracle["lp"]["total"] >= 0.995 * oracle["milp"]["total"]
+
+
+def test_second_run_decides_on_values_before_prices(run_deps: Any) -> None:
+    """A run prices its own limits: an earlier run's prices in force do not lower the values
+    it solves with (the pipeline subtracts them once plan_many lands), and the holdout draws
+    of the Deps it planned with are recorded."""
+    from sqlalchemy import func
+
+    from record.tables import assignments
+
+    def values(run_id: str) -> dict[str, dict]:
+        with run_deps.ledger.engine.connect() as conn:
+            rows = conn.execute(select(decisions).where(decisions.c.reason.contains(run_id)))
+            return {r.customer_id: r.scores["value"] for r in rows if r.offer_id == "no_offer"}
+
+    text = "offers: {device_upgrade: {stock: 2}}\nchannels: {email: {capacity_per_day: 10}}"
+    limits = parse_limits(text, load_catalog())
+    first = run_outbound(run_deps, "email", limits, audience(run_deps, None))
+    price_refresher(run_deps).refresh()
+    assert run_deps.prices is not None and run_deps.prices.charge("device_upgrade", "email") > 0
+    second = run_outbound(run_deps, "email", limits, audience(run_deps, None))
+    before, after = values(first["run_id"]), values(second["run_id"])
+    both = before.keys() & after.keys()
+    assert len(both) > 10 and all(before[c] == after[c] for c in both)
+    with run_deps.ledger.engine.connect() as conn:
+        n = conn.execute(select(func.count()).select_from(assignments)).scalar_one()
+    assert n >= 40  # every customer's draw
