@@ -11,7 +11,14 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from nextbest import cli_experiments, cli_features, cli_journeys, cli_models, cli_serving
+from nextbest import (
+    cli_experiments,
+    cli_features,
+    cli_journeys,
+    cli_models,
+    cli_outbound,
+    cli_serving,
+)
 from nextbest.cli_common import JsonFlag, emit, fail, settings_error
 from nextbest.quiet import quiet_dependencies
 from nextbest.settings import get_settings
@@ -52,12 +59,14 @@ bench_app.command("faults")(cli_serving.bench_faults_cmd)
 bench_app.command("uplift")(cli_experiments.bench_uplift)
 bench_app.command("journey-coverage")(cli_journeys.bench_journey_coverage)
 bench_app.command("journeys")(cli_journeys.bench_journeys_cmd)
+bench_app.command("outbound")(cli_outbound.bench_outbound_cmd)
 
 app.add_typer(cli_features.identity_app, name="identity")
 app.add_typer(cli_features.features_app, name="features")
 app.add_typer(bench_app, name="bench")
 app.add_typer(cli_experiments.uplift_app, name="uplift")
 app.add_typer(cli_journeys.journeys_app, name="journeys")
+app.add_typer(cli_outbound.outbound_app, name="outbound")
 
 
 @app.command()

@@ -98,6 +98,23 @@ baskets = Table(
     Column("status", String(16), nullable=False, index=True),  # open|checked_out|triggered
 )
 
+# The dual price of each limit an outbound run solved under (``serving.outbound``): what one
+# more unit of it was worth. /decide charges a show the prices of the limits it draws on while
+# they hold (``record.prices.PriceBook``), so visits and runs spend the same stock and budget.
+limit_prices = Table(
+    "limit_prices",
+    metadata,
+    Column("run_id", String(36), nullable=False),
+    Column("kind", String(32), nullable=False),  # offer_stock | channel_capacity | budget
+    Column("key", String(64), nullable=False),  # the offer id, the channel, or "money"
+    Column("price", Float, nullable=False),
+    Column("valid_from", DateTime(timezone=True), nullable=False),
+    Column("valid_until", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("run_id", "kind", "key"),
+    Index("ix_limit_prices_until", "valid_until"),
+)
+
 # A person's first holdout draw per experiment ("global" is the global holdout's), keyed by
 # every id they were drawn or looked up under; the earliest row of a person wins, for good.
 assignments = Table(

@@ -25,6 +25,7 @@ from nextbest.db import engine_for
 from nextbest.settings import Settings
 from record.assignment import StickyAssigner, holdout_shares
 from record.ledger import Ledger
+from record.prices import PriceBook, PriceRefresher
 from record.tables import now
 
 log = logging.getLogger("nextbest.serving")
@@ -139,6 +140,8 @@ class Deps:
     learner: Any = None
     # finished erasures this worker has seen (``serving.erasure.resume_pending``)
     erasures_seen: int | None = None
+    # the limits' prices in force (``record.prices.PriceBook``), refreshed by the service
+    prices: PriceBook | None = None
 
     @cached_property
     def assigner(self) -> StickyAssigner:
@@ -194,6 +197,20 @@ class Deps:
         if self.bandit is not None:
             versions["bandit"] = str(getattr(self.bandit, "version", "unknown"))
         return versions
+
+
+PRICES_EVERY_SECONDS = 60.0  # a run's prices reach the workers within a minute
+
+
+def price_refresher(deps: Deps, every: float = PRICES_EVERY_SECONDS) -> PriceRefresher:
+    """Reloads ``deps.prices`` from the ledger in a thread of its own (never on the loop that
+    answers visits); the budget's consumption is each offer's catalogue cost."""
+    costs = {o.id: float(o.cost) for o in deps.offers()}
+
+    def apply(book: PriceBook) -> None:
+        deps.prices = book if book else None  # no price in force: nothing to subtract
+
+    return PriceRefresher(deps.ledger.engine, costs, apply, deps.clock, every)
 
 
 def health_summary(body: dict[str, Any]) -> dict[str, Any]:

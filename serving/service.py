@@ -48,7 +48,7 @@ from serving.bentofix import (
     quiet_client_errors,
 )
 from serving.decide import DecideRequest, DecideResponse, Known, plan, resolve, with_banner
-from serving.deps import Deps, load_deps, pinned_models
+from serving.deps import Deps, load_deps, pinned_models, price_refresher
 from serving.policy_follow import PolicyFollower
 from serving.run import bound_host
 from serving.unavailable import ledger_guard, route_handlers
@@ -195,6 +195,7 @@ class Nextbest:
                 )
             )
         self.checkpointer.start()  # WAL checkpoints off the decisions' commits
+        self.prices = price_refresher(self.deps).start()  # outbound runs' limit prices
         gc.collect()
         gc.freeze()  # start-up objects (models, catalogue, BentoML) leave the GC's generations
 
@@ -205,6 +206,8 @@ class Nextbest:
         reports.builder_for(self.deps.settings).stop()
         self.deps.assigner.flush()  # holdout draws still waiting for their group write
         self.checkpointer.stop()
+        if prices := getattr(self, "prices", None):
+            prices.stop()
 
     async def _every(self, seconds: float, job: Callable[[], str | None], what: str) -> None:
         """``job`` in a thread every ``seconds`` while the service runs, off the loop that
