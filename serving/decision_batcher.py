@@ -53,7 +53,8 @@ class DecisionBatcher:
         observe: Callable[[StageTimes, int], None] | None = None,
     ) -> None:
         self.deps, self.max_batch, self.observe = deps, max_batch, observe
-        self._queue: list[tuple[DecideRequest, asyncio.Future[DecideResponse]]] = []
+        # one entry per caller: a /decide/batch call's requests are never split between batches
+        self._queue: list[list[tuple[DecideRequest, asyncio.Future[DecideResponse]]]] = []
         self._draining: asyncio.Task[None] | None = None  # held: the loop keeps weak references
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="decider")
         self._loop: asyncio.AbstractEventLoop | None = None  # the service's: feature timeouts
@@ -62,11 +63,12 @@ class DecisionBatcher:
         return (await self.decide_all([request]))[0]
 
     async def decide_all(self, requests: Sequence[DecideRequest]) -> list[DecideResponse]:
-        """Each request's decision, in order; the first failure is raised (a ledger error, a
-        row refused), after every request's outcome is known."""
+        """Each request's decision, in order, all in one batch (one transaction: a ledger
+        failure logs none of them); the first failure is raised (a ledger error, a row
+        refused), after every request's outcome is known."""
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in requests]
-        self._queue.extend(zip(requests, futures, strict=True))
+        self._queue.append(list(zip(requests, futures, strict=True)))
         if self._draining is None:
             self._draining = loop.create_task(self._drain())
         done = await asyncio.gather(*futures, return_exceptions=True)
@@ -79,8 +81,9 @@ class DecisionBatcher:
         loop = self._loop = asyncio.get_running_loop()
         try:
             while self._queue:
-                batch = self._queue[: self.max_batch]
-                del self._queue[: self.max_batch]
+                batch = self._queue.pop(0)  # callers whole, up to max_batch (or one larger)
+                while self._queue and len(batch) + len(self._queue[0]) <= self.max_batch:
+                    batch += self._queue.pop(0)
                 requests = [r for r, _ in batch]
                 try:
                     outcomes = await loop.run_in_executor(self._thread, self.decide_now, requests)

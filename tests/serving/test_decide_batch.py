@@ -123,6 +123,27 @@ def test_concurrent_decisions_are_decided_together(deps: Deps) -> None:
     assert not deps.ledger.pending
 
 
+def test_a_callers_batch_is_never_split(deps: Deps) -> None:
+    """A /decide/batch call's requests go in one batch (one transaction) even past
+    ``max_batch``; lone calls queued behind it join up to ``max_batch``."""
+    sizes: list[int] = []
+    batcher = DecisionBatcher(deps, max_batch=3, observe=lambda _t, n: sizes.append(n))
+    web = DecideRequest(customer_id="c-pre", channel="web")
+
+    async def go() -> None:
+        await asyncio.gather(
+            batcher.decide(web),  # alone: nothing queued yet
+            batcher.decide_all([web] * 5),
+            batcher.decide(web),
+            batcher.decide(web),
+            batcher.decide(web),
+        )
+
+    asyncio.run(go())
+    batcher.close()
+    assert sizes == [1, 5, 3]
+
+
 def test_an_undeclared_campaign_fails_only_its_own_request(deps: Deps) -> None:
     """One request of a shared batch refused (400): the others are decided and logged."""
     from pydantic import ValidationError
