@@ -57,7 +57,6 @@ class DecisionBatcher:
         self._queue: list[list[tuple[DecideRequest, asyncio.Future[DecideResponse]]]] = []
         self._draining: asyncio.Task[None] | None = None  # held: the loop keeps weak references
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="decider")
-        self._loop: asyncio.AbstractEventLoop | None = None  # the service's: feature timeouts
 
     async def decide(self, request: DecideRequest) -> DecideResponse:
         return (await self.decide_all([request]))[0]
@@ -78,7 +77,7 @@ class DecisionBatcher:
         return done  # type: ignore[return-value]
 
     async def _drain(self) -> None:
-        loop = self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         try:
             while self._queue:
                 batch = self._queue.pop(0)  # callers whole, up to max_batch (or one larger)
@@ -155,12 +154,8 @@ class DecisionBatcher:
             return
         ids = list(dict.fromkeys(v.known.customer_id for v in wanted))
         try:
-            now = self.deps.clock()
-            if self._loop is None:  # called directly, not by the service: the plain read
-                rows = reader.read_many(ids, now=now)
-            else:  # with the reader's timeout and circuit breaker, as every served read
-                read = reader.read_many_async(ids, now=now)
-                rows = asyncio.run_coroutine_threadsafe(read, self._loop).result()
+            # with the reader's timeout and circuit breaker, as every served read
+            rows = reader.read_many_within(ids, now=self.deps.clock())
         except Exception as exc:  # noqa: BLE001 - a fallback decision, with the reason
             for v in wanted:
                 v.known.reasons.append(f"features: {type(exc).__name__}: {exc}")

@@ -1,4 +1,4 @@
-"""The served feature read (``FeatureReader.read_many_async``, one per batch of decisions):
+"""The served feature read (``FeatureReader.read_many_within``, one per batch of decisions):
 nulls dropped, a timeout instead of a hung store's wait, a circuit breaker while it fails;
 and a batch of decisions reads its customers' features in one call."""
 
@@ -31,7 +31,8 @@ def _reader(calls: list[list[str]], fail: bool = False) -> FeatureReader:
 
 
 async def _read(reader: FeatureReader, cid: str) -> dict[str, Any]:
-    return (await reader.read_many_async([cid]))[0]
+    """One read from the decider's thread, while the event loop goes on."""
+    return (await asyncio.to_thread(reader.read_many_within, [cid]))[0]
 
 
 def test_a_batch_of_decisions_reads_features_in_one_call(deps: Deps) -> None:
@@ -44,7 +45,7 @@ def test_a_batch_of_decisions_reads_features_in_one_call(deps: Deps) -> None:
 
 
 def test_reads_drop_nulls() -> None:
-    rows = asyncio.run(_reader([]).read_many_async(["a", "b"]))
+    rows = _reader([]).read_many_within(["a", "b"])
     assert [r["plan"] for r in rows] == ["plan-of-a", "plan-of-b"]
     assert all("gone" not in r for r in rows)  # nulls dropped: a missing field fails its rule
 
