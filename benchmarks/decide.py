@@ -26,7 +26,16 @@ from nextbest.settings import PROJECT_ROOT, Settings
 from serving import run
 
 TARGETS = {"floor": "benchmarks.floor:Floor", "decide": "serving.service:Nextbest"}
+# /decide's pipeline behind BentoML's adaptive batching instead of the service's own batcher
+ADAPTIVE = {"adaptive": "benchmarks.adaptive:Adaptive"}
 BODY = {"customer_id": "bench{i:06d}", "channel": "web", "context": {"page": "home"}}
+BODIES = {"adaptive": {"requests": [BODY]}}  # a batchable BentoML API takes a list
+
+
+def body_for(name: str, i: int) -> dict[str, Any]:
+    """Target ``name``'s request for synthetic customer ``i``."""
+    one = {**BODY, "customer_id": BODY["customer_id"].format(i=i)}
+    return {"requests": [one]} if name in BODIES else one
 
 
 def prepare_features(settings: Settings, customers: int) -> dict[str, Any]:
@@ -70,7 +79,9 @@ def prepare_models(settings: Settings) -> dict[str, Any]:
     return versions
 
 
-def _loadgen(url: str, key: str, mode: str, seconds: float, customers: int, **opts: Any) -> dict:
+def _loadgen(
+    url: str, key: str, mode: str, seconds: float, customers: int, body: dict, **opts: Any
+) -> dict:
     cmd = [
         sys.executable,
         "-m",
@@ -78,7 +89,7 @@ def _loadgen(url: str, key: str, mode: str, seconds: float, customers: int, **op
         "--url",
         url,
         "--body",
-        json.dumps(BODY),
+        json.dumps(body),
         "--key",
         key,
         "--mode",
@@ -110,11 +121,11 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
-def _sequential(url: str, key: str, n: int, customers: int) -> dict[str, float]:
+def _sequential(url: str, key: str, n: int, customers: int, name: str) -> dict[str, float]:
     lat = []
     with httpx.Client(headers={"X-API-Key": key}, timeout=10) as client:
         for i in range(n + 50):
-            body = {**BODY, "customer_id": BODY["customer_id"].format(i=i % customers)}
+            body = body_for(name, i % customers)
             t0 = time.perf_counter()
             r = client.post(url, json=body)
             dt = time.perf_counter() - t0
@@ -134,8 +145,9 @@ def _measure(
     n_seq: int,
     customers: int,
     progress: Progress,
+    targets: dict[str, str],
 ) -> dict[str, dict[str, Any]]:
-    ports = {name: run.free_port() for name in TARGETS}
+    ports = {name: run.free_port() for name in targets}
     procs = {
         # no background report build competing with the measured requests
         name: run.start(
@@ -145,34 +157,36 @@ def _measure(
             log=settings.home / f"bench-{name}.log",
             NEXTBEST_REPORT_EVERY_MINUTES="0",
         )
-        for name, target in TARGETS.items()
+        for name, target in targets.items()
     }
     key = settings.channel_keys[0]
     urls = {n: f"http://127.0.0.1:{p}/decide" for n, p in ports.items()}
     steps = 2 * (2 + len(concurrencies))
     task = progress.add_task("starting servers", total=steps)
-    out: dict[str, dict[str, Any]] = {n: {"closed": {}} for n in TARGETS}
+    out: dict[str, dict[str, Any]] = {n: {"closed": {}} for n in targets}
     try:
         for name, proc in procs.items():
             run.wait_ready(proc, ports[name], timeout=120)
-        for name in TARGETS:
+        for name in targets:
             progress.update(task, description=f"{name}: sequential", advance=1)
-            out[name]["sequential"] = _sequential(urls[name], key, n_seq, customers)
+            out[name]["sequential"] = _sequential(urls[name], key, n_seq, customers, name)
         for c in concurrencies:
-            for name in TARGETS:
+            for name in targets:
                 progress.update(task, description=f"{name}: {c} connections", advance=1)
                 cpu0 = _cpu_seconds(procs[name].pid)
-                res = _loadgen(urls[name], key, "closed", seconds, customers, concurrency=c)
+                body = BODIES.get(name, BODY)
+                res = _loadgen(urls[name], key, "closed", seconds, customers, body, concurrency=c)
                 cpu_ms = (_cpu_seconds(procs[name].pid) - cpu0) * 1000.0
                 res["server_cpu_ms_per_request"] = round(cpu_ms / max(res["requests"], 1), 3)
                 out[name]["closed"][str(c)] = res
-        for name in TARGETS:
+        for name in targets:
             sat = max(r["rps"] for r in out[name]["closed"].values())
             progress.update(task, description=f"{name}: open loop at {sat / 2:.0f}/s", advance=1)
             out[name]["saturation_rps"] = sat
             out[name]["open_half"] = _loadgen(
-                urls[name], key, "open", seconds, customers, rate=round(sat / 2, 1)
-            )
+                urls[name], key, "open", seconds, customers, BODIES.get(name, BODY),
+                rate=round(sat / 2, 1),
+            )  # fmt: skip
         # after the load: a part that failed during the run shows here
         out["decide"]["health"] = httpx.get(
             f"http://127.0.0.1:{ports['decide']}/healthz",
@@ -191,10 +205,12 @@ def bench_decide(
     n_seq: int = 500,
     customers: int = 1000,
     workers: int | None = None,
+    adaptive: bool = False,
 ) -> dict[str, Any]:
-    """Floor and /decide in one run. Without ``settings`` a fresh home gets promoted models
-    (trained on a small world) and a real Feast store of synthetic customers; with it, the
-    home as it is."""
+    """Floor and /decide in one run (``adaptive``: and /decide's pipeline behind BentoML's
+    adaptive batching, ``benchmarks.adaptive``). Without ``settings`` a fresh home gets
+    promoted models (trained on a small world) and a real Feast store of synthetic customers;
+    with it, the home as it is."""
     concurrencies = concurrencies or [8, 32]
     with (
         tempfile.TemporaryDirectory(prefix="nextbest-bench-") as tmp,
@@ -208,7 +224,8 @@ def bench_decide(
             prepared["features"] = prepare_features(settings, customers)
         if workers is not None:
             settings = settings.model_copy(update={"workers": workers})
-        figures = _measure(settings, concurrencies, seconds, n_seq, customers, progress)
+        targets = {**TARGETS, **(ADAPTIVE if adaptive else {})}
+        figures = _measure(settings, concurrencies, seconds, n_seq, customers, progress, targets)
     floor, decide = figures["floor"], figures["decide"]
     ratio = decide["saturation_rps"] / floor["saturation_rps"]
     p50_gap = decide["sequential"]["p50_ms"] - floor["sequential"]["p50_ms"]
@@ -218,7 +235,21 @@ def bench_decide(
         floor["closed"][top]["server_cpu_ms_per_request"]
         / decide["closed"][top]["server_cpu_ms_per_request"]
     )
+    compared = {}
+    if adaptive:  # the same three goals' figures for BentoML's adaptive batching
+        other = figures["adaptive"]
+        compared = {
+            "adaptive": other,
+            "adaptive_throughput_ratio": round(
+                other["saturation_rps"] / floor["saturation_rps"], 3
+            ),
+            "adaptive_p50_gap_ms": round(
+                other["sequential"]["p50_ms"] - floor["sequential"]["p50_ms"], 3
+            ),
+            "adaptive_p99_half_saturation_ms": other["open_half"]["p99_ms"],
+        }
     return {
+        **compared,
         "workers": settings.workers,
         "ledger_synchronous": settings.ledger_synchronous,
         "features": prepared,

@@ -37,6 +37,10 @@ def bodies(template: dict, n_customers: int) -> list[bytes]:
         body = dict(template)
         if "customer_id" in body:
             body["customer_id"] = body["customer_id"].format(i=i)
+        if isinstance(body.get("requests"), list):  # a batch API's body (bench decide --adaptive)
+            body["requests"] = [
+                {**r, "customer_id": r["customer_id"].format(i=i)} for r in body["requests"]
+            ]
         out.append(json.dumps(body).encode())
     return out
 

@@ -96,6 +96,9 @@ def bench_decide_cmd(
     use_home: Annotated[
         bool, typer.Option(help="bench the home as it is (promoted models) instead of a fresh one")
     ] = False,
+    adaptive: Annotated[
+        bool, typer.Option(help="also /decide's pipeline behind BentoML's adaptive batching")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """/decide vs an empty BentoML endpoint: sequential, closed-loop and open-loop figures.
@@ -110,7 +113,7 @@ def bench_decide_cmd(
     if workers is not None and workers < 1:
         fail(f"--workers must be >= 1, got {workers}")
     s = get_settings().ensure_dirs() if use_home else None
-    emit(bench_decide(s, concurrency or None, seconds, workers=workers), as_json)
+    emit(bench_decide(s, concurrency or None, seconds, workers=workers, adaptive=adaptive), as_json)
 
 
 def bench_soak_cmd(

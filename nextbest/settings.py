@@ -201,6 +201,9 @@ class Settings(BaseSettings):
         "validation window) exceeds this",
     )
     request_timeout: int = Field(10, gt=0, description="BentoML request timeout, seconds")
+    max_batch_decisions: int = Field(
+        1000, gt=0, description="most decision requests one POST /decide/batch may carry"
+    )
     max_body_bytes: int = Field(
         65_536,
         ge=1024,

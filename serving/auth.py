@@ -35,7 +35,7 @@ PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/healthz"})  # exact paths: prob
 ADMIN_PATHS = ("/erase", "/promote/", "/metrics", "/reports/refresh")
 # the POST routes that take a JSON object (exact, or a prefix ending in "/"); /promote/ takes
 # no body, and a POST anywhere else is a 404 or 405 from the router, not a body problem
-JSON_PATHS = ("/decide", "/outcome", "/events", "/erase", "/journeys/")
+JSON_PATHS = ("/decide", "/decide/batch", "/outcome", "/events", "/erase", "/journeys/")
 JSON = "application/json"
 MAX_DEPTH = 32  # the deepest request (an event's items) is 3 levels; json.loads recurses in C
 HEADER = b"x-api-key"
@@ -60,7 +60,7 @@ def clear_validation_error(body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(detail, list) or not detail or not isinstance(detail[0], dict):
         return body
     first = detail[0]
-    field = ".".join(str(p) for p in first.get("loc", ())) or "body"
+    field = field_path(first.get("loc", ())) or "body"
     msg = first.get("msg", "invalid")
     if first.get("type") == "extra_forbidden":
         msg = "unknown field"
@@ -68,6 +68,14 @@ def clear_validation_error(body: dict[str, Any]) -> dict[str, Any]:
         msg = "required"
     more = f" (and {len(detail) - 1} more)" if len(detail) > 1 else ""
     return {"error": f"{field}: {msg}{more}", "field": field, "detail": detail}
+
+
+def field_path(loc: Iterable[Any]) -> str:
+    """A validation error's location as a caller writes it: ``requests[3].channel``."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
 
 
 class BadBody(Exception):
@@ -193,10 +201,13 @@ class ApiGuard:
         admin_keys: list[str],
         health: Callable[[], dict[str, Any]] | None = None,
         max_body_bytes: int = 65_536,
+        body_limits: dict[str, int] | None = None,
     ) -> None:
+        """``body_limits``: a larger limit for a path that takes many items (/decide/batch)."""
         self.app = app
         self.channel_keys, self.admin_keys, self.health = channel_keys, admin_keys, health
         self.max_body_bytes = max_body_bytes
+        self.body_limits = body_limits or {}
 
     def _role(self, scope: Scope) -> tuple[str | None, str]:
         """The caller's role, or None and why (for the 401)."""
@@ -245,7 +256,8 @@ class ApiGuard:
         kind = media_type(scope)
         if kind is not None and kind != JSON:
             raise BadBody(415, "Content-Type", f"must be {JSON}, got {kind or 'nothing'!r}")
-        body = await read_body(scope, receive, self.max_body_bytes)
+        limit = self.body_limits.get(scope["path"], self.max_body_bytes)
+        body = await read_body(scope, receive, limit)
         check_json(body)
         replayed = False
 

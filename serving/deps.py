@@ -6,7 +6,6 @@ its reason instead of stopping the service: decisions then fall back and say why
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import secrets
@@ -42,7 +41,7 @@ class FeatureReader:
         breaker: Breaker | None = None,
         timeout: float = 0.1,
     ) -> None:
-        """``timeout``: the longest ``read_many_async`` waits for a read (seconds)."""
+        """``timeout``: the longest ``read_many_within`` waits for a read (seconds)."""
         self.store = store
         self._read = read_online
         self.breaker = breaker or Breaker("features")
@@ -77,19 +76,19 @@ class FeatureReader:
         self.breaker.admit()
         return self._guarded(customer_ids, service, now)
 
-    async def read_many_async(
+    def read_many_within(
         self, customer_ids: list[str], service: str = "profile_v1", now: datetime | None = None
     ) -> list[dict]:
-        """``read_many`` off the event loop, waiting at most ``timeout``. While the circuit is
-        open it raises at once; the half-open probe runs in the background, and this call
-        raises at once too: no decision waits on a store that was just failing."""
+        """``read_many`` waiting at most ``timeout``, for the decision batcher's thread: a hung
+        store costs a decision its features, not the batch's wait. While the circuit is open
+        it raises at once; the half-open probe runs in the background, and this call raises at
+        once too: no decision waits on a store that was just failing."""
         if self.breaker.admit():
             self._executor().submit(self._guarded, customer_ids, service, now)
             raise CircuitOpen(f"features circuit half-open, probing after {self.failing()}")
-        loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(self._executor(), self._read_rows, customer_ids, service, now)
+        work = self._executor().submit(self._read_rows, customer_ids, service, now)
         try:
-            rows = await asyncio.wait_for(work, self.timeout)
+            rows = work.result(self.timeout)
         except Exception as exc:
             if isinstance(exc, TimeoutError):
                 exc = TimeoutError(f"no answer within {self.timeout * 1000:g} ms")

@@ -58,6 +58,7 @@ JSON_BODY = (400, 413, 415)
 # every operation's refusals besides 401 (every keyed route) and 403 (admin routes)
 STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/decide"): (*JSON_BODY, 503),
+    ("post", "/decide/batch"): (*JSON_BODY, 503),
     ("post", "/outcome"): (*JSON_BODY, 404, 409, 503),
     ("post", "/events"): (*JSON_BODY, 409, 503),
     ("post", "/erase"): (*JSON_BODY, 404, 503),

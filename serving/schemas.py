@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from features.schema import CUSTOMER_ID_MAX, ID_COLUMNS, IDENTIFIER_MAX, Channel
@@ -92,3 +92,28 @@ class DecideResponse(BaseModel):
     model_versions: dict[str, str]
     fallback: bool
     reasons: list[str] = Field(default_factory=list, description="why the decision fell back")
+
+
+def batch_request(limit: int) -> type[BaseModel]:
+    """The body of ``POST /decide/batch`` with at most ``limit`` requests
+    (``max_batch_decisions``): the count is checked before any item is validated."""
+
+    class DecideBatch(BaseModel):
+        """Decision requests answered in one call, in order (an outbound run, a call list)."""
+
+        model_config = ConfigDict(
+            extra="forbid", json_schema_extra={"example": {"requests": [EXAMPLE_REQUEST]}}
+        )
+        requests: list[DecideRequest] = Field(
+            max_length=limit, description=f"at most {limit} decision requests"
+        )
+
+        @field_validator("requests", mode="before")
+        @classmethod
+        def _at_most(cls, value: Any) -> Any:
+            if isinstance(value, list) and len(value) > limit:
+                reason = f"at most {limit} decision requests, got {len(value)}"
+                raise PydanticCustomError("too_long", reason)
+            return value
+
+    return DecideBatch

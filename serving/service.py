@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import bentoml
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -31,7 +32,6 @@ from nextbest.settings import development_secrets_error, get_settings
 from serving import (
     actions,
     admin,
-    journey_banners,
     journey_defs,
     journey_intents,
     journey_schedule,
@@ -40,19 +40,21 @@ from serving import (
     reports,
 )
 from serving.auth import ApiGuard
-from serving.batching import FeatureBatcher
 from serving.bentofix import (
     MetricLabels,
     bounded_metric_labels,
     cancel_timeout_timers,
     quiet_client_errors,
 )
-from serving.decide import DecideRequest, DecideResponse, Known, plan, resolve, with_banner
+from serving.decide import DecideRequest, DecideResponse, experiment_of
+from serving.decision_batcher import DecisionBatcher
 from serving.deps import Deps, load_deps, pinned_models, price_refresher
 from serving.policy_follow import PolicyFollower
 from serving.run import bound_host
+from serving.schemas import batch_request, field_error
+from serving.stage_metrics import stage_metrics
 from serving.unavailable import ledger_guard, route_handlers
-from serving.writer import GroupWriter, WalCheckpointer
+from serving.writer import WalCheckpointer
 
 log = logging.getLogger("nextbest.service")
 SETTINGS = get_settings()
@@ -62,6 +64,8 @@ if _HOST is not None and (_REFUSED := development_secrets_error(SETTINGS, _HOST)
     print(f"error: {_REFUSED}", file=sys.stderr)
     raise SystemExit(2)
 PINNED = pinned_models(SETTINGS)
+DecideBatch = batch_request(SETTINGS.max_batch_decisions)
+DECISION_BYTES = 4096  # a decision request is well under this (see max_body_bytes)
 
 
 cancel_timeout_timers()
@@ -75,7 +79,16 @@ METRIC_TEMPLATES = {
     "/promote/": "/promote/{model}",
     "/static_content/": "/static_content/{path}",
 }
-ROUTES = ("/decide", "/outcome", "/events", "/erase", "/outbox", "/reports", "/reports/refresh")
+ROUTES = (
+    "/decide",
+    "/decide/batch",
+    "/outcome",
+    "/events",
+    "/erase",
+    "/outbox",
+    "/reports",
+    "/reports/refresh",
+)
 bounded_metric_labels(MetricLabels(METRIC_TEMPLATES, (*ROUTES, "/", "/docs.json", "/schema.json")))
 
 
@@ -155,14 +168,9 @@ class Nextbest:
 
     def __init__(self) -> None:
         self.deps = load_deps(get_settings())
-        cheap_commit = (
-            self.deps.ledger.engine.dialect.name == "sqlite"
-            and self.deps.settings.ledger_synchronous == "NORMAL"
-        )
-        self.writer = GroupWriter(self.deps.ledger, inline=cheap_commit)
         self.checkpointer = WalCheckpointer(self.deps.ledger.engine)
-        features = self.deps.features
-        self.batcher = FeatureBatcher(features, clock=self.deps.clock) if features else None
+        # here, in the worker: BentoML's multi-process metrics directory is set by now
+        self.batcher = DecisionBatcher(self.deps, observe=stage_metrics().observe)
         STATE.deps = self.deps
         # the learner process learns; this worker swaps in what it publishes
         self.follower = self.deps.learner = PolicyFollower(self.deps)
@@ -208,6 +216,7 @@ class Nextbest:
         self.checkpointer.stop()
         if prices := getattr(self, "prices", None):
             prices.stop()
+        self.batcher.close()
 
     async def _every(self, seconds: float, job: Callable[[], str | None], what: str) -> None:
         """``job`` in a thread every ``seconds`` while the service runs, off the loop that
@@ -262,29 +271,25 @@ class Nextbest:
     @bentoml.api(route="/decide")
     @ledger_guard
     async def decide(self, request: DecideRequest, /) -> DecideResponse:
-        # async: the pipeline is short CPU work on the loop; feature reads of concurrent
-        # requests are batched, and commits are grouped and run off the loop
-        known = Known(reasons=[])
-        known.customer_id = resolve(request, self.deps, known.reasons, verify=True)
-        if known.customer_id is not None:
-            if self.batcher is None:
-                known.reasons.append(
-                    f"features: {self.deps.missing.get('features', 'unavailable')}"
-                )
-            else:
-                try:
-                    known.features = await self.batcher.read(known.customer_id)
-                except Exception as exc:  # noqa: BLE001 - a fallback decision, with the reason
-                    known.reasons.append(f"features: {type(exc).__name__}: {exc}")
-        banner = None  # a journey's banner for this visit: skipped unless a journey has one
-        if known.customer_id is not None and journey_banners.possible(self.deps, request.channel):
-            banner = await asyncio.to_thread(
-                journey_banners.take, known.customer_id, request.channel, self.deps
-            )
-        request, scope = with_banner(request, banner)
-        # planned and held at once (no await between), committed in a group
-        response, _ = await self.writer.decide(lambda: plan(request, self.deps, known, scope))
-        return response
+        # decided in a batch with the requests that queue meanwhile, off the loop
+        # (serving.decision_batcher): the loop only parses, queues and answers
+        return await self.batcher.decide(request)
+
+    @bentoml.api(route="/decide/batch")
+    @ledger_guard
+    async def decide_batch(self, batch: DecideBatch, /) -> list[DecideResponse]:  # type: ignore[valid-type]
+        """Up to ``max_batch_decisions`` decisions, answered in order. Every item is checked
+        before any is decided: a bad one is the 400 naming ``requests[i].<field>``, and
+        nothing of the batch is logged."""
+        requests: list[DecideRequest] = batch.requests  # type: ignore[attr-defined]
+        for i, request in enumerate(requests):
+            try:
+                experiment_of(request, self.deps)
+            except ValidationError as exc:
+                reason = exc.errors()[0]["msg"]
+                campaign = request.context.campaign
+                raise field_error(f"requests[{i}].context.campaign", reason, campaign) from None
+        return await self.batcher.decide_all(requests)
 
     @bentoml.api(route="/outcome")
     @ledger_guard
@@ -312,4 +317,7 @@ Nextbest.add_asgi_middleware(
     admin_keys=SETTINGS.admin_keys,
     health=STATE.health,
     max_body_bytes=SETTINGS.max_body_bytes,
+    body_limits={
+        "/decide/batch": max(SETTINGS.max_body_bytes, SETTINGS.max_batch_decisions * DECISION_BYTES)
+    },
 )

@@ -1,15 +1,10 @@
-"""Group commit for the decision ledger: every decision is committed before it is answered,
-but decisions arriving together share one transaction (one fsync), and the commit runs in a
-thread so the event loop keeps deciding meanwhile.
-
-With ``synchronous=FULL`` a SQLite commit costs about a millisecond of fsync; paying it once per
-request would cap a worker near 1k decisions/s and stall the loop. Sequential callers still
-get one commit each, so nothing is acknowledged before it is durable.
+"""Committing decisions: ``commit`` plans and commits one decision in its caller's thread (the
+journey runner, the basket scan, the profile view), and WAL checkpoints run off the commits.
+/decide's batches are committed by ``serving.decision_batcher``, one transaction a batch.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 import threading
@@ -27,73 +22,8 @@ log = logging.getLogger("nextbest.writer")
 T = TypeVar("T")
 
 
-class GroupWriter:
-    """``await writer.put(row)`` returns once ``row`` is committed (or raises why not: a row
-    the database refuses fails alone, ``RowRejected``, and the rest of its group is written);
-    ``await writer.decide(make)`` plans with ``make`` and commits, planning again when the
-    commit finds the plan stale (another writer showed the customer something meanwhile)."""
-
-    def __init__(self, ledger: Ledger, max_batch: int = 256, inline: bool = False) -> None:
-        """``inline``: commit on the loop itself, for a commit cheaper than a thread hop
-        (SQLite with ``synchronous=NORMAL``: no fsync per commit)."""
-        self.ledger, self.max_batch, self.inline = ledger, max_batch, inline
-        self._pending: list[tuple[DecisionRow, asyncio.Future[bool]]] = []
-        self._flushing = False
-
-    async def decide(self, make: Callable[[], tuple[T, DecisionRow]]) -> tuple[T, DecisionRow]:
-        """``make()`` (a plan) committed: the answer and its row, as written."""
-        for _ in range(MAX_PLANS):
-            response, row = make()  # on the loop, and held at once: no other plan in between
-            if await self.put(row):
-                return response, row
-        raise LedgerError(
-            f"customer {row.customer_id}: history kept changing over {MAX_PLANS} plans"
-        )
-
-    async def put(self, row: DecisionRow) -> bool:
-        """True once committed; False when its plan was stale and it was not written."""
-        fut = asyncio.get_running_loop().create_future()
-        self.ledger.pending.hold(row)  # counted against caps until its commit ends
-        self._pending.append((row, fut))
-        if not self._flushing:
-            self._flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
-        return await fut
-
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch = self._pending[: self.max_batch]
-                del self._pending[: self.max_batch]
-                rows = [r for r, _ in batch]
-                try:
-                    if self.inline:
-                        stale, refused = self.ledger.record_decisions_isolated(rows)
-                    else:
-                        stale, refused = await asyncio.to_thread(
-                            self.ledger.record_decisions_isolated, rows
-                        )
-                except Exception as exc:  # noqa: BLE001 - each waiter gets the failure
-                    self.ledger.pending.release(rows, failed=rows)
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                else:
-                    why = {id(row): err for row, err in refused}
-                    self.ledger.pending.release(rows, failed=stale + [r for r, _ in refused])
-                    for row, fut in batch:
-                        if fut.done():
-                            continue
-                        if id(row) in why:  # refused alone: the rest of the group is written
-                            fut.set_exception(why[id(row)])
-                        else:
-                            fut.set_result(not any(row is x for x in stale))
-        finally:
-            self._flushing = False
-
-
 def commit(make: Callable[[], tuple[T, DecisionRow]], ledger: Ledger) -> tuple[T, DecisionRow]:
-    """``GroupWriter.decide`` for one caller, in its own thread and transaction: plan with
+    """One caller's decision, in its own thread and transaction: plan with
     ``make``, commit, and plan again while the commit finds the plan stale."""
     for _ in range(MAX_PLANS):
         response, row = make()

@@ -46,6 +46,7 @@ ACCESS: dict[tuple[str, str], tuple[str, Any, int, int, int]] = {
     ("GET", "/"): ("/", None, 401, 200, 200),  # the Swagger UI page
     ("GET", "/static_content/{path}"): ("", None, 401, 200, 200),  # its scripts (path: below)
     ("POST", "/decide"): ("/decide", {}, 401, 400, 400),
+    ("POST", "/decide/batch"): ("/decide/batch", {}, 401, 400, 400),
     ("POST", "/outcome"): ("/outcome", {}, 401, 400, 400),
     ("POST", "/events"): ("/events", {}, 401, 400, 400),
     ("GET", "/profile/{customer_id}"): ("/profile/x?channel=fax", None, 401, 400, 400),

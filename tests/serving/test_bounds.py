@@ -68,7 +68,7 @@ BAD: list[tuple[str, dict[str, Any], int, str]] = [
     ("/events", {**PURCHASE, "channel": "w" * 33}, 400,
      "channel: String should have at most 32 characters"),
     ("/decide", {"channel": "web", "context": {"basket": ["p" * 65]}}, 400,
-     "context.basket.0: String should have at most 64 characters"),
+     "context.basket[0]: String should have at most 64 characters"),
 ]  # fmt: skip
 
 

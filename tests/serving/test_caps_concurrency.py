@@ -19,8 +19,9 @@ from nextbest.settings import Settings
 from record.ledger import Ledger
 from record.tables import DecisionRow
 from serving.decide import DecideRequest, plan
+from serving.decision_batcher import DecisionBatcher
 from serving.deps import Deps
-from serving.writer import GroupWriter, commit
+from serving.writer import commit
 from tests.serving.conftest import CHANNEL
 
 EMAIL = DecideRequest(customer_id="c-post", channel="email")  # e-mail cap: 2 a week
@@ -40,18 +41,16 @@ def contacts(ledger: Ledger, customer: str, channel: str = "email") -> int:
 
 
 def test_decisions_waiting_for_their_group_commit_count_against_caps(deps: Deps) -> None:
-    """Twenty decisions for one person planned while their group commit is pending: each
-    plan counts the ones planned before it, so at most two e-mails carry an offer."""
-    writer = GroupWriter(deps.ledger)
-
-    async def one() -> None:
-        _, row = plan(EMAIL, deps)
-        await writer.put(row)
+    """Twenty decisions for one person at once, decided in batches: each plan counts the ones
+    planned before it, in its batch and in batches not yet committed, so at most two e-mails
+    carry an offer."""
+    batcher = DecisionBatcher(deps)
 
     async def all_at_once() -> None:
-        await asyncio.gather(*(one() for _ in range(20)))
+        await asyncio.gather(*(batcher.decide(EMAIL) for _ in range(20)))
 
     asyncio.run(all_at_once())
+    batcher.close()
     assert deps.ledger.counts()["decisions"] == 20
     assert contacts(deps.ledger, "c-post") == 2  # all allowed offers but one are real: p ~ 1
     assert not deps.ledger.pending  # every row released after its commit

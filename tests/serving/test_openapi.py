@@ -15,7 +15,7 @@ from tests.serving.test_auth import app_routes
 
 # the pages that serve the document, and BentoML's own service schema: not API routes
 UNDOCUMENTED = {"/docs.json", "/docs", "/", "/static_content/{path}", "/schema.json"}
-JSON_BODY = {"/decide", "/outcome", "/events", "/erase", "/journeys/{action}"}
+JSON_BODY = {"/decide", "/decide/batch", "/outcome", "/events", "/erase", "/journeys/{action}"}
 PROBES = {"/livez", "/readyz", "/healthz"}
 
 

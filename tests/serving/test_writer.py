@@ -1,4 +1,5 @@
-"""Group commit: concurrent decisions are all committed before their callers resume."""
+"""Group commit: concurrent decisions are all committed before their callers resume, a batch in
+one transaction; a row the database refuses fails alone."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import pytest
 
 from record.ledger import Ledger, RowRejected
 from record.tables import DecisionRow
-from serving.writer import GroupWriter
+from serving.decide import DecideRequest
+from serving.decision_batcher import DecisionBatcher
 from tests.serving.conftest import decision_row
 
 
-def test_concurrent_puts_are_committed_in_groups(deps) -> None:  # noqa: ANN001
+def test_concurrent_decisions_are_committed_in_groups(deps) -> None:  # noqa: ANN001
+    """Fifty concurrent /decide calls: fewer commits than decisions, every one written."""
     ledger: Ledger = deps.ledger
     calls: list[int] = []
     original = ledger.record_decisions
@@ -22,20 +25,21 @@ def test_concurrent_puts_are_committed_in_groups(deps) -> None:  # noqa: ANN001
         return original(rows)
 
     ledger.record_decisions = counting  # type: ignore[method-assign]
-    writer = GroupWriter(ledger)
-    rows = [decision_row() for _ in range(50)]
+    batcher = DecisionBatcher(deps)
+    requests = [DecideRequest(customer_id=f"c-{i}", channel="web") for i in range(50)]
 
     async def go() -> None:
-        await asyncio.gather(*(writer.put(r) for r in rows))
+        await asyncio.gather(*(batcher.decide(r) for r in requests))
 
     asyncio.run(go())
+    batcher.close()
     assert sum(calls) == 50 and len(calls) < 50  # grouped
     assert ledger.counts()["decisions"] == 50
 
 
 def test_a_failed_commit_reaches_every_waiter(deps) -> None:  # noqa: ANN001
-    """A failure of the whole transaction (the disk is full) fails every waiter of the group
-    with it, and nothing of the group is written."""
+    """A failure of the whole transaction (the disk is full) fails every waiter of the batch
+    with it, and nothing of the batch is written."""
     import sqlite3
 
     from sqlalchemy.exc import OperationalError
@@ -48,7 +52,14 @@ def test_a_failed_commit_reaches_every_waiter(deps) -> None:  # noqa: ANN001
         raise OperationalError("INSERT", None, sqlite3.OperationalError("database or disk is full"))
 
     ledger.record_decisions = full  # type: ignore[method-assign]
-    results = _group(deps, [decision_row() for _ in range(5)])
+    batcher = DecisionBatcher(deps)
+    requests = [DecideRequest(customer_id=f"c-{i}", channel="web") for i in range(5)]
+
+    async def go() -> list[BaseException | object]:
+        return await asyncio.gather(*(batcher.decide(r) for r in requests), return_exceptions=True)
+
+    results = asyncio.run(go())
+    batcher.close()
     assert [type(r) for r in results] == [OperationalError] * 5
     assert all("database or disk is full" in str(r) for r in results)
     ledger.record_decisions = original  # type: ignore[method-assign]
@@ -90,13 +101,11 @@ def test_wal_checkpoints_move_off_the_commits(tmp_path) -> None:  # noqa: ANN001
 
 
 def _group(deps, rows: list[DecisionRow]) -> list[bool | BaseException]:  # noqa: ANN001
-    """Every row put at once (one group): each waiter's result or exception."""
-    writer = GroupWriter(deps.ledger)
-
-    async def go() -> list[bool | BaseException]:
-        return await asyncio.gather(*(writer.put(r) for r in rows), return_exceptions=True)
-
-    return asyncio.run(go())
+    """Every row committed as one group, as the decision batcher commits a batch: each row's
+    result (written) or why it was refused."""
+    stale, refused = deps.ledger.record_decisions_isolated(rows)
+    why = {id(row): err for row, err in refused}
+    return [why.get(id(r), not any(r is x for x in stale)) for r in rows]
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

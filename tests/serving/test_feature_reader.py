@@ -1,4 +1,6 @@
-"""Feature reads of concurrent decisions share one store call; a failure reaches each caller."""
+"""The served feature read (``FeatureReader.read_many_within``, one per batch of decisions):
+nulls dropped, a timeout instead of a hung store's wait, a circuit breaker while it fails;
+and a batch of decisions reads its customers' features in one call."""
 
 from __future__ import annotations
 
@@ -11,8 +13,9 @@ from typing import Any
 import pytest
 
 from nextbest.breaker import Breaker, CircuitOpen
-from serving.batching import FeatureBatcher
-from serving.deps import FeatureReader
+from serving.decide import DecideRequest
+from serving.decision_batcher import DecisionBatcher
+from serving.deps import Deps, FeatureReader
 
 
 def _reader(calls: list[list[str]], fail: bool = False) -> FeatureReader:
@@ -27,29 +30,35 @@ def _reader(calls: list[list[str]], fail: bool = False) -> FeatureReader:
     return FeatureReader(None, read_online)
 
 
-def test_concurrent_reads_share_a_call() -> None:
+async def _read(reader: FeatureReader, cid: str) -> dict[str, Any]:
+    """One read from the decider's thread, while the event loop goes on."""
+    return (await asyncio.to_thread(reader.read_many_within, [cid]))[0]
+
+
+def test_a_batch_of_decisions_reads_features_in_one_call(deps: Deps) -> None:
     calls: list[list[str]] = []
-    batcher = FeatureBatcher(_reader(calls))
+    deps.features = _reader(calls)
+    cids = ["c-post", "c-pre", "c-post", "nobody"]  # "nobody": unknown to the graph, not read
+    batcher = DecisionBatcher(deps)
+    batcher.decide_now([DecideRequest(customer_id=c, channel="web") for c in cids])
+    assert calls == [["c-post", "c-pre"]]  # one call, duplicates read once
 
-    async def go() -> list[dict]:
-        return await asyncio.gather(*(batcher.read(c) for c in ["a", "b", "a", "c"]))
 
-    rows = asyncio.run(go())
-    assert calls == [["a", "b", "c"]]  # one call, duplicates read once
-    assert [r["plan"] for r in rows] == ["plan-of-a", "plan-of-b", "plan-of-a", "plan-of-c"]
+def test_reads_drop_nulls() -> None:
+    rows = _reader([]).read_many_within(["a", "b"])
+    assert [r["plan"] for r in rows] == ["plan-of-a", "plan-of-b"]
     assert all("gone" not in r for r in rows)  # nulls dropped: a missing field fails its rule
 
 
 def test_a_failed_read_reaches_every_caller_and_opens_the_circuit() -> None:
     calls: list[list[str]] = []
     reader = _reader(calls, fail=True)
-    batcher = FeatureBatcher(reader)
 
     async def go() -> list:
-        return await asyncio.gather(batcher.read("a"), batcher.read("b"), return_exceptions=True)
+        return await asyncio.gather(_read(reader, "a"), return_exceptions=True)
 
     errors = asyncio.run(go())
-    assert [str(e) for e in errors] == ["store down", "store down"]
+    assert [str(e) for e in errors] == ["store down"]
     assert reader.breaker.state == "closed"  # one failure: the store is tried again
     for c in ("c", "d"):
         with pytest.raises(ConnectionError, match="store down"):
@@ -78,7 +87,6 @@ def test_a_hung_store_never_holds_the_event_loop() -> None:
     hung = HungStore()
     breaker = Breaker("features", failures=2, reset_seconds=0.3)
     reader = FeatureReader(None, hung, breaker=breaker, timeout=0.05)
-    batcher = FeatureBatcher(reader)
 
     async def go() -> tuple[list, int, list[float]]:
         ticks = 0
@@ -93,7 +101,7 @@ def test_a_hung_store_never_holds_the_event_loop() -> None:
         waited, results = [], []
         for cid in ("a", "b", "c", "d"):
             t0 = time.perf_counter()
-            results.append(*(await asyncio.gather(batcher.read(cid), return_exceptions=True)))
+            results.append(*(await asyncio.gather(_read(reader, cid), return_exceptions=True)))
             waited.append(time.perf_counter() - t0)
         ticker.cancel()
         return results, ticks, waited
@@ -119,10 +127,9 @@ def test_the_half_open_probe_runs_in_the_background_and_closes_the_circuit() -> 
     hung = HungStore()
     breaker = Breaker("features", failures=1, reset_seconds=0.05)
     reader = FeatureReader(None, hung, breaker=breaker, timeout=0.05)
-    batcher = FeatureBatcher(reader)
 
     async def read(cid: str) -> Any:
-        return (await asyncio.gather(batcher.read(cid), return_exceptions=True))[0]
+        return (await asyncio.gather(_read(reader, cid), return_exceptions=True))[0]
 
     async def go() -> list:
         first = await read("a")  # times out: open
@@ -145,8 +152,8 @@ def test_the_half_open_probe_runs_in_the_background_and_closes_the_circuit() -> 
     assert breaker.state == "closed" and hung.calls == 3
 
 
-def test_reads_count_from_the_batchers_clock() -> None:
-    """The decisions' clock (the replay's is the world's time) reaches the read."""
+def test_reads_count_from_the_decisions_clock(deps: Deps) -> None:
+    """The decisions' clock (the replay's is the world's time) reaches the served read."""
     seen: list[Any] = []
 
     def read_online(store: Any, service: str, ids: list[str], now: Any = None) -> list[dict]:
@@ -154,6 +161,12 @@ def test_reads_count_from_the_batchers_clock() -> None:
         return [{"customer_id": c} for c in ids]
 
     at = datetime(2026, 4, 3, 18, 20, tzinfo=UTC)
-    asyncio.run(FeatureBatcher(FeatureReader(None, read_online), clock=lambda: at).read("a"))
-    asyncio.run(FeatureBatcher(FeatureReader(None, read_online)).read("a"))
-    assert seen == [at, None]  # None: the wall clock
+    deps.features, deps.clock = FeatureReader(None, read_online), lambda: at
+    batcher = DecisionBatcher(deps)
+
+    async def go() -> None:
+        await batcher.decide(DecideRequest(customer_id="c-post", channel="web"))
+
+    asyncio.run(go())
+    batcher.close()
+    assert seen == [at]
