@@ -150,6 +150,26 @@ def current_id(conn: Connection, customer_id: str) -> str | None:
     return cid if conn.execute(q).first() else None
 
 
+def current_ids(conn: Connection, customer_ids: list[str]) -> dict[str, str]:
+    """``current_id`` of many ids in two chunked queries: id -> the stored id it goes by now
+    (ids unknown or erased are left out)."""
+    if not customer_ids:
+        return {}
+    into = dict(fetch(conn, merges.c.from_id, customer_ids, merges.c.from_id, merges.c.into_id))
+    now = {c: into.get(c, c) for c in customer_ids}
+    col = customers.c.customer_id
+    stored = {c for (c,) in fetch(conn, col, sorted(set(now.values())), col)}
+    return {c: cur for c, cur in now.items() if cur in stored}
+
+
+def key_owners(conn: Connection, hashes: list[str]) -> dict[str, set[str]]:
+    """key hash -> customers holding it, for many hashes in chunked queries."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for kh, cid in fetch(conn, keys.c.key_hash, hashes, keys.c.key_hash, keys.c.customer_id):
+        found[kh].add(cid)
+    return found
+
+
 # One prebuilt query (a cached compiled statement): the holdout assignment asks it once per
 # person and worker on the decision path.
 _PERSON = union_all(

@@ -89,6 +89,20 @@ _HISTORY = union_all(
         outcomes.c.customer_id == bindparam("cid")
     ),
 )
+# The same for many customers at once (``Ledger.contact_histories``), each row with its customer.
+_HISTORIES = union_all(
+    select(
+        decisions.c.customer_id, decisions.c.channel, decisions.c.offer_id, decisions.c.ts, _MANY
+    ).where(
+        decisions.c.customer_id.in_(bindparam("cids", expanding=True)),
+        decisions.c.ts >= bindparam("since"),
+        *SHOWN,
+    ),
+    select(outcomes.c.customer_id, null(), null(), func.max(outcomes.c.ts), null())
+    .where(outcomes.c.customer_id.in_(bindparam("cids", expanding=True)))
+    .group_by(outcomes.c.customer_id),
+)
+HISTORY_CHUNK = 500  # customers per contact-history query (two IN lists of bound ids)
 # How many of those a customer has now: a planned decision's commit compares it with the
 # count its plan saw (``PlannedOn``), inside the transaction that writes it.
 _SEEN = (
@@ -355,6 +369,27 @@ class Ledger:
         planned = [r for r in self.pending.of(customer_id) if r.ts >= since] if self.pending else []
         shows += [Show(r.channel, r.shown(), r.ts, r.decision_id) for r in planned]
         return History(shows, utc(last) if last else None)
+
+    def contact_histories(self, customer_ids: list[str], since: datetime) -> dict[str, History]:
+        """``contact_history`` of many customers in one query per ``HISTORY_CHUNK`` of them,
+        with the same pending rows (planned by this process, not committed yet) counted."""
+        ids = list(dict.fromkeys(customer_ids))
+        shows: dict[str, list[Show]] = {c: [] for c in ids}
+        last: dict[str, datetime] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(ids), HISTORY_CHUNK):
+                params = {"cids": ids[i : i + HISTORY_CHUNK], "since": since}
+                for cid, ch, o, t, many in conn.execute(_HISTORIES, params):
+                    if ch is not None:
+                        offers = tuple(s["offer_id"] for s in many) if many else (o,)
+                        shows[cid].append(Show(ch, offers, utc(t)))
+                    elif t is not None:
+                        last[cid] = utc(t)
+        if self.pending:
+            for cid in ids:
+                planned = [r for r in self.pending.of(cid) if r.ts >= since]
+                shows[cid] += [Show(r.channel, r.shown(), r.ts, r.decision_id) for r in planned]
+        return {c: History(shows[c], last.get(c)) for c in ids}
 
     def logs(self, since: datetime | None = None, channel: str | None = None) -> pd.DataFrame:
         """Decisions in time order: bandit training, OPE and reports. What each earned is

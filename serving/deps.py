@@ -10,6 +10,7 @@ import asyncio
 import logging
 import random
 import secrets
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -138,6 +139,11 @@ class Deps:
     learner: Any = None
     # finished erasures this worker has seen (``serving.erasure.resume_pending``)
     erasures_seen: int | None = None
+    # prices of limited resources (``PriceBook``: ``charge(offer_id, channel) -> float``), the
+    # outbound LP's dual prices: each offer's value is net of its charge before exploration
+    prices: Any = None
+    # a new decision's id; a seeded one makes a run's ids reproducible (tests, replays)
+    new_id: Callable[[], str] = field(default=lambda: uuid.uuid4().hex)
 
     @cached_property
     def assigner(self) -> StickyAssigner:
