@@ -7,9 +7,11 @@ priors, epsilon-greedy) and says why, instead of failing the caller.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -437,6 +439,31 @@ def plan_many(
     a customer twice in the batch is planned the second time on a history that counts the
     first's show, and the random draws happen in request order.
     ``times``: each stage's seconds (``serving.stages``; ``bandit`` includes the draw)."""
+    with _no_gc():
+        return _plan_many(requests, deps, known, scopes, times)
+
+
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """The cyclic garbage collector off while a batch is planned: a batch holds thousands of
+    live objects, and each collection it triggers walks all of them (measured on 2,000
+    decisions: ~0.5 ms a decision in pauses). What a batch frees goes by reference counts."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _plan_many(
+    requests: Sequence[DecideRequest],
+    deps: Deps,
+    known: Sequence[Known] | None,
+    scopes: Sequence[Scope | None] | None,
+    times: StageTimes | None,
+) -> list[tuple[DecideResponse, DecisionRow]]:
     times = times if times is not None else StageTimes()
     n = len(requests)
     scopes = [None] * n if scopes is None else list(scopes)
@@ -549,7 +576,8 @@ def _draw(
     by_id = {o.id: o for o in v.offers}
     ranked = [_ranked(by_id[o], v.values[o], p, k, v.detail) for k, (o, p) in enumerate(shown)]
     decision_id = (v.scope and v.scope.decision_id) or deps.new_id()
-    row = DecisionRow(
+    # model_construct: every value is built here from validated parts (no validation per row)
+    row = DecisionRow.model_construct(
         decision_id=decision_id,
         ts=ts,
         customer_id=cid,
@@ -580,7 +608,7 @@ def _draw(
     if fallback:
         # the reason is in the ledger row; a log line per request would cost more than it tells
         log.debug("fallback decision %s: %s", row.decision_id, row.reason)
-    response = DecideResponse(
+    response = DecideResponse.model_construct(
         decision_id=row.decision_id,
         customer_id=cid,
         experiment=v.experiment,
@@ -652,9 +680,9 @@ def _ranked(offer: Any, value: float, p: float, position: int, detail: dict) -> 
     }
     if policy.is_no_offer(offer):  # a model score for "nothing" is not an uplift
         reason = f"{why}: no offer is expected to add more than doing nothing"
-        return RankedOffer(**common, reason=reason)
+        return RankedOffer.model_construct(**common, creative={}, reason=reason)
     uplift = detail["p_treated"][oid] - detail["p_untreated"][oid]
-    return RankedOffer(
+    return RankedOffer.model_construct(
         **common,
         creative={"headline": offer.headline, "body": offer.body, "cta": offer.cta},
         reason=f"{why}: expected incremental value {value:.3f} (uplift {uplift:+.3f})",

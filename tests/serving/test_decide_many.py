@@ -117,6 +117,9 @@ def test_plan_many_equals_plans_one_after_another(tmp_path: Path, case: str) -> 
     assert [w.model_dump_json() for _, w in together] == [w.model_dump_json() for _, w in alone]
     assert [w.planned_on for _, w in together] == [w.planned_on for _, w in alone]
     rows = [w for _, w in together]
+    for response, row in together:  # built without validation: what validation would build
+        assert type(response).model_validate_json(response.model_dump_json()) == response
+        assert DecisionRow.model_validate(row.model_dump()).model_dump() == row.model_dump()
     assert {w.arm for w in rows} == {"treatment", "holdout"}  # a holdout customer is in it
     capped = any("email contact cap 2 reached" in w.scores["dropped"].values() for w in rows)
     assert capped == (case != "features missing")  # without features: no e-mail consent
