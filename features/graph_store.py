@@ -189,6 +189,39 @@ def person_keys(conn: Connection, customer_id: str) -> tuple[str, list[str]]:
     return customer_id, [v for _, v in rows]
 
 
+def person_keys_many(conn: Connection, ids: list[str]) -> dict[str, tuple[str, list[str]]]:
+    """``person_keys`` of many customers in chunked queries (each id's rows as the one-id
+    query returns them)."""
+    rows: dict[str, list[tuple[str, str]]] = {c: [] for c in ids}
+    for i in range(0, len(ids), CHUNK // 3):
+        part = ids[i : i + CHUNK // 3]
+        q = union_all(
+            select(literal("into"), merges.c.from_id, merges.c.into_id).where(
+                merges.c.from_id.in_(part)
+            ),
+            select(literal("from"), merges.c.into_id, merges.c.from_id).where(
+                merges.c.into_id.in_(part)
+            ),
+            select(literal("key"), keys.c.customer_id, keys.c.key_hash).where(
+                keys.c.customer_id.in_(part)
+            ),
+        )
+        for kind, cid, value in conn.execute(q):
+            rows[cid].append((kind, value))
+    out: dict[str, tuple[str, list[str]]] = {}
+    moved: dict[str, str] = {}
+    for cid, found in rows.items():
+        into = [v for kind, v in found if kind == "into"]
+        if into:  # merged away: its keys and merges moved to the survivor
+            moved[cid] = into[0]
+        else:
+            out[cid] = (cid, [v for _, v in found])
+    if moved:
+        survivors = person_keys_many(conn, sorted(set(moved.values())))
+        out |= {cid: (into, survivors[into][1]) for cid, into in moved.items()}
+    return out
+
+
 def merged_into(conn: Connection) -> dict[str, str]:
     """Every merged-away id -> the id it was (finally) merged into."""
     return dict(conn.execute(select(merges.c.from_id, merges.c.into_id)).all())

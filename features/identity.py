@@ -297,6 +297,11 @@ class IdentityGraph:
         with self.engine.connect() as conn:
             return gs.person_keys(conn, customer_id)
 
+    def person_keys_many(self, customer_ids: list[str]) -> dict[str, tuple[str, list[str]]]:
+        """``person_keys`` of many customers, in a few queries."""
+        with self.engine.connect() as conn:
+            return gs.person_keys_many(conn, list(dict.fromkeys(customer_ids)))
+
     def canonical_ids(self) -> dict[str, str]:
         """Every merged-away customer id -> the id its person goes by now (merge records are
         kept pointing at the survivor, so one step suffices)."""

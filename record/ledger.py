@@ -328,6 +328,25 @@ class Ledger:
                             first[name] = StoredArm(key, arm, at)
         return first
 
+    def recorded_assignments(
+        self, experiments: list[str], keys: list[str]
+    ) -> dict[tuple[str, str], StoredArm]:
+        """Every recorded draw of these experiments under these keys, by (experiment, key),
+        in chunked queries: what ``first_assignments`` picks from, for many people at once."""
+        found: dict[tuple[str, str], StoredArm] = {}
+        a = assignments.c
+        query = select(a.experiment, a.unit_key, a.arm, a.assigned_at).where(
+            a.experiment.in_(bindparam("names", expanding=True)),
+            a.unit_key.in_(bindparam("keys", expanding=True)),
+        )
+        unique = list(dict.fromkeys(keys))
+        with self.engine.connect() as conn:
+            for i in range(0, len(unique), HISTORY_CHUNK):
+                params = {"names": list(experiments), "keys": unique[i : i + HISTORY_CHUNK]}
+                for name, key, arm, at in conn.execute(query, params):
+                    found[(name, key)] = StoredArm(key, arm, utc(at))
+        return found
+
     def record_assignments(self, rows: list[dict[str, Any]]) -> None:
         """Insert draws (experiment, unit_key, arm, assigned_at); a key already recorded keeps
         its row: the first write wins, whichever worker made it."""

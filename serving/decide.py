@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from record.assignment import assign_holdout, declared
+from record.assignment import assign_holdouts, declared
 from record.ledger import LedgerError
 from record.ledger_pending import MAX_PLANS, PlannedOn
 from record.tables import DecisionRow, History, Show
@@ -486,17 +486,23 @@ def _plan_many(
             if deps.catalog is None
             else None
         )
-        for v in visits:
-            v.arm = assign_holdout(
-                v.known.customer_id,
-                v.request.identifiers(),
-                v.experiment,
-                deps.assigner,
-                deps.graph,
-                deps.settings,
-                ts,
-                experiment_share=v.scope.holdout_share if v.scope else None,
-            )
+        arms = assign_holdouts(
+            [
+                (
+                    v.known.customer_id,
+                    v.request.identifiers(),
+                    v.experiment,
+                    v.scope.holdout_share if v.scope else None,
+                )
+                for v in visits
+            ],
+            deps.assigner,
+            deps.graph,
+            deps.settings,
+            ts,
+        )
+        for v, arm in zip(visits, arms, strict=True):
+            v.arm = arm
             v.features = policy.profile_fields(v.known.features)
             if no_catalog:
                 v.reasons.append(no_catalog)
