@@ -23,6 +23,7 @@ from record.tables import StoredArm
 log = logging.getLogger("nextbest.assignment")
 Arm = Literal["treatment", "holdout"]
 GLOBAL = "global"  # the global holdout is recorded as an experiment of this reserved name
+FEW = 4  # batches with this many uncached people or fewer are assigned one by one
 
 
 def bucket(customer_id: str, experiment: str, salt: str) -> float:
@@ -267,6 +268,11 @@ def assign_holdouts(
         key = cid if cid is not None else _person(None, ids, graph, settings)[0]
         if key and not assigner.cached(exp, key, now):
             misses.append((cid, ids, exp))
+    if len(misses) <= FEW:  # a visit or a few: their prebuilt queries cost less (no compile)
+        return [
+            assign_holdout(cid, ids, exp, assigner, graph, settings, now, experiment_share=share)
+            for cid, ids, exp, share in visits
+        ]
     persons: dict[str, tuple[str, list[str]]] = {}
     read_many = getattr(graph, "person_keys_many", None)
     todo = [cid for cid, _, _ in misses if cid is not None]

@@ -178,7 +178,10 @@ def resolve_many(
     try:
         many = [Identifiers.model_construct(**requests[i].identifiers()) for i in asked]
         lookup_many = getattr(deps.graph, "lookup_many", None)
-        found = lookup_many(many) if lookup_many else [deps.graph.lookup(x) for x in many]
+        if lookup_many is not None and len(many) > 1:
+            found = lookup_many(many)
+        else:  # one visitor: the graph's prebuilt single lookup costs less
+            found = [deps.graph.lookup(x) for x in many]
     except Exception as exc:  # noqa: BLE001
         for i in asked:
             known[i].reasons.append(f"identity: {type(exc).__name__}: {exc}")
