@@ -150,6 +150,26 @@ def current_id(conn: Connection, customer_id: str) -> str | None:
     return cid if conn.execute(q).first() else None
 
 
+def current_ids(conn: Connection, customer_ids: list[str]) -> dict[str, str]:
+    """``current_id`` of many ids in two chunked queries: id -> the stored id it goes by now
+    (ids unknown or erased are left out)."""
+    if not customer_ids:
+        return {}
+    into = dict(fetch(conn, merges.c.from_id, customer_ids, merges.c.from_id, merges.c.into_id))
+    now = {c: into.get(c, c) for c in customer_ids}
+    col = customers.c.customer_id
+    stored = {c for (c,) in fetch(conn, col, sorted(set(now.values())), col)}
+    return {c: cur for c, cur in now.items() if cur in stored}
+
+
+def key_owners(conn: Connection, hashes: list[str]) -> dict[str, set[str]]:
+    """key hash -> customers holding it, for many hashes in chunked queries."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for kh, cid in fetch(conn, keys.c.key_hash, hashes, keys.c.key_hash, keys.c.customer_id):
+        found[kh].add(cid)
+    return found
+
+
 # One prebuilt query (a cached compiled statement): the holdout assignment asks it once per
 # person and worker on the decision path.
 _PERSON = union_all(
@@ -167,6 +187,39 @@ def person_keys(conn: Connection, customer_id: str) -> tuple[str, list[str]]:
     if into:  # merged away: its keys and merges moved to the survivor
         return into[0], person_keys(conn, into[0])[1]
     return customer_id, [v for _, v in rows]
+
+
+def person_keys_many(conn: Connection, ids: list[str]) -> dict[str, tuple[str, list[str]]]:
+    """``person_keys`` of many customers in chunked queries (each id's rows as the one-id
+    query returns them)."""
+    rows: dict[str, list[tuple[str, str]]] = {c: [] for c in ids}
+    for i in range(0, len(ids), CHUNK // 3):
+        part = ids[i : i + CHUNK // 3]
+        q = union_all(
+            select(literal("into"), merges.c.from_id, merges.c.into_id).where(
+                merges.c.from_id.in_(part)
+            ),
+            select(literal("from"), merges.c.into_id, merges.c.from_id).where(
+                merges.c.into_id.in_(part)
+            ),
+            select(literal("key"), keys.c.customer_id, keys.c.key_hash).where(
+                keys.c.customer_id.in_(part)
+            ),
+        )
+        for kind, cid, value in conn.execute(q):
+            rows[cid].append((kind, value))
+    out: dict[str, tuple[str, list[str]]] = {}
+    moved: dict[str, str] = {}
+    for cid, found in rows.items():
+        into = [v for kind, v in found if kind == "into"]
+        if into:  # merged away: its keys and merges moved to the survivor
+            moved[cid] = into[0]
+        else:
+            out[cid] = (cid, [v for _, v in found])
+    if moved:
+        survivors = person_keys_many(conn, sorted(set(moved.values())))
+        out |= {cid: (into, survivors[into][1]) for cid, into in moved.items()}
+    return out
 
 
 def merged_into(conn: Connection) -> dict[str, str]:

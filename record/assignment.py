@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -23,6 +23,7 @@ from record.tables import StoredArm
 log = logging.getLogger("nextbest.assignment")
 Arm = Literal["treatment", "holdout"]
 GLOBAL = "global"  # the global holdout is recorded as an experiment of this reserved name
+FEW = 4  # batches with this many uncached people or fewer are assigned one by one
 
 
 def bucket(customer_id: str, experiment: str, salt: str) -> float:
@@ -129,6 +130,24 @@ class StickyAssigner:
         self._cache: dict[tuple[str, str], tuple[Assignment, datetime]] = {}
         self._pending: dict[tuple[str, str], StoredArm] = {}
         self._flushed_at = time.monotonic()
+        # recorded draws read ahead for a batch (``preload``): experiments, keys, rows
+        self._recorded: tuple[set[str], set[str], dict[tuple[str, str], StoredArm]] | None = None
+
+    def cached(self, experiment: str, key: str, now: datetime) -> bool:
+        """Whether ``assign`` answers this (experiment, key) from memory now."""
+        hit = self._cache.get((experiment, key))
+        return hit is not None and hit[1] > now
+
+    def preload(self, experiments: list[str] | None, keys: Sequence[str] = ()) -> None:
+        """Read the recorded draws of these experiments under these keys in one go, for the
+        ``assign`` calls of a batch that follow (None: forget them). A person whose keys
+        were all read ahead costs no query; any other still asks the ledger."""
+        read = getattr(self.ledger, "recorded_assignments", None)
+        if experiments is None or read is None:
+            self._recorded = None
+            return
+        keys = list(dict.fromkeys(keys))
+        self._recorded = (set(experiments), set(keys), read(experiments, keys) if keys else {})
 
     def assign(
         self,
@@ -171,6 +190,10 @@ class StickyAssigner:
         except Exception:  # noqa: BLE001 - decisions go on; the next flush retries
             log.exception("holdout assignments not recorded yet (%d rows)", len(rows))
             self._pending = pending | self._pending
+            return
+        if self._recorded is not None:  # read ahead before these were written: add them
+            for key, arm in pending.items():
+                self._recorded[2].setdefault(key, arm)  # a key recorded already keeps its row
 
     def _first(
         self, experiment: str, unit: Unit, g: float, e: float, salt: str, now: datetime
@@ -180,7 +203,7 @@ class StickyAssigner:
         canonical, others = unit.person()
         keys = list(dict.fromkeys([canonical, unit.key, *others]))
         names = [GLOBAL, experiment]
-        first = self.ledger.first_assignments(names, keys)
+        first = self._first_recorded(names, keys)
         for name, key in ((n, k) for n in names for k in keys):
             mine = self._pending.get((name, key))
             had = first.get(name)
@@ -201,6 +224,78 @@ class StickyAssigner:
         if first[experiment].arm == "holdout":
             return Assignment(experiment=experiment, arm="holdout", holdout="experiment")
         return Assignment(experiment=experiment, arm="treatment")
+
+    def _first_recorded(self, names: list[str], keys: list[str]) -> dict[str, StoredArm]:
+        """``ledger.first_assignments``, from the rows read ahead when they cover the ask."""
+        ahead = self._recorded
+        if ahead is None or not (set(names) <= ahead[0] and set(keys) <= ahead[1]):
+            return self.ledger.first_assignments(names, keys)
+        first: dict[str, StoredArm] = {}
+        for name in names:
+            for key in keys:
+                row = ahead[2].get((name, key))
+                had = first.get(name)
+                if row and (
+                    had is None or (row.assigned_at, key) < (had.assigned_at, had.unit_key)
+                ):
+                    first[name] = row
+        return first
+
+
+class _ReadAhead:
+    """The identity graph, with the person keys of a batch's customers already read."""
+
+    def __init__(self, graph: Any, persons: dict[str, tuple[str, list[str]]]) -> None:
+        self.graph, self.persons = graph, persons
+
+    def person_keys(self, customer_id: str) -> tuple[str, list[str]]:
+        found = self.persons.get(customer_id)
+        return found if found is not None else self.graph.person_keys(customer_id)
+
+
+def assign_holdouts(
+    visits: list[tuple[str | None, dict[str, str], str, float | None]],
+    assigner: StickyAssigner,
+    graph: Any,
+    settings: Any,
+    now: datetime,
+) -> list[Assignment | None]:
+    """:func:`assign_holdout` of many visits (customer, identifiers, experiment, its share),
+    in order: the person keys of the customers not cached and the recorded draws of everyone
+    not cached are read in a few queries, not two per person."""
+    misses = []
+    for cid, ids, exp, _ in visits:
+        key = cid if cid is not None else _person(None, ids, graph, settings)[0]
+        if key and not assigner.cached(exp, key, now):
+            misses.append((cid, ids, exp))
+    if len(misses) <= FEW:  # a visit or a few: their prebuilt queries cost less (no compile)
+        return [
+            assign_holdout(cid, ids, exp, assigner, graph, settings, now, experiment_share=share)
+            for cid, ids, exp, share in visits
+        ]
+    persons: dict[str, tuple[str, list[str]]] = {}
+    read_many = getattr(graph, "person_keys_many", None)
+    todo = [cid for cid, _, _ in misses if cid is not None]
+    if todo and read_many is not None:
+        try:
+            persons = read_many(todo)
+        except Exception:  # noqa: BLE001 - each person is then asked alone, as before
+            persons = {}
+    view = graph if graph is None else _ReadAhead(graph, persons)
+    keys: list[str] = []
+    for cid, ids, _ in misses:
+        canonical, others = _person(cid, ids, view, settings)
+        keys += [canonical, *([cid] if cid else []), *others]
+    names = sorted({GLOBAL, *(exp for _, _, exp, _ in visits)})
+    if misses:
+        assigner.preload(names, [k for k in keys if k])
+    try:
+        return [
+            assign_holdout(cid, ids, exp, assigner, view, settings, now, experiment_share=share)
+            for cid, ids, exp, share in visits
+        ]
+    finally:
+        assigner.preload(None)
 
 
 def _person(

@@ -89,6 +89,21 @@ _HISTORY = union_all(
         outcomes.c.customer_id == bindparam("cid")
     ),
 )
+# The same for many customers at once (``Ledger.contact_histories``), each row with its customer.
+_HISTORIES = union_all(
+    select(
+        decisions.c.customer_id, decisions.c.channel, decisions.c.offer_id, decisions.c.ts, _MANY
+    ).where(
+        decisions.c.customer_id.in_(bindparam("cids", expanding=True)),
+        decisions.c.ts >= bindparam("since"),
+        *SHOWN,
+    ),
+    select(outcomes.c.customer_id, null(), null(), func.max(outcomes.c.ts), null())
+    .where(outcomes.c.customer_id.in_(bindparam("cids", expanding=True)))
+    .group_by(outcomes.c.customer_id),
+)
+HISTORY_CHUNK = 500  # customers per contact-history query (two IN lists of bound ids)
+FEW = 4  # this many customers or fewer: one prebuilt query each (a visit's own path)
 # How many of those a customer has now: a planned decision's commit compares it with the
 # count its plan saw (``PlannedOn``), inside the transaction that writes it.
 _SEEN = (
@@ -314,6 +329,25 @@ class Ledger:
                             first[name] = StoredArm(key, arm, at)
         return first
 
+    def recorded_assignments(
+        self, experiments: list[str], keys: list[str]
+    ) -> dict[tuple[str, str], StoredArm]:
+        """Every recorded draw of these experiments under these keys, by (experiment, key),
+        in chunked queries: what ``first_assignments`` picks from, for many people at once."""
+        found: dict[tuple[str, str], StoredArm] = {}
+        a = assignments.c
+        query = select(a.experiment, a.unit_key, a.arm, a.assigned_at).where(
+            a.experiment.in_(bindparam("names", expanding=True)),
+            a.unit_key.in_(bindparam("keys", expanding=True)),
+        )
+        unique = list(dict.fromkeys(keys))
+        with self.engine.connect() as conn:
+            for i in range(0, len(unique), HISTORY_CHUNK):
+                params = {"names": list(experiments), "keys": unique[i : i + HISTORY_CHUNK]}
+                for name, key, arm, at in conn.execute(query, params):
+                    found[(name, key)] = StoredArm(key, arm, utc(at))
+        return found
+
     def record_assignments(self, rows: list[dict[str, Any]]) -> None:
         """Insert draws (experiment, unit_key, arm, assigned_at); a key already recorded keeps
         its row: the first write wins, whichever worker made it."""
@@ -355,6 +389,29 @@ class Ledger:
         planned = [r for r in self.pending.of(customer_id) if r.ts >= since] if self.pending else []
         shows += [Show(r.channel, r.shown(), r.ts, r.decision_id) for r in planned]
         return History(shows, utc(last) if last else None)
+
+    def contact_histories(self, customer_ids: list[str], since: datetime) -> dict[str, History]:
+        """``contact_history`` of many customers in one query per ``HISTORY_CHUNK`` of them,
+        with the same pending rows (planned by this process, not committed yet) counted."""
+        ids = list(dict.fromkeys(customer_ids))
+        if len(ids) <= FEW:  # a prebuilt statement (the SQLite fast path) beats an IN list
+            return {c: self.contact_history(c, since) for c in ids}
+        shows: dict[str, list[Show]] = {c: [] for c in ids}
+        last: dict[str, datetime] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(ids), HISTORY_CHUNK):
+                params = {"cids": ids[i : i + HISTORY_CHUNK], "since": since}
+                for cid, ch, o, t, many in conn.execute(_HISTORIES, params):
+                    if ch is not None:
+                        offers = tuple(s["offer_id"] for s in many) if many else (o,)
+                        shows[cid].append(Show(ch, offers, utc(t)))
+                    elif t is not None:
+                        last[cid] = utc(t)
+        if self.pending:
+            for cid in ids:
+                planned = [r for r in self.pending.of(cid) if r.ts >= since]
+                shows[cid] += [Show(r.channel, r.shown(), r.ts, r.decision_id) for r in planned]
+        return {c: History(shows[c], last.get(c)) for c in ids}
 
     def logs(self, since: datetime | None = None, channel: str | None = None) -> pd.DataFrame:
         """Decisions in time order: bandit training, OPE and reports. What each earned is

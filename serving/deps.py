@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import secrets
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -139,8 +140,11 @@ class Deps:
     learner: Any = None
     # finished erasures this worker has seen (``serving.erasure.resume_pending``)
     erasures_seen: int | None = None
-    # the limits' prices in force (``record.prices.PriceBook``), refreshed by the service
+    # the outbound LP's dual prices in force (``record.prices.PriceBook``), refreshed by the
+    # service: each offer's value is net of its charge before exploration
     prices: PriceBook | None = None
+    # a new decision's id; a seeded one makes a run's ids reproducible (tests, replays)
+    new_id: Callable[[], str] = field(default=lambda: uuid.uuid4().hex)
 
     @cached_property
     def assigner(self) -> StickyAssigner:
