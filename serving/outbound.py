@@ -74,14 +74,6 @@ def audience(deps: Deps, name: str | None) -> list[str]:
     return [c for c in ids if c not in gone]
 
 
-def plan_all(requests: Sequence[DecideRequest], deps: Deps) -> list[tuple[Any, DecisionRow]]:
-    """The pipeline's plans for all requests: ``plan_many`` where it exists, else one by one."""
-    many = getattr(pipeline, "plan_many", None)
-    if many is not None:
-        return list(many(requests, deps))
-    return [pipeline.plan(r, deps) for r in requests]
-
-
 def used_today(deps: Deps, channel: str, at: datetime) -> int:
     """Messages already queued on the channel since the run's UTC midnight (not cancelled):
     they used some of today's capacity."""
@@ -188,7 +180,7 @@ def run_outbound(
         raw = dataclasses.replace(deps, prices=None)
         raw.__dict__["assigner"] = deps.assigner  # one assigner: its draws are flushed below
     requests = [DecideRequest(customer_id=c, channel=channel) for c in customers]
-    planned = [row for _, row in plan_all(requests, raw)]
+    planned = [row for _, row in pipeline.plan_many(requests, raw)]
     t_plan = time.perf_counter() - start
     offers = {o.id: o for o in deps.offers()}
     offer_ids = [o for o in offers if o != NO_OFFER]

@@ -128,10 +128,6 @@ def test_price_book_after_a_run(run_deps: Any) -> None:
     )  # printed to 6 places
 
 
-@pytest.mark.skipif(
-    not hasattr(pipeline, "plan_many"),
-    reason="the pipeline subtracts deps.prices once plan_many lands (helper 'many')",
-)
 def test_decision_value_drops_by_the_price(run_deps: Any) -> None:
     from serving.schemas import DecideRequest
 
@@ -189,7 +185,7 @@ def test_truth_values_each_allocation(run_deps: Any) -> None:
 
 def test_second_run_decides_on_values_before_prices(run_deps: Any) -> None:
     """A run prices its own limits: an earlier run's prices in force do not lower the values
-    it solves with (the pipeline subtracts them once plan_many lands), and the holdout draws
+    it solves with, and the holdout draws
     of the Deps it planned with are recorded."""
     from sqlalchemy import func
 
