@@ -24,7 +24,7 @@ from record.ledger_pending import MAX_PLANS
 from record.tables import DecisionRow
 from serving import decide as pipeline
 from serving import journey_banners
-from serving.decide import DecideRequest, DecideResponse, Known, Scope, resolve, with_banner
+from serving.decide import DecideRequest, DecideResponse, Known, Scope, with_banner
 from serving.deps import Deps
 from serving.stages import StageTimes
 
@@ -109,7 +109,7 @@ class DecisionBatcher:
         times = StageTimes()
         outcomes: list[Outcome | None] = [None] * len(requests)
         with times("identity"):
-            visits = [self._identify(request) for request in requests]
+            visits = self._identify(requests)
         with times("features"):
             self._read_features(visits)
         with times("eligibility"):  # banners are read where the contact history is
@@ -136,10 +136,11 @@ class DecisionBatcher:
             self.observe(times, len(requests))
         return [o if o is not None else LedgerError("not decided") for o in outcomes]
 
-    def _identify(self, request: DecideRequest) -> _Visit:
-        known = Known(reasons=[])
-        known.customer_id = resolve(request, self.deps, known.reasons, verify=True)
-        return _Visit(request, known)
+    def _identify(self, requests: Sequence[DecideRequest]) -> list[_Visit]:
+        """Every request's customer, the identity graph asked once for the batch."""
+        known = [Known(reasons=[]) for _ in requests]
+        pipeline.resolve_many(requests, self.deps, known, verify=True)
+        return [_Visit(r, k) for r, k in zip(requests, known, strict=True)]
 
     def _read_features(self, visits: list[_Visit]) -> None:
         """One read for every known customer of the batch; a failure is each one's reason."""
