@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
@@ -76,12 +77,13 @@ def planned(deps: Any, ids: Sequence[str], size: int, channel: str) -> dict[str,
     """``plan_many`` over the customers in batches of ``size``: rate, CPU and stage times."""
     from serving.decide import plan_many
 
-    times, requests, fallbacks = StageTimes(), _requests(ids, channel), 0
+    times, fallbacks = StageTimes(), 0
 
     def work() -> None:
         nonlocal fallbacks
-        for part in _chunks(requests, size):
-            fallbacks += sum(r.fallback for r, _ in plan_many(part, deps, times=times))
+        for part in _chunks(ids, size):  # requests made a batch at a time: memory stays flat
+            decided = plan_many(_requests(part, channel), deps, times=times)
+            fallbacks += sum(response.fallback for response, _ in decided)
 
     wall, cpu = _clocked(work)
     n = len(ids)
@@ -188,7 +190,7 @@ def bench_batch(
     top = max(batches)
     with (
         tempfile.TemporaryDirectory(prefix="nextbest-bench-") as tmp,
-        Progress(transient=True) as progress,
+        Progress(transient=True, console=Console(stderr=True)) as progress,
     ):
         settings = Settings(home=Path(tmp)).ensure_dirs()
         prepared = prepare(settings, max(customers, *sizes), progress)
