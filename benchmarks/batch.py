@@ -231,31 +231,30 @@ def bench_batch(
     }
 
 
-def batch_table(result: dict[str, Any]) -> Table:
-    """One row per measurement: decisions/s, the floor's reads/s, their ratio, CPU and stage
-    microseconds per decision; whole runs with their run time and peak RSS."""
+def batch_tables(result: dict[str, Any]) -> list[Table]:
+    """Rates (decisions/s, the floor's reads/s, their ratio, CPU per decision, run time and
+    peak RSS of whole runs), then microseconds per decision in each stage."""
     met = ", ".join(f"{goal} {'yes' if ok else 'NO'}" for goal, ok in result["goals"].items())
-    table = Table(title=f"bench batch: {result['customers']} customers, {met}")
-    for col in ("run", "decisions", "decisions/s", "floor reads/s", "ratio", "CPU us/dec",
-                *(f"{s} us" for s in STAGES), "run s", "peak RSS MiB"):  # fmt: skip
-        table.add_column(col, justify="right")
-
-    def row(name: str, f: dict[str, Any], floor: dict[str, Any] | None = None) -> None:
-        stages = f.get("stages_us_per_decision", {})
-        table.add_row(name, str(f["decisions"]), f"{f['decisions_per_s']:,.0f}",
-                      f"{floor['reads_per_s']:,.0f}" if floor else "-",
-                      f"{f['ratio_to_floor']:.3f}" if "ratio_to_floor" in f else "-",
-                      str(f.get("cpu_us_per_decision", "-")),
-                      *(str(stages.get(s, "-")) for s in STAGES),
-                      str(f.get("run_seconds", "-")), str(f.get("peak_rss_mib", "-")))  # fmt: skip
-
-    for size, f in result["batches"].items():
-        row(f"plan_many, batches of {size}", f, f["floor"])
-    row("plan_many, whole population", result["population_run"], result["population_run"]["floor"])
-    row(f"POST /decide/batch of {result['http']['batch']}", result["http"])
-    for n, f in result["runs"].items():
-        row(f"whole run of {n} (own process)", f)
-    return table
+    rates = Table(title=f"bench batch: {result['customers']} customers; {met}")
+    for col in ("run", "decisions", "dec/s", "floor/s", "ratio", "CPU us", "run s", "RSS MiB"):
+        rates.add_column(col, justify="right")
+    stages = Table(title="microseconds per decision, by stage")
+    for col in ("run", *STAGES):
+        stages.add_column(col, justify="right")
+    runs = {f"batches of {b}": f for b, f in result["batches"].items()}
+    runs["whole population"] = result["population_run"]
+    runs[f"/decide/batch of {result['http']['batch']}"] = result["http"]
+    runs.update({f"own process, {n}": f for n, f in result["runs"].items()})
+    for name, f in runs.items():
+        floor, ratio = f.get("floor", {}).get("reads_per_s"), f.get("ratio_to_floor")
+        rates.add_row(name, str(f["decisions"]), f"{f['decisions_per_s']:,.0f}",
+                      "-" if floor is None else f"{floor:,.0f}",
+                      "-" if ratio is None else f"{ratio:.3f}",
+                      str(f.get("cpu_us_per_decision", "-")), str(f.get("run_seconds", "-")),
+                      str(f.get("peak_rss_mib", "-")))  # fmt: skip
+        if "stages_us_per_decision" in f:
+            stages.add_row(name, *(f"{f['stages_us_per_decision'][s]:,.0f}" for s in STAGES))
+    return [rates, stages]
 
 
 def settings_max_batch(settings: Settings) -> int:

@@ -142,7 +142,7 @@ def bench_batch_cmd(
     import json
     from typing import get_args
 
-    from benchmarks.batch import batch_table, bench_batch
+    from benchmarks.batch import batch_tables, bench_batch
     from features.schema import Channel
 
     if customers < 1:
@@ -156,7 +156,8 @@ def bench_batch_cmd(
     if max(batches_) > customers:
         fail(f"--batches: {max(batches_)} is more than --customers {customers}")
     result = bench_batch(customers, sizes_, batches_, per_batch, http_decisions, channel)
-    console.print(batch_table(result))
+    for table in batch_tables(result):
+        console.print(table)
     if as_json:
         print(json.dumps(result, default=str))
 
