@@ -54,6 +54,7 @@ app.command()(cli_experiments.replay)
 
 bench_app.command("features")(cli_features.bench_features)
 bench_app.command("decide")(cli_serving.bench_decide_cmd)
+bench_app.command("batch")(cli_serving.bench_batch_cmd)
 bench_app.command("soak")(cli_serving.bench_soak_cmd)
 bench_app.command("faults")(cli_serving.bench_faults_cmd)
 bench_app.command("uplift")(cli_experiments.bench_uplift)

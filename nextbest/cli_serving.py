@@ -116,6 +116,59 @@ def bench_decide_cmd(
     emit(bench_decide(s, concurrency or None, seconds, workers=workers, adaptive=adaptive), as_json)
 
 
+def _counts(text: str, option: str) -> list[int]:
+    """``--sizes 100000,1000000``: positive whole numbers, or one line naming the option."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        fail(f"{option}: expected whole numbers separated by commas, got {text!r}")
+    if not values or min(values) < 1:
+        fail(f"{option}: expected numbers >= 1, got {text!r}")
+    return values
+
+
+def bench_batch_cmd(
+    customers: Annotated[
+        int, typer.Option(help="customers decided in process and over HTTP")
+    ] = 100_000,
+    sizes: Annotated[
+        str | None,
+        typer.Option(
+            help="populations run whole, each in its own process, e.g. 100000,1000000 "
+            "(default: --customers)"
+        ),
+    ] = None,
+    batches: Annotated[str, typer.Option(help="plan_many batch sizes")] = "1,100,1000",
+    per_batch: Annotated[int, typer.Option(help="customers decided at each batch size")] = 5000,
+    http_decisions: Annotated[int, typer.Option(help="decisions through /decide/batch")] = 5000,
+    channel: Annotated[str, typer.Option(help="the decisions' channel")] = "email",
+    as_json: JsonFlag = False,
+) -> None:
+    """Decisions/s of plan_many in process and of POST /decide/batch against a floor of the
+    same feature reads, stage times, and run time and peak memory of whole populations."""
+    import json
+    from typing import get_args
+
+    from benchmarks.batch import batch_tables, bench_batch
+    from features.schema import Channel
+
+    if customers < 1:
+        fail(f"--customers: expected >= 1, got {customers}")
+    if per_batch < 1 or http_decisions < 1:
+        fail(f"--per-batch and --http-decisions: expected >= 1, got {per_batch}, {http_decisions}")
+    if channel not in get_args(Channel):
+        fail(f"--channel: {channel!r} is not one of {', '.join(get_args(Channel))}")
+    sizes_ = _counts(sizes, "--sizes") if sizes else [customers]
+    batches_ = _counts(batches, "--batches")
+    if max(batches_) > customers:
+        fail(f"--batches: {max(batches_)} is more than --customers {customers}")
+    result = bench_batch(customers, sizes_, batches_, per_batch, http_decisions, channel)
+    for table in batch_tables(result):
+        console.print(table)
+    if as_json:
+        print(json.dumps(result, default=str))
+
+
 def bench_soak_cmd(
     minutes: Annotated[float, typer.Option(help="how long the load runs")] = 5.0,
     rate: Annotated[float, typer.Option(help="requests a second (Poisson arrivals)")] = 100.0,
