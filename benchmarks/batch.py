@@ -210,7 +210,7 @@ def bench_batch(
         deps.ledger.engine.dispose()  # the server's turn on the ledger
         progress.update(task, description="POST /decide/batch")
         http_ids = ids[: max(2 * top, min(http_decisions, customers))]
-        http = over_http(settings, http_ids, min(top, settings_max_batch(settings)), channel)
+        http = over_http(settings, http_ids, min(top, settings.max_batch_decisions), channel)
         http["ratio_to_floor"] = round(http["decisions_per_s"] / whole["floor"]["reads_per_s"], 4)
         progress.advance(task)
         runs = {}
@@ -255,11 +255,6 @@ def batch_tables(result: dict[str, Any]) -> list[Table]:
         if "stages_us_per_decision" in f:
             stages.add_row(name, *(f"{f['stages_us_per_decision'][s]:,.0f}" for s in STAGES))
     return [rates, stages]
-
-
-def settings_max_batch(settings: Settings) -> int:
-    """The service's batch limit (``max_batch_decisions``), 1000 until the setting exists."""
-    return int(getattr(settings, "max_batch_decisions", 1000))
 
 
 def main(argv: list[str] | None = None) -> None:
