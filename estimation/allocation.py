@@ -278,7 +278,8 @@ def solve_lp(problem: Problem, max_rounds: int = 50) -> Allocation:
     best = np.zeros(len(problem.value), bool)
     mine = np.flatnonzero(first.best < k)
     best[grid.pair[mine, first.best[mine]]] = True
-    if not problem.check(best):  # nothing binds: everyone takes their best offer
+    used = np.bincount(first.best[mine], minlength=k) @ _use(problem)
+    if (used <= _caps(problem) + 1e-6).all():  # nothing binds: everyone takes their best offer
         return Allocation("lp", best, float(problem.value[best].sum()),
                           time.perf_counter() - start, bound=float(problem.value[best].sum()),
                           prices=zero)  # fmt: skip
