@@ -28,6 +28,7 @@ SAMPLE_SHRINK = 10  # above: prices first estimated on a sample this many times 
 # (at 1M x 8: 3,000 left ~9,000 more to free in a second, slower round; 6,000 needed none)
 MARGIN_PER_ROOT = 8.0
 MARGIN_MIN = 2_000
+WINDOW = 2.0  # free customers' offers within this many margins of their best enter the LP
 TOL = 1e-7  # an x this close to 1 is 1 (HiGHS' primal feasibility tolerance is 1e-7)
 
 
@@ -228,24 +229,34 @@ def _margin_lp(problem: Problem, grid: Dense, guess: np.ndarray, max_rounds: int
     else:
         free[np.argpartition(at.gap, share)[:share]] = True
     _release(at, use, caps, free)
-    kept_value = np.where(at.best < k, grid.value[np.arange(n), np.minimum(at.best, k - 1)], 0.0)
+    rows = np.arange(n)
+    kept_value = np.where(at.best < k, grid.value[rows, np.minimum(at.best, k - 1)], 0.0)
+    # a free customer's offers far below their best at ``guess`` stay out of the LP unless
+    # its prices make one worth more than the customer's dual (then all of theirs go in)
+    near = grid.value - use @ guess >= (at.top - WINDOW * at.gap[free].max(initial=0.0))[:, None]
+    whole = np.zeros(n, bool)
     for _ in range(max_rounds):
         kept = ~free & (at.best < k)
         left = caps - np.bincount(at.best[kept], minlength=k) @ use
-        pairs = grid.pair[free]
-        pairs = np.sort(pairs[pairs >= 0])
-        x, _, _, lam = _highs(problem, pairs, left)
+        ours = np.flatnonzero(free)
+        pairs = grid.pair[ours]
+        pairs = np.sort(pairs[(pairs >= 0) & (near[ours] | whole[ours, None])])
+        x, mu_people, people, lam = _highs(problem, pairs, left)
+        mu = np.zeros(n)
+        mu[people] = mu_people
         charge = use @ lam
         now = choose(grid.value, charge)
         kept_reduced = np.where(at.best < k, kept_value - charge[np.minimum(at.best, k - 1)], 0.0)
         moved = ~free & (now.top > kept_reduced + 1e-9)
-        if not moved.any():
+        short = free & ~whole & (now.top > mu + 1e-9)
+        if not moved.any() and not short.any():
             full = np.zeros(len(problem.value))
             full[pairs] = x
             fixed = grid.pair[np.flatnonzero(kept), at.best[kept]]
             full[fixed] = 1.0
             return full, lam, np.union1d(pairs, fixed)
         free |= moved
+        whole |= short | moved
     raise RuntimeError(f"LP: the margin did not settle in {max_rounds} rounds")
 
 
