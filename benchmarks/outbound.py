@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from estimation.allocation import Limit, Problem, greedy, solve_lp
+from estimation.allocation import Allocation, Limit, Problem, greedy, solve_lp
+from estimation.lagrange import dense, dual_value
 from nextbest.settings import Settings
 
 
@@ -66,8 +67,19 @@ def synthetic_problem(n: int, k: int = 8, seed: int = 0) -> Problem:
     return Problem(n, k, cust, off, value[cust, off], lims)
 
 
+def dual_gap(problem: Problem, lp: Allocation) -> float:
+    """How far the Lagrangian at the LP's prices is above its objective, relative: 0 (to
+    rounding) exactly when the prices are the LP's optimal duals."""
+    grid = dense(problem.customer, problem.offer, problem.value, problem.n_customers,
+                 problem.n_offers).value  # fmt: skip
+    use = np.stack([lim.use for lim in problem.limits], axis=1)
+    caps = np.asarray([lim.capacity for lim in problem.limits])
+    prices = np.asarray([lp.prices[(lim.kind, lim.key)] for lim in problem.limits])
+    return (dual_value(grid, use, caps, prices) - (lp.bound or 0.0)) / max(lp.bound or 1.0, 1.0)
+
+
 def bench_allocation(sizes: list[int], seed: int = 0) -> dict[str, Any]:
-    """LP (column generation) and greedy totals and times at each size, with peak memory."""
+    """LP and greedy totals and times at each size, with peak memory and the duals' check."""
     out = []
     for n in sizes:
         t = time.perf_counter()
@@ -77,7 +89,8 @@ def bench_allocation(sizes: list[int], seed: int = 0) -> dict[str, Any]:
         out.append({
             "customers": n, "pairs": int(len(problem.value)), "build_s": round(built, 2),
             "lp_total": round(lp.total, 2), "lp_bound": round(lp.bound or 0.0, 2),
-            "lp_s": round(lp.seconds, 2), "lp_pairs": 0 if lp.pairs is None else len(lp.pairs),
+            "lp_s": round(lp.seconds, 2), "lp_dual_gap": float(f"{dual_gap(problem, lp):.1e}"),
+            "lp_pairs": 0 if lp.pairs is None else len(lp.pairs),
             "greedy_total": round(base.total, 2), "greedy_s": round(base.seconds, 2),
             "lp_over_greedy": round(lp.total / base.total, 4) if base.total else None,
             "feasible": not problem.check(lp.chosen) and not problem.check(base.chosen),

@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from estimation import allocation
 from estimation.allocation import Limit, Problem, greedy, solve_lp, solve_milp
+from estimation.lagrange import dense, dual_value
 
 
 def two_customers() -> Problem:
@@ -102,3 +104,67 @@ def test_nothing_binds_everyone_takes_their_best() -> None:
     lp = solve_lp(problem)
     assert list(np.flatnonzero(lp.chosen)) == [1, 2]
     assert lp.prices == {("offer_stock", "A"): 0.0}
+
+
+@pytest.fixture
+def margin_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small problems through the large-run path: sampled prices, HiGHS at the margin only."""
+    monkeypatch.setattr(allocation, "SAMPLE_BELOW", 40)
+    monkeypatch.setattr(allocation, "MARGIN_MIN", 10)
+    monkeypatch.setattr(allocation, "MARGIN_PER_ROOT", 1.0)
+
+
+def limit_shapes(seed: int) -> Problem:
+    """A random small run with a random mix of limits: stocks, a channel, a budget."""
+    rng = np.random.default_rng(seed)
+    n, k = int(rng.integers(60, 250)), int(rng.integers(2, 7))
+    cust, off = np.nonzero(rng.random((n, k)) < rng.uniform(0.3, 0.9))
+    lims = [Limit("offer_stock", f"o{j}", float(rng.integers(0, n // 4)), (np.arange(k) == j) * 1.0)
+            for j in range(k) if rng.random() < 0.6]  # fmt: skip
+    if rng.random() < 0.6:
+        lims.append(Limit("channel_capacity", "sms", float(rng.integers(1, n)), np.ones(k)))
+    if rng.random() < 0.4:
+        lims.append(Limit("budget", "money", float(rng.uniform(0, 20 * n)), rng.uniform(0, 40, k)))
+    return Problem(n, k, cust, off, rng.lognormal(0, 1, len(cust)), lims)
+
+
+def used_by(problem: Problem, x: np.ndarray) -> np.ndarray:
+    return np.asarray([lim.use[problem.offer] @ x for lim in problem.limits])
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("path", ["column_generation", "margin"])
+def test_lp_is_the_optimum_with_valid_duals(
+    seed: int, path: str, request: pytest.FixtureRequest
+) -> None:
+    if path == "margin":
+        request.getfixturevalue("margin_path")
+    problem = limit_shapes(seed)
+    lp, full = solve_lp(problem), solve_milp(problem, time_limit=60)
+    prices = np.asarray([lp.prices[(lim.kind, lim.key)] for lim in problem.limits])
+    assert problem.check(lp.chosen) == [] and full.status == "optimal"
+    assert lp.total <= full.total + 1e-9 <= lp.bound + 1e-6
+    assert (prices >= 0).all()
+    # the duals certify the bound: the Lagrangian at these prices equals the LP's objective
+    grid = dense(problem.customer, problem.offer, problem.value, problem.n_customers,
+                 problem.n_offers)  # fmt: skip
+    use = np.stack([lim.use for lim in problem.limits], axis=1) if problem.limits else None
+    caps = np.asarray([lim.capacity for lim in problem.limits])
+    if use is not None:
+        assert dual_value(grid.value, use, caps, prices) == pytest.approx(lp.bound, rel=1e-9)
+    if all(lim.kind != "budget" for lim in problem.limits):  # unit use: integral, the optimum
+        assert lp.fractional == 0
+        assert lp.total == pytest.approx(full.total, rel=1e-9)
+        slack = used_by(problem, lp.chosen.astype(float)) < caps - 1e-9
+        assert (prices[slack] <= 1e-9).all()  # a limit with room left is free
+
+
+def test_margin_path_matches_column_generation(margin_path: None) -> None:
+    problem = random_problem(7, n=3_000, k=6)
+    lp = solve_lp(problem)
+    allocation.SAMPLE_BELOW = 10**9  # the fixture's monkeypatch restores it
+    reference = solve_lp(problem)
+    assert lp.bound == pytest.approx(reference.bound, rel=1e-9)
+    assert lp.total == pytest.approx(reference.total, rel=1e-9)
+    for key, price in reference.prices.items():
+        assert lp.prices[key] == pytest.approx(price, rel=1e-6, abs=1e-9)
