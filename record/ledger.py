@@ -38,7 +38,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from nextbest.db import checkpoint, create_tables, is_sqlite_file
 from record import applied as _applied  # noqa: F401 - its table is on the ledger's metadata
 from record.ledger_pending import PG_LOCK, Pending, counted, customer_lock, stale_rows
-from record.ledger_sqlite import Held, sqlite_history, sqlite_insert
+from record.ledger_sqlite import Held, sqlite_histories, sqlite_history, sqlite_insert
 from record.tables import (
     DecisionRow,
     DecisionStatus,
@@ -218,6 +218,9 @@ class Ledger:
         self._held = held = Held()
         self._history = (
             sqlite_history(engine, held, _HISTORY, decisions.c.ts.type) if fast else None
+        )
+        self._histories = (
+            sqlite_histories(engine, held, _HISTORIES, decisions.c.ts.type) if fast else None
         )
         self._insert = sqlite_insert(engine, held, decisions, _SEEN_MANY) if fast else None
         # decisions planned in this process and not committed yet count against caps
@@ -405,15 +408,19 @@ class Ledger:
             return {c: self.contact_history(c, since) for c in ids}
         shows: dict[str, list[Show]] = {c: [] for c in ids}
         last: dict[str, datetime] = {}
-        with self.engine.connect() as conn:
-            for i in range(0, len(ids), HISTORY_CHUNK):
-                params = {"cids": ids[i : i + HISTORY_CHUNK], "since": since}
-                for cid, ch, o, t, many in conn.execute(_HISTORIES, params):
-                    if ch is not None:
-                        offers = tuple(s["offer_id"] for s in many) if many else (o,)
-                        shows[cid].append(Show(ch, offers, utc(t)))
-                    elif t is not None:
-                        last[cid] = utc(t)
+        for i in range(0, len(ids), HISTORY_CHUNK):
+            part = ids[i : i + HISTORY_CHUNK]
+            if self._histories is not None:
+                rows = self._histories(part, since)
+            else:
+                with self.engine.connect() as conn:
+                    rows = conn.execute(_HISTORIES, {"cids": part, "since": since}).all()
+            for cid, ch, o, t, many in rows:
+                if ch is not None:
+                    offers = tuple(s["offer_id"] for s in many) if many else (o,)
+                    shows[cid].append(Show(ch, offers, utc(t)))
+                elif t is not None:
+                    last[cid] = utc(t)
         if self.pending:
             for cid in ids:
                 planned = [r for r in self.pending.of(cid) if r.ts >= since]

@@ -105,22 +105,69 @@ def sqlite_history(
     return run
 
 
-def _in_list(stmt: Any, engine: Engine, listed: str, other: str) -> Callable[[int], str] | None:
-    """``stmt``'s SQL for an IN list of ``n`` bound values (``listed``, expanding) followed by
-    ``other``, each size's SQL made once; None when its SQL is not of that kind."""
+def _in_list(
+    stmt: Any, engine: Engine, listed: str, names: set[str]
+) -> Callable[[list[Any], dict[str, Any]], tuple[str, list[Any]]] | None:
+    """``stmt``'s SQL and positional parameters for an IN list (``listed``, expanding, bound
+    wherever it occurs) and the other ``names``, each list size's SQL made once; None when
+    its SQL is not of that kind."""
     compiled = stmt.compile(dialect=engine.dialect)
     sql, mark = str(compiled), f"(__[POSTCOMPILE_{listed}])"
-    if list(compiled.positiontup or ()) != [listed, other] or sql.count(mark) != 1:
+    order = list(compiled.positiontup or ())
+    if set(order) != names | {listed} or sql.count(mark) != order.count(listed):
         return None
     made: dict[int, str] = {}
 
-    def of(n: int) -> str:
+    def of(values: list[Any], params: dict[str, Any]) -> tuple[str, list[Any]]:
+        n = len(values)
         got = made.get(n)
         if got is None:
             got = made[n] = sql.replace(mark, f"({','.join('?' * n)})")
-        return got
+        bound: list[Any] = []
+        for name in order:
+            if name == listed:
+                bound += values
+            else:
+                bound.append(params[name])
+        return got, bound
 
     return of
+
+
+def sqlite_histories(
+    engine: Engine, held: Held, histories: CompoundSelect, ts_type: TypeEngine[Any]
+) -> Callable[[list[str], datetime], list[tuple[Any, ...]]] | None:
+    """``histories`` (the ledger's contact-history query for many customers: binds the
+    expanding ``cids`` and ``since``; rows of customer, channel, offer, a ``ts_type`` time and
+    JSON slots or NULL) as :func:`sqlite_history` runs one customer's: the same values without
+    Core's result objects (measured on 2,000 customers: ~120 -> ~50 us each). None when its
+    SQL is not of the kind expected."""
+    dialect = engine.dialect
+    query = _in_list(histories, engine, "cids", {"since"})
+    if query is None:
+        return None
+    impl = ts_type.dialect_impl(dialect)
+    to_db = impl.bind_processor(dialect) or (lambda v: v)
+    from_db = impl.result_processor(dialect, None) or (lambda v: v)
+    fromiso, loads = datetime.fromisoformat, json.loads
+
+    def run(customer_ids: list[str], since: datetime) -> list[tuple[Any, ...]]:
+        sql, params = query(customer_ids, {"since": to_db(since)})
+        with _cursor(engine, held, sql, params) as cur:
+            cur.execute(sql, params)
+            rows = cur.fetchall()
+        return [
+            (
+                c,
+                ch,
+                o,
+                fromiso(t) if type(t) is str and len(t) == 26 and t[10] == " " else from_db(t),
+                loads(s) if s else None,
+            )
+            for c, ch, o, t, s in rows
+        ]
+
+    return run
 
 
 def sqlite_insert(
@@ -136,7 +183,7 @@ def sqlite_insert(
     dialect = engine.dialect
     compiled = insert(table).compile(dialect=dialect)
     sql, order = str(compiled), list(compiled.positiontup or ())
-    count_sql = _in_list(seen_many, engine, "cids", "since")
+    count_sql = _in_list(seen_many, engine, "cids", {"since"})
     if sorted(order) != sorted(c.key for c in table.columns) or count_sql is None:
         return None
     procs = [table.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in order]
@@ -150,7 +197,7 @@ def sqlite_insert(
                 cur.execute("BEGIN IMMEDIATE")
 
                 def count_many(cids: list[str], since: datetime) -> dict[str, int]:
-                    cur.execute(count_sql(len(cids)), [*cids, ts_bind(since)])
+                    cur.execute(*count_sql(cids, {"since": ts_bind(since)}))
                     return dict(cur.fetchall())
 
                 stale = pick(count_many)

@@ -66,9 +66,9 @@ def test_stale_rows_on_an_sqlite_file(tmp_path: Path) -> None:
     check(ledger)
 
 
-def test_stale_rows_on_the_core_path() -> None:
-    ledger = Ledger(engine_for("sqlite://"))
-    assert ledger._insert is None
+def test_stale_rows_on_the_core_path(tmp_path: Path) -> None:
+    ledger = Ledger(engine_for(f"sqlite:///{tmp_path / 'l.db'}"))
+    ledger._insert = None  # the path of every other database
     check(ledger)
 
 
