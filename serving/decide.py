@@ -23,6 +23,7 @@ from record.ledger import LedgerError
 from record.ledger_pending import MAX_PLANS, PlannedOn
 from record.tables import DecisionRow, History, Show
 from serving import journey_banners, policy
+from serving.construct import constructor
 from serving.deps import Deps
 from serving.journey_banners import JourneyVisit
 from serving.schemas import (
@@ -49,6 +50,8 @@ __all__ = [
     "plan_many",
 ]
 log = logging.getLogger("nextbest.decide")
+# model_construct, cheaper: every value is built here from validated parts (serving.construct)
+_row, _response, _offer = (constructor(m) for m in (DecisionRow, DecideResponse, RankedOffer))
 HISTORY_DAYS = 90  # caps, offer periods and suppression look this far back
 
 
@@ -591,7 +594,7 @@ def _draw(
     ranked = [_ranked(by_id[o], v.values[o], p, k, v.detail) for k, (o, p) in enumerate(shown)]
     decision_id = (v.scope and v.scope.decision_id) or deps.new_id()
     # model_construct: every value is built here from validated parts (no validation per row)
-    row = DecisionRow.model_construct(
+    row = _row(
         decision_id=decision_id,
         ts=ts,
         customer_id=cid,
@@ -622,7 +625,7 @@ def _draw(
     if fallback:
         # the reason is in the ledger row; a log line per request would cost more than it tells
         log.debug("fallback decision %s: %s", row.decision_id, row.reason)
-    response = DecideResponse.model_construct(
+    response = _response(
         decision_id=row.decision_id,
         customer_id=cid,
         experiment=v.experiment,
@@ -751,9 +754,9 @@ def _ranked(offer: Any, value: float, p: float, position: int, detail: dict) -> 
     }
     if policy.is_no_offer(offer):  # a model score for "nothing" is not an uplift
         reason = f"{why}: no offer is expected to add more than doing nothing"
-        return RankedOffer.model_construct(**common, creative={}, reason=reason)
+        return _offer(**common, creative={}, reason=reason)
     uplift = detail["p_treated"][oid] - detail["p_untreated"][oid]
-    return RankedOffer.model_construct(
+    return _offer(
         **common,
         creative={"headline": offer.headline, "body": offer.body, "cta": offer.cta},
         reason=f"{why}: expected incremental value {value:.3f} (uplift {uplift:+.3f})",
