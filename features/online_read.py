@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime
-from itertools import groupby
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -182,26 +180,26 @@ class SqliteViews:
         self._keys.pop(customer_id, None)
 
     def columns(self, ids: list[str]) -> dict[str, list[Any]]:
-        """The wanted features of ``ids`` (distinct) as columns, None where not stored."""
+        """The wanted features of ``ids`` (distinct) as columns, None where not stored; each
+        stored value put straight into its column (no row dict per customer)."""
         keys = [self.key(c) for c in ids]
         conn, decoded = self.online._get_conn(self.config), self._decoded
-        found: dict[bytes, dict[str, Any]] = {}
+        out: dict[str, list[Any]] = {name: [None] * len(keys) for name in self.names}
+        at_of = {k: i for i, k in enumerate(keys)}
         for at in range(0, len(keys), self.chunk):
             part = keys[at : at + self.chunk]
             rows = conn.execute(self._select(len(part)), part * len(self.tables)).fetchall()
-            if len(part) == 1:  # one customer (most reads): no key column to group by
-                rows = [(part[0], rows)]
-            else:
-                rows = [(k, [r[1:] for r in group]) for k, group in groupby(rows, itemgetter(0))]
-            for key, pairs in rows:
-                got = found.setdefault(key, {})
-                for name, raw in pairs:
-                    if name in decoded:
-                        value = decoded[name].get(raw, _MISSING)
-                        got[name] = self.decode(name, raw) if value is _MISSING else value
-        none: dict[str, Any] = {}
-        rows_of = [found.get(k, none) for k in keys]
-        return {name: [row.get(name) for row in rows_of] for name in self.names}
+            if len(part) == 1:  # one customer (most reads): no key column
+                rows = [(part[0], name, raw) for name, raw in rows]
+            for key, name, raw in rows:
+                cache = decoded.get(name)
+                if cache is None:  # a stored feature the service does not read
+                    continue
+                value = cache.get(raw, _MISSING)
+                if value is _MISSING:
+                    value = self.decode(name, raw)
+                out[name][at_of[key]] = value
+        return out
 
     def decode(self, name: str, raw: bytes | None) -> Any:
         """``to_python`` of the stored ``ValueProto`` bytes; immutable results remembered."""

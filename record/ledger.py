@@ -37,8 +37,8 @@ from sqlalchemy.exc import DataError, IntegrityError
 
 from nextbest.db import checkpoint, create_tables, is_sqlite_file
 from record import applied as _applied  # noqa: F401 - its table is on the ledger's metadata
-from record.ledger_pending import PG_LOCK, Pending, customer_lock, stale_rows
-from record.ledger_sqlite import Held, sqlite_history, sqlite_insert
+from record.ledger_pending import PG_LOCK, Pending, counted, customer_lock, stale_rows
+from record.ledger_sqlite import Held, sqlite_histories, sqlite_history, sqlite_insert
 from record.tables import (
     DecisionRow,
     DecisionStatus,
@@ -104,16 +104,18 @@ _HISTORIES = union_all(
 )
 HISTORY_CHUNK = 500  # customers per contact-history query (two IN lists of bound ids)
 FEW = 4  # this many customers or fewer: one prebuilt query each (a visit's own path)
-# How many of those a customer has now: a planned decision's commit compares it with the
+# How many of those each customer has now: a planned decision's commit compares it with the
 # count its plan saw (``PlannedOn``), inside the transaction that writes it.
-_SEEN = (
-    select(func.count())
-    .select_from(decisions)
+# The same for many customers at once, grouped (``record.ledger_pending.counted``).
+_SEEN_MANY = (
+    select(decisions.c.customer_id, func.count())
     .where(
-        decisions.c.customer_id == bindparam("cid"), decisions.c.ts >= bindparam("since"), *SHOWN
+        decisions.c.customer_id.in_(bindparam("cids", expanding=True)),
+        decisions.c.ts >= bindparam("since"),
+        *SHOWN,
     )
+    .group_by(decisions.c.customer_id)
 )
-
 
 # Built once like _HISTORY: is this key, hashed as an erasure leaves it, already recorded?
 _ERASED_KEY = select(outcomes.c.outcome_id).where(outcomes.c.idempotency_key == bindparam("key"))
@@ -217,7 +219,10 @@ class Ledger:
         self._history = (
             sqlite_history(engine, held, _HISTORY, decisions.c.ts.type) if fast else None
         )
-        self._insert = sqlite_insert(engine, held, decisions, _SEEN) if fast else None
+        self._histories = (
+            sqlite_histories(engine, held, _HISTORIES, decisions.c.ts.type) if fast else None
+        )
+        self._insert = sqlite_insert(engine, held, decisions, _SEEN_MANY) if fast else None
         # decisions planned in this process and not committed yet count against caps
         self.pending = Pending()
 
@@ -236,7 +241,11 @@ class Ledger:
         planned again: caps hold across workers, and a kept plan's probabilities are exact."""
         check = any(r.planned_on is not None for r in rows)
         if self._insert is not None:
-            pick = (lambda count: stale_rows(rows, count, self.pending.failed)) if check else None
+            pick = (
+                (lambda many: stale_rows(rows, counted(rows, many), self.pending.failed))
+                if check
+                else None
+            )
             return self._insert(rows, pick)
         with self.engine.begin() as conn:
             return self.record_decisions_in(conn, rows)
@@ -273,10 +282,11 @@ class Ledger:
                 keys = sorted({customer_lock(r.customer_id) for r in rows if r.customer_id})
                 conn.execute(PG_LOCK, {"keys": keys})
 
-            def count(cid: str, since: datetime) -> int:
-                return conn.execute(_SEEN, {"cid": cid, "since": since}).scalar_one()
+            def count_many(cids: list[str], since: datetime) -> dict[str, int]:
+                found = conn.execute(_SEEN_MANY, {"cids": cids, "since": since})
+                return {cid: n for cid, n in found}
 
-            stale = stale_rows(rows, count, self.pending.failed)
+            stale = stale_rows(rows, counted(rows, count_many), self.pending.failed)
         fresh = [r.model_dump() for r in rows if not any(r is x for x in stale)]
         if fresh:
             conn.execute(insert(decisions), fresh)
@@ -398,15 +408,19 @@ class Ledger:
             return {c: self.contact_history(c, since) for c in ids}
         shows: dict[str, list[Show]] = {c: [] for c in ids}
         last: dict[str, datetime] = {}
-        with self.engine.connect() as conn:
-            for i in range(0, len(ids), HISTORY_CHUNK):
-                params = {"cids": ids[i : i + HISTORY_CHUNK], "since": since}
-                for cid, ch, o, t, many in conn.execute(_HISTORIES, params):
-                    if ch is not None:
-                        offers = tuple(s["offer_id"] for s in many) if many else (o,)
-                        shows[cid].append(Show(ch, offers, utc(t)))
-                    elif t is not None:
-                        last[cid] = utc(t)
+        for i in range(0, len(ids), HISTORY_CHUNK):
+            part = ids[i : i + HISTORY_CHUNK]
+            if self._histories is not None:
+                rows = self._histories(part, since)
+            else:
+                with self.engine.connect() as conn:
+                    rows = conn.execute(_HISTORIES, {"cids": part, "since": since}).all()
+            for cid, ch, o, t, many in rows:
+                if ch is not None:
+                    offers = tuple(s["offer_id"] for s in many) if many else (o,)
+                    shows[cid].append(Show(ch, offers, utc(t)))
+                elif t is not None:
+                    last[cid] = utc(t)
         if self.pending:
             for cid in ids:
                 planned = [r for r in self.pending.of(cid) if r.ts >= since]

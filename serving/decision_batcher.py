@@ -15,30 +15,13 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
-from pydantic import ValidationError
-
-from record.ledger import LedgerError
-from record.ledger_pending import MAX_PLANS
-from record.tables import DecisionRow
 from serving import decide as pipeline
-from serving import journey_banners
-from serving.decide import DecideRequest, DecideResponse, Known, Scope, with_banner
+from serving.decide import DecideRequest, DecideResponse, Outcome
 from serving.deps import Deps
 from serving.stages import StageTimes
 
 log = logging.getLogger("nextbest.batcher")
-Outcome = DecideResponse | Exception  # one request's answer, or why it has none
-
-
-@dataclass
-class _Visit:
-    """One request on its way through a batch: what is known, its banner's scope."""
-
-    request: DecideRequest
-    known: Known
-    scope: Scope | None = None
 
 
 class DecisionBatcher:
@@ -102,107 +85,15 @@ class DecisionBatcher:
         self._thread.shutdown(wait=False, cancel_futures=True)
 
     def decide_now(self, requests: Sequence[DecideRequest]) -> list[Outcome]:
-        """One batch, in the calling thread: identities verified, features read once, banners
-        claimed, then planned together and committed in one transaction. A request refused on
-        its own (an undeclared campaign, a row the database refuses) gets its error; the others
-        are decided. A store failure raises for the whole batch."""
+        """One batch, in the calling thread (``serving.decide.decide_outcomes``): identities
+        verified, features read once within the reader's timeout, banners claimed, planned
+        together and committed in one transaction. A request refused on its own (an
+        undeclared campaign, a row the database refuses) gets its error; the others are
+        decided. A store failure raises for the whole batch."""
         times = StageTimes()
-        outcomes: list[Outcome | None] = [None] * len(requests)
-        with times("identity"):
-            visits = self._identify(requests)
-        with times("features"):
-            self._read_features(visits)
-        with times("eligibility"):  # banners are read where the contact history is
-            for visit in visits:
-                self._banner(visit)
-        todo = []
-        for i, visit in enumerate(visits):
-            try:
-                pipeline.experiment_of(visit.request, self.deps)  # the 400 of this one alone
-            except ValidationError as exc:
-                outcomes[i] = exc
-            else:
-                todo.append(i)
-        for _ in range(MAX_PLANS):
-            if not todo:
-                break
-            todo = self._plan_and_commit([visits[i] for i in todo], todo, outcomes, times)
-        for i in todo:
-            cid = visits[i].known.customer_id
-            outcomes[i] = LedgerError(
-                f"customer {cid}: history kept changing over {MAX_PLANS} plans"
-            )
+        outcomes = pipeline.decide_outcomes(
+            requests, self.deps, verify=True, within=True, isolate=True, times=times
+        )
         if self.observe is not None:
             self.observe(times, len(requests))
-        return [o if o is not None else LedgerError("not decided") for o in outcomes]
-
-    def _identify(self, requests: Sequence[DecideRequest]) -> list[_Visit]:
-        """Every request's customer, the identity graph asked once for the batch."""
-        known = [Known(reasons=[]) for _ in requests]
-        pipeline.resolve_many(requests, self.deps, known, verify=True)
-        return [_Visit(r, k) for r, k in zip(requests, known, strict=True)]
-
-    def _read_features(self, visits: list[_Visit]) -> None:
-        """One read for every known customer of the batch; a failure is each one's reason."""
-        wanted = [v for v in visits if v.known.customer_id is not None]
-        if not wanted:
-            return
-        reader = self.deps.features
-        if reader is None:
-            why = f"features: {self.deps.missing.get('features', 'unavailable')}"
-            for v in wanted:
-                v.known.reasons.append(why)
-            return
-        ids = list(dict.fromkeys(v.known.customer_id for v in wanted))
-        try:
-            # with the reader's timeout and circuit breaker, as every served read
-            rows = reader.read_many_within(ids, now=self.deps.clock())
-        except Exception as exc:  # noqa: BLE001 - a fallback decision, with the reason
-            for v in wanted:
-                v.known.reasons.append(f"features: {type(exc).__name__}: {exc}")
-            return
-        by_id = dict(zip(ids, rows, strict=True))
-        for v in wanted:
-            v.known.features = by_id[v.known.customer_id]
-
-    def _banner(self, visit: _Visit) -> None:
-        """A journey's banner waiting for this visit, claimed: the visit becomes its step."""
-        cid, channel = visit.known.customer_id, visit.request.channel
-        if cid is None or not journey_banners.possible(self.deps, channel):
-            return
-        banner = journey_banners.take(cid, channel, self.deps)
-        visit.request, visit.scope = with_banner(visit.request, banner)
-
-    def _plan_and_commit(
-        self, visits: list[_Visit], where: list[int], outcomes: list[Outcome | None],
-        times: StageTimes,
-    ) -> list[int]:  # fmt: skip
-        """Plan ``visits`` together and commit their rows at once; the indices (of
-        ``where``) whose plans went stale are returned, to be planned again."""
-        plans = pipeline.plan_many(
-            [v.request for v in visits],
-            self.deps,
-            known=[v.known for v in visits],
-            scopes=[v.scope for v in visits],
-            times=times,
-        )
-        rows: list[DecisionRow] = [row for _, row in plans]
-        ledger = self.deps.ledger
-        with times("ledger"):
-            for row in rows:
-                ledger.pending.hold(row)  # other plans of this process count it meanwhile
-            try:
-                stale, refused = ledger.record_decisions_isolated(rows)
-            except Exception:
-                ledger.pending.release(rows, failed=rows)
-                raise
-            ledger.pending.release(rows, failed=stale + [r for r, _ in refused])
-        why = {id(row): err for row, err in refused}
-        stale_ids = {id(row) for row in stale}
-        again = []
-        for i, (response, row) in zip(where, plans, strict=True):
-            if id(row) in stale_ids:
-                again.append(i)
-            else:
-                outcomes[i] = why.get(id(row), response)
-        return again
+        return outcomes

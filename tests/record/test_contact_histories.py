@@ -49,7 +49,13 @@ def check(ledger: Ledger) -> None:
 
 
 def test_contact_histories_on_sqlite_file(tmp_path: Path) -> None:
-    check(Ledger(engine_for(f"sqlite:///{tmp_path / 'l.db'}")))
+    ledger = Ledger(engine_for(f"sqlite:///{tmp_path / 'l.db'}"))
+    check(ledger)
+    assert ledger._histories is not None  # the fast path: the same values as Core's
+    since, ids = now() - timedelta(days=7), ["c1", "c2", "c3", "c4", "c5", "nobody"]
+    fast = ledger.contact_histories(ids, since)
+    ledger._histories = None
+    assert fast == ledger.contact_histories(ids, since)
 
 
 def test_contact_histories_on_sqlite_memory() -> None:

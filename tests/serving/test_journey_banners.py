@@ -186,3 +186,25 @@ def test_erasure_deletes_the_persons_journey_rows(deps: Deps) -> None:
     result = actions.erase(actions.EraseRequest(customer_id=cid), deps)
     assert result["ledger"]["journey_steps"] == 2 and result["ledger"]["journey_instances"] == 1
     assert set(rows().values()) == {0}
+
+
+def test_a_refused_request_leaves_the_banner_waiting(deps: Deps) -> None:
+    """An undeclared campaign is refused before the banner is claimed: decide_many raises
+    and logs nothing; the batcher refuses that request alone; the next visit shows it."""
+    from pydantic import ValidationError
+
+    from serving.decide import decide_many, decide_outcomes
+
+    j = activate(deps)
+    iid = _banner(deps, "c-post")
+    bad = DecideRequest(customer_id="c-post", channel="web", context={"campaign": "nope"})
+    good = DecideRequest(customer_id="c-pre", channel="web")
+    with pytest.raises(ValidationError, match="unknown experiment 'nope'"):
+        decide_many([good, bad], deps)
+    assert deps.ledger.counts()["decisions"] == 0
+    outcomes = decide_outcomes([bad, good], deps, verify=True, isolate=True)
+    assert isinstance(outcomes[0], ValidationError) and outcomes[1].customer_id == "c-pre"
+    assert deps.ledger.counts()["decisions"] == 1
+    assert state(deps, iid)["steps"][0]["decision_id"] is None  # still waiting
+    shown = decide(DecideRequest(customer_id="c-post", channel="web"), deps)
+    assert shown.experiment == j.experiment
