@@ -32,6 +32,7 @@ from benchmarks.replay_harness import (
     ensure_world,
     progress_bar,
     replay_settings,
+    timed,
 )
 from benchmarks.replay_results import (
     Checkpoint,
@@ -155,6 +156,7 @@ def run_replay(
     from serving.decide import decide_many
     from serving.deps import load_deps
     from serving.learner import Learner, just_after, learn_matured
+    from serving.stages import StageTimes
     from simulator.truth import Truth
     from training.bandit import BanditPolicy
     from training.bandit_ledger import catalog_actions, train_bandit
@@ -210,6 +212,7 @@ def run_replay(
     curve: list[Checkpoint] = []
     retrains: list[dict[str, Any]] = []
     every = max(1, visits // checkpoints)
+    stages, spent = StageTimes(), {}
     start, last = time.perf_counter(), 0
     with progress_bar() as bar:
         task = bar.add_task("replay", total=visits, status="", visible=progress)
@@ -217,10 +220,12 @@ def run_replay(
             # a batch is decided when its window closes, after the learner's tick: it knows
             # every decision whose reward matured (those of the windows before)
             clock.at = origin + (slot + 1) * timedelta(minutes=batch_minutes)
-            learn_matured(deps, clock.at)
+            with timed(spent, "learner"):
+                learn_matured(deps, clock.at)
             batch_visits = list(frame.iloc[lo:hi].itertuples(index=False))
             bandit.calls.clear()
-            responses = decide_many([visit_request(v) for v in batch_visits], deps)
+            with timed(spent, "decide"):
+                responses = decide_many([visit_request(v) for v in batch_visits], deps, stages)
             drawn = iter(bandit.calls)
             reports: list[OutcomeRequest] = []
             for i, visit, response in zip(range(lo, hi), batch_visits, responses, strict=True):
@@ -260,12 +265,14 @@ def run_replay(
                     )  # fmt: skip
             if next(drawn, None) is not None:
                 raise RuntimeError(f"visits {lo}-{hi}: the bandit drew more than was decided")
-            for report in reports:  # a few per batch: ~5 in 100 visits buy something
-                record_outcome(report, deps)
+            with timed(spent, "outcomes"):
+                for report in reports:  # a few per batch: ~5 in 100 visits buy something
+                    record_outcome(report, deps)
             if hi % retrain_every == 0 and hi < visits:
                 bar.update(task, status="retraining")
                 try:  # judged against this replay's last promotion, not an earlier run's
-                    info = train_bandit(rs, promote=True, champion=champion)
+                    with timed(spent, "retrain"):
+                        info = train_bandit(rs, promote=True, champion=champion)
                 except BanditError as exc:
                     info = {"error": str(exc)}
                 if info.get("promoted"):
@@ -309,6 +316,7 @@ def run_replay(
         model_versions=deps.model_versions(),
         logged_matches_policy=matched / checked if checked else float("nan"),
         greedy_gap_closed=gap(greedy_value(values[tail], probs[tail]), rnd, orc),
+        stage_seconds={**stages.seconds, **spent},
         linear_ceiling=_ceiling(deps.ledger, treated_ids, values[treated], allowed[treated],
                                 len(tail)),
     )  # fmt: skip
