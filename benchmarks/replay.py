@@ -155,7 +155,7 @@ def run_replay(
     from serving.actions import OutcomeRequest, record_outcome
     from serving.decide import decide_many
     from serving.deps import load_deps
-    from serving.learner import Learner, just_after, learn_matured
+    from serving.learner import Learner, learn_matured
     from serving.stages import StageTimes
     from simulator.truth import Truth
     from training.bandit import BanditPolicy
@@ -213,19 +213,22 @@ def run_replay(
     retrains: list[dict[str, Any]] = []
     every = max(1, visits // checkpoints)
     stages, spent = StageTimes(), {}
+    at_clock: set[str] = set()  # the decisions made at the clock's time (one window's)
     start, last = time.perf_counter(), 0
     with progress_bar() as bar:
         task = bar.add_task("replay", total=visits, status="", visible=progress)
         for lo, hi, slot in batch_bounds(offsets, batch_minutes, (every, retrain_every)):
             # a batch is decided when its window closes, after the learner's tick: it knows
             # every decision whose reward matured (those of the windows before)
-            clock.at = origin + (slot + 1) * timedelta(minutes=batch_minutes)
+            if clock.at != (at := origin + (slot + 1) * timedelta(minutes=batch_minutes)):
+                clock.at, at_clock = at, set()
             with timed(spent, "learner"):
                 learn_matured(deps, clock.at)
             batch_visits = list(frame.iloc[lo:hi].itertuples(index=False))
             bandit.calls.clear()
             with timed(spent, "decide"):
                 responses = decide_many([visit_request(v) for v in batch_visits], deps, stages)
+            at_clock.update(r.decision_id for r in responses)
             drawn = iter(bandit.calls)
             reports: list[OutcomeRequest] = []
             for i, visit, response in zip(range(lo, hi), batch_visits, responses, strict=True):
@@ -279,7 +282,9 @@ def run_replay(
                     bandit.policy = load_bandit(rs) or bandit.policy
                     champion = load_bandit(rs)  # as promoted: serving goes on learning online
                     # it was trained on every decision so far: online learning resumes after
-                    deps.learner = Learner(start=just_after(clock.at))
+                    # them (the rest of this window is decided at the same time)
+                    deps.learner = Learner(start=clock.at)
+                    deps.learner.ids = set(at_clock)
                 retrains.append({"visits": hi, "serving": bandit.version, **info})
             if hi % every == 0 or hi == visits:
                 seg = np.flatnonzero(treated[last:hi]) + last
