@@ -2,9 +2,10 @@
 
 The visits of each window of world time (``batch_minutes``, a day by default: ~560 visits in
 the default world, which sees ~0.4 visits a minute) go through ``serving.decide.decide_many``
-together, decided when the window closes, with the real dependencies (identity graph, Feast
-online store, promoted models, ledger) and the bandit; what each customer then buys is drawn
-from the simulator's response model and reported through the outcome path the channels use
+together, each decided at its own time (``at``: its features, caps and ledger row as of the
+visit), with the real dependencies (identity graph, Feast online store, promoted models,
+ledger) and the bandit; what each customer then buys is drawn from the simulator's response
+model and reported, at the visit's time, through the outcome path the channels use
 (``serving.actions.record_outcome``). The bandit learns them as the service does
 (``serving.learner``: each decision once, from the ledger, once its reward wait has passed;
 the wait is the window, so a batch learns every earlier window's decisions and none of its
@@ -194,8 +195,8 @@ def run_replay(
     # the identity graph lives in the project's ledger database: resolve against it
     deps = load_deps(rs, bandit=bandit, graph=graph_for(settings))
     deps.rng = random.Random(int(rng.integers(2**31)))  # the pipeline's draws, reproducible
-    # a batch's decisions share a time, and the learner takes them in (time, id) order: ids
-    # drawn from the seed keep that order, so a replay is reproducible (``Deps.new_id``)
+    # the learner takes decisions in (time, id) order: ids drawn from the seed keep the order
+    # of decisions at one time, so a replay is reproducible (``Deps.new_id``)
     ids = random.Random(int(rng.integers(2**31)))
     deps.new_id = lambda: f"{ids.getrandbits(128):032x}"
     origin = frame["at"].iloc[0].to_pydatetime()
@@ -213,22 +214,23 @@ def run_replay(
     retrains: list[dict[str, Any]] = []
     every = max(1, visits // checkpoints)
     stages, spent = StageTimes(), {}
-    at_clock: set[str] = set()  # the decisions made at the clock's time (one window's)
     start, last = time.perf_counter(), 0
     with progress_bar() as bar:
         task = bar.add_task("replay", total=visits, status="", visible=progress)
         for lo, hi, slot in batch_bounds(offsets, batch_minutes, (every, retrain_every)):
             # a batch is decided when its window closes, after the learner's tick: it knows
-            # every decision whose reward matured (those of the windows before)
-            if clock.at != (at := origin + (slot + 1) * timedelta(minutes=batch_minutes)):
-                clock.at, at_clock = at, set()
+            # every decision whose reward matured (those of the windows before); each visit is
+            # decided, and its purchases reported, at its own time
+            clock.at = origin + (slot + 1) * timedelta(minutes=batch_minutes)
             with timed(spent, "learner"):
                 learn_matured(deps, clock.at)
             batch_visits = list(frame.iloc[lo:hi].itertuples(index=False))
+            times = [v.at.to_pydatetime() for v in batch_visits]
             bandit.calls.clear()
             with timed(spent, "decide"):
-                responses = decide_many([visit_request(v) for v in batch_visits], deps, stages)
-            at_clock.update(r.decision_id for r in responses)
+                responses = decide_many(
+                    [visit_request(v) for v in batch_visits], deps, stages, at=times
+                )
             drawn = iter(bandit.calls)
             reports: list[OutcomeRequest] = []
             for i, visit, response in zip(range(lo, hi), batch_visits, responses, strict=True):
@@ -264,7 +266,7 @@ def run_replay(
                     reports.append(
                         OutcomeRequest(idempotency_key=order, order_id=order,
                                        decision_id=response.decision_id, type=kind,
-                                       offer_id=offer_ids[k], value=amount, ts=clock.at)
+                                       offer_id=offer_ids[k], value=amount, ts=times[i - lo])
                     )  # fmt: skip
             if next(drawn, None) is not None:
                 raise RuntimeError(f"visits {lo}-{hi}: the bandit drew more than was decided")
@@ -282,9 +284,12 @@ def run_replay(
                     bandit.policy = load_bandit(rs) or bandit.policy
                     champion = load_bandit(rs)  # as promoted: serving goes on learning online
                     # it was trained on every decision so far: online learning resumes after
-                    # them (the rest of this window is decided at the same time)
-                    deps.learner = Learner(start=clock.at)
-                    deps.learner.ids = set(at_clock)
+                    # them (the last visit's time, its decisions at that time handled)
+                    deps.learner = Learner(start=times[-1])
+                    deps.learner.ids = {
+                        r.decision_id for r, t in zip(responses, times, strict=True)
+                        if t == times[-1]
+                    }  # fmt: skip
                 retrains.append({"visits": hi, "serving": bandit.version, **info})
             if hi % every == 0 or hi == visits:
                 seg = np.flatnonzero(treated[last:hi]) + last
