@@ -1,12 +1,15 @@
 """The learning loop measured against the truth: simulated visits through the real pipeline.
 
-Each visit goes through ``serving.decide.decide`` with the real dependencies (identity graph,
-Feast online store, promoted models, ledger) and the bandit; what the customer then buys is
-drawn from the simulator's response model and reported through the outcome path the channels
-use (``serving.actions.record_outcome``). The bandit learns them as the service does
-(``serving.learner``: each decision once, from the ledger, when its reward is in; here the
-outcomes arrive with the decision) and is retrained from the ledger, OPE-gated and promoted,
-every ``retrain_every`` visits.
+The visits of each window of world time (``batch_minutes``, a day by default: ~560 visits in
+the default world, which sees ~0.4 visits a minute) go through ``serving.decide.decide_many``
+together, each decided at its own time (``at``: its features, caps and ledger row as of the
+visit), with the real dependencies (identity graph, Feast online store, promoted models,
+ledger) and the bandit; what each customer then buys is drawn from the simulator's response
+model and reported, at the visit's time, through the outcome path the channels use
+(``serving.actions.record_outcome``). The bandit learns them as the service does
+(``serving.learner``: each decision once, from the ledger, once its reward wait has passed;
+the wait is the window, so a batch learns every earlier window's decisions and none of its
+own) and is retrained from the ledger, OPE-gated and promoted, every ``retrain_every`` visits.
 
 The scores come from the truth, not from the logs: for every treated visit we know each allowed
 offer's expected incremental value, so the policy's value is exact given its probabilities,
@@ -25,10 +28,12 @@ import numpy as np
 from benchmarks.replay_harness import (
     Clock,
     Recorder,
+    batch_bounds,
     ensure_models,
     ensure_world,
     progress_bar,
     replay_settings,
+    timed,
 )
 from benchmarks.replay_results import (
     Checkpoint,
@@ -53,6 +58,16 @@ def visit_request(visit: Any) -> Any:
     return DecideRequest(channel=visit.channel, context=ctx, **ids)
 
 
+def _drew(response: Any) -> bool:
+    """Whether the bandit drew this decision's offer (a treated visit with allowed offers,
+    the bandit not failing): these are the decisions it was asked about, in request order."""
+    return (
+        response.arm == "treatment"
+        and bool(response.offers)
+        and not any(r.startswith("bandit:") for r in response.reasons)
+    )
+
+
 def _outcomes(
     rng: np.random.Generator, p1: np.ndarray, p0: np.ndarray, shown: int
 ) -> list[tuple[int, str]]:
@@ -64,8 +79,10 @@ def _outcomes(
     return [(int(j), "conversion" if j == shown else "revenue") for j in bought]
 
 
-# visits between the learner's ticks: it learns each decision a few visits after it was made
-LEARN_EVERY = 20
+# the window of world time whose visits are decided together, and the reward wait: a day, the
+# service's default wait (Settings.bandit_reward_wait_minutes), so no decision of a batch
+# could have learned from another one of it in the service either
+BATCH_MINUTES = 60.0 * 24
 # decision opportunities (sessions, store visits, calls) per customer per day in the default
 # world's history: ~50,000 in 90 days for 2,000 customers
 VISITS_PER_CUSTOMER_DAY = 0.28
@@ -115,6 +132,7 @@ def run_replay(
     customers: int | None = None,
     days: int | None = None,
     check_every: int = 25,
+    batch_minutes: float = BATCH_MINUTES,
     outcomes: Literal["sampled", "expected"] = "sampled",
     span_days: float | None = None,
     plot: bool = True,
@@ -132,11 +150,14 @@ def run_replay(
     """
     if span_days is not None and not span_days > 0:
         raise ValueError(f"span_days must be > 0, got {span_days}")
+    if not batch_minutes > 0:
+        raise ValueError(f"batch_minutes must be > 0, got {batch_minutes}")
     from features.identity import graph_for
     from serving.actions import OutcomeRequest, record_outcome
-    from serving.decide import decide
+    from serving.decide import decide_many
     from serving.deps import load_deps
-    from serving.learner import Learner, just_after, learn_matured
+    from serving.learner import Learner, learn_matured
+    from serving.stages import StageTimes
     from simulator.truth import Truth
     from training.bandit import BanditPolicy
     from training.bandit_ledger import catalog_actions, train_bandit
@@ -153,9 +174,10 @@ def run_replay(
         raise ValueError(f"exploration: {exploration!r} is not one of epsilon, squarecb")
     ensure_world(settings, customers, days)
     ensure_models(settings)
-    # the outcomes are reported with the decision: no reward wait
+    # the outcomes are reported with the decision; the learner counts them once a batch's
+    # window has passed, as the service would after its reward wait
     rs = replay_settings(settings).model_copy(
-        update={"bandit_exploration": exploration, "bandit_reward_wait_minutes": 0.0}
+        update={"bandit_exploration": exploration, "bandit_reward_wait_minutes": batch_minutes}
     )
     rng = np.random.default_rng(settings.seed if seed is None else seed)
     truth = Truth.load(settings.world_dir)
@@ -173,7 +195,13 @@ def run_replay(
     # the identity graph lives in the project's ledger database: resolve against it
     deps = load_deps(rs, bandit=bandit, graph=graph_for(settings))
     deps.rng = random.Random(int(rng.integers(2**31)))  # the pipeline's draws, reproducible
-    clock = Clock(frame["at"].iloc[0].to_pydatetime())
+    # the learner takes decisions in (time, id) order: ids drawn from the seed keep the order
+    # of decisions at one time, so a replay is reproducible (``Deps.new_id``)
+    ids = random.Random(int(rng.integers(2**31)))
+    deps.new_id = lambda: f"{ids.getrandbits(128):032x}"
+    origin = frame["at"].iloc[0].to_pydatetime()
+    clock = Clock(origin)
+    offsets = (frame["at"] - frame["at"].iloc[0]).dt.total_seconds().to_numpy() / 60.0
     deps.clock = clock  # caps and attribution windows run on the visits' time, not the wall's
     deps.learner = Learner(start=clock.at - timedelta(seconds=1))
     champion: Any = None
@@ -185,16 +213,33 @@ def run_replay(
     curve: list[Checkpoint] = []
     retrains: list[dict[str, Any]] = []
     every = max(1, visits // checkpoints)
+    stages, spent = StageTimes(), {}
     start, last = time.perf_counter(), 0
     with progress_bar() as bar:
         task = bar.add_task("replay", total=visits, status="", visible=progress)
-        for i, visit in enumerate(frame.itertuples(index=False)):
-            bandit.last = None
-            clock.at = visit.at.to_pydatetime()
-            response = decide(visit_request(visit), deps)
-            if bandit.last is not None and response.offers:
-                dist = bandit.last
+        for lo, hi, slot in batch_bounds(offsets, batch_minutes, (every, retrain_every)):
+            # a batch is decided when its window closes, after the learner's tick: it knows
+            # every decision whose reward matured (those of the windows before); each visit is
+            # decided, and its purchases reported, at its own time
+            clock.at = origin + (slot + 1) * timedelta(minutes=batch_minutes)
+            with timed(spent, "learner"):
+                learn_matured(deps, clock.at)
+            batch_visits = list(frame.iloc[lo:hi].itertuples(index=False))
+            times = [v.at.to_pydatetime() for v in batch_visits]
+            bandit.calls.clear()
+            with timed(spent, "decide"):
+                responses = decide_many(
+                    [visit_request(v) for v in batch_visits], deps, stages, at=times
+                )
+            drawn = iter(bandit.calls)
+            reports: list[OutcomeRequest] = []
+            for i, visit, response in zip(range(lo, hi), batch_visits, responses, strict=True):
+                if not _drew(response):
+                    continue
+                dist = next(drawn, None)
                 chosen = response.offers[0].offer_id
+                if dist is None or chosen not in dist:
+                    raise RuntimeError(f"visit {i}: the bandit's draws do not follow the batch")
                 for o, p in dist.items():
                     allowed[i, col[o]], probs[i, col[o]] = True, p
                 treated[i] = True
@@ -208,56 +253,54 @@ def run_replay(
                         and all(abs(row.probabilities[o] - p) < 1e-9 for o, p in dist.items())
                         and abs((row.propensity or 0) - dist[chosen]) < 1e-9
                     )
+                j = col[chosen]
                 if outcomes == "expected":  # the window's expected value, as one report
-                    j = col[chosen]
-                    bought = [
-                        (
-                            j,
-                            "revenue",
-                            float(
-                                p0[i] @ value
-                                - p0[i, j] * value[j]
-                                + p1[i, j] * (value[j] - cost[j])
-                            ),
-                        )
-                    ]
+                    bought = [(j, "revenue", float(p0[i] @ value - p0[i, j] * value[j]
+                                                   + p1[i, j] * (value[j] - cost[j])))]  # fmt: skip
                 else:
                     bought = [
-                        (j, kind, float(value[j]))
-                        for j, kind in _outcomes(rng, p1[i], p0[i], col[chosen])
+                        (k, kind, float(value[k])) for k, kind in _outcomes(rng, p1[i], p0[i], j)
                     ]
-                for j, kind, amount in bought:
-                    order = f"{visit.visit_id}:{offer_ids[j]}"  # one purchase, one order
-                    record_outcome(
+                for k, kind, amount in bought:
+                    order = f"{visit.visit_id}:{offer_ids[k]}"  # one purchase, one order
+                    reports.append(
                         OutcomeRequest(idempotency_key=order, order_id=order,
                                        decision_id=response.decision_id, type=kind,
-                                       offer_id=offer_ids[j], value=amount, ts=clock.at),
-                        deps,
+                                       offer_id=offer_ids[k], value=amount, ts=times[i - lo])
                     )  # fmt: skip
-            if (i + 1) % LEARN_EVERY == 0:
-                learn_matured(deps, clock.at)
-            if (i + 1) % retrain_every == 0 and i + 1 < visits:
+            if next(drawn, None) is not None:
+                raise RuntimeError(f"visits {lo}-{hi}: the bandit drew more than was decided")
+            with timed(spent, "outcomes"):
+                for report in reports:  # a few per batch: ~5 in 100 visits buy something
+                    record_outcome(report, deps)
+            if hi % retrain_every == 0 and hi < visits:
                 bar.update(task, status="retraining")
                 try:  # judged against this replay's last promotion, not an earlier run's
-                    info = train_bandit(rs, promote=True, champion=champion)
+                    with timed(spent, "retrain"):
+                        info = train_bandit(rs, promote=True, champion=champion)
                 except BanditError as exc:
                     info = {"error": str(exc)}
                 if info.get("promoted"):
                     bandit.policy = load_bandit(rs) or bandit.policy
                     champion = load_bandit(rs)  # as promoted: serving goes on learning online
                     # it was trained on every decision so far: online learning resumes after
-                    deps.learner = Learner(start=just_after(clock.at))
-                retrains.append({"visits": i + 1, "serving": bandit.version, **info})
-            if (i + 1) % every == 0 or i + 1 == visits:
-                seg = np.flatnonzero(treated[last : i + 1]) + last
+                    # them (the last visit's time, its decisions at that time handled)
+                    deps.learner = Learner(start=times[-1])
+                    deps.learner.ids = {
+                        r.decision_id for r, t in zip(responses, times, strict=True)
+                        if t == times[-1]
+                    }  # fmt: skip
+                retrains.append({"visits": hi, "serving": bandit.version, **info})
+            if hi % every == 0 or hi == visits:
+                seg = np.flatnonzero(treated[last:hi]) + last
                 if seg.size:
                     pol, rnd, single, orc, _ = summarise(values[seg], allowed[seg], probs[seg])
-                    curve.append(Checkpoint(visits=i + 1, policy=pol, random=rnd,
+                    curve.append(Checkpoint(visits=hi, policy=pol, random=rnd,
                                             best_single=single, oracle=orc,
                                             gap_closed=gap(pol, rnd, orc)))  # fmt: skip
                     bar.update(task, status=f"gap closed {curve[-1].gap_closed:.2f}")
-                last = i + 1
-            bar.update(task, advance=1)
+                last = hi
+            bar.update(task, advance=hi - lo)
     seconds = time.perf_counter() - start
     window = window or max(1, min(10_000, visits // 5))
     tail = np.flatnonzero(treated[visits - window :]) + visits - window
@@ -283,6 +326,7 @@ def run_replay(
         model_versions=deps.model_versions(),
         logged_matches_policy=matched / checked if checked else float("nan"),
         greedy_gap_closed=gap(greedy_value(values[tail], probs[tail]), rnd, orc),
+        stage_seconds={**stages.seconds, **spent},
         linear_ceiling=_ceiling(deps.ledger, treated_ids, values[treated], allowed[treated],
                                 len(tail)),
     )  # fmt: skip

@@ -8,9 +8,13 @@ replay (its own ledger), set it in world time (the clock) or observe it (the rec
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -29,12 +33,14 @@ def progress_bar() -> Progress:
 
 
 class Recorder:
-    """The bandit as the pipeline sees it, remembering the distribution it last answered, so
-    the replay scores each decision exactly and checks the ledger against it."""
+    """The bandit as the pipeline sees it, remembering the distributions it answered (in call
+    order: a batch asks once per treated request, in request order), so the replay scores
+    each decision exactly and checks the ledger against it."""
 
     def __init__(self, policy: Any) -> None:
         self.policy = policy
         self.last: dict[str, float] | None = None
+        self.calls: list[dict[str, float]] = []
 
     @property
     def version(self) -> str:
@@ -44,12 +50,14 @@ class Recorder:
         self, features: dict, channel: str, context: dict, allowed: list[str], scores: Any = None
     ) -> dict[str, float]:
         self.last = self.policy.distribution(features, channel, context, allowed, scores)
+        self.calls.append(self.last)
         return self.last
 
     def choose(
         self, features: dict, channel: str, context: dict, allowed: list[str], scores: Any = None
     ) -> Any:
         offer, self.last = self.policy.choose(features, channel, context, allowed, scores)
+        self.calls.append(self.last)
         return offer, self.last
 
 
@@ -127,3 +135,32 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.at
+
+
+def batch_bounds(
+    offsets: np.ndarray, window: float, cut_every: Sequence[int]
+) -> list[tuple[int, int, int]]:
+    """Consecutive visits decided together: (first, end, window number) per batch.
+
+    ``offsets``: each visit's time since the first, in the unit of ``window`` (sorted). A batch
+    holds the visits of one window, split where a visit count in ``cut_every`` is reached (a
+    retrain, a checkpoint of the curve), so those happen after the same visits as before."""
+    if not window > 0:
+        raise ValueError(f"window must be > 0, got {window}")
+    slot = np.floor(np.asarray(offsets, dtype=float) / window).astype(np.int64)
+    n = len(slot)
+    starts = set(np.flatnonzero(np.diff(slot)) + 1) | {0}
+    for every in cut_every:
+        starts |= set(range(every, n, every))
+    edges = sorted(starts) + [n]
+    return [(a, b, int(slot[a])) for a, b in zip(edges, edges[1:], strict=False) if a < n]
+
+
+@contextmanager
+def timed(spent: dict[str, float], part: str) -> Iterator[None]:
+    """Add the seconds the block takes to ``spent[part]``: where a replay's time goes."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        spent[part] = spent.get(part, 0.0) + time.perf_counter() - start

@@ -50,6 +50,9 @@ class ReplayResult(BaseModel):
     # policy's most probable offer (``greedy_value``); the difference is what exploring costs
     linear_ceiling: float | None = None  # gap closed by the bandit's model class given the
     # truth itself (see ``linear_ceiling``), over the same window
+    stage_seconds: dict[str, float] = {}  # where the time went: the pipeline's stages
+    # (``serving.stages``) and ``decide`` (all of them), then the replay's own parts: the
+    # learner's ticks, the outcome reports, the retrains
 
 
 def gap(policy: float, random: float, oracle: float) -> float:

@@ -14,6 +14,7 @@ import contextlib
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -220,10 +221,12 @@ def read_online(
     store: FeatureStore,
     service: str,
     customer_ids: list[str],
-    now: datetime | None = None,
+    now: datetime | Sequence[datetime] | None = None,
 ) -> list[dict[str, Any]]:
     """Online features of ``service`` per customer: ``customer_id`` then the features in the
-    service's order; unknown customers come back with None values.
+    service's order; unknown customers come back with None values. ``now``: the time the
+    on-demand fields count from, one for all or one per entry of ``customer_ids`` (a replay's
+    visits, each as of its own time); None is the wall clock.
 
     Reads the stored views (``ReadPlan.stored``) and runs the on-demand views' own transforms
     instead of ``get_online_features`` (~0.9-1.6 ms for one customer). Names, views and
@@ -235,16 +238,27 @@ def read_online(
     plan = _read_plan(store, service)
     unique = list(dict.fromkeys(customer_ids))
     values: dict[str, list[Any]] = {plan.join_key: unique, **plan.stored(store, unique)}
+    if now is not None and not isinstance(now, datetime):
+        if len(now) != len(customer_ids):
+            raise ValueError(f"now: {len(now)} times for {len(customer_ids)} customers")
+        at = {c: i for i, c in enumerate(unique)}
+        rows = [at[c] for c in customer_ids]  # a row per entry: one customer, two times
+        values = {k: [v[i] for i in rows] for k, v in values.items()}
+        stamps = [request_ts(t.replace(microsecond=0)) for t in now]
+        unique = list(customer_ids)
+    else:
+        stamps = [request_ts((now or datetime.now(UTC)).replace(microsecond=0))] * len(unique)
     if plan.odfvs:
-        stamp = request_ts((now or datetime.now(UTC)).replace(microsecond=0))
         for name in plan.request_fields:
-            values[name] = [stamp] * len(unique)
+            values[name] = list(stamps)
         for odfv, wanted in plan.odfvs:
             out = plan.transform(odfv, values)
             for name in wanted:
                 values[name] = round_trip(out[name], plan.types[name])
-    by_id = {c: i for i, c in enumerate(unique)}
     keys_out = [plan.join_key, *plan.names]
+    if len(unique) == len(customer_ids) and unique == customer_ids:
+        return [{k: values[k][i] for k in keys_out} for i in range(len(unique))]
+    by_id = {c: i for i, c in enumerate(unique)}
     return [{k: values[k][by_id[c]] for k in keys_out} for c in customer_ids]
 
 

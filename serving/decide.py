@@ -151,15 +151,17 @@ def know_many(
     *,
     verify: bool = False,
     times: StageTimes | None = None,
+    at: Sequence[datetime] | None = None,
 ) -> list[Known]:
     """:func:`know` for many visitors: one identity lookup for all of them, one feature read
-    for all customers found; each with the reasons :func:`know` would give it alone."""
+    for all customers found; each with the reasons :func:`know` would give it alone.
+    ``at``: each request's decision time (see :func:`plan_many`)."""
     times = times if times is not None else StageTimes()
     known = [Known(reasons=[]) for _ in requests]
     with times("identity"):
         resolve_many(requests, deps, known, verify)
     with times("features"):
-        read_features_many(known, deps)
+        read_features_many(known, deps, at)
     return known
 
 
@@ -199,9 +201,12 @@ def resolve_many(
             known[i].reasons.append(unknown)
 
 
-def read_features_many(known: list[Known], deps: Deps, *, within: bool = False) -> None:
-    """:func:`read_features` of every known customer, in one read. ``within``: the service's
-    guarded read (``FeatureReader.read_many_within``: its timeout and circuit breaker)."""
+def read_features_many(
+    known: list[Known], deps: Deps, at: Sequence[datetime] | None = None, *, within: bool = False
+) -> None:
+    """:func:`read_features` of every known customer, in one read; with ``at``, each as of its
+    own time (the on-demand basket fields count from it), one row per request. ``within``: the
+    service's guarded read (``FeatureReader.read_many_within``: its timeout and breaker)."""
     found = [k for k in known if k.customer_id is not None]
     if not found:
         return
@@ -209,18 +214,28 @@ def read_features_many(known: list[Known], deps: Deps, *, within: bool = False) 
         for k in found:
             k.reasons.append(f"features: {deps.missing.get('features', 'unavailable')}")
         return
-    ids = list(dict.fromkeys(k.customer_id for k in found if k.customer_id is not None))
+    if at is None:
+        ids = list(dict.fromkeys(k.customer_id for k in found if k.customer_id is not None))
+        now: Any = deps.clock()
+    else:  # a customer twice may be asked at two times: a row per request
+        ids = [k.customer_id for k in found if k.customer_id is not None]
+        now = [t for k, t in zip(known, at, strict=True) if k.customer_id is not None]
     try:
-        now = deps.clock()
         if within:
             rows = deps.features.read_many_within(ids, now=now)
         elif (read_many := getattr(deps.features, "read_many", None)) is not None:
             rows = read_many(ids, now=now)
-        else:
+        elif at is None:
             rows = [deps.features.read(c, now=now) for c in ids]
+        else:
+            rows = [deps.features.read(c, now=t) for c, t in zip(ids, now, strict=True)]
     except Exception as exc:  # noqa: BLE001
         for k in found:
             k.reasons.append(f"features: {type(exc).__name__}: {exc}")
+        return
+    if at is not None:
+        for k, row in zip(found, rows, strict=True):
+            k.features = row
         return
     by_id = dict(zip(ids, rows, strict=True))
     for k in found:
@@ -434,6 +449,7 @@ class _Visit:
     values: dict[str, float] = field(default_factory=dict)
     detail: dict[str, Any] = field(default_factory=dict)
     probs: dict[str, float] = field(default_factory=dict)
+    ts: datetime | None = None  # its decision time (``plan_many``'s ``at``, else the clock's)
 
 
 def plan_many(
@@ -442,6 +458,7 @@ def plan_many(
     known: Sequence[Known] | None = None,
     scopes: Sequence[Scope | None] | None = None,
     times: StageTimes | None = None,
+    at: Sequence[datetime] | None = None,
 ) -> list[tuple[DecideResponse, DecisionRow]]:
     """Decisions and their ledger rows for many requests, not yet written, each stage done
     once for all of them: one identity lookup, one feature read (for the requests without
@@ -449,9 +466,12 @@ def plan_many(
     equal planning the requests one after another, each held as pending before the next:
     a customer twice in the batch is planned the second time on a history that counts the
     first's show, and the random draws happen in request order.
-    ``times``: each stage's seconds (``serving.stages``; ``bandit`` includes the draw)."""
+    ``times``: each stage's seconds (``serving.stages``; ``bandit`` includes the draw).
+    ``at``: each request's decision time, in time order (a replay of visits that happened
+    apart, decided together): its features, validity, caps and row are as of it; None is
+    ``deps.clock()`` for all."""
     with _no_gc():
-        return _plan_many(requests, deps, known, scopes, times)
+        return _plan_many(requests, deps, known, scopes, times, at)
 
 
 @contextmanager
@@ -478,21 +498,25 @@ def _plan_many(
     known: Sequence[Known] | None,
     scopes: Sequence[Scope | None] | None,
     times: StageTimes | None,
+    at: Sequence[datetime] | None = None,
 ) -> list[tuple[DecideResponse, DecisionRow]]:
     times = times if times is not None else StageTimes()
     n = len(requests)
     scopes = [None] * n if scopes is None else list(scopes)
     if len(scopes) != n or (known is not None and len(known) != n):
         raise ValueError(f"plan_many: {n} requests, but {len(scopes)} scopes / known")
-    ts = deps.clock()
+    if at is not None and len(at) != n:
+        raise ValueError(f"plan_many: {n} requests, but {len(at)} times (at)")
+    stamps = [deps.clock()] * n if at is None else list(at)
+    ts = min(stamps, default=deps.clock())
     experiments = [
         s.experiment if s else experiment_of(r, deps) for r, s in zip(requests, scopes, strict=True)
     ]
     if known is None:
-        known = know_many(requests, deps, times=times)
+        known = know_many(requests, deps, times=times, at=at)
     visits = [
-        _Visit(r, k, sc, e, list(k.reasons))  # a plan made again starts afresh
-        for r, k, sc, e in zip(requests, known, scopes, experiments, strict=True)
+        _Visit(r, k, sc, e, list(k.reasons), ts=t)  # a plan made again starts afresh
+        for r, k, sc, e, t in zip(requests, known, scopes, experiments, stamps, strict=True)
     ]
     since = ts - timedelta(days=HISTORY_DAYS)
     with times("eligibility"):
@@ -526,7 +550,7 @@ def _plan_many(
     versions = deps.model_versions()
     out: list[tuple[DecideResponse, DecisionRow]] = []
     for part in _segments(visits):
-        out += _plan_part(part, deps, ts, since, histories, versions, times)
+        out += _plan_part(part, deps, since, histories, versions, times)
     return out
 
 
@@ -552,7 +576,6 @@ def _segments(visits: list[_Visit]) -> list[list[_Visit]]:
 def _plan_part(
     visits: list[_Visit],
     deps: Deps,
-    ts: datetime,
     since: datetime,
     histories: dict[str, History],
     versions: dict[str, str],
@@ -565,7 +588,7 @@ def _plan_part(
             cid = v.known.customer_id
             v.history = histories[cid] if cid is not None else empty
             v.offers, v.dropped = allowed_offers(
-                v.request, v.history, v.features, deps, ts, v.scope.offers if v.scope else None
+                v.request, v.history, v.features, deps, v.ts, v.scope.offers if v.scope else None
             )
     with times("scoring"):
         rows = [(v.offers, v.features, v.request.channel) for v in visits]
@@ -579,16 +602,17 @@ def _plan_part(
             if v.arm is None or v.arm.arm != "holdout":
                 v.probs = explore(v.values, v.features, v.request, deps, v.reasons)
         for v in visits:
-            out.append(_draw(v, deps, ts, since, versions))
+            out.append(_draw(v, deps, since, versions))
     return out
 
 
 def _draw(
-    v: _Visit, deps: Deps, ts: datetime, since: datetime, versions: dict[str, str]
+    v: _Visit, deps: Deps, since: datetime, versions: dict[str, str]
 ) -> tuple[DecideResponse, DecisionRow]:
     """The draw, the ledger row and the answer of one planned visit; a show is added to the
     customer's history, for their next visit in the same batch."""
     request, cid, reasons, probs, arm = v.request, v.known.customer_id, v.reasons, v.probs, v.arm
+    ts = v.ts
     history = v.history if v.history is not None else History([], None)
     pending = history.pending()
     fallback = any(not r.startswith("cold start") for r in reasons)
@@ -646,14 +670,18 @@ Outcome = DecideResponse | Exception  # one request's answer, or why it has none
 
 
 def decide_many(
-    requests: Sequence[DecideRequest], deps: Deps, times: StageTimes | None = None
+    requests: Sequence[DecideRequest],
+    deps: Deps,
+    times: StageTimes | None = None,
+    at: Sequence[datetime] | None = None,
 ) -> list[DecideResponse]:
     """Many decisions planned together and committed in one transaction before they are
     returned (durable); the rows whose plan went stale (another writer showed the customer
     something meanwhile) are planned again, as :func:`serving.writer.commit` does for one.
     Journey banners waiting for these visits are shown by them, as in :func:`decide`.
-    Any refusal (an undeclared campaign, a row the database refuses) fails the whole call."""
-    return decide_outcomes(requests, deps, times=times)  # type: ignore[return-value]
+    Any refusal (an undeclared campaign, a row the database refuses) fails the whole call.
+    ``at``: each request's decision time (see :func:`plan_many`)."""
+    return decide_outcomes(requests, deps, times=times, at=at)  # type: ignore[return-value]
 
 
 def decide_outcomes(
@@ -664,6 +692,7 @@ def decide_outcomes(
     within: bool = False,
     isolate: bool = False,
     times: StageTimes | None = None,
+    at: Sequence[datetime] | None = None,
 ) -> list[Outcome]:
     """The one batched decide path (:func:`decide_many`, the service's decision batcher):
     identities in one lookup, features in one read, journey banners claimed, then planned
@@ -672,9 +701,12 @@ def decide_outcomes(
     feature read (see :func:`read_features_many`). ``isolate``: a request refused on its own
     (an undeclared campaign, a row the database refuses, a history that never settles) gets
     its exception in its place and the others are decided; without it the first refusal is
-    raised, before any banner is claimed or row written. A store failure always raises."""
+    raised, before any banner is claimed or row written. A store failure always raises.
+    ``at``: each request's decision time (see :func:`plan_many`)."""
     times = times if times is not None else StageTimes()
     n = len(requests)
+    if at is not None and len(at) != n:
+        raise ValueError(f"decide_many: {n} requests, but {len(at)} times (at)")
     outcomes: list[Outcome | None] = [None] * n
     for i, request in enumerate(requests):  # the 400 of this one alone, before any side effect
         try:
@@ -687,7 +719,7 @@ def decide_outcomes(
     with times("identity"):
         resolve_many(requests, deps, known, verify)
     with times("features"):
-        read_features_many(known, deps, within=within)
+        read_features_many(known, deps, at, within=within)
     todo = [i for i in range(n) if outcomes[i] is None]
     scoped: dict[int, tuple[DecideRequest, Scope | None]] = {}
     with times("eligibility"):  # banners are read where the contact history is
@@ -702,6 +734,7 @@ def decide_outcomes(
             [known[i] for i in todo],
             [scoped[i][1] for i in todo],
             times,
+            None if at is None else [at[i] for i in todo],
         )
         rows = [row for _, row in planned]
         with times("ledger"):

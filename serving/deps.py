@@ -10,7 +10,7 @@ import logging
 import random
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +29,8 @@ from record.prices import PriceBook, PriceRefresher
 from record.tables import now
 
 log = logging.getLogger("nextbest.serving")
+# the time a read counts its on-demand fields from: one for all, one per customer, or the wall's
+When = datetime | Sequence[datetime] | None
 
 
 class FeatureReader:
@@ -67,7 +69,7 @@ class FeatureReader:
         return merged
 
     def read_many(
-        self, customer_ids: list[str], service: str = "profile_v1", now: datetime | None = None
+        self, customer_ids: list[str], service: str = "profile_v1", now: When = None
     ) -> list[dict]:
         """Several customers in one call: one query per feature view for all of them.
         ``now``: the decision's time, which the on-demand features count from (minutes since
@@ -78,7 +80,7 @@ class FeatureReader:
         return self._guarded(customer_ids, service, now)
 
     def read_many_within(
-        self, customer_ids: list[str], service: str = "profile_v1", now: datetime | None = None
+        self, customer_ids: list[str], service: str = "profile_v1", now: When = None
     ) -> list[dict]:
         """``read_many`` waiting at most ``timeout``, for the decision batcher's thread: a hung
         store costs a decision its features, not the batch's wait. While the circuit is open
@@ -98,7 +100,7 @@ class FeatureReader:
         self.breaker.success()
         return rows
 
-    def _guarded(self, customer_ids: list[str], service: str, now: datetime | None) -> list[dict]:
+    def _guarded(self, customer_ids: list[str], service: str, now: When) -> list[dict]:
         try:
             rows = self._read_rows(customer_ids, service, now)
         except Exception as exc:
@@ -107,7 +109,7 @@ class FeatureReader:
         self.breaker.success()
         return rows
 
-    def _read_rows(self, customer_ids: list[str], service: str, now: datetime | None) -> list[dict]:
+    def _read_rows(self, customer_ids: list[str], service: str, now: When) -> list[dict]:
         rows = self._read(self.store, service, customer_ids, now=now)
         return [{k: v for k, v in row.items() if v is not None} for row in rows]
 

@@ -44,3 +44,22 @@ def test_basket_fields_are_read_for_the_transform_only(feature_home) -> None:  #
     cid = feature_home.batch()["customer_id"].iloc[0]
     row = read_online(feature_home.store, "offer_v1", [cid])[0]
     assert "basket_updated_at" not in row and "basket_minutes_since_change" in row
+
+
+def test_each_customer_read_as_of_its_own_time(feature_home) -> None:  # noqa: ANN001
+    """``now`` per entry (a replay's visits decided together): each row is what a read at
+    that time alone gives, a customer asked twice at two times gets two basket ages."""
+    ids = list(feature_home.batch()["customer_id"].drop_duplicates()[:6])
+    ids += ["no-such-customer", ids[0]]
+    base = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    times = [base + timedelta(hours=7 * i, microseconds=i) for i in range(len(ids))]
+    got = read_online(feature_home.store, "offer_v1", ids, now=times)
+    want = [
+        read_online(feature_home.store, "offer_v1", [c], now=t)[0]
+        for c, t in zip(ids, times, strict=True)
+    ]
+    assert got == want
+    ages = [r["basket_minutes_since_change"] for r in (got[0], got[-1])]
+    assert None in ages or ages[1] - ages[0] == 7 * (len(ids) - 1) * 60
+    with pytest.raises(ValueError, match="now: 1 times for 8 customers"):
+        read_online(feature_home.store, "offer_v1", ids, now=times[:1])

@@ -17,7 +17,7 @@ from nextbest.settings import Settings
 from record.ledger import Ledger
 from record.tables import DecisionRow, decisions
 from serving.decide import DecideRequest, Scope, decide, decide_many, plan, plan_many
-from serving.deps import Deps
+from serving.deps import Deps, FeatureReader
 from serving.stages import STAGES, StageTimes
 from tests.serving.conftest import PROFILES, real_deps
 from training.scoring import ModelBundle, ModelSpec, Scorer
@@ -193,3 +193,56 @@ def test_bad_lengths_are_refused(tmp_path: Path) -> None:
     deps = make_deps(tmp_path, "models missing")
     with pytest.raises(ValueError, match="plan_many: 1 requests, but 2 scopes"):
         plan_many([DecideRequest(channel="web")], deps, scopes=[None, None])
+
+
+def timed_reader(deps: Deps) -> list[Any]:
+    """The test's feature table, with a field that counts from the read's time (as the basket
+    age does), one time for all or one per customer; the times asked are kept."""
+    asked: list[Any] = []
+    start = NOW - timedelta(days=30)
+
+    def read_online(store: Any, service: str, ids: list[str], now: Any = None) -> list[dict]:
+        asked.append(now)
+        at = [now] * len(ids) if isinstance(now, datetime) else list(now)
+        return [
+            {"customer_id": c, **CUSTOMERS.get(c, {}),
+             "basket_minutes_since_change": (t - start) / timedelta(minutes=1)}
+            for c, t in zip(ids, at, strict=True)
+        ]  # fmt: skip
+
+    deps.features = FeatureReader(None, read_online)
+    return asked
+
+
+def test_each_request_is_decided_at_its_own_time(tmp_path: Path) -> None:
+    """``at``: a batch of visits days apart decides each as deciding it alone at its time
+    would: its features, caps (c-post's e-mails: two a week) and row are as of it."""
+    reqs, _ = batch()
+    at = [NOW + timedelta(days=i, minutes=i) for i in range(len(reqs))]
+    one = make_deps(tmp_path / "one", "models")
+    timed_reader(one)
+    alone = []
+    for r, t in zip(reqs, at, strict=True):
+        one.clock = lambda t=t: t
+        alone.append(decide(r, one))
+    many = make_deps(tmp_path / "many", "models")  # its clock stays at NOW
+    asked = timed_reader(many)
+    together = decide_many(reqs, many, at=at)
+    assert [a.model_dump_json() for a in together] == [a.model_dump_json() for a in alone]
+    rows = ledger_rows(many.ledger)
+    assert rows == ledger_rows(one.ledger)
+    assert sorted(r["ts"].replace(tzinfo=UTC) for r in rows) == at  # each at its own time
+    assert len(asked) == 1 and len(asked[0]) == len(reqs) - 2  # one read; two not known
+    emails = sorted((r["ts"], r["scores"]["dropped"]) for r in rows
+                    if r["customer_id"] == "c-post" and r["channel"] == "email")  # fmt: skip
+    # days 0, 17, 18, 20: only the last has two e-mails in the week before it
+    assert ["email contact cap 2 reached" in d.values() for _, d in emails] == [0, 0, 0, 1]
+
+
+def test_bad_times_are_refused(tmp_path: Path) -> None:
+    deps = make_deps(tmp_path, "models missing")
+    reqs = [DecideRequest(channel="web")]
+    with pytest.raises(ValueError, match="plan_many: 1 requests, but 2 times"):
+        plan_many(reqs, deps, at=[NOW, NOW])
+    with pytest.raises(ValueError, match="decide_many: 1 requests, but 0 times"):
+        decide_many(reqs, deps, at=[])
