@@ -118,6 +118,22 @@ def build_problem(
                    np.asarray(val, float), lims)  # fmt: skip
 
 
+def value_summary(rows: Sequence[DecisionRow]) -> dict[str, Any]:
+    """The models' values of every treated customer's allowed offers (``no_offer`` aside):
+    only positive ones are candidates, so a run that sends nothing says whether the models
+    valued everything below zero (and by how much) rather than leaving an unexplained 0."""
+    vals = [
+        float(v)
+        for r in rows
+        if r.arm == "treatment" and r.customer_id is not None
+        for oid, v in (r.scores.get("value") or {}).items()
+        if oid != NO_OFFER
+    ]
+    best = max(vals) if vals else None
+    return {"pairs": len(vals), "positive": sum(v > 0 for v in vals),
+            "max": None if best is None else round(best, 4)}  # fmt: skip
+
+
 def _decided(row: DecisionRow, offer: str | None, run_id: str) -> DecisionRow:
     """The row as the run decided it: what it carries with probability 1 (see module doc)."""
     if row.arm != "treatment":
@@ -230,6 +246,7 @@ def run_outbound(
         "customers": len(customers),
         "holdout": sum(r.arm == "holdout" for r in planned),
         "candidates": int(len(problem.value)),
+        "values": value_summary(planned),
         "capacity_left": left,
         "lp": _summary(lp, truth_v),
         "greedy": _summary(base, truth_v),

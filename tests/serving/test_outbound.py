@@ -183,6 +183,29 @@ def test_truth_values_each_allocation(run_deps: Any) -> None:
     assert oracle["lp"]["total"] >= 0.995 * oracle["milp"]["total"]
 
 
+class Negative(Scores):
+    """The demo world's propensity model in miniature: every treated rate below the
+    untreated one, so every offer is worth less than nothing."""
+
+    def offer_scores(self, features: dict, channel: str, ids: list[str]) -> tuple[list, list]:
+        treated, _ = super().offer_scores(features, channel, ids)
+        return treated, [t + 0.01 for t in treated]
+
+
+def test_run_says_why_it_sends_nothing(run_deps: Any) -> None:
+    """A run whose models value every allowed offer below zero has no candidates; its
+    figures say so (pairs valued, none positive, the best value) instead of a bare 0."""
+    limits = parse_limits(LIMITS, load_catalog())
+    customers = audience(run_deps, None)
+    worth = run_outbound(run_deps, "email", limits, customers)["values"]
+    assert worth["positive"] > 0 and worth["max"] > 0
+    run_deps.models = Negative()
+    result = run_outbound(run_deps, "email", limits, customers)
+    assert result["candidates"] == 0 == result["messages"]
+    assert result["values"]["pairs"] == worth["pairs"] > 0  # the same offers, all valued
+    assert result["values"]["positive"] == 0 and result["values"]["max"] < 0
+
+
 def test_second_run_decides_on_values_before_prices(run_deps: Any) -> None:
     """A run prices its own limits: an earlier run's prices in force do not lower the values
     it solves with, and the holdout draws
