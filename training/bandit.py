@@ -364,6 +364,8 @@ def feature_snapshot(features: Mapping[str, Any]) -> dict[str, Any]:
         t = type(v)
         if t is str or t is int or t is bool or (t is float and math.isfinite(v)):
             out[k] = v  # the common, exact types first; the general rule below
+        elif t is datetime:
+            continue  # a profile's timestamps (two a row): the general rule drops them too
         elif isinstance(v, bool | int | float | str | np.generic) and not (
             isinstance(v, float) and not math.isfinite(v)
         ):
