@@ -289,6 +289,19 @@ class BanditPolicy:
             finally:
                 pylibvw.vw._finish_example_multi_ex(vw, lines)
 
+    def _learn(self, example: list[str]) -> None:
+        """``Workspace.learn`` of one example through the native calls it makes, as
+        :meth:`_predict` (the caller holds the lock)."""
+        vw = self._vw
+        if not self._native:
+            vw.learn(example)
+            return
+        lines = pylibvw.vw._parse(vw, "\n".join(example).replace("\r", "").strip())
+        try:
+            pylibvw.vw.learn_multi(vw, lines)
+        finally:
+            pylibvw.vw._finish_example_multi_ex(vw, lines)
+
     def choose(
         self,
         features: Mapping[str, Any],
@@ -333,7 +346,7 @@ class BanditPolicy:
             features, channel, context, self._actions(allowed), label, self._scaled(scores)
         )
         with self._lock:
-            self._vw.learn(example)
+            self._learn(example)
             self.updates += 1
             if offer_id in self.cold:  # learned often enough: the model ranks it from now on
                 self.cold[offer_id] += 1
