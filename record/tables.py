@@ -53,6 +53,10 @@ decisions = Table(
     # every shown offer, [{offer_id, position, probability}]; NULL in rows from before slots
     Column("slots", JSON(none_as_null=True), nullable=True),
     Index("ix_decisions_customer_ts", "customer_id", "ts"),
+    # covers the commit's grouped count of a customer's shows (record.ledger._SEEN_MANY):
+    # read from the index alone, not the rows (2,000 decisions: 20.8 -> 3.0 us each); older
+    # ledgers gain it at start-up (nextbest.db.create_tables)
+    Index("ix_decisions_customer_shows", "customer_id", "ts", "offer_id", "status"),
     Index("ix_decisions_experiment", "experiment"),
     Index("ix_decisions_ts", "ts"),  # the online learner's window of matured decisions
 )

@@ -257,17 +257,24 @@ def allowed_offers(
     however many offers it carries); each offer it showed, in any slot, counts for that
     offer's own cap and suppression."""
     s, ch, catalogue = deps.settings, request.channel, deps.offers()
-    silent = {o.id for o in catalogue if policy.is_no_offer(o)}
-    window = ts - timedelta(days=s.cap_window_days)
-    per_channel = Counter(
-        show.channel
-        for show in history.shows
-        if show.ts >= window and any(o not in silent for o in show.offers)
-    )
+    # caps_ok reads this channel's count only: the other channels' shows are not counted
+    per_channel: Counter[str] = Counter()
     by_offer: dict[str, list[tuple[str, datetime]]] = {}  # caps_ok counts one offer's shows
-    for show in history.shows:
-        for o in show.offers:
-            by_offer.setdefault(o, []).append((o, show.ts))
+    if history.shows:  # a visitor shown nothing in the window: nothing to count
+        silent = {o.id for o in catalogue if policy.is_no_offer(o)}
+        window = ts - timedelta(days=s.cap_window_days)
+        contacts = 0
+        for show in history.shows:
+            if (
+                show.channel == ch
+                and show.ts >= window
+                and any(o not in silent for o in show.offers)
+            ):
+                contacts += 1
+            for o in show.offers:
+                by_offer.setdefault(o, []).append((o, show.ts))
+        if contacts:
+            per_channel[ch] = contacts
     kept, dropped = [], {}
     for offer in catalogue:
         if only is not None and offer.id not in only:

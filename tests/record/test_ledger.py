@@ -135,6 +135,7 @@ def test_an_older_ledger_gains_order_offer_and_status_and_its_rows_count_as_show
     Ledger(engine)
     with engine.begin() as conn:
         conn.execute(text("DROP INDEX ix_outcomes_order_id"))
+        conn.execute(text("DROP INDEX ix_decisions_customer_shows"))  # newer than status
         for table, column in (("outcomes", "order_id"), ("outcomes", "offer_id"),
                               ("decisions", "status")):  # fmt: skip
             conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
@@ -147,6 +148,8 @@ def test_an_older_ledger_gains_order_offer_and_status_and_its_rows_count_as_show
     # bind a raw datetime as epoch seconds once its online store module is imported)
     ledger = Ledger(engine)
     assert {"order_id", "offer_id"} <= {c["name"] for c in inspect(engine).get_columns("outcomes")}
+    indexes = {i["name"] for i in inspect(engine).get_indexes("decisions")}
+    assert "ix_decisions_customer_shows" in indexes  # the commit's count reads it alone
     assert ledger.decision("d0").status == "shown"
     shown, _ = ledger.contact_history("c", now() - timedelta(days=1))
     assert [s.offers for s in shown] == [("x",)]
