@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     bindparam,
     delete,
+    func,
     insert,
     literal,
     select,
@@ -142,12 +143,20 @@ def owners(conn: Connection, hashes: dict[str, str]) -> dict[str, set[str]]:
     return found
 
 
+# One prebuilt query (a cached compiled statement): /decide verifies every given id with it.
+_CURRENT = select(customers.c.customer_id).where(
+    customers.c.customer_id
+    == func.coalesce(
+        select(merges.c.into_id).where(merges.c.from_id == bindparam("cid")).scalar_subquery(),
+        bindparam("cid"),
+    )
+)
+
+
 def current_id(conn: Connection, customer_id: str) -> str | None:
     """A stored customer id, following a recorded merge; None if unknown or erased."""
-    row = conn.execute(select(merges.c.into_id).where(merges.c.from_id == customer_id)).first()
-    cid = row[0] if row else customer_id
-    q = select(customers.c.customer_id).where(customers.c.customer_id == cid)
-    return cid if conn.execute(q).first() else None
+    row = conn.execute(_CURRENT, {"cid": customer_id}).first()
+    return row[0] if row else None
 
 
 def current_ids(conn: Connection, customer_ids: list[str]) -> dict[str, str]:

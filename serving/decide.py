@@ -329,8 +329,9 @@ def score_many(
     scored = [i for i, r in enumerate(rows) if r[0]] if models is not None else []
     if scored:
         feats = [rows[i][1] for i in scored]
+        # one visit: the models' prebuilt one-row paths cost less (and give the same bytes)
         try:
-            risks = models.churn_risks(feats).tolist()
+            risks = models.churn_risks(feats).tolist() if len(scored) > 1 else None
         except Exception:  # noqa: BLE001 - row by row: each row's own reason
             risks = None
         for k, i in enumerate(scored):
@@ -340,7 +341,11 @@ def score_many(
                 reasons[i].append(f"churn model: {type(exc).__name__}: {exc}")
         ids = [[o.id for o in rows[i][0]] for i in scored]
         try:
-            many = models.offer_scores_many(feats, [rows[i][2] for i in scored], ids)
+            many = (
+                models.offer_scores_many(feats, [rows[i][2] for i in scored], ids)
+                if len(scored) > 1
+                else None
+            )
         except Exception:  # noqa: BLE001 - row by row: each row's own reason
             many = None
         for k, i in enumerate(scored):
