@@ -68,25 +68,9 @@ def resolve(
     new to us, decided as an unknown visitor (``UNKNOWN_ID``), not logged as a known one, unless
     another identifier resolves. Without ``verify`` (the journey runner, the basket scan: ids
     from our own records) the id is taken as given."""
-    if request.customer_id and (not verify or deps.graph is None):
-        return request.customer_id  # without a graph it cannot be checked: taken as given
-    ids = request.identifiers()
-    if not ids:
-        reasons.append("cold start: anonymous visitor")
-        return None
-    if deps.graph is None:
-        reasons.append(f"identity: {deps.missing.get('graph', 'unavailable')}")
-        return None
-    try:
-        from features.identity import Identifiers
-
-        cid = deps.graph.lookup(Identifiers(**ids))
-    except Exception as exc:  # noqa: BLE001
-        reasons.append(f"identity: {type(exc).__name__}: {exc}")
-        return None
-    if cid is None:
-        reasons.append(UNKNOWN_ID if request.customer_id else "cold start: unknown visitor")
-    return cid
+    known = Known(reasons=reasons)  # the reasons are appended to the caller's list
+    resolve_many([request], deps, [known], verify)
+    return known.customer_id
 
 
 def experiment_of(request: DecideRequest, deps: Deps) -> str:
@@ -124,25 +108,16 @@ class Known:
 
 
 def read_features(cid: str | None, deps: Deps, reasons: list[str]) -> dict[str, Any]:
-    if cid is None:
-        return {}
-    if deps.features is None:
-        reasons.append(f"features: {deps.missing.get('features', 'unavailable')}")
-        return {}
-    try:
-        return deps.features.read(cid, now=deps.clock())
-    except Exception as exc:  # noqa: BLE001
-        reasons.append(f"features: {type(exc).__name__}: {exc}")
-        return {}
+    """One customer's features (:func:`read_features_many` of one), a failure its reason."""
+    known = Known(reasons=reasons, customer_id=cid)
+    read_features_many([known], deps)
+    return known.features
 
 
 def know(request: DecideRequest, deps: Deps, *, verify: bool = False) -> Known:
     """Who the visitor is and their features, each with the reason it fell back, if any
     (``verify``: see :func:`resolve`)."""
-    known = Known(reasons=[])
-    known.customer_id = resolve(request, deps, known.reasons, verify=verify)
-    known.features = read_features(known.customer_id, deps, known.reasons)
-    return known
+    return know_many([request], deps, verify=verify)[0]
 
 
 def know_many(
