@@ -26,13 +26,22 @@ from features.aggregates import (
 )
 from features.events import CONSENT_CHANNELS
 from features.ingest import write_event_log
+from features.paid_media import KEYS_PATH, keys_from_identities
 from features.repo.data_sources import REALTIME_PATH, SNAPSHOT_PATH
 from features.schema import IDENTITY_INPUT_COLUMNS
+from features.segments import build_segments
 from nextbest.settings import Settings
 
 # Without any consent_change on record: e-mail and SMS need an opt-in (the CRM logs the sign-up
 # choice as a consent_change), app messages and service calls are part of the contract.
-CONSENT_DEFAULTS = {"email": False, "sms": False, "app": True, "call_centre": True}
+# Ad personalisation (paid_media) needs an explicit yes too.
+CONSENT_DEFAULTS = {
+    "email": False,
+    "sms": False,
+    "app": True,
+    "call_centre": True,
+    "paid_media": False,
+}
 PROFILE_PATH = "snapshots/crm_profile.parquet"
 PLANS_PATH = "snapshots/crm_plans.parquet"
 CRM_PROFILE_COLUMNS = ("plan", "arpu", "tenure_start", "contract_end")
@@ -109,7 +118,7 @@ def build_features(settings: Settings, world_dir: Path | None = None) -> dict[st
     settings.ensure_dirs()
     timings: dict[str, float] = {}
     with Progress(transient=True) as progress:
-        task = progress.add_task("read world", total=5)
+        task = progress.add_task("read world", total=5)  # segments and keys ride on "write"
 
         t = time.perf_counter()
         people, identities = _read(world_dir, "people"), _read(world_dir, "identities")
@@ -153,6 +162,16 @@ def build_features(settings: Settings, world_dir: Path | None = None) -> dict[st
         if plans is not None:
             _write(plans, settings.feature_dir / PLANS_PATH)
         timings["write"] = time.perf_counter() - t
+
+        # issue 18: segments as of the last snapshot (preferred channels come with the models,
+        # from `nextbest segments refresh`), and the paid-media keys (hashes only)
+        t = time.perf_counter()
+        segments = build_segments(
+            settings, batch, events.loc[mapped & (events["event_type"] == "purchase")]
+        )
+        keys = keys_from_identities(identities, resolved, settings.region)
+        _write(keys, settings.feature_dir / KEYS_PATH)
+        timings["segments"] = time.perf_counter() - t
         progress.update(task, advance=1)
     return {
         "world": str(world_dir),
@@ -170,5 +189,7 @@ def build_features(settings: Settings, world_dir: Path | None = None) -> dict[st
         "plans_file": None if plans is None else str(settings.feature_dir / PLANS_PATH),
         "plan_changes": 0 if plans is None else len(plans) - int(plans["customer_id"].nunique()),
         "event_log": str(settings.event_log_dir / "batch.parquet"),
+        "segments": int(segments["cluster"].nunique()),
+        "paid_media_keys": len(keys),
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }

@@ -27,7 +27,7 @@ LIVE_ONLY_TYPES = ("purchase_intent",)
 # Channels a visit can happen on, and channels a customer can opt in or out of; the feature
 # views and the aggregates both build their column names from these tuples.
 VISIT_CHANNELS = ("web", "app", "store", "call_centre")
-CONSENT_CHANNELS = ("email", "sms", "app", "call_centre")
+CONSENT_CHANNELS = ("email", "sms", "app", "call_centre", "paid_media")  # paid_media: ads
 # Bounds every event crosses (issue 15 items 3 and 6): a time any store can hold (pandas,
 # Parquet, DuckDB and both ledgers), a quantity a basket can hold, and ids no longer than the
 # columns and keys they end up in (the ledger's customer_id and offer columns hold 64).

@@ -187,21 +187,31 @@ def read_event_log(
     settings: Settings,
     event_types: Sequence[str] | None = None,
     columns: Sequence[str] = LOG_COLUMNS,
+    customer_id: str | None = None,
 ) -> pd.DataFrame:
     """The whole log: the batch history plus every live event, ordered by time. ``event_types``
     keeps only those types and ``columns`` only those columns, read from the files as such (a
-    journey sweep reads one event type of a year's log, not all of it)."""
+    journey sweep reads one event type of a year's log, not all of it); ``customer_id`` only
+    that customer's events (an audience re-checks one customer per event)."""
     cols = list(columns)
     if event_types is not None and not event_types:
         return pd.DataFrame(columns=cols)
     parts = []
     batch = settings.event_log_dir / "batch.parquet"
     if batch.exists():
-        wanted = None if event_types is None else [("event_type", "in", list(event_types))]
-        parts.append(pd.read_parquet(batch, columns=cols, filters=wanted))
+        wanted = [] if event_types is None else [("event_type", "in", list(event_types))]
+        if customer_id is not None:
+            wanted.append(("customer_id", "==", customer_id))
+        parts.append(pd.read_parquet(batch, columns=cols, filters=wanted or None))
     query, args = f"SELECT {', '.join(cols)} FROM events", list(event_types or [])
+    where = []
     if event_types is not None:
-        query += f" WHERE event_type IN ({', '.join('?' * len(args))})"
+        where.append(f"event_type IN ({', '.join('?' * len(args))})")
+    if customer_id is not None:
+        where.append("customer_id = ?")
+        args.append(customer_id)
+    if where:
+        query += " WHERE " + " AND ".join(where)
     live = pd.read_sql_query(query, _live_db(settings), params=args)
     if len(live):
         if "ts" in live:

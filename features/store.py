@@ -128,12 +128,14 @@ def repo_objects() -> list[Any]:
         ds.customer_snapshots,
         ds.customer_realtime_batch,
         ds.customer_realtime_push,
+        ds.customer_segments_source,
         ds.decision_time,
         fv.customer_profile,
         fv.customer_consent,
         fv.customer_activity,
         fv.customer_realtime,
         fv.customer_basket_live,
+        fv.customer_segments,
         *feature_services.ALL_SERVICES,
     ]
 

@@ -12,6 +12,7 @@ import typer
 from pydantic import ValidationError
 
 from nextbest import (
+    cli_audiences,
     cli_experiments,
     cli_features,
     cli_journeys,
@@ -68,6 +69,8 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(cli_experiments.uplift_app, name="uplift")
 app.add_typer(cli_journeys.journeys_app, name="journeys")
 app.add_typer(cli_outbound.outbound_app, name="outbound")
+app.add_typer(cli_audiences.segments_app, name="segments")
+app.add_typer(cli_audiences.audience_app, name="audience")
 
 
 @app.command()

@@ -21,7 +21,7 @@ from record import applied
 from record.attribution import ORDER_TYPES, order_key
 from record.ledger import caller_key, event_key, legacy_keys
 from record.tables import OutcomeRow, utc
-from serving import journey_defs, journey_events, journey_intents, outbox
+from serving import audiences, journey_defs, journey_events, journey_intents, outbox
 from serving.decide import DecideRequest, DecideResponse, Known, plan, read_features
 from serving.deps import Deps
 from serving.journey_agent import JourneyView, NotFound, live_journeys
@@ -314,6 +314,9 @@ def _apply_once(
         ("journeys", lambda: journey_events.on_event(event, cid, deps)),
         ("intents", lambda: journey_intents.track(event, cid, active, deps)),
     ]
+    if audiences.reacting(deps.settings, event.event_type):
+        # issue 18: a purchase takes a customer out of a group that wants none, at once
+        sinks.append(("audiences", lambda: audiences.on_event(event, cid, deps)))
     for sink, apply in sinks:
         why = _once(event.event_id, sink, cid, apply, deps, result)
         if why:
@@ -370,6 +373,16 @@ class ProfileView(BaseModel):
         default_factory=list,
         description="the journeys the customer is in: step, status, next planned contact",
     )
+    segments: dict[str, Any] = Field(
+        default_factory=dict,
+        description="RFM segment and behavioural cluster (as of the last segments refresh)",
+    )
+    preferred_channel: str | None = Field(
+        None, description="consented contact channel with the highest expected response, now"
+    )
+    audiences: dict[str, str] = Field(
+        default_factory=dict, description="target groups the customer is in, and their arm"
+    )
 
 
 def profile(customer_id: str, deps: Deps, channel: str = "call_centre") -> ProfileView:
@@ -396,7 +409,33 @@ def profile(customer_id: str, deps: Deps, channel: str = "call_centre") -> Profi
         recommended=rec,
         excluded=row.scores.get("dropped", {}),
         journeys=live_journeys(customer_id, deps),
+        **_segments_view(customer_id, known.features, deps, known.reasons),
     )
+
+
+SEGMENT_FIELDS = ("rfm_segment", "rfm_score", "cluster", "cluster_id")
+
+
+def _segments_view(
+    customer_id: str, features: dict[str, Any], deps: Deps, reasons: list[str]
+) -> dict[str, Any]:
+    """Segments from the profile, the preferred channel scored now (else the refresh's), and
+    the target groups the customer is in (issue 18); a failing part is left empty."""
+    from serving.audiences import memberships
+    from serving.channels import preferred_channels
+
+    out: dict[str, Any] = {"segments": {k: features.get(k) for k in SEGMENT_FIELDS}}
+    try:
+        live = preferred_channels(deps.models, deps.offers(), [features])[0]
+    except Exception as exc:  # noqa: BLE001 - the view still shows everything else
+        reasons.append(f"preferred channel: {type(exc).__name__}: {exc}")
+        live = None
+    out["preferred_channel"] = live or features.get("preferred_channel")
+    try:
+        out["audiences"] = memberships(deps, customer_id)
+    except Exception as exc:  # noqa: BLE001
+        reasons.append(f"audiences: {type(exc).__name__}: {exc}")
+    return out
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

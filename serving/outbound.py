@@ -45,10 +45,17 @@ class OutboundError(ValueError):
 
 def audience(deps: Deps, name: str | None) -> list[str]:
     """The run's customers: every customer the identity graph holds (merged-away ids left
-    out), or the ids in ``<home>/audiences/NAME.csv`` (a ``customer_id`` column, else the
-    first). There are no target groups yet; a file the marketer exports is the honest stand-in."""
+    out); or, for a NAME, the treatment members of the target group NAME
+    (``<home>/audiences/NAME.yaml``, its holdout left out: it gets nothing), else the ids in
+    ``<home>/audiences/NAME.csv`` (a ``customer_id`` column, else the first)."""
+    from serving import audiences
+
     if name is not None:
-        path = Path(deps.settings.home) / "audiences" / f"{name}.csv"
+        folder = Path(deps.settings.home) / "audiences"
+        if any((folder / f"{name}.{ext}").is_file() for ext in ("yaml", "yml")):
+            members = audiences.current(deps, name)
+            return sorted(members.loc[members["arm"] == "treatment", "customer_id"])
+        path = folder / f"{name}.csv"
         if not path.is_file():
             raise OutboundError(f"--audience: no audience {name!r} ({path} is missing)")
         with path.open(newline="", encoding="utf-8") as f:
@@ -59,19 +66,11 @@ def audience(deps: Deps, name: str | None) -> list[str]:
         col = header.index("customer_id") if "customer_id" in header else 0
         body = rows[1:] if "customer_id" in header else rows
         return list(dict.fromkeys(r[col].strip() for r in body if len(r) > col and r[col].strip()))
-    if deps.graph is None:
+    try:
+        return audiences.all_customers(deps)
+    except RuntimeError:
         raise OutboundError(f"--audience: none given and no identity graph "
-                            f"({deps.missing.get('graph', 'unavailable')})")  # fmt: skip
-    from features import graph_store as gs
-
-    with deps.graph.engine.connect() as conn:
-        ids = list(
-            conn.execute(
-                select(gs.customers.c.customer_id).order_by(gs.customers.c.customer_id)
-            ).scalars()
-        )
-        gone = gs.merged_into(conn)
-    return [c for c in ids if c not in gone]
+                            f"({deps.missing.get('graph', 'unavailable')})") from None  # fmt: skip
 
 
 def used_today(deps: Deps, channel: str, at: datetime) -> int:

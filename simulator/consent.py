@@ -15,6 +15,9 @@ from simulator.identities import Keys
 from simulator.people import Population
 
 ORGANIC_FLIP = 0.04  # chance a person changes their mind once during the history
+# Ad personalisation (paid media) consent, asked at sign-up of people with an e-mail: about
+# half say yes, fewer among the contact-averse (issue 18: audiences export only those).
+ADS_YES = 0.6
 
 
 class Consent:
@@ -44,7 +47,7 @@ class Consent:
 
     def address(self, channel: str, idx: np.ndarray) -> dict[str, np.ndarray]:
         """The identifier a consent event of this channel carries."""
-        if channel == "email":
+        if channel in ("email", "paid_media"):
             return {"email": self.keys.email[idx]}
         return {"phone": self.keys.mobile[idx]}
 
@@ -80,6 +83,25 @@ class Consent:
                 consent_value=(~initial[flip]).astype(np.int8),
                 **self.address(ch, flip),
             )
+        self._ads_history(rng, pop, buf)
+
+    def _ads_history(self, rng: np.random.Generator, pop: Population, buf: EventBuffer) -> None:
+        """The ad personalisation choice recorded at sign-up, drawn from a child generator so
+        every other draw of the world stays as it was before this consent existed. Campaigns
+        never ask it (no simulated campaign runs on paid media); audiences' exports do."""
+        child = rng.spawn(1)[0]
+        averse = pop.people["contact_aversion"].to_numpy()
+        has = np.flatnonzero(self.keys.email != None)  # noqa: E711
+        yes = child.random(len(has)) < ADS_YES - 0.3 * averse[has]
+        buf.add(
+            pop.people["tenure_start"].to_numpy()[has],
+            has,
+            "paid_media",
+            "consent_change",
+            consent_channel="paid_media",
+            consent_value=yes.astype(np.int8),
+            **self.address("paid_media", has),
+        )
 
     def opt_out(
         self,

@@ -9,6 +9,7 @@ from feast.types import UnixTimestamp
 
 SNAPSHOT_PATH = "snapshots/customer_features.parquet"
 REALTIME_PATH = "snapshots/customer_realtime.parquet"
+SEGMENTS_PATH = "snapshots/customer_segments.parquet"
 
 customer_snapshots = FileSource(
     name="customer_snapshots",
@@ -22,6 +23,13 @@ customer_realtime_batch = FileSource(
     path=REALTIME_PATH,
     timestamp_field="event_timestamp",
     description="basket and last-visit state at each snapshot (offline side of the push source)",
+)
+
+customer_segments_source = FileSource(
+    name="customer_segments_source",
+    path=SEGMENTS_PATH,
+    timestamp_field="event_timestamp",
+    description="RFM segment, behavioural cluster and preferred channel (features.segments)",
 )
 
 customer_realtime_push = PushSource(

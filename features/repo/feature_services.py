@@ -9,6 +9,7 @@ from features.repo.feature_views import (
     customer_consent,
     customer_profile,
     customer_realtime,
+    customer_segments,
 )
 
 churn_v1 = FeatureService(
@@ -36,8 +37,31 @@ profile_v1 = FeatureService(
         customer_activity,
         customer_realtime,
         customer_basket_live,
+        customer_segments,
     ],
     description="the unified customer profile (nextbest profile, GET /profile)",
 )
 
-ALL_SERVICES = (churn_v1, offer_v1, profile_v1)
+segments_v1 = FeatureService(
+    name="segments_v1",
+    features=[
+        customer_profile[["arpu", "tenure_days"]],
+        customer_activity[
+            [
+                "purchases_90d",
+                "spend_90d",
+                "visits_web_30d",
+                "visits_app_30d",
+                "visits_store_30d",
+                "visits_call_centre_30d",
+                "email_open_rate_90d",
+                "complaints_90d",
+                "usage_last_month",
+                "usage_trend",
+            ]
+        ],
+    ],
+    description="behavioural clusters' inputs (features.segments), standardised there",
+)
+
+ALL_SERVICES = (churn_v1, offer_v1, profile_v1, segments_v1)

@@ -12,7 +12,12 @@ from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Bool, Float64, Int64, String, UnixTimestamp
 
 from features.events import CONSENT_CHANNELS, VISIT_CHANNELS
-from features.repo.data_sources import customer_realtime_push, customer_snapshots, decision_time
+from features.repo.data_sources import (
+    customer_realtime_push,
+    customer_segments_source,
+    customer_snapshots,
+    decision_time,
+)
 from features.repo.entities import customer
 
 customer_profile = FeatureView(
@@ -58,6 +63,24 @@ customer_activity = FeatureView(
     source=customer_snapshots,
     online=True,
     description="windowed counts and rates; windows end just before the snapshot time",
+)
+
+customer_segments = FeatureView(
+    name="customer_segments",
+    entities=[customer],
+    schema=[
+        Field(name="rfm_segment", dtype=String),
+        Field(name="rfm_score", dtype=String),
+        Field(name="recency_days", dtype=Float64),
+        Field(name="frequency_365d", dtype=Int64),
+        Field(name="monetary_365d", dtype=Float64),
+        Field(name="cluster_id", dtype=Int64),
+        Field(name="cluster", dtype=String),
+        Field(name="preferred_channel", dtype=String),
+    ],
+    source=customer_segments_source,
+    online=True,
+    description="segments as of the latest snapshot; cluster ids stable across refreshes",
 )
 
 customer_realtime = FeatureView(
