@@ -31,8 +31,10 @@ POSTPAID = {
     "name": "postpaid",
     "holdout_share": 0.3,
     "conditions": [{"field": "plan", "op": "in", "value": ["postpaid_m", "postpaid_s"]}],
-    "destinations": {"google": {"account_id": "111", "list_id": "222"},
-                     "meta": {"audience_id": "333"}},  # fmt: skip
+    "destinations": {
+        "google": {"account_id": "111", "list_id": "222"},
+        "meta": {"audience_id": "333"},
+    },  # fmt: skip
 }
 
 
@@ -43,7 +45,9 @@ def _write_group(deps: Deps, data: dict[str, Any]) -> None:
 
 
 def _event(deps: Deps, kind: str, at: Any, cid: str, **kw: Any) -> dict:
-    return actions.ingest({"ts": at.isoformat(), "event_type": kind, "customer_id": cid, **kw}, deps)
+    return actions.ingest(
+        {"ts": at.isoformat(), "event_type": kind, "customer_id": cid, **kw}, deps
+    )
 
 
 @pytest.fixture
@@ -155,8 +159,12 @@ def test_export_sends_consented_treatment_members_only(
     audiences.rebuild(deps, group)
     third = export(deps, group, "google", tmp_path)
     assert third["removed_customers"] == 2 and third["added_customers"] == 0
-    removed = {next(iter(i.values())) for r in _sent(third, "remove")
-               for m in r["body"]["audienceMembers"] for i in m["userData"]["userIdentifiers"]}  # fmt: skip
+    removed = {
+        next(iter(i.values()))
+        for r in _sent(third, "remove")
+        for m in r["body"]["audienceMembers"]
+        for i in m["userData"]["userIdentifiers"]
+    }
     assert removed == {
         fmt.process_email_address(contacts.loc[c, "email"], Encoding.HEX)
         for c in (gone_consent, gone_plan)

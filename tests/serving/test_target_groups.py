@@ -39,26 +39,33 @@ def _with(path: tuple[Any, ...], value: Any) -> dict[str, Any]:
     return data
 
 
+def at(i: int, field: str = "") -> str:
+    """The start of the error line for condition i (and a field of it)."""
+    return rf"^g\.yaml: conditions\[{i}\]" + (rf"\.{field}: " if field else ": ")
+
+
 BAD = [
     # unknown field
-    (("conditions", 3, "field"), "consent_adz", r"^g\.yaml: conditions\[3\]: unknown profile field 'consent_adz'"),
+    (("conditions", 3, "field"), "consent_adz", at(3) + "unknown profile field 'consent_adz'"),
     # bad operators
-    (("conditions", 1, "op"), ">>", r"^g\.yaml: conditions\[1\]\.op: Input should be '==', '!='"),
-    (("conditions", 0, "op"), "in", r"^g\.yaml: conditions\[0\]: op in cannot compare an event count"),
-    (("conditions", 1, "op"), "not_in", r"^g\.yaml: conditions\[1\]\.op: not_in cannot compare a score"),
-    (("conditions", 2, "op"), "~", r"^g\.yaml: conditions\[2\]\.op: Input should be"),
+    (("conditions", 1, "op"), ">>", at(1, "op") + "Input should be '==', '!='"),
+    (("conditions", 0, "op"), "in", at(0) + "op in cannot compare an event count"),
+    (("conditions", 1, "op"), "not_in", at(1, "op") + "not_in cannot compare a score"),
+    (("conditions", 2, "op"), "~", at(2, "op") + "Input should be"),
     # bad threshold types
-    (("conditions", 1, "value"), "high", r"^g\.yaml: conditions\[1\]\.value: Input should be a valid number"),
-    (("conditions", 3, "value"), "yes", r"^g\.yaml: conditions\[3\]: field 'consent_paid_media' is boolean, got 'yes'"),
-    (("conditions", 0, "count"), "three", r"^g\.yaml: conditions\[0\]\.count: Input should be a valid integer"),
-    (("conditions", 0, "count"), -1, r"^g\.yaml: conditions\[0\]\.count: Input should be greater than or equal to 0"),
-    # unknown event, bad window, unknown condition kind, bad holdout
-    (("conditions", 0, "event"), "pageview", r"^g\.yaml: conditions\[0\]\.event: Input should be 'session_start'"),
-    (("conditions", 0, "within"), "7 parsecs", r"^g\.yaml: conditions\[0\]\.within: expected a duration"),
-    (("conditions", 2), {"segment": "champions"}, r"^g\.yaml: conditions\[2\]: a condition names a field, a score or an event"),
+    (("conditions", 1, "value"), "high", at(1, "value") + "Input should be a valid number"),
+    (("conditions", 3, "value"), "yes",
+     at(3) + "field 'consent_paid_media' is boolean, got 'yes'"),
+    (("conditions", 0, "count"), "three", at(0, "count") + "Input should be a valid integer"),
+    (("conditions", 0, "count"), -1, at(0, "count") + "Input should be greater than or equal"),
+    # unknown event, bad window, unknown condition kind, bad holdout, bad name, extra key
+    (("conditions", 0, "event"), "pageview", at(0, "event") + "Input should be 'session_start'"),
+    (("conditions", 0, "within"), "7 parsecs", at(0, "within") + "expected a duration"),
+    (("conditions", 2), {"segment": "champions"},
+     at(2) + "a condition names a field, a score or an event"),
     (("holdout_share",), 1.0, r"^g\.yaml: holdout_share: Input should be less than 1"),
     (("name",), "Device Intent", r"^g\.yaml: name: String should match pattern"),
-    (("conditions", 3, "colour"), "red", r"^g\.yaml: conditions\[3\]\.colour: Extra inputs are not permitted"),
+    (("conditions", 3, "colour"), "red", at(3, "colour") + "Extra inputs are not permitted"),
 ]  # fmt: skip
 
 
