@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from features.schema import ID_COLUMNS
+from nextbest.demo_audiences import segments_and_audiences
 from nextbest.demo_journeys import journey_lifts
 from nextbest.demo_service import serve_visits
 from nextbest.settings import Settings
@@ -200,6 +201,10 @@ def run_demo(
     out["models"] = _stage(
         console, timings, "4. train, register, promote", lambda: _train(settings, console)
     )
+    out["audiences"] = _stage(
+        console, timings, "4b. segments and audiences",
+        lambda: segments_and_audiences(settings, console),
+    )  # fmt: skip
     out["serving"] = _stage(
         console, timings, "5. serve visits", lambda: serve_visits(settings, console, visits)
     )
