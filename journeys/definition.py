@@ -142,8 +142,21 @@ class CalendarTrigger(Strict):
         return self
 
 
+class AudienceTrigger(Strict):
+    """Joining a target group (``<home>/audiences/NAME.yaml``): on the event that brings the
+    customer in, or at the group's batch rebuild (``serving.audiences``)."""
+
+    type: Literal["audience"]
+    audience: str = Field(pattern=NAME)
+
+
 Trigger = Annotated[
-    IntentTrigger | BehaviouralTrigger | PredictiveTrigger | LifecycleTrigger | CalendarTrigger,
+    IntentTrigger
+    | BehaviouralTrigger
+    | PredictiveTrigger
+    | LifecycleTrigger
+    | CalendarTrigger
+    | AudienceTrigger,
     Field(discriminator="type"),
 ]
 

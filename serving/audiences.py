@@ -70,6 +70,26 @@ def ensure_tables(engine: Engine) -> None:
         _CREATED.add(id(engine))
 
 
+def enter_journeys(deps: Deps, group: TargetGroup, customer_ids: list[str], at: datetime) -> int:
+    """Enter the customers who just joined ``group`` into the active journeys whose entry is
+    this group (each journey's rules apply: one live instance, cool-down, its own holdout).
+    Both arms enter: a journey measures itself against its own holdout."""
+    from journeys.definition import AudienceTrigger
+    from serving.journey_defs import active
+    from serving.journey_runner import enter
+
+    journeys = [
+        j
+        for j in active(deps.settings).values()
+        if isinstance(j.entry, AudienceTrigger) and j.entry.audience == group.name
+    ]
+    entered = 0
+    for journey in journeys:
+        for cid in customer_ids:
+            entered += enter(journey, cid, at, {"audience": group.name}, deps) is not None
+    return entered
+
+
 def log_clock(deps: Deps, events: pd.DataFrame) -> datetime:
     """The rebuild's "now": the newest logged event, or the wall clock if that is earlier."""
     now = deps.clock()
@@ -188,9 +208,11 @@ def rebuild(deps: Deps, group: TargetGroup, as_of: datetime | None = None) -> di
             ]
             conn.execute(insert_ignore(conn, audience_members), rows)
     members = current(deps, group.name)
+    entered = enter_journeys(deps, group, joining, now) if joining else 0
     return {
         "audience": group.name,
         "as_of": as_of.isoformat(),
+        "journey_entries": entered,
         "customers": len(ids),
         "members": len(members),
         "holdout": int((members["arm"] == "holdout").sum()),
@@ -250,6 +272,7 @@ def on_event(event: Any, customer_id: str, deps: Deps) -> dict[str, Any]:
         moved = _move(deps, group, customer_id, inside, deps.clock())
         if moved == "joined":
             joined.append(group.name)
+            enter_journeys(deps, group, [customer_id], at)
         elif moved == "left":
             left.append(group.name)
     return {"audiences_joined": joined, "audiences_left": left} if joined or left else {}

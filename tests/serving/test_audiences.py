@@ -206,3 +206,29 @@ def test_export_refuses_more_rows_than_the_platform_takes(deps: Deps, tmp_path: 
         export(deps, group, "google", tmp_path, max_rows=10_001)
     with pytest.raises(ExportError, match="paid-media keys: .* is missing"):
         export(deps, group, "meta", tmp_path)
+
+
+def test_joining_a_group_enters_its_journey_and_the_agent_sees_it(live: Deps) -> None:
+    from serving.journey_runner import instances
+
+    _write_group(live, INTENT)
+    journey = {
+        "name": "device_followup",
+        "offers": ["device_upgrade"],
+        "entry": {"type": "audience", "audience": "device_intent"},
+        "goal": {"event": "purchase", "product": "any", "within": "30d"},
+        "rules": {"holdout_share": 0.0},
+        "steps": [{"id": "email", "type": "message", "channel": "email"}],
+    }
+    folder = Path(live.settings.home) / "journeys"
+    folder.mkdir()
+    (folder / "device_followup.yaml").write_text(yaml.safe_dump(journey))
+    t = now() - timedelta(hours=1)
+    for minutes in (0, 5):
+        _event(live, "product_view", t + timedelta(minutes=minutes), "c-post", channel="web",
+               product_id="dev_phone")  # fmt: skip
+    (inst,) = instances(live.ledger.engine, "c-post")
+    assert inst["journey"] == "device_followup" and inst["arm"] == "treatment"
+    view = actions.profile("c-post", live)
+    assert view.audiences == {"device_intent": "treatment"}
+    assert view.preferred_channel is None  # no propensity model promoted here
