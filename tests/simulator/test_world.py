@@ -87,10 +87,14 @@ def test_events_are_well_formed(world: World) -> None:
     assert buys.product_id.notna().all() and (buys.value > 0).all()
     consent = ev[ev.event_type == "consent_change"]
     assert (
-        consent.consent_channel.isin(["email", "sms"]).all() and consent.consent_value.notna().all()
+        consent.consent_channel.isin(["email", "sms", "paid_media"]).all()
+        and consent.consent_value.notna().all()
     )
     usage = ev[ev.event_type == "usage"]
     assert (usage.value > 0).all()
+    # ad personalisation (issue 18): asked once of everyone with an e-mail, carried by it
+    ads = consent[consent.consent_channel == "paid_media"]
+    assert ads.email.notna().all() and 0.2 < ads.consent_value.astype(bool).mean() < 0.8
 
 
 def test_nobody_acts_after_churning(world: World) -> None:
