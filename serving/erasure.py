@@ -199,7 +199,24 @@ def _ledger(person: Person, deps: Deps) -> dict[str, int]:
     }
     # holdout draws are keyed by ids and identifier hashes, not by a customer_id column
     keys = [*person.customer_ids, *person.key_hashes]
-    return {**erased, "assignments": deps.ledger.erase_assignments(keys)}
+    audiences = _audiences(person.customer_ids, deps)
+    return {**erased, **audiences, "assignments": deps.ledger.erase_assignments(keys)}
+
+
+def _audiences(customer_ids: list[str], deps: Deps) -> dict[str, int]:
+    """A person's target-group memberships and lift units (issue 18). What an ad platform
+    holds (``audience_exported``: key hashes) stays until the next export sends its removal,
+    which then deletes it: erased here, the platform would keep them."""
+    from serving.audiences import audience_members, ensure_tables
+    from serving.paid_media_export import audience_units
+
+    ensure_tables(deps.ledger.engine)
+    counts = {}
+    with deps.ledger.engine.begin() as conn:
+        for table in (audience_members, audience_units):
+            q = delete(table).where(table.c.customer_id.in_(customer_ids))
+            counts[table.name] = conn.execute(q).rowcount
+    return counts
 
 
 def _journeys(customer_ids: list[str], deps: Deps) -> dict[str, int]:

@@ -232,3 +232,20 @@ def test_joining_a_group_enters_its_journey_and_the_agent_sees_it(live: Deps) ->
     view = actions.profile("c-post", live)
     assert view.audiences == {"device_intent": "treatment"}
     assert view.preferred_channel is None  # no propensity model promoted here
+
+
+def test_an_erased_customer_leaves_and_the_next_export_removes_them(
+    deps: Deps, profiles: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    _people(deps, profiles, n=6)
+    _write_group(deps, POSTPAID | {"holdout_share": 0.0})
+    group = get_group(deps.settings, "postpaid")
+    audiences.rebuild(deps, group)
+    first = export(deps, group, "meta", tmp_path)
+    assert first["exported_customers"] == 3  # p000, p002, p004 consent
+    actions.erase(actions.EraseRequest(customer_id="p002"), deps)
+    assert "postpaid" not in audiences.memberships(deps, "p002")
+    second = export(deps, group, "meta", tmp_path)
+    assert second["removed_customers"] == 1 and second["added_customers"] == 0
+    (removal,) = _sent(second, "remove")
+    assert removal["method"] == "DELETE" and len(removal["body"]["payload"]["data"]) == 1
