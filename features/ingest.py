@@ -94,6 +94,8 @@ def _live_db(settings: Settings) -> sqlite3.Connection:
                 "channel TEXT, event_type TEXT, customer_id TEXT, product_id TEXT, value REAL, "
                 "quantity INTEGER, campaign_id TEXT, consent_channel TEXT, consent_value INTEGER)"
             )
+            # one customer's events (issue 18: a target group re-checks them per event)
+            con.execute("CREATE INDEX IF NOT EXISTS events_customer ON events (customer_id)")
             # logged events not pushed yet; claimed_until: a pusher's lease (epoch seconds)
             con.execute(
                 "CREATE TABLE IF NOT EXISTS unpushed (event_id TEXT PRIMARY KEY, "
@@ -228,6 +230,60 @@ def read_event_log(
         return frame
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True).astype("datetime64[us, UTC]")
     return frame.sort_values("ts", kind="stable").reset_index(drop=True)
+
+
+def read_customer_events(
+    settings: Settings, customer_id: str, event_types: Sequence[str], since: datetime
+) -> pd.DataFrame:
+    """One customer's events of these types at or after ``since`` (customer_id, ts,
+    event_type, product_id, channel): the batch part's recent rows, read once per file
+    version and window start and kept by customer, plus the live part by its index. What a
+    target group re-checks on every event, in about a millisecond instead of a log scan."""
+    cols = ["customer_id", "ts", "event_type", "product_id", "channel"]
+    parts = [_recent_batch(settings, tuple(sorted(event_types)), since).get(customer_id)]
+    con = _live_db(settings)
+    marks = ", ".join("?" * len(event_types))
+    with _lock:
+        rows = con.execute(
+            f"SELECT {', '.join(cols)} FROM events WHERE customer_id = ? "
+            f"AND event_type IN ({marks})",
+            [customer_id, *event_types],
+        ).fetchall()
+    if rows:
+        live = pd.DataFrame(rows, columns=cols)
+        live["ts"] = pd.to_datetime(live["ts"], utc=True, format="ISO8601")
+        parts.append(live.loc[live["ts"] >= since])
+    found = [p for p in parts if p is not None and len(p)]
+    if not found:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(found, ignore_index=True) if len(found) > 1 else found[0]
+
+
+_RECENT: dict[tuple[str, tuple[str, ...]], tuple[int, datetime, dict[str, pd.DataFrame]]] = {}
+RECENT_MARGIN = pd.Timedelta(days=1)  # a back-dated event by up to this reuses the cache
+
+
+def _recent_batch(
+    settings: Settings, event_types: tuple[str, ...], since: datetime
+) -> dict[str, pd.DataFrame]:
+    """The batch part's rows of these types since ``since``, by customer, cached until the
+    file changes or an earlier window start is asked for."""
+    path = settings.event_log_dir / "batch.parquet"
+    if not path.exists():
+        return {}
+    key, stamp = (str(path), event_types), path.stat().st_mtime_ns
+    cached = _RECENT.get(key)
+    if cached is not None and cached[0] == stamp and cached[1] <= since:
+        return cached[2]
+    start = pd.Timestamp(since) - RECENT_MARGIN
+    frame = pd.read_parquet(
+        path,
+        columns=["customer_id", "ts", "event_type", "product_id", "channel"],
+        filters=[("event_type", "in", list(event_types)), ("ts", ">=", start)],
+    )
+    by_customer = {str(c): g.reset_index(drop=True) for c, g in frame.groupby("customer_id")}
+    _RECENT[key] = (stamp, start.to_pydatetime(), by_customer)
+    return by_customer
 
 
 # --- live state --------------------------------------------------------------------------

@@ -43,7 +43,9 @@ from serving.target_groups import (
     TargetGroupError,
     count_events,
     groups_dir,
+    is_member,
     load_group_file,
+    max_window,
     members_mask,
 )
 
@@ -251,25 +253,25 @@ def reacting(settings: Settings, event_type: str) -> list[TargetGroup]:
 def on_event(event: Any, customer_id: str, deps: Deps) -> dict[str, Any]:
     """Re-check one customer against the groups whose event conditions this event type can
     change, at the event's time, and move them in or out. Returns the groups joined and left."""
-    from features.ingest import read_event_log
+    from features.ingest import read_customer_events
 
     groups = reacting(deps.settings, event.event_type)
     if not groups or deps.features is None:
         return {}
     at = event.ts.astimezone(UTC)
-    profile = profiles(deps, [customer_id])
+    profile = profile_fields(deps.features.read(customer_id))
+    scores: dict[str, float | None] = {"churn_risk": None}
+    if deps.models is not None and getattr(deps.models, "churn", None) is not None:
+        scores["churn_risk"] = float(deps.models.churn_risk(profile))
+    types = sorted({r.event for g in groups for r in g.event_rules()})
+    events = read_customer_events(deps.settings, customer_id, types, at - max_window(groups))
     joined, left = [], []
     for group in groups:
         rules = group.event_rules()
-        types = sorted({r.event for r in rules})
-        events = read_event_log(deps.settings, types, EVENT_COLUMNS, customer_id=customer_id)
-        frame = profile.copy()
-        counts = count_events(events, rules, at) if not events.empty else pd.DataFrame()
-        for i in range(len(rules)):
-            col = f"event_{i}"
-            frame[col] = int(counts[col].get(customer_id, 0)) if col in counts else 0
-        inside = bool(members_mask(group, frame)[0])
-        moved = _move(deps, group, customer_id, inside, deps.clock())
+        counts = count_events(events, rules, at) if len(events) else pd.DataFrame()
+        n = [int(counts[f"event_{i}"].get(customer_id, 0)) if len(counts) else 0
+             for i in range(len(rules))]  # fmt: skip
+        moved = _move(deps, group, customer_id, is_member(group, profile, scores, n), deps.clock())
         if moved == "joined":
             joined.append(group.name)
             enter_journeys(deps, group, [customer_id], at)

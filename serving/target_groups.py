@@ -217,6 +217,22 @@ def is_member(
     scores: Mapping[str, float | None],
     counts: Sequence[int],
 ) -> bool:
-    """:func:`members_mask` of one customer."""
-    row = {**profile, **scores, **{f"event_{i}": n for i, n in enumerate(counts)}}
-    return bool(members_mask(group, pd.DataFrame([row]))[0])
+    """:func:`members_mask` of one customer, without a frame (the per-event path)."""
+    i = 0
+    for c in group.conditions:
+        if isinstance(c, Rule):
+            ok = c.matches(profile)
+        elif isinstance(c, ScoreRule):
+            x = scores.get(c.score)
+            ok = x is not None and x == x and bool(COMPARE[c.op](x, c.value))
+        else:
+            ok = bool(COMPARE[c.op](counts[i], c.count))
+            i += 1
+        if not ok:
+            return False
+    return True
+
+
+def max_window(groups: Sequence[TargetGroup]) -> timedelta:
+    """The longest event window of these groups (how far back one customer's events matter)."""
+    return max((r.within for g in groups for r in g.event_rules()), default=timedelta(0))

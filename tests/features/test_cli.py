@@ -32,7 +32,8 @@ def test_build_apply_materialize_profile(private_home: Path, small_world: Path) 
     applied = _json(runner.invoke(app, ["features", "apply", "--json"]))
     assert {"churn_v1", "offer_v1", "profile_v1"} <= set(applied["objects"])
     mat = _json(runner.invoke(app, ["features", "materialize", "--json"]))
-    assert mat["rows"] == 4 * built["customers"]
+    assert mat["rows"] == 5 * built["customers"]  # 4 views, and the segments (issue 18)
+    assert "customer_segments" in mat["views"]
 
     cid = pd.read_parquet(built["feature_file"])["customer_id"].iloc[0]
     prof = _json(runner.invoke(app, ["profile", cid, "--json"]))
