@@ -3,6 +3,8 @@ shipped target group's size, and where its paid-media export files are."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 from typing import Any
 
@@ -38,7 +40,8 @@ def segments_and_audiences(settings: Settings, console: Console) -> dict[str, An
     from serving.target_groups import EXAMPLES, get_group, groups_dir
 
     deps = load_deps(settings)
-    refreshed = refresh(deps)
+    with contextlib.redirect_stderr(io.StringIO()):  # Feast's materialisation banner
+        refreshed = refresh(deps)
     summary = describe(settings)
     console.print(_segment_table("RFM segments", summary["rfm"]))
     console.print(_segment_table("Behavioural clusters", summary["clusters"]))
