@@ -20,6 +20,9 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     assert out["identity"]["precision"] > 0.95
     assert out["features"]["online_rows"] > 0
     assert out["models"]["churn"]["promoted"] and out["models"]["propensity"]["promoted"]
+    audiences = out["audiences"]  # issue 18: segments of the base, the example group's size
+    assert audiences["segments"]["rfm"] >= 4 and audiences["segments"]["clusters"] == 5
+    assert audiences["audience"]["customers"] >= 250 and audiences["audience"]["members"] >= 0
     serving = out["serving"]
     assert serving["decisions"] == 40 and set(serving["by_channel"]) >= {"web", "app", "email"}
     # one customer's dialog through the real service and runner: banner, e-mail, SMS, exit
