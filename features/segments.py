@@ -47,6 +47,7 @@ PHRASES = {
     "usage_trend": "rising usage",
 }
 STRONG = 0.5  # z-score of a centroid's feature that names it
+WARM_SLACK = 0.02  # a refresh keeps the warm-started partition unless a fresh one fits 2% better
 
 
 def rfm_name(r: int, fm: float) -> str:
@@ -175,6 +176,14 @@ def fit_clusters(
     # customers, one thread 0.46 s (thousands of rows need no parallelism)
     with threadpool_limits(1):
         km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x)
+        same = previous is not None and previous.features == features
+        if same and len(previous.centroids) == k:
+            # started from the previous centroids (in this scaling): KMeans' local optima
+            # differ between seeds, and a partition that did not need to move should not
+            old = np.array(previous.centroids) * np.array(previous.scale) + np.array(previous.mean)
+            warm = KMeans(n_clusters=k, init=(old - mean) / scale, n_init=1).fit(x)
+            if warm.inertia_ <= km.inertia_ * (1 + WARM_SLACK):
+                km = warm
     centroids = km.cluster_centers_
     if previous is None or previous.features != features:
         ids = list(range(k))

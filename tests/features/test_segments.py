@@ -127,3 +127,15 @@ def test_build_writes_the_view_and_describe_reads_it(tmp_path) -> None:  # noqa:
     assert sum(r["share"] for r in summary["rfm"]) == pytest.approx(1.0, abs=1e-3)
     no_buy = next(r for r in summary["rfm"] if r["segment"] == NO_PURCHASE)
     assert no_buy["size"] == 150 and no_buy["mean"]["frequency_365d"] == 0
+
+
+def test_a_refresh_on_unchanged_data_moves_nobody() -> None:
+    """KMeans' local optimum depends on its seed; a refresh starts from the previous centroids,
+    so re-running on the same customers keeps every label (5 seeds)."""
+    features = cluster_features()
+    pop = _population(7)
+    state = fit_clusters(pop, features, "t1", k=5, seed=0)
+    labels = np.array(state.ids)[state.assign(pop)]
+    for seed in range(1, 6):
+        again = fit_clusters(pop, features, "t1", previous=state, k=5, seed=seed)
+        assert (np.array(again.ids)[again.assign(pop)] == labels).all()
