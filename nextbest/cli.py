@@ -12,6 +12,7 @@ import typer
 from pydantic import ValidationError
 
 from nextbest import (
+    cli_clv,
     cli_experiments,
     cli_features,
     cli_journeys,
@@ -61,6 +62,7 @@ bench_app.command("uplift")(cli_experiments.bench_uplift)
 bench_app.command("journey-coverage")(cli_journeys.bench_journey_coverage)
 bench_app.command("journeys")(cli_journeys.bench_journeys_cmd)
 bench_app.command("outbound")(cli_outbound.bench_outbound_cmd)
+bench_app.command("clv")(cli_clv.bench_clv_cmd)
 
 app.add_typer(cli_features.identity_app, name="identity")
 app.add_typer(cli_features.features_app, name="features")
@@ -68,6 +70,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(cli_experiments.uplift_app, name="uplift")
 app.add_typer(cli_journeys.journeys_app, name="journeys")
 app.add_typer(cli_outbound.outbound_app, name="outbound")
+app.add_typer(cli_clv.clv_app, name="clv")
 
 
 @app.command()
