@@ -128,11 +128,13 @@ def repo_objects() -> list[Any]:
         ds.customer_snapshots,
         ds.customer_realtime_batch,
         ds.customer_realtime_push,
+        ds.customer_value_snapshots,
         ds.decision_time,
         fv.customer_profile,
         fv.customer_consent,
         fv.customer_activity,
         fv.customer_realtime,
+        fv.customer_value,
         fv.customer_basket_live,
         *feature_services.ALL_SERVICES,
     ]
@@ -152,7 +154,15 @@ def apply_repo(store: FeatureStore) -> dict[str, Any]:
 
 
 def _materialized_views(store: FeatureStore) -> list[Any]:
-    return [v for v in store.list_feature_views() if v.online and v.batch_source is not None]
+    """Online batch views whose source file exists (``customer_value`` waits for the first
+    ``nextbest clv train``)."""
+    return [
+        v
+        for v in store.list_feature_views()
+        if v.online
+        and v.batch_source is not None
+        and (store.config.repo_path / v.batch_source.path).exists()
+    ]
 
 
 def _latest(store: FeatureStore, view: Any) -> datetime:

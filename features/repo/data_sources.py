@@ -9,6 +9,7 @@ from feast.types import UnixTimestamp
 
 SNAPSHOT_PATH = "snapshots/customer_features.parquet"
 REALTIME_PATH = "snapshots/customer_realtime.parquet"
+VALUE_PATH = "snapshots/customer_value.parquet"
 
 customer_snapshots = FileSource(
     name="customer_snapshots",
@@ -22,6 +23,13 @@ customer_realtime_batch = FileSource(
     path=REALTIME_PATH,
     timestamp_field="event_timestamp",
     description="basket and last-visit state at each snapshot (offline side of the push source)",
+)
+
+customer_value_snapshots = FileSource(
+    name="customer_value_snapshots",
+    path=VALUE_PATH,
+    timestamp_field="event_timestamp",
+    description="customer lifetime value as of each `nextbest clv train` (training.clv_world)",
 )
 
 customer_realtime_push = PushSource(

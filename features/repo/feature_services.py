@@ -9,6 +9,7 @@ from features.repo.feature_views import (
     customer_consent,
     customer_profile,
     customer_realtime,
+    customer_value,
 )
 
 churn_v1 = FeatureService(
@@ -40,4 +41,18 @@ profile_v1 = FeatureService(
     description="the unified customer profile (nextbest profile, GET /profile)",
 )
 
-ALL_SERVICES = (churn_v1, offer_v1, profile_v1)
+profile_v2 = FeatureService(
+    name="profile_v2",
+    features=[
+        customer_profile,
+        customer_consent,
+        customer_activity,
+        customer_realtime,
+        customer_basket_live,
+        customer_value,
+    ],
+    description="profile_v1 plus customer value (clv_12m, p_alive, value tier): what the "
+    "decision service reads, so arbitration can weigh retention by what a customer is worth",
+)
+
+ALL_SERVICES = (churn_v1, offer_v1, profile_v1, profile_v2)

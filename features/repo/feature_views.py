@@ -12,7 +12,12 @@ from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Bool, Float64, Int64, String, UnixTimestamp
 
 from features.events import CONSENT_CHANNELS, VISIT_CHANNELS
-from features.repo.data_sources import customer_realtime_push, customer_snapshots, decision_time
+from features.repo.data_sources import (
+    customer_realtime_push,
+    customer_snapshots,
+    customer_value_snapshots,
+    decision_time,
+)
 from features.repo.entities import customer
 
 customer_profile = FeatureView(
@@ -58,6 +63,21 @@ customer_activity = FeatureView(
     source=customer_snapshots,
     online=True,
     description="windowed counts and rates; windows end just before the snapshot time",
+)
+
+customer_value = FeatureView(
+    name="customer_value",
+    entities=[customer],
+    schema=[
+        Field(name="clv_12m", dtype=Float64),
+        Field(name="p_alive", dtype=Float64),
+        Field(name="expected_purchases_12m", dtype=Float64),
+        Field(name="value_tier", dtype=String),
+    ],
+    source=customer_value_snapshots,
+    online=True,
+    description="expected spend and purchase days in the next 12 months, P(alive), value tier "
+    "(the promoted CLV model's output as of its training day)",
 )
 
 customer_realtime = FeatureView(

@@ -20,6 +20,7 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     assert out["identity"]["precision"] > 0.95
     assert out["features"]["online_rows"] > 0
     assert out["models"]["churn"]["promoted"] and out["models"]["propensity"]["promoted"]
+    assert set(out["models"]["clv"]["tiers"]) == {"top", "middle", "low"}, out["models"]["clv"]
     serving = out["serving"]
     assert serving["decisions"] == 40 and set(serving["by_channel"]) >= {"web", "app", "email"}
     # one customer's dialog through the real service and runner: banner, e-mail, SMS, exit
