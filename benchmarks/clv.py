@@ -139,3 +139,57 @@ def bench_clv_world(world_dir: Path, horizon_days: int = 365, progress: Any = No
         "validation": [v.model_dump() for v in result.validation],
         "truth": rows,
     }
+
+
+def customer_persons(settings: Any, world_dir: Path) -> pd.Series:
+    """Each resolved customer's true person: the person behind most of its identity records
+    (a false merge keeps its majority; the truth is a person's, the prediction a customer's)."""
+    from features.identity import graph_for
+
+    ids = pd.read_parquet(Path(world_dir) / "identities.parquet")
+    ids["customer_id"] = graph_for(settings).map_identifiers(ids).to_numpy()
+    pairs = ids.dropna(subset=["customer_id"]).groupby(["customer_id", "true_person_id"]).size()
+    best = pairs.sort_values(ascending=False, kind="stable").reset_index()
+    return best.drop_duplicates("customer_id").set_index("customer_id")["true_person_id"]
+
+
+def bench_clv_profile(settings: Any, world_dir: Path, progress: Any = None) -> dict[str, Any]:
+    """What ``nextbest clv train`` does (resolved customers from the event log, the tree model
+    with the ``clv_v1`` profile features from Feast), scored against the true 12-month value."""
+    from simulator.truth import Truth
+    from simulator.value import true_future_value
+    from training.clv_world import HORIZON_DAYS, event_log_transactions, profile_features
+
+    tx = event_log_transactions(settings)
+    end = pd.Timestamp(tx["date"].max())
+    out, result, both = predict_clv(
+        tx, end, HORIZON_DAYS, seed=settings.seed, progress=progress,
+        extra=profile_features(settings),
+    )  # fmt: skip
+    person = customer_persons(settings, world_dir).reindex(out["customer_id"])
+    known = person.notna().to_numpy()
+    truth = true_future_value(Truth.load(world_dir), person[known].to_numpy(), HORIZON_DAYS)
+    true_value = pd.Series(truth["true_value"].to_numpy(), index=person.index[known])
+    rows = []
+    for name, pred in both.items():
+        v = pred["expected_value"].reindex(true_value.index)
+        rows.append(
+            {
+                "model": name,
+                "spearman_value": round(float(v.corr(true_value, "spearman")), 4),
+                "pearson_value": round(float(v.corr(true_value)), 4),
+                "predicted_total": round(float(v.sum()), 1),
+                "true_total": round(float(true_value.sum()), 1),
+            }
+        )
+    return {
+        "world": str(world_dir),
+        "history_end": f"{end:%Y-%m-%d}",
+        "horizon_days": HORIZON_DAYS,
+        "customers_with_purchases": len(out),
+        "customers_scored": int(known.sum()),
+        "chosen": result.chosen,
+        "validation": [v.model_dump() for v in result.validation],
+        "truth": rows,
+        "seconds": result.seconds,
+    }

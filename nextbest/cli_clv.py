@@ -61,12 +61,26 @@ def bench_clv_cmd(
     csv: Annotated[
         Path | None, typer.Option("--csv", help="CDNOW-shaped transactions (default: shared data)")
     ] = None,
+    world: Annotated[
+        Path | None,
+        typer.Option(help="instead: the simulated world behind this home's features (truth)"),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Both CLV models on CDNOW against the 273 days after 1997-09-30, BG/NBD as the floor."""
-    from benchmarks.clv import bench_clv, default_csv
+    """Both CLV models on CDNOW against the 273 days after 1997-09-30, BG/NBD as the floor;
+    with --world, rank correlation with the simulated world's true 12-month value."""
+    from benchmarks.clv import bench_clv, bench_clv_profile, default_csv
     from training.clv_data import ClvDataError
 
+    if world is not None:
+        from nextbest.settings import get_settings
+
+        try:
+            with console.status("CLV bench (world)") as status:
+                emit(bench_clv_profile(get_settings(), world, lambda t: status.update(t)), as_json)
+        except (ClvDataError, ValueError) as exc:
+            fail(str(exc))
+        return
     path = csv or default_csv()
     if not path.exists():
         fail(f"csv: {path} is not here (give --csv PATH to the CDNOW sample)")

@@ -166,7 +166,7 @@ def _value_tiers(settings: Settings, console: Console) -> dict[str, Any]:
     end = datetime.now(UTC) + timedelta(days=3650)  # a simulated world may lie ahead
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         get_store(settings).materialize(end - timedelta(days=7300), end, ["customer_value"])
-    mae = {v.model: v.mae_purchases for v in result["validation"]}
+    mae = {v["model"]: v["mae_purchases"] for v in result["validation"]}
     tiers = "; ".join(
         f"{name} {t['size']:,} customers, mean 12-month value {t['mean']:,.0f}"
         for name, t in sorted(result["tiers"].items(), key=lambda kv: -kv[1]["mean"])

@@ -3,9 +3,10 @@
 - ``btyd``: BG/NBD for repeat purchase days and Gamma-Gamma for spend per purchase day
   (``pymc-marketing`` 0.19, flat priors fitted by MAP: the maximum-likelihood fit ``lifetimes``
   made, on a maintained library, in seconds instead of a sampler's minutes).
-- ``lightgbm``: LightGBM on point-in-time RFM features, trained on earlier windows of the same
-  length as the validation window (labels: purchase days and spend in the window after each
-  cutoff). A tree cannot extrapolate to a longer horizon than it saw, so its window prediction
+- ``lightgbm``: LightGBM on point-in-time RFM features (plus the numeric profile features of a
+  FeatureService as of each cutoff when ``extra`` reads them), trained on earlier windows of
+  the same length as the validation window (labels: purchase days and spend in the window after
+  each cutoff). A tree cannot extrapolate to a longer horizon than it saw, so its window prediction
   is stretched to the horizon by the BG/NBD curve of each customer (``E[h]/E[window]``).
 
 Choice: both are fitted as of ``calibration_end - window``, judged on the window up to the
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,21 +30,9 @@ from pydantic import BaseModel
 from training.clv_data import DAY, outcomes_between, purchase_days, summary_at
 
 ModelName = Literal["btyd", "lightgbm"]
+# point-in-time profile features of customers as of a day (a FeatureService read), or None
+Extra = Callable[[pd.Index, pd.Timestamp], pd.DataFrame] | None
 OUTPUT_COLUMNS = ("customer_id", "expected_purchases", "expected_value", "p_alive")
-FEATURES = (
-    "frequency",
-    "recency",
-    "T",
-    "monetary_value",
-    "first_amount",
-    "total_spend",
-    "days_since_last",
-    "purchase_days_30d",
-    "spend_30d",
-    "purchase_days_90d",
-    "spend_90d",
-    "mean_gap",
-)
 LGB_PARAMS: dict[str, Any] = {
     "learning_rate": 0.03,
     "num_leaves": 7,
@@ -172,9 +162,22 @@ class Trees:
     spend: lgb.Booster
     window: int
     rows: int
+    columns: list[str]
 
 
-def fit_trees(days: pd.DataFrame, end: pd.Timestamp, window: int, seed: int = 0) -> Trees:
+def features_at(days: pd.DataFrame, cutoff: pd.Timestamp, extra: Extra = None) -> pd.DataFrame:
+    """RFM summary as of ``cutoff``, joined with the numeric profile features as of then."""
+    summary = summary_at(days, cutoff)
+    if extra is None:
+        return summary
+    profile = extra(summary.index, cutoff)
+    numeric = profile.select_dtypes(include=["number", "bool"]).astype(float)
+    return summary.join(numeric.drop(columns=list(summary.columns), errors="ignore"))
+
+
+def fit_trees(
+    days: pd.DataFrame, end: pd.Timestamp, window: int, seed: int = 0, extra: Extra = None
+) -> Trees:
     """Stack (features at c, outcome in (c, c + window]) over cutoffs c whose windows end by
     ``end``: nothing after ``end`` is read."""
     days = days.loc[days["date"] <= end]
@@ -186,11 +189,12 @@ def fit_trees(days: pd.DataFrame, end: pd.Timestamp, window: int, seed: int = 0)
         )
     frames = []
     for c in cutoffs:
-        x = summary_at(days, c)
+        x = features_at(days, c, extra)
         y = outcomes_between(days, x.index, c, window)
         frames.append(pd.concat([x, y], axis=1))
     train = pd.concat(frames, ignore_index=True)
-    x = train[list(FEATURES)].to_numpy(dtype=float)
+    columns = [c for c in train.columns if c not in ("purchases", "spend")]
+    x = train[columns].to_numpy(dtype=float)
     params = dict(LGB_PARAMS, seed=seed)
     purchases = lgb.train(
         dict(params, objective="poisson"),
@@ -202,14 +206,14 @@ def fit_trees(days: pd.DataFrame, end: pd.Timestamp, window: int, seed: int = 0)
         lgb.Dataset(x, train["spend"].to_numpy(dtype=float)),
         num_boost_round=LGB_ROUNDS,
     )
-    return Trees(purchases, spend, window, len(train))
+    return Trees(purchases, spend, window, len(train), columns)
 
 
 def trees_predict(
     trees: Trees, btyd: Btyd, summary: pd.DataFrame, horizon_days: int
 ) -> pd.DataFrame:
     """Window predictions stretched to the horizon by each customer's BG/NBD curve."""
-    x = summary[list(FEATURES)].to_numpy(dtype=float)
+    x = summary.reindex(columns=trees.columns).to_numpy(dtype=float)
     purchases, spend = trees.purchases.predict(x), trees.spend.predict(x)
     ratio = np.ones(len(summary))
     base = btyd_predict(btyd, summary, horizon_days)
@@ -254,10 +258,12 @@ def validation_days(first: pd.Timestamp, end: pd.Timestamp, horizon_days: int) -
     return int(min(horizon_days, max(28, span // 3)))
 
 
-def fit_both(days: pd.DataFrame, end: pd.Timestamp, window: int, seed: int = 0) -> tuple:
+def fit_both(
+    days: pd.DataFrame, end: pd.Timestamp, window: int, seed: int = 0, extra: Extra = None
+) -> tuple:
     """Both models as of ``end`` (the trees learn windows of ``window`` days)."""
-    summary = summary_at(days, end)
-    return summary, fit_btyd(summary), fit_trees(days, end, window, seed)
+    summary = features_at(days, end, extra)
+    return summary, fit_btyd(summary), fit_trees(days, end, window, seed, extra)
 
 
 def predict_clv(
@@ -267,6 +273,7 @@ def predict_clv(
     *,
     seed: int = 0,
     progress: Any = None,
+    extra: Extra = None,
 ) -> tuple[pd.DataFrame, ClvResult, dict[str, pd.DataFrame]]:
     """Choose a model on the last window of the calibration data, refit it as of the calibration
     end, predict ``horizon_days`` ahead for every customer seen by then.
@@ -285,7 +292,7 @@ def predict_clv(
     start = calibration_end - window * DAY
     t0 = time.perf_counter()
     note(f"validation: fitting both models as of {start:%Y-%m-%d}")
-    v_summary, v_btyd, v_trees = fit_both(days, start, window, seed)
+    v_summary, v_btyd, v_trees = fit_both(days, start, window, seed, extra)
     truth = outcomes_between(days, v_summary.index, start, window)
     judged = [
         score("btyd", btyd_predict(v_btyd, v_summary, window), truth),
@@ -295,7 +302,7 @@ def predict_clv(
     chosen: ModelName = min(judged, key=lambda j: (j.mae_purchases, j.model != "btyd")).model
     t0 = time.perf_counter()
     note(f"refit: both models as of {calibration_end:%Y-%m-%d}, {horizon_days} days ahead")
-    summary, btyd, trees = fit_both(days, calibration_end, window, seed)
+    summary, btyd, trees = fit_both(days, calibration_end, window, seed, extra)
     both = {
         "btyd": btyd_predict(btyd, summary, horizon_days),
         "lightgbm": trees_predict(trees, btyd, summary, horizon_days),

@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 
 from nextbest.settings import Settings
-from training.clv import ClvResult, predict_clv
+from training.clv import ClvResult, Extra, predict_clv
 from training.clv_data import ClvDataError
 
 HORIZON_DAYS = 365
+CLV_SERVICE = "clv_v1"
 # value tiers: shares of the customers with a CLV, from the top (what the report groups by)
 TIERS = (("top", 0.2), ("middle", 0.3), ("low", 0.5))
 
@@ -41,6 +42,20 @@ def event_log_transactions(settings: Settings) -> pd.DataFrame:
             "amount": log["value"].fillna(0.0).to_numpy(dtype=float),
         }
     )
+
+
+def profile_features(settings: Settings) -> Extra:
+    """The ``clv_v1`` FeatureService's features of customers as of the end of a day (Feast's
+    point-in-time join on the weekly snapshots): the tree model's inputs beside RFM."""
+    from training.datasets import point_in_time
+
+    def read(customers: pd.Index, cutoff: pd.Timestamp) -> pd.DataFrame:
+        at = cutoff + pd.Timedelta(days=1, microseconds=-1)
+        entities = pd.DataFrame({"customer_id": list(customers), "event_timestamp": at})
+        frame = point_in_time(settings, CLV_SERVICE, entities)
+        return frame.drop(columns="event_timestamp").set_index("customer_id")
+
+    return read
 
 
 def value_tiers(clv: pd.Series) -> pd.Series:
@@ -81,8 +96,9 @@ def log_runs(settings: Settings, result: ClvResult, window: dict[str, str]) -> d
             mlflow.log_params(
                 {"model": v.model, "horizon_days": result.horizon_days, **result.params}
                 if v.model == "btyd"
-                else {"model": v.model, "horizon_days": result.horizon_days}
-            )
+                else {"model": v.model, "horizon_days": result.horizon_days,
+                      "feature_service": f"RFM + {CLV_SERVICE}"}
+            )  # fmt: skip
             figures = v.model_dump(exclude={"model"})
             mlflow.log_metrics({k: float(x) for k, x in figures.items() if np.isfinite(x)})
             mlflow.set_tags(
@@ -96,14 +112,17 @@ def log_runs(settings: Settings, result: ClvResult, window: dict[str, str]) -> d
     return runs
 
 
-def train_clv(settings: Settings, progress: Any = None) -> dict[str, Any]:
+def train_clv(
+    settings: Settings, progress: Any = None, with_profile: bool = True
+) -> dict[str, Any]:
     """Fit, choose, track, and write the chosen model's CLV for the feature store."""
     from features.repo.data_sources import VALUE_PATH
 
     tx = event_log_transactions(settings)
     end = pd.Timestamp(tx["date"].max())
+    extra = profile_features(settings) if with_profile else None
     predictions, result, _ = predict_clv(tx, end, HORIZON_DAYS, seed=settings.seed,
-                                         progress=progress)  # fmt: skip
+                                         progress=progress, extra=extra)  # fmt: skip
     window = {
         "valid_window": f"{result.validation_start}..{result.calibration_end}",
         "train_window": f"{tx['date'].min():%Y-%m-%d}..{result.validation_start}",

@@ -41,6 +41,13 @@ profile_v1 = FeatureService(
     description="the unified customer profile (nextbest profile, GET /profile)",
 )
 
+clv_v1 = FeatureService(
+    name="clv_v1",
+    features=[customer_profile, customer_activity],
+    description="CLV tree model's profile inputs beside its RFM summary: plan, ARPU, tenure, "
+    "visits by channel, engagement, as of each training cutoff",
+)
+
 profile_v2 = FeatureService(
     name="profile_v2",
     features=[
@@ -55,4 +62,4 @@ profile_v2 = FeatureService(
     "decision service reads, so arbitration can weigh retention by what a customer is worth",
 )
 
-ALL_SERVICES = (churn_v1, offer_v1, profile_v1, profile_v2)
+ALL_SERVICES = (churn_v1, offer_v1, profile_v1, profile_v2, clv_v1)
