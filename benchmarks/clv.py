@@ -91,56 +91,6 @@ def bench_clv(
     }
 
 
-def world_transactions(world_dir: Path) -> pd.DataFrame:
-    """The simulated world's purchases by true person (identity errors are another benchmark)."""
-    events = pd.read_parquet(
-        Path(world_dir) / "events.parquet", columns=["ts", "event_type", "value", "true_person_id"]
-    )
-    buys = events.loc[events["event_type"] == "purchase"]
-    when = pd.to_datetime(buys["ts"], utc=True).dt.tz_convert(None)
-    return pd.DataFrame(
-        {
-            "customer_id": buys["true_person_id"].astype(str).to_numpy(),
-            "date": when.dt.normalize().to_numpy(),
-            "amount": buys["value"].fillna(0.0).to_numpy(dtype=float),
-        }
-    )
-
-
-def bench_clv_world(world_dir: Path, horizon_days: int = 365, progress: Any = None) -> dict:
-    """Rank correlation of predicted and true 12-month value on a simulated world: both models
-    predict from the whole history; the truth integrates each person's purchase rates over
-    their survival curve (``simulator.value``)."""
-    from simulator.truth import Truth
-    from simulator.value import true_future_value
-
-    tx = world_transactions(world_dir)
-    end = pd.Timestamp(tx["date"].max())
-    out, result, both = predict_clv(tx, end, horizon_days, progress=progress)
-    truth = true_future_value(Truth.load(world_dir), out["customer_id"].to_numpy(), horizon_days)
-    rows = []
-    for name, pred in both.items():
-        v = pred["expected_value"].reindex(truth.index)
-        rows.append(
-            {
-                "model": name,
-                "spearman_value": round(float(v.corr(truth["true_value"], "spearman")), 4),
-                "pearson_value": round(float(v.corr(truth["true_value"])), 4),
-                "predicted_total": round(float(v.sum()), 1),
-                "true_total": round(float(truth["true_value"].sum()), 1),
-            }
-        )
-    return {
-        "world": str(world_dir),
-        "history_end": f"{end:%Y-%m-%d}",
-        "horizon_days": horizon_days,
-        "customers_with_purchases": len(out),
-        "chosen": result.chosen,
-        "validation": [v.model_dump() for v in result.validation],
-        "truth": rows,
-    }
-
-
 def customer_persons(settings: Any, world_dir: Path) -> pd.Series:
     """Each resolved customer's true person: the person behind most of its identity records
     (a false merge keeps its majority; the truth is a person's, the prediction a customer's)."""
