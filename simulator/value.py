@@ -49,7 +49,8 @@ def true_future_value(
     engaged, quiet = daily_purchase_rates(truth, idx)
     dis = truth.people["disengaged_at"].to_numpy()[idx]
     rate = np.where((dis >= 0) & (dis <= truth.end_us), quiet, engaged)
-    alive = np.ones(len(idx))
+    churned = truth.people["churned_at"].to_numpy()[idx]
+    alive = np.where((churned >= 0) & (churned <= truth.end_us), 0.0, 1.0)  # hazard 0 then
     purchases = np.zeros(len(idx))
     for day in range(days):
         at = truth.end_us + day * US_PER_DAY
