@@ -49,6 +49,10 @@ MIN_AGE_DAYS = 28  # a training cutoff needs this much history before it
 MAX_CUTOFFS = 6
 
 
+class TreesUnavailable(ValueError):
+    """Too short a history for the tree model to learn a window: BG/NBD predicts alone."""
+
+
 class Validation(BaseModel):
     """How one model did on the validation window (its truth is in the calibration data)."""
 
@@ -75,6 +79,7 @@ class ClvResult(BaseModel):
     validation: list[Validation]
     params: dict[str, float]
     seconds: dict[str, float]
+    notes: list[str] = []
 
 
 @dataclass
@@ -183,8 +188,8 @@ def fit_trees(
     days = days.loc[days["date"] <= end]
     cutoffs = _cutoffs(days["date"].min(), end, window)
     if not cutoffs:
-        raise ValueError(
-            f"transactions: history before {end:%Y-%m-%d} is shorter than "
+        raise TreesUnavailable(
+            f"lightgbm: history before {end:%Y-%m-%d} is shorter than "
             f"{window + MIN_AGE_DAYS} days; the tree model has no window to learn from"
         )
     frames = []
@@ -261,9 +266,14 @@ def validation_days(first: pd.Timestamp, end: pd.Timestamp, horizon_days: int) -
 def fit_both(
     days: pd.DataFrame, end: pd.Timestamp, window: int, seed: int = 0, extra: Extra = None
 ) -> tuple:
-    """Both models as of ``end`` (the trees learn windows of ``window`` days)."""
+    """Both models as of ``end`` (the trees learn windows of ``window`` days; None when the
+    history is too short for them)."""
     summary = features_at(days, end, extra)
-    return summary, fit_btyd(summary), fit_trees(days, end, window, seed, extra)
+    try:
+        trees: Trees | None = fit_trees(days, end, window, seed, extra)
+    except TreesUnavailable:
+        trees = None
+    return summary, fit_btyd(summary), trees
 
 
 def predict_clv(
@@ -294,19 +304,23 @@ def predict_clv(
     note(f"validation: fitting both models as of {start:%Y-%m-%d}")
     v_summary, v_btyd, v_trees = fit_both(days, start, window, seed, extra)
     truth = outcomes_between(days, v_summary.index, start, window)
-    judged = [
-        score("btyd", btyd_predict(v_btyd, v_summary, window), truth),
-        score("lightgbm", trees_predict(v_trees, v_btyd, v_summary, window), truth),
-    ]
+    judged = [score("btyd", btyd_predict(v_btyd, v_summary, window), truth)]
+    notes = []
+    if v_trees is None:
+        notes.append(f"lightgbm: under {window + MIN_AGE_DAYS} days of history before "
+                     f"{start:%Y-%m-%d}: not judged, BG/NBD predicts")  # fmt: skip
+    else:
+        judged.append(score("lightgbm", trees_predict(v_trees, v_btyd, v_summary, window), truth))
     timings["validation"] = round(time.perf_counter() - t0, 2)
     chosen: ModelName = min(judged, key=lambda j: (j.mae_purchases, j.model != "btyd")).model
     t0 = time.perf_counter()
     note(f"refit: both models as of {calibration_end:%Y-%m-%d}, {horizon_days} days ahead")
     summary, btyd, trees = fit_both(days, calibration_end, window, seed, extra)
-    both = {
-        "btyd": btyd_predict(btyd, summary, horizon_days),
-        "lightgbm": trees_predict(trees, btyd, summary, horizon_days),
-    }
+    both = {"btyd": btyd_predict(btyd, summary, horizon_days)}
+    if trees is not None:
+        both["lightgbm"] = trees_predict(trees, btyd, summary, horizon_days)
+    if chosen not in both:  # judged on the window, yet no history to learn from at the end
+        chosen = "btyd"
     timings["refit"] = round(time.perf_counter() - t0, 2)
     out = both[chosen].reset_index()[list(OUTPUT_COLUMNS)]
     result = ClvResult(
@@ -319,5 +333,6 @@ def predict_clv(
         validation=judged,
         params={k: round(v, 4) for k, v in btyd.params.items()},
         seconds=timings,
+        notes=notes,
     )
     return out, result, both

@@ -222,3 +222,18 @@ def test_bgnbd_parameters_match_the_reference_on_cdnow() -> None:
     ref = lifetimes.BetaGeoFitter().fit(summary["frequency"], summary["recency"], summary["T"])
     for key in ("r", "alpha", "a", "b"):
         assert params[key] == pytest.approx(ref.params_[key], rel=1e-3)
+
+
+def test_short_history_leaves_bgnbd_alone_and_says_why() -> None:
+    from training.clv import predict_clv
+
+    tx = _population(n=400, days=45, seed=5)
+    tx = tx.rename(columns={"cust": "customer_id", "when": "date", "value": "amount"})
+    end = pd.Timestamp("2024-02-14")
+    out, result, both = predict_clv(tx, end, 30)
+    assert result.chosen == "btyd" and list(both) == ["btyd"]
+    assert [v.model for v in result.validation] == ["btyd"]
+    assert result.notes == [
+        "lightgbm: under 56 days of history before 2024-01-17: not judged, BG/NBD predicts"
+    ]
+    assert len(out) == tx.loc[tx["date"] <= end, "customer_id"].nunique()
