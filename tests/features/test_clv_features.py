@@ -57,3 +57,7 @@ def test_clv_reaches_the_online_profile(feature_home) -> None:  # noqa: ANN001
     assert got[1]["value_tier"] == "middle"
     assert got[2]["clv_12m"] is None and got[2]["p_alive"] is None  # no value: the flat figure
     assert "plan" in got[0] and "basket_abandoned" in got[0]  # profile_v1 is still all there
+    from features.store import unified_profile
+
+    shown = unified_profile(settings, ids[0], store=store)["features"]  # GET /profile's body
+    assert shown["clv_12m"] == pytest.approx(500.0) and shown["value_tier"] == "top"
