@@ -331,7 +331,8 @@ def unified_profile(
     settings: Settings, customer_id: str, store: FeatureStore | None = None
 ) -> dict[str, Any]:
     """One customer's profile: ``profile_v2`` online features (``profile_v1`` and the customer's
-    value), the live basket on its own, and the identifiers behind the id. A merged-away id is followed to the surviving customer."""
+    value), the live basket on its own, and the identifiers behind the id. A merged-away id is
+    followed to the surviving customer."""
     from features.identity import Identifiers, graph_for
 
     graph = graph_for(settings)

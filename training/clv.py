@@ -16,10 +16,8 @@ the better one predicts. ``p_alive`` always comes from BG/NBD (the trees have no
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightgbm as lgb
@@ -27,6 +25,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
+from training.clv_btyd import Btyd, btyd_predict, fit_btyd
 from training.clv_data import DAY, outcomes_between, purchase_days, summary_at
 
 ModelName = Literal["btyd", "lightgbm"]
@@ -80,73 +79,6 @@ class ClvResult(BaseModel):
     params: dict[str, float]
     seconds: dict[str, float]
     notes: list[str] = []
-
-
-@dataclass
-class Btyd:
-    """BG/NBD + Gamma-Gamma fitted as of one day."""
-
-    bg: Any
-    gg: Any
-    params: dict[str, float] = field(default_factory=dict)
-
-
-def _quiet_pymc() -> None:
-    for name in ("pymc", "pytensor", "pymc_marketing", "arviz"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="pymc.*")
-    warnings.filterwarnings("ignore", module="pymc_marketing.*")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
-
-
-def fit_btyd(summary: pd.DataFrame) -> Btyd:
-    """BG/NBD on (frequency, recency, T) and Gamma-Gamma on the repeat customers' mean spend."""
-    _quiet_pymc()
-    from pymc_extras.prior import Prior
-    from pymc_marketing.clv import BetaGeoModel, GammaGammaModel
-
-    rfm = summary.reset_index()
-    flat = {k: Prior("HalfFlat") for k in ("r", "alpha", "a", "b")}
-    bg = BetaGeoModel(model_config=flat)
-    bg.fit(data=rfm[["customer_id", "frequency", "recency", "T"]], method="map", progressbar=False)
-    repeat = rfm.loc[(rfm["frequency"] > 0) & (rfm["monetary_value"] > 0)]
-    if len(repeat) < 10:
-        raise ValueError("transactions: fewer than 10 customers with repeat purchases to fit on")
-    gg = GammaGammaModel()
-    gg.fit(
-        data=repeat[["customer_id", "frequency", "monetary_value"]],
-        method="map",
-        progressbar=False,
-    )
-    params = {k: _scalar(bg.fit_result[k]) for k in ("r", "alpha", "a", "b")}
-    params |= {k: _scalar(gg.fit_result[k]) for k in ("p", "q", "v")}
-    return Btyd(bg, gg, params)
-
-
-def _scalar(value: Any) -> float:
-    return float(np.asarray(value).ravel()[0])
-
-
-def btyd_predict(model: Btyd, summary: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
-    """Expected purchase days and value in the next ``horizon_days``, and P(alive)."""
-    rfm = summary.reset_index()[["customer_id", "frequency", "recency", "T", "monetary_value"]]
-    purchases = _flat(model.bg.expected_purchases(rfm, future_t=horizon_days))
-    alive = _flat(model.bg.expected_probability_alive(rfm))
-    # Gamma-Gamma's posterior mean spend; with no repeat purchase it is the population mean
-    spend = _flat(model.gg.expected_customer_spend(rfm.assign(monetary_value=_gg_value(rfm))))
-    return pd.DataFrame(
-        {"expected_purchases": purchases, "expected_value": purchases * spend, "p_alive": alive},
-        index=summary.index,
-    )
-
-
-def _gg_value(rfm: pd.DataFrame) -> np.ndarray:
-    return np.where(rfm["frequency"] > 0, rfm["monetary_value"], 0.0)
-
-
-def _flat(values: Any) -> np.ndarray:
-    return np.asarray(values).reshape(-1)
 
 
 def _cutoffs(first: pd.Timestamp, end: pd.Timestamp, window: int) -> list[pd.Timestamp]:

@@ -205,7 +205,7 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[str], er
 def test_bgnbd_parameters_match_the_reference_on_cdnow() -> None:
     """../shared/data/README.md: lifetimes' BG/NBD on CDNOW to 1997-09-30 has r 0.243,
     alpha 30.9, a 0.793, b 2.426; our pymc-marketing MAP fit must give the same."""
-    from training.clv import fit_btyd
+    from training.clv_btyd import fit_btyd
 
     path = shared_file("cdnow/cdnow_sample.csv.gz")
     end = pd.Timestamp("1997-09-30")
