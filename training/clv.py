@@ -29,8 +29,9 @@ from training.clv_btyd import Btyd, btyd_predict, fit_btyd
 from training.clv_data import DAY, outcomes_between, purchase_days, summary_at
 
 ModelName = Literal["btyd", "lightgbm"]
-# point-in-time profile features of customers as of a day (a FeatureService read), or None
-Extra = Callable[[pd.Index, pd.Timestamp], pd.DataFrame] | None
+# point-in-time profile features of (customer_id, cutoff) rows, in their order (a FeatureService
+# read: one call for every cutoff of a fit), or None
+Extra = Callable[[pd.DataFrame], pd.DataFrame] | None
 OUTPUT_COLUMNS = ("customer_id", "expected_purchases", "expected_value", "p_alive")
 LGB_PARAMS: dict[str, Any] = {
     "learning_rate": 0.03,
@@ -104,12 +105,30 @@ class Trees:
 
 def features_at(days: pd.DataFrame, cutoff: pd.Timestamp, extra: Extra = None) -> pd.DataFrame:
     """RFM summary as of ``cutoff``, joined with the numeric profile features as of then."""
-    summary = summary_at(days, cutoff)
+    return _with_profile([summary_at(days, cutoff)], [cutoff], extra)[0]
+
+
+def _with_profile(
+    frames: list[pd.DataFrame], cutoffs: list[pd.Timestamp], extra: Extra
+) -> list[pd.DataFrame]:
+    """Each summary joined with its customers' profile features as of its cutoff, all read
+    in one call (a Feast point-in-time join costs about a second whatever its size)."""
     if extra is None:
-        return summary
-    profile = extra(summary.index, cutoff)
-    numeric = profile.select_dtypes(include=["number", "bool"]).astype(float)
-    return summary.join(numeric.drop(columns=list(summary.columns), errors="ignore"))
+        return frames
+    sizes = [len(f) for f in frames]
+    keys = pd.DataFrame(
+        {
+            "customer_id": np.concatenate([f.index.to_numpy() for f in frames]),
+            "cutoff": np.repeat(np.array(cutoffs, dtype="datetime64[ns]"), sizes),
+        }
+    )
+    profile = extra(keys).select_dtypes(include=["number", "bool"]).astype(float)
+    out, at = [], 0
+    for f in frames:
+        part = profile.iloc[at : at + len(f)].set_axis(f.index)
+        at += len(f)
+        out.append(f.join(part.drop(columns=list(f.columns), errors="ignore")))
+    return out
 
 
 def fit_trees(
@@ -124,11 +143,11 @@ def fit_trees(
             f"lightgbm: history before {end:%Y-%m-%d} is shorter than "
             f"{window + MIN_AGE_DAYS} days; the tree model has no window to learn from"
         )
-    frames = []
-    for c in cutoffs:
-        x = features_at(days, c, extra)
-        y = outcomes_between(days, x.index, c, window)
-        frames.append(pd.concat([x, y], axis=1))
+    summaries = _with_profile([summary_at(days, c) for c in cutoffs], cutoffs, extra)
+    frames = [
+        pd.concat([x, outcomes_between(days, x.index, c, window)], axis=1)
+        for x, c in zip(summaries, cutoffs, strict=True)
+    ]
     train = pd.concat(frames, ignore_index=True)
     columns = [c for c in train.columns if c not in ("purchases", "spend")]
     x = train[columns].to_numpy(dtype=float)

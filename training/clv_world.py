@@ -45,15 +45,18 @@ def event_log_transactions(settings: Settings) -> pd.DataFrame:
 
 
 def profile_features(settings: Settings) -> Extra:
-    """The ``clv_v1`` FeatureService's features of customers as of the end of a day (Feast's
-    point-in-time join on the weekly snapshots): the tree model's inputs beside RFM."""
+    """The ``clv_v1`` FeatureService's features of (customer, cutoff) rows as of the end of each
+    cutoff day (Feast's point-in-time join on the weekly snapshots): the tree model's inputs
+    beside RFM."""
     from training.datasets import point_in_time
 
-    def read(customers: pd.Index, cutoff: pd.Timestamp) -> pd.DataFrame:
-        at = cutoff + pd.Timedelta(days=1, microseconds=-1)
-        entities = pd.DataFrame({"customer_id": list(customers), "event_timestamp": at})
+    def read(keys: pd.DataFrame) -> pd.DataFrame:
+        at = pd.to_datetime(keys["cutoff"]) + pd.Timedelta(days=1, microseconds=-1)
+        entities = pd.DataFrame(
+            {"customer_id": keys["customer_id"].to_numpy(), "event_timestamp": at}
+        )
         frame = point_in_time(settings, CLV_SERVICE, entities)
-        return frame.drop(columns="event_timestamp").set_index("customer_id")
+        return frame.drop(columns=["customer_id", "event_timestamp"]).reset_index(drop=True)
 
     return read
 
