@@ -116,27 +116,29 @@ def clv_train(
 ) -> None:
     """CLV of every customer in the event log (both models tracked in MLflow, the better one
     promoted) written to the ``customer_value`` view of ``profile_v2``."""
+    import contextlib
+    import sys
+    from datetime import UTC, datetime, timedelta
+
+    from features.store import apply_repo, get_store
     from nextbest.settings import get_settings
     from training.clv_data import ClvDataError
     from training.clv_world import train_clv
 
     s = get_settings()
+    if not (s.event_log_dir / "batch.parquet").exists():
+        fail("events: no event log in the home (run `nextbest features build` first)")
+    store = get_store(s)
+    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for --json
+        apply_repo(store)  # a home applied before clv_v1 and profile_v2 existed lacks them
     try:
         with console.status("CLV: fitting") as status:
             result = train_clv(s, progress=lambda t: status.update(f"CLV: {t}"))
     except (ClvDataError, ValueError) as exc:
         fail(str(exc))
     if materialize:
-        import contextlib
-        import sys
-        from datetime import UTC, datetime, timedelta
-
-        from features.store import apply_repo, get_store
-
-        store = get_store(s)
-        apply_repo(store)  # a home applied before profile_v2 existed lacks the view
         end = datetime.now(UTC) + timedelta(days=3650)  # a simulated world may lie ahead
-        with contextlib.redirect_stdout(sys.stderr):  # keep stdout for --json
+        with contextlib.redirect_stdout(sys.stderr):
             store.materialize(end - timedelta(days=7300), end, feature_views=["customer_value"])
         result["materialized"] = "customer_value"
     emit(result, as_json)

@@ -237,3 +237,14 @@ def test_short_history_leaves_bgnbd_alone_and_says_why() -> None:
         "lightgbm: under 56 days of history before 2024-01-17: not judged, BG/NBD predicts"
     ]
     assert len(out) == tx.loc[tx["date"] <= end, "customer_id"].nunique()
+
+
+def test_clv_train_without_an_event_log_exits_2_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEXTBEST_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(app, ["clv", "train", "--json"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == (
+        "error: events: no event log in the home (run `nextbest features build` first)"
+    )
