@@ -32,6 +32,7 @@ DIMENSIONS = {
     "offer_id": "Offer",
     "channel": "Channel",
     "segment": "Segment",
+    "value_tier": "Value tier",
 }
 CHANNEL_NAMES = {"sms": "SMS", "email": "e-mail", "app": "app", "web": "web", "store": "store",
                  "call_centre": "call centre", "paid_media": "paid media"}  # fmt: skip
@@ -126,6 +127,8 @@ def lines(units: pd.DataFrame, window: int, alpha: float) -> list[Line]:
     """Treated against holdout for every value of every dimension; Holm within a dimension."""
     offers, out = offer_catalog(), []
     for dim in DIMENSIONS:
+        if dim not in units:  # value_tier: only once build_report has added it
+            continue
         batch: list[Line] = []
         for key in sorted(units[dim].dropna().astype(str).unique()):
             part = units[units[dim].astype(str) == key]
@@ -236,12 +239,28 @@ def journey_results(settings: Any, alpha: float = 0.05) -> tuple[list[JourneyRes
     return results, note
 
 
+def with_value_tier(units: pd.DataFrame, settings: Any) -> pd.DataFrame:
+    """Each unit's customer value tier (top / middle / low by ``clv_12m``) as of the latest
+    ``nextbest clv train``: a grouping of today's base, not the value when a unit was decided;
+    none when CLV was never trained."""
+    from features.repo.data_sources import VALUE_PATH
+
+    path = Path(settings.feature_dir) / VALUE_PATH
+    units = units.copy()
+    units["value_tier"] = None
+    if path.exists() and "customer_id" in units:
+        tiers = pd.read_parquet(path, columns=["customer_id", "value_tier"])
+        units["value_tier"] = units["customer_id"].map(tiers.set_index("customer_id")["value_tier"])
+    return units
+
+
 def build_report(settings: Any = None, world_dir: Path | None = None) -> ReportData:
     """Every number of the report, from the ledger and the world."""
     from nextbest.settings import get_settings
 
     settings = settings or get_settings()
     units, sources, outcome_source = load_units(settings, world_dir)
+    units = with_value_tier(units, settings)
     window, alpha = settings.attribution_days, 0.05
     curves, qini_source = report_curves(units, settings)
     policies, ope_note = ope_estimates(settings)

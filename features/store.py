@@ -129,11 +129,13 @@ def repo_objects() -> list[Any]:
         ds.customer_realtime_batch,
         ds.customer_realtime_push,
         ds.customer_segments_source,
+        ds.customer_value_snapshots,
         ds.decision_time,
         fv.customer_profile,
         fv.customer_consent,
         fv.customer_activity,
         fv.customer_realtime,
+        fv.customer_value,
         fv.customer_basket_live,
         fv.customer_segments,
         *feature_services.ALL_SERVICES,
@@ -326,14 +328,15 @@ def _identifier_counts(graph: Any, customer_id: str) -> dict[str, int]:
 def unified_profile(
     settings: Settings, customer_id: str, store: FeatureStore | None = None
 ) -> dict[str, Any]:
-    """One customer's profile: ``profile_v1`` online features, the live basket on its own, and
-    the identifiers behind the id. A merged-away id is followed to the surviving customer."""
+    """One customer's profile: ``profile_v2`` online features (``profile_v1`` and the customer's
+    value), the live basket on its own, and the identifiers behind the id. A merged-away id is
+    followed to the surviving customer."""
     from features.identity import Identifiers, graph_for
 
     graph = graph_for(settings)
     current = graph.lookup(Identifiers(customer_id=customer_id))
     store = store or get_store(settings)
-    row = read_online(store, "profile_v1", [current or customer_id])[0]
+    row = read_online(store, "profile_v2", [current or customer_id])[0]
     skip = {"customer_id", "basket_abandoned"}  # abandoned is False even for nobody
     known = {k: v for k, v in row.items() if k not in skip and v is not None}
     if current is None and not known:

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from nextbest import (
     cli_audiences,
+    cli_clv,
     cli_experiments,
     cli_features,
     cli_journeys,
@@ -62,6 +63,7 @@ bench_app.command("uplift")(cli_experiments.bench_uplift)
 bench_app.command("journey-coverage")(cli_journeys.bench_journey_coverage)
 bench_app.command("journeys")(cli_journeys.bench_journeys_cmd)
 bench_app.command("outbound")(cli_outbound.bench_outbound_cmd)
+bench_app.command("clv")(cli_clv.bench_clv_cmd)
 
 app.add_typer(cli_features.identity_app, name="identity")
 app.add_typer(cli_features.features_app, name="features")
@@ -71,6 +73,7 @@ app.add_typer(cli_journeys.journeys_app, name="journeys")
 app.add_typer(cli_outbound.outbound_app, name="outbound")
 app.add_typer(cli_audiences.segments_app, name="segments")
 app.add_typer(cli_audiences.audience_app, name="audience")
+app.add_typer(cli_clv.clv_app, name="clv")
 
 
 @app.command()

@@ -198,7 +198,7 @@ def profile(
     customer_id: Annotated[str, typer.Argument(help="a customer_id from the identity graph")],
     as_json: JsonFlag = False,
 ) -> None:
-    """The unified profile of one customer (profile_v1 online read, live basket, identifiers)."""
+    """The unified profile of one customer (profile_v2 online read, live basket, identifiers)."""
     from feast.errors import FeatureServiceNotFoundException
 
     from features.store import unified_profile
@@ -208,7 +208,7 @@ def profile(
     except LookupError as exc:
         fail(str(exc))
     except FeatureServiceNotFoundException:
-        fail("the feature registry has no profile_v1: run `nextbest features apply` first")
+        fail("the feature registry has no profile_v2: run `nextbest features apply` first")
     if as_json:
         emit(result, True)
         return

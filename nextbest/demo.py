@@ -147,7 +147,36 @@ def _train(settings: Settings, console: Console) -> dict[str, Any]:
             f"{model}: {metrics}; promoted: {promo.get('promoted')} ({promo.get('reason')})"
         )
         out[model] = {"metrics": result["metrics"], "promoted": promo.get("promoted")}
+    try:
+        out["clv"] = _value_tiers(settings, console)
+    except ValueError as exc:  # too few repeat buyers in a tiny world: the loop goes on
+        console.print(f"clv: not trained ({exc})")
+        out["clv"] = {"error": str(exc)}
     return out
+
+
+def _value_tiers(settings: Settings, console: Console) -> dict[str, Any]:
+    """CLV of the simulated base (both models, the better promoted) into profile_v2, and the
+    value tiers it makes."""
+    from datetime import UTC, datetime, timedelta
+
+    from features.store import get_store
+    from training.clv_world import train_clv
+
+    result = train_clv(settings)
+    end = datetime.now(UTC) + timedelta(days=3650)  # a simulated world may lie ahead
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        get_store(settings).materialize(end - timedelta(days=7300), end, ["customer_value"])
+    mae = {v["model"]: v["mae_purchases"] for v in result["validation"]}
+    tiers = "; ".join(
+        f"{name} {t['size']:,} customers, mean 12-month value {t['mean']:,.0f}"
+        for name, t in sorted(result["tiers"].items(), key=lambda kv: -kv[1]["mean"])
+    )
+    console.print(
+        f"clv: validation MAE of purchase days {mae}; promoted: {result['chosen']}. "
+        f"Value tiers: {tiers}"
+    )
+    return {"chosen": result["chosen"], "validation_mae": mae, "tiers": result["tiers"]}
 
 
 def _replay(settings: Settings, console: Console, visits: int) -> dict[str, Any]:

@@ -334,9 +334,12 @@ def score_many(
     s, prices = deps.settings, deps.prices
     retention, lever = s.retention_offers, s.churn_lever
     out = []
-    for i, (offers, _, channel) in enumerate(rows):
+    for i, (offers, feats, channel) in enumerate(rows):
+        clv = feats.get("clv_12m") if feats else None  # profile_v2; None: the flat figure
         values = {
-            o.id: policy.incremental_value(o, t, u, churn[i], lever if o.id in retention else 0.0)
+            o.id: policy.incremental_value(
+                o, t, u, churn[i], lever if o.id in retention else 0.0, clv
+            )
             for o, t, u in zip(offers, p_t[i], p_u[i], strict=True)
         }
         ids_i = [o.id for o in offers]

@@ -58,18 +58,19 @@ class FeatureReader:
     def read(
         self,
         customer_id: str,
-        services: tuple[str, ...] = ("profile_v1",),
+        services: tuple[str, ...] = ("profile_v2",),
         now: datetime | None = None,
     ) -> dict:
-        """One read of ``profile_v1`` (a superset of ``churn_v1`` and ``offer_v1`` plus
-        consent, which the policy needs): one online lookup per decision, not three."""
+        """One read of ``profile_v2`` (a superset of ``churn_v1`` and ``offer_v1`` plus
+        consent, which the policy needs, and the customer's value, which arbitration weighs
+        retention by): one online lookup per decision, not three."""
         merged: dict[str, Any] = {}
         for service in services:
             merged.update(self.read_many([customer_id], service, now)[0])
         return merged
 
     def read_many(
-        self, customer_ids: list[str], service: str = "profile_v1", now: When = None
+        self, customer_ids: list[str], service: str = "profile_v2", now: When = None
     ) -> list[dict]:
         """Several customers in one call: one query per feature view for all of them.
         ``now``: the decision's time, which the on-demand features count from (minutes since
@@ -80,7 +81,7 @@ class FeatureReader:
         return self._guarded(customer_ids, service, now)
 
     def read_many_within(
-        self, customer_ids: list[str], service: str = "profile_v1", now: When = None
+        self, customer_ids: list[str], service: str = "profile_v2", now: When = None
     ) -> list[dict]:
         """``read_many`` waiting at most ``timeout``, for the decision batcher's thread: a hung
         store costs a decision its features, not the batch's wait. While the circuit is open

@@ -99,12 +99,20 @@ def caps_ok(
 
 
 def incremental_value(
-    offer: Offer, p_treated: float, p_untreated: float, churn_risk: float, lever: float
+    offer: Offer,
+    p_treated: float,
+    p_untreated: float,
+    churn_risk: float,
+    lever: float,
+    clv: float | None = None,
 ) -> float:
     """Expected incremental value of showing the offer: uplift x value - expected cost.
     The cost (discount, subsidy) is paid on every treated conversion, including those that
-    would have happened anyway; ``lever`` > 0 weighs a retention offer up with churn risk."""
-    value = offer.value * (1.0 + lever * churn_risk)
+    would have happened anyway; ``lever`` > 0 weighs a retention offer up with churn risk
+    times what the customer is worth: their ``clv`` (``clv_12m`` of ``profile_v2``) when
+    known, else the offer's own value as one flat figure for everybody."""
+    worth = offer.value if clv is None or not math.isfinite(clv) else max(clv, 0.0)
+    value = offer.value + lever * churn_risk * worth
     return (p_treated - p_untreated) * value - p_treated * offer.cost
 
 

@@ -10,6 +10,7 @@ from feast.types import UnixTimestamp
 SNAPSHOT_PATH = "snapshots/customer_features.parquet"
 REALTIME_PATH = "snapshots/customer_realtime.parquet"
 SEGMENTS_PATH = "snapshots/customer_segments.parquet"
+VALUE_PATH = "snapshots/customer_value.parquet"
 
 customer_snapshots = FileSource(
     name="customer_snapshots",
@@ -30,6 +31,13 @@ customer_segments_source = FileSource(
     path=SEGMENTS_PATH,
     timestamp_field="event_timestamp",
     description="RFM segment, behavioural cluster and preferred channel (features.segments)",
+)
+
+customer_value_snapshots = FileSource(
+    name="customer_value_snapshots",
+    path=VALUE_PATH,
+    timestamp_field="event_timestamp",
+    description="customer lifetime value as of each `nextbest clv train` (training.clv_world)",
 )
 
 customer_realtime_push = PushSource(

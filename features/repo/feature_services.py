@@ -10,6 +10,7 @@ from features.repo.feature_views import (
     customer_profile,
     customer_realtime,
     customer_segments,
+    customer_value,
 )
 
 churn_v1 = FeatureService(
@@ -64,4 +65,26 @@ segments_v1 = FeatureService(
     description="behavioural clusters' inputs (features.segments), standardised there",
 )
 
-ALL_SERVICES = (churn_v1, offer_v1, profile_v1, segments_v1)
+clv_v1 = FeatureService(
+    name="clv_v1",
+    features=[customer_profile, customer_activity],
+    description="CLV tree model's profile inputs beside its RFM summary: plan, ARPU, tenure, "
+    "visits by channel, engagement, as of each training cutoff",
+)
+
+profile_v2 = FeatureService(
+    name="profile_v2",
+    features=[
+        customer_profile,
+        customer_consent,
+        customer_activity,
+        customer_realtime,
+        customer_basket_live,
+        customer_segments,
+        customer_value,
+    ],
+    description="profile_v1 plus customer value (clv_12m, p_alive, value tier): what the "
+    "decision service reads, so arbitration can weigh retention by what a customer is worth",
+)
+
+ALL_SERVICES = (churn_v1, offer_v1, profile_v1, profile_v2, clv_v1, segments_v1)

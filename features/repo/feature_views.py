@@ -16,6 +16,7 @@ from features.repo.data_sources import (
     customer_realtime_push,
     customer_segments_source,
     customer_snapshots,
+    customer_value_snapshots,
     decision_time,
 )
 from features.repo.entities import customer
@@ -81,6 +82,21 @@ customer_segments = FeatureView(
     source=customer_segments_source,
     online=True,
     description="segments as of the latest snapshot; cluster ids stable across refreshes",
+)
+
+customer_value = FeatureView(
+    name="customer_value",
+    entities=[customer],
+    schema=[
+        Field(name="clv_12m", dtype=Float64),
+        Field(name="p_alive", dtype=Float64),
+        Field(name="expected_purchases_12m", dtype=Float64),
+        Field(name="value_tier", dtype=String),
+    ],
+    source=customer_value_snapshots,
+    online=True,
+    description="expected spend and purchase days in the next 12 months, P(alive), value tier "
+    "(the promoted CLV model's output as of its training day)",
 )
 
 customer_realtime = FeatureView(

@@ -338,3 +338,30 @@ def test_report_skips_and_counts_absurd_ledger_rows(world: Path, tmp_path: Path)
     trained_on = ledger_examples(settings)  # training takes the same rows (record.attribution)
     assert trained_on["reward"].tolist() == clean["reward"].tolist()
     assert sum(trained_on.attrs["skipped"].values()) == 4
+
+
+def test_report_breaks_lift_down_by_value_tier(world: Path, tmp_path: Path) -> None:
+    """Units join the latest ``customer_value`` rows by customer id; each tier is a line."""
+    from experiments.report import lines, with_value_tier
+    from experiments.report_units import load_units
+    from features.repo.data_sources import VALUE_PATH
+    from nextbest.settings import Settings
+    from training.clv_world import value_rows
+
+    settings = Settings(home=tmp_path)
+    units = load_units(settings, world)[0]  # no graph here: each e-mail is its own customer
+    people = units["customer_id"].drop_duplicates().reset_index(drop=True)
+    value = np.linspace(1000.0, 10.0, len(people))
+    predictions = pd.DataFrame(
+        {"customer_id": people, "expected_value": value, "expected_purchases": value / 100,
+         "p_alive": 0.9}
+    )  # fmt: skip
+    path = settings.feature_dir / VALUE_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value_rows(predictions, pd.Timestamp("2026-03-01")).to_parquet(path)
+    tiered = with_value_tier(units, settings)
+    by_tier = {ln.key: ln for ln in lines(tiered, 30, 0.05) if ln.dimension == "value_tier"}
+    assert set(by_tier) == {"top", "middle", "low"}
+    assert sum(ln.n_treated + ln.n_holdout for ln in by_tier.values()) == len(units)
+    top_share = (by_tier["top"].n_treated + by_tier["top"].n_holdout) / len(units)
+    assert top_share == pytest.approx(0.2, abs=0.01)

@@ -49,7 +49,7 @@ def test_build_apply_materialize_profile(private_home: Path, small_world: Path) 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["profile", "nobody"], "error: the feature registry has no profile_v1"),
+        (["profile", "nobody"], "error: the feature registry has no profile_v2"),
         (
             ["features", "build", "--world", "/no/such/world"],
             "error: /no/such/world/people.parquet",

@@ -23,6 +23,7 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     audiences = out["audiences"]  # issue 18: segments of the base, the example group's size
     assert audiences["segments"]["rfm"] >= 4 and audiences["segments"]["clusters"] == 5
     assert audiences["audience"]["customers"] >= 250 and audiences["audience"]["members"] >= 0
+    assert set(out["models"]["clv"]["tiers"]) == {"top", "middle", "low"}, out["models"]["clv"]
     serving = out["serving"]
     assert serving["decisions"] == 40 and set(serving["by_channel"]) >= {"web", "app", "email"}
     # one customer's dialog through the real service and runner: banner, e-mail, SMS, exit
