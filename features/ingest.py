@@ -94,6 +94,10 @@ def _live_db(settings: Settings) -> sqlite3.Connection:
                 "channel TEXT, event_type TEXT, customer_id TEXT, product_id TEXT, value REAL, "
                 "quantity INTEGER, campaign_id TEXT, consent_channel TEXT, consent_value INTEGER)"
             )
+            # one customer's recent events without a scan (the console's activity, issue 19)
+            con.execute(
+                "CREATE INDEX IF NOT EXISTS ix_events_customer_ts ON events (customer_id, ts)"
+            )
             # logged events not pushed yet; claimed_until: a pusher's lease (epoch seconds)
             con.execute(
                 "CREATE TABLE IF NOT EXISTS unpushed (event_id TEXT PRIMARY KEY, "
@@ -218,6 +222,22 @@ def read_event_log(
         return frame
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True).astype("datetime64[us, UTC]")
     return frame.sort_values("ts", kind="stable").reset_index(drop=True)
+
+
+def recent_events(settings: Settings, customer_ids: Sequence[str], limit: int = 20) -> list[dict]:
+    """The latest live events of these customer ids (a person and the ids merged into it),
+    newest first, by the (customer_id, ts) index: what an agent sees happened lately."""
+    if not customer_ids:
+        return []
+    cols = ("event_id", "ts", "channel", "event_type", "product_id", "value", "campaign_id",
+            "consent_channel", "consent_value")  # fmt: skip
+    marks = ", ".join("?" * len(customer_ids))
+    query = (f"SELECT {', '.join(cols)} FROM events WHERE customer_id IN ({marks}) "
+             "ORDER BY ts DESC LIMIT ?")  # fmt: skip
+    con = _live_db(settings)
+    with _lock:
+        rows = con.execute(query, [*customer_ids, limit]).fetchall()
+    return [dict(zip(cols, r, strict=True)) for r in rows]
 
 
 # --- live state --------------------------------------------------------------------------
