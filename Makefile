@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev,bench,fuzz]'
 	touch $(STAMP)
 
+# `make demo ARGS=--serve` leaves the service running and prints the console's address
 demo: setup
-	$(BIN)/nextbest demo
+	$(BIN)/nextbest demo $(ARGS)
 
 test: setup chromium
 	$(BIN)/python -m pytest -q -rs
