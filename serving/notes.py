@@ -102,6 +102,17 @@ def of(engine: Engine, ids: list[str], limit: int = 10) -> list[Note]:
     ]
 
 
+def answers(engine: Engine, decision_id: str) -> dict[str, str]:
+    """offer id -> the answer (declined, callback) noted on this decision's offers."""
+    _tables(engine)
+    c = console_notes.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(c.offer_id, c.kind).where(c.decision_id == decision_id).order_by(c.ts)
+        ).all()
+    return {r.offer_id: r.kind for r in rows if r.offer_id}
+
+
 def erase(engine: Engine, ids: list[str]) -> int:
     """Right to erasure: every note on these customer ids; rows deleted."""
     _tables(engine)

@@ -126,8 +126,8 @@ Handler = Callable[[Page], Awaitable[Response]]
 
 
 def guarded(roles: tuple[str, ...], deps_of: Callable[[], Deps]) -> Callable[[Handler], Any]:
-    """The session and role check of every page: no session -> the sign-in page; another
-    role's page -> 403; a POST without its CSRF token -> 403."""
+    """The session and role check of every page: no session -> the sign-in form (401);
+    another role's page -> 403; a POST without its CSRF token -> 403."""
 
     def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
@@ -135,8 +135,8 @@ def guarded(roles: tuple[str, ...], deps_of: Callable[[], Deps]) -> Callable[[Ha
             if deps is None:
                 return HTMLResponse("starting", 503)
             page = Page(request, deps)
-            if page.who is None:
-                return page.redirect("/console/signin")
+            if page.who is None:  # the sign-in form in place (a 401, for machines)
+                return await signin_page(request, deps, status=401)
             if not page.who.may(roles):  # type: ignore[arg-type]
                 return page.error(403, f"page: your role ({page.who.role}) may not open this page")
             if request.method == "POST":

@@ -112,12 +112,29 @@ def customer(
         "basket": basket,
         "decision": view.recommended,
         "reused": shown is not None,
+        "answered": answered(view.recommended.decision_id, deps) if shown is not None else {},
         "offer_names": {k: getattr(o, "name", k) for k, o in offers.items()},
         "excluded": view.excluded,
         "journeys": view.journeys,
         "activity": view.activity,
         "notes": notes.of(deps.ledger.engine, ids),
     }
+
+
+def answered(decision_id: str, deps: Deps) -> dict[str, str]:
+    """offer id -> the customer's answer given in the console to this decision's offers: a
+    conversion recorded on it is ``accepted``; a decline or call-back is a note."""
+    from sqlalchemy import select
+
+    from record.tables import outcomes
+
+    o = outcomes.c
+    with deps.ledger.engine.connect() as conn:
+        taken = conn.execute(
+            select(o.offer_id).where(o.decision_id == decision_id, o.type == "conversion")
+        ).scalars()
+        accepted = {offer: "accepted" for offer in taken if offer}
+    return {**notes.answers(deps.ledger.engine, decision_id), **accepted}
 
 
 def catalogue(deps: Deps) -> dict[str, Any]:
