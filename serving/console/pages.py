@@ -169,7 +169,9 @@ def _home_of(who: ConsoleUser) -> str:
     return "/console/search" if who.may(CUSTOMER_ROLES) else "/console/offers"
 
 
-def _cookie(response: Response, name: str, value: str, max_age: int) -> None:
+def _cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+    """HttpOnly and SameSite=Strict always; Secure when the console is reached over HTTPS
+    (a proxy's TLS in front), not on plain http://127.0.0.1 where browsers would drop it."""
     response.set_cookie(
         name,
         value,
@@ -177,8 +179,8 @@ def _cookie(response: Response, name: str, value: str, max_age: int) -> None:
         path="/console",
         httponly=True,
         samesite="strict",
-        secure=False,
-    )  # http: on 127.0.0.1
+        secure=request.url.scheme == "https",
+    )
 
 
 async def signin_page(request: Request, deps: Deps, error: str = "", status: int = 200) -> Response:
@@ -187,7 +189,7 @@ async def signin_page(request: Request, deps: Deps, error: str = "", status: int
         return page.redirect(_home_of(page.who))
     token = secrets.token_urlsafe(24)
     response = page.render("signin.html", status, csrf=token, error=error)
-    _cookie(response, PRE_COOKIE, token, 600)
+    _cookie(request, response, PRE_COOKIE, token, 600)
     return response
 
 
@@ -205,7 +207,7 @@ async def signin(request: Request, deps: Deps) -> Response:
     page = Page(request, deps)
     page.who = who
     response = page.redirect(_home_of(who))
-    _cookie(response, COOKIE, cookie, deps.settings.console_session_minutes * 60)
+    _cookie(request, response, COOKIE, cookie, deps.settings.console_session_minutes * 60)
     response.delete_cookie(PRE_COOKIE, path="/console")
     return response
 

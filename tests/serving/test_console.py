@@ -88,28 +88,29 @@ def test_no_session_gets_the_sign_in_form(app: TestClient) -> None:
     assert app.get("/console/search", cookies=forged).status_code == 401
 
 
-@pytest.mark.parametrize(
-    ("key", "path", "status"),
-    [
-        (AGENT_KEY, "/console/search", 200),
-        (AGENT_KEY, "/console/offers", 403),
-        (AGENT_KEY, "/console/models", 403),
-        (MARKETER_KEY, "/console/offers", 200),
-        (MARKETER_KEY, "/console/journeys", 200),
-        (MARKETER_KEY, "/console/uplift", 200),
-        (MARKETER_KEY, "/console/models", 200),
-        (MARKETER_KEY, "/console/search", 403),
-        (ADMIN_KEY, "/console/search", 200),
-        (ADMIN_KEY, "/console/offers", 200),
-    ],
-)
-def test_roles_open_their_pages_only(app: TestClient, key: str, path: str, status: int) -> None:
-    sign_in(app, key)
-    r = app.get(path)
-    assert r.status_code == status, r.text
-    if status == 403:
-        assert "may not open this page" in r.text
-    assert "script-src 'self'" in r.headers["content-security-policy"]
+ROLE_PAGES = [  # (key, page, status): agents and clerks the customers, marketers the rest
+    (AGENT_KEY, "/console/search", 200),
+    (AGENT_KEY, "/console/offers", 403),
+    (AGENT_KEY, "/console/models", 403),
+    (MARKETER_KEY, "/console/offers", 200),
+    (MARKETER_KEY, "/console/journeys", 200),
+    (MARKETER_KEY, "/console/uplift", 200),
+    (MARKETER_KEY, "/console/models", 200),
+    (MARKETER_KEY, "/console/search", 403),
+    (ADMIN_KEY, "/console/search", 200),
+    (ADMIN_KEY, "/console/offers", 200),
+]
+
+
+def test_roles_open_their_pages_only(app: TestClient) -> None:
+    wrong = []
+    for key, path, status in ROLE_PAGES:
+        sign_in(app, key)
+        r = app.get(path)
+        if r.status_code != status or (status == 403 and "may not open this page" not in r.text):
+            wrong.append((key, path, r.status_code))
+        assert "script-src 'self'" in r.headers["content-security-policy"]
+    assert wrong == []
 
 
 def test_only_admins_erase_and_promote(app: TestClient, deps: Deps) -> None:
@@ -254,3 +255,11 @@ def test_a_name_is_the_most_frequent_spelling_written_as_a_name() -> None:
     ]
     assert name_of(recs) == "Theo Allen"
     assert name_of([{"first_name": None, "last_name": None}]) == "(no name on file)"
+
+
+def test_the_session_cookie_is_secure_over_https(deps: Deps) -> None:
+    app = Starlette(routes=pages.routes(lambda: deps))
+    with TestClient(app, base_url="https://testserver", follow_redirects=False) as client:
+        token = _csrf(client.get("/console/signin").text)
+        r = client.post("/console/signin", data={"key": AGENT_KEY, "csrf": token})
+    assert r.status_code == 303 and "Secure" in r.headers["set-cookie"]
