@@ -232,8 +232,8 @@ def recent_events(settings: Settings, customer_ids: Sequence[str], limit: int = 
     cols = ("event_id", "ts", "channel", "event_type", "product_id", "value", "campaign_id",
             "consent_channel", "consent_value")  # fmt: skip
     marks = ", ".join("?" * len(customer_ids))
-    query = (f"SELECT {', '.join(cols)} FROM events WHERE customer_id IN ({marks}) "
-             "ORDER BY ts DESC LIMIT ?")  # fmt: skip
+    who = "customer_id = ?" if len(customer_ids) == 1 else f"customer_id IN ({marks})"
+    query = f"SELECT {', '.join(cols)} FROM events WHERE {who} ORDER BY ts DESC LIMIT ?"
     con = _live_db(settings)
     with _lock:
         rows = con.execute(query, [*customer_ids, limit]).fetchall()
