@@ -129,7 +129,8 @@ class Browser:
     def sign_in(self, key: str) -> None:
         self.go("/console/signin")
         self.page.get_by_label("Console key").fill(key)
-        self.page.get_by_role("button", name="Sign in").click()
+        with self.page.expect_navigation():
+            self.page.get_by_role("button", name="Sign in").click()
 
 
 def _headings_in_order(page: Any) -> None:
@@ -228,7 +229,7 @@ def test_console_in_a_browser(tmp_path: Path) -> None:
         b.shot("02-search")
         page.get_by_label("E-mail, phone").fill(world["phone"])
         page.get_by_role("button", name="Find").click()
-        assert page.url.endswith(f"/console/customer/{cid}"), page.url
+        page.wait_for_url(f"**/console/customer/{cid}")
         assert "phone_upgrade_24m" in page.get_by_test_id("basket").inner_text()
         assert "web" in page.get_by_test_id("basket").inner_text()
         journeys = page.locator("#journeys-h").locator("xpath=..")
@@ -251,6 +252,7 @@ def test_console_in_a_browser(tmp_path: Path) -> None:
 
         # pause the journey for this customer: /journeys/pause's function, seen in the profile
         page.get_by_role("button", name="Pause abandoned_basket").click()
+        page.wait_for_url("**?done=journey")
         assert "journey updated" in page.get_by_role("status").first.inner_text()
         states = [j["status"] for j in api.get(f"/profile/{cid}").json()["journeys"]]
         assert states == ["paused"], states
@@ -259,6 +261,7 @@ def test_console_in_a_browser(tmp_path: Path) -> None:
         page.get_by_label("10 GB data add-on").check()
         page.get_by_label("Note").fill("wants it before the weekend")
         page.get_by_role("button", name="Record intent").click()
+        page.wait_for_url("**?done=intent")
         assert "purchase intent" in page.get_by_role("status").first.inner_text()
         profile = api.get(f"/profile/{cid}").json()
         intents = [a for a in profile["activity"] if a["what"] == "purchase_intent"]
@@ -275,6 +278,7 @@ def test_console_in_a_browser(tmp_path: Path) -> None:
         offer_id = form.locator("input[name=offer_id]").input_value()
         decision_id = form.locator("input[name=decision_id]").input_value()
         accept.click()
+        page.wait_for_url("**?done=accepted")
         assert "offer accepted" in page.get_by_role("status").first.inner_text()
         b.shot("05-customer-after-actions")
         outcomes = Ledger(engine_for(settings.ledger_db_url)).outcomes_frame()
@@ -285,6 +289,7 @@ def test_console_in_a_browser(tmp_path: Path) -> None:
         b.go("/console/search")
         page.get_by_label("E-mail, phone").fill("+44 20 7946 0000")
         page.get_by_role("button", name="Find").click()
+        page.get_by_role("heading", name="2 customers share this identifier").wait_for()
         assert page.get_by_role("link", name="Bob Jones").count() == 1
         assert page.get_by_role("link", name="Carol Jones").count() == 1
         b.shot("06-search-ambiguous")
@@ -292,7 +297,7 @@ def test_console_in_a_browser(tmp_path: Path) -> None:
         assert "may not open this page" in page.get_by_role("alert").inner_text()
         b.refused(403)
         page.get_by_role("button", name="Sign out").click()
-        assert page.url.endswith("/console/signin")
+        page.wait_for_url("**/console/signin")
         b.go("/console/search")
         assert page.get_by_role("heading", level=1).inner_text() == "Sign in"  # session gone
         b.refused(401)
@@ -314,6 +319,7 @@ def test_console_in_a_browser(tmp_path: Path) -> None:
         assert "may not open this page" in page.get_by_role("alert").inner_text()
         b.refused(403)
         page.get_by_role("button", name="Sign out").click()
+        page.wait_for_url("**/console/signin")
 
         # keyboard only: sign in as admin, search, open the customer, sign out
         k = Browser(browser.new_page(viewport=DESKTOP), base)
