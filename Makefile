@@ -8,7 +8,7 @@ export BENTOML_DO_NOT_TRACK := True
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: setup demo test bench lint format mlflow-ui clean
+.PHONY: setup demo test bench lint format mlflow-ui clean chromium
 
 setup: $(STAMP)
 
@@ -18,11 +18,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev,bench,fuzz]'
 	touch $(STAMP)
 
+# `make demo ARGS=--serve` leaves the service running and prints the console's address
 demo: setup
-	$(BIN)/nextbest demo
+	$(BIN)/nextbest demo $(ARGS)
 
-test: setup
+test: setup chromium
 	$(BIN)/python -m pytest -q -rs
+
+# the console's browser test needs Debian's chromium: installed here when missing and root,
+# else the test skips and says why
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
+	      echo "could not install chromium: the console's browser test will skip"; \
+	  else echo "no chromium and not root: the console's browser test will skip"; fi
 
 bench: setup
 	$(BIN)/nextbest bench features

@@ -94,8 +94,10 @@ def _live_db(settings: Settings) -> sqlite3.Connection:
                 "channel TEXT, event_type TEXT, customer_id TEXT, product_id TEXT, value REAL, "
                 "quantity INTEGER, campaign_id TEXT, consent_channel TEXT, consent_value INTEGER)"
             )
-            # one customer's events (issue 18: a target group re-checks them per event)
-            con.execute("CREATE INDEX IF NOT EXISTS events_customer ON events (customer_id)")
+            # one customer's recent events without a scan (the console's activity, issue 19)
+            con.execute(
+                "CREATE INDEX IF NOT EXISTS ix_events_customer_ts ON events (customer_id, ts)"
+            )
             # logged events not pushed yet; claimed_until: a pusher's lease (epoch seconds)
             con.execute(
                 "CREATE TABLE IF NOT EXISTS unpushed (event_id TEXT PRIMARY KEY, "
@@ -284,6 +286,22 @@ def _recent_batch(
     by_customer = {str(c): g.reset_index(drop=True) for c, g in frame.groupby("customer_id")}
     _RECENT[key] = (stamp, start.to_pydatetime(), by_customer)
     return by_customer
+
+
+def recent_events(settings: Settings, customer_ids: Sequence[str], limit: int = 20) -> list[dict]:
+    """The latest live events of these customer ids (a person and the ids merged into it),
+    newest first, by the (customer_id, ts) index: what an agent sees happened lately."""
+    if not customer_ids:
+        return []
+    cols = ("event_id", "ts", "channel", "event_type", "product_id", "value", "campaign_id",
+            "consent_channel", "consent_value")  # fmt: skip
+    marks = ", ".join("?" * len(customer_ids))
+    who = "customer_id = ?" if len(customer_ids) == 1 else f"customer_id IN ({marks})"
+    query = f"SELECT {', '.join(cols)} FROM events WHERE {who} ORDER BY ts DESC LIMIT ?"
+    con = _live_db(settings)
+    with _lock:
+        rows = con.execute(query, [*customer_ids, limit]).fetchall()
+    return [dict(zip(cols, r, strict=True)) for r in rows]
 
 
 # --- live state --------------------------------------------------------------------------

@@ -64,6 +64,7 @@ bench_app.command("journey-coverage")(cli_journeys.bench_journey_coverage)
 bench_app.command("journeys")(cli_journeys.bench_journeys_cmd)
 bench_app.command("outbound")(cli_outbound.bench_outbound_cmd)
 bench_app.command("clv")(cli_clv.bench_clv_cmd)
+bench_app.command("console")(cli_serving.bench_console_cmd)
 
 app.add_typer(cli_features.identity_app, name="identity")
 app.add_typer(cli_features.features_app, name="features")
@@ -85,6 +86,12 @@ def demo(
     keep: Annotated[
         bool, typer.Option("--keep", help="reuse the home instead of starting from nothing")
     ] = False,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            "--serve", help="leave the service running at the end and print the console's address"
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """The whole loop on a simulated world: simulate, resolve identities, build features,
@@ -97,6 +104,10 @@ def demo(
         fail(str(exc))
     if as_json:
         emit(summary, as_json)
+    if serve:
+        from nextbest.demo_serve import serve_console
+
+        raise typer.Exit(serve_console(get_settings()))
 
 
 if __name__ == "__main__":

@@ -267,3 +267,30 @@ def faults_tables(result: dict) -> list[Table]:
             "recovery_s", "acknowledged", "missing")))  # fmt: skip
         tables.append(ledger)
     return tables
+
+
+def bench_console_cmd(
+    requests: Annotated[int, typer.Option(min=10, help="requests per route")] = 200,
+    others: Annotated[
+        int, typer.Option(min=0, help="other customers' decisions in the same ledger")
+    ] = 50_000,
+    as_json: JsonFlag = False,
+) -> None:
+    """The console's customer page for a customer with a year of history (events, decisions,
+    outcomes): server time p50/p95 in process, against an empty route of the same app."""
+    from benchmarks.console import bench_console
+
+    out = bench_console(requests, others=others)
+    t = Table(title=f"console, {out['history']['events']:,} events in a year, in process")
+    for col in ("route", "p50 ms", "p95 ms", "mean ms"):
+        t.add_column(col)
+    for name in ("page", "live", "floor"):
+        s = out[name]
+        t.add_row(name, f"{s['p50_ms']:.2f}", f"{s['p95_ms']:.2f}", f"{s['mean_ms']:.2f}")
+    console.print(t)
+    console.print(
+        f"page p95 {out['page']['p95_ms']:.1f} ms = floor + {out['page_p95_minus_floor_ms']:.1f}"
+        f" ms ({out['page_p95_over_floor']:.1f}x the empty route); target < 100 ms"
+    )
+    if as_json:
+        emit(out, as_json)

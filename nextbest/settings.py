@@ -24,6 +24,7 @@ os.environ.setdefault("FEAST_USAGE", "False")
 EXPERIMENT_NAME = r"^[A-Za-z0-9_.:-]{1,64}$"  # as context.campaign accepts them
 RESERVED_EXPERIMENTS = ("global",)  # the global holdout's records in the assignments table
 BanditReward = Literal["spend", "conversion"]  # what a decision earned, for the bandit
+CONSOLE_ROLES = ("agent", "clerk", "marketer", "admin")  # who may see which console pages
 
 
 class Settings(BaseSettings):
@@ -230,6 +231,27 @@ class Settings(BaseSettings):
     )
     channel_keys: list[str] = ["channel-dev-key"]
     admin_keys: list[str] = ["admin-dev-key"]
+    # the console (issue 19): people sign in with a key of their own; "user:role:key", role
+    # agent (call centre), clerk (store), marketer or admin (admin_keys sign in as admin too)
+    console_keys: list[str] = [
+        "agent:agent:agent-dev-key",
+        "clerk:clerk:clerk-dev-key",
+        "marketer:marketer:marketer-dev-key",
+    ]
+    console_secret: str = Field(
+        "nextbest-console-dev-secret", description="signs the console's session cookies"
+    )
+    console_session_minutes: int = Field(
+        480, gt=0, description="a console sign-in lasts this long (one shift)"
+    )
+    console_directory: Path | None = Field(
+        None,
+        description="the source records (CSV or Parquet: record_id, names, identifiers) the "
+        "console shows names from; default the simulated world's identities.parquet",
+    )
+    mlflow_ui_url: str = Field(
+        "http://127.0.0.1:5000", description="where `nextbest mlflow-ui` serves, for the console"
+    )
 
     @field_validator("experiment", "experiments")
     @classmethod
@@ -239,6 +261,18 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name!r} is reserved for the global holdout")
             if not re.fullmatch(EXPERIMENT_NAME, name):
                 raise ValueError(f"{name!r} must be 1-64 letters, digits or _.:-")
+        return v
+
+    @field_validator("console_keys")
+    @classmethod
+    def _console_keys(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            user, role, key = (entry.split(":", 2) + ["", ""])[:3]
+            if not user or not key or role not in CONSOLE_ROLES:
+                raise ValueError(
+                    f"each entry must be user:role:key with role one of "
+                    f"{', '.join(CONSOLE_ROLES)}; got {user or '?'}:{role or '?'}:..."
+                )
         return v
 
     @field_validator("home")
@@ -286,7 +320,14 @@ class Settings(BaseSettings):
 
 
 # Defaults anyone can read here: fine on this machine, refused on an address others reach.
-DEVELOPMENT_SECRETS = ("identity_salt", "assignment_salt", "channel_keys", "admin_keys")
+DEVELOPMENT_SECRETS = (
+    "identity_salt",
+    "assignment_salt",
+    "channel_keys",
+    "admin_keys",
+    "console_keys",
+    "console_secret",
+)
 
 
 def is_loopback(host: str) -> bool:

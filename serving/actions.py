@@ -22,6 +22,7 @@ from record.attribution import ORDER_TYPES, order_key
 from record.ledger import caller_key, event_key, legacy_keys
 from record.tables import OutcomeRow, utc
 from serving import audiences, journey_defs, journey_events, journey_intents, outbox
+from serving.activity import Activity, person_ids, recent
 from serving.decide import DecideRequest, DecideResponse, Known, plan, read_features
 from serving.deps import Deps
 from serving.journey_agent import JourneyView, NotFound, live_journeys
@@ -383,11 +384,22 @@ class ProfileView(BaseModel):
     audiences: dict[str, str] = Field(
         default_factory=dict, description="target groups the customer is in, and their arm"
     )
+    activity: list[Activity] = Field(
+        default_factory=list,
+        description="the latest events, decisions and outcomes across channels, newest first",
+    )
 
 
-def profile(customer_id: str, deps: Deps, channel: str = "call_centre") -> ProfileView:
+def profile(
+    customer_id: str,
+    deps: Deps,
+    channel: str = "call_centre",
+    shown: tuple[DecideResponse, dict[str, str]] | None = None,
+) -> ProfileView:
     """Profile features, live basket, churn risk and offers with reasons. The offers shown
-    are logged like a /decide's (every slot), so they count against caps and suppression."""
+    are logged like a /decide's (every slot), so they count against caps and suppression.
+    ``shown``: the offers (and exclusions) already shown in this conversation, kept instead
+    of deciding again (the console's page after an action: one conversation, one decision)."""
     if not 1 <= len(customer_id) <= CUSTOMER_ID_MAX:
         raise field_error("customer_id", f"must be 1 to {CUSTOMER_ID_MAX} characters", None)
     customer_id = known_customer(customer_id, deps)
@@ -399,17 +411,22 @@ def profile(customer_id: str, deps: Deps, channel: str = "call_centre") -> Profi
             churn = float(deps.models.churn_risk(known.features))
         except Exception as exc:  # noqa: BLE001 - the view still shows everything else
             known.reasons.append(f"churn model: {type(exc).__name__}: {exc}")
-    request = DecideRequest(customer_id=customer_id, channel=channel, max_offers=3)
-    rec, row = commit(lambda: plan(request, deps, known), deps.ledger)
+    if shown is None:
+        request = DecideRequest(customer_id=customer_id, channel=channel, max_offers=3)
+        rec, row = commit(lambda: plan(request, deps, known), deps.ledger)
+        excluded = row.scores.get("dropped", {})
+    else:
+        rec, excluded = shown
     return ProfileView(
         customer_id=customer_id,
         profile=_jsonable(known.features),
         basket=outbox.live_basket(customer_id, deps),
         churn_risk=churn,
         recommended=rec,
-        excluded=row.scores.get("dropped", {}),
+        excluded=excluded,
         journeys=live_journeys(customer_id, deps),
         **_segments_view(customer_id, known.features, deps, known.reasons),
+        activity=recent(person_ids(customer_id, deps), deps),
     )
 
 

@@ -32,6 +32,8 @@ from serving.deps import health_summary
 Scope = dict[str, Any]
 PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/healthz"})  # exact paths: probes
 # prefixes; any other path takes any key
+# the console's pages check their own session cookie, role and CSRF token (serving.console)
+CONSOLE = "/console"
 ADMIN_PATHS = ("/erase", "/promote/", "/metrics", "/reports/refresh")
 # the POST routes that take a JSON object (exact, or a prefix ending in "/"); /promote/ takes
 # no body, and a POST anywhere else is a 404 or 405 from the router, not a body problem
@@ -233,6 +235,8 @@ class ApiGuard:
                 body = self.health()
                 return await _json(send, 200, body if role == "admin" else health_summary(body))
             return await self.app(scope, receive, send)
+        if scope["type"] == "http" and (path == CONSOLE or path.startswith(CONSOLE + "/")):
+            return await self.app(scope, receive, send)  # its session cookie (serving.console)
         if role is None or (path.startswith(ADMIN_PATHS) and role != "admin"):
             if scope["type"] != "http":  # a websocket: refused before its handshake
                 return await send({"type": "websocket.close", "code": 1008})

@@ -36,6 +36,7 @@ from sqlalchemy import (
 
 from nextbest.db import checkpoint, create_tables
 from record.tables import now
+from serving import notes
 from serving.deps import Deps
 
 log = logging.getLogger("nextbest.serving")
@@ -200,6 +201,8 @@ def _ledger(person: Person, deps: Deps) -> dict[str, int]:
     # holdout draws are keyed by ids and identifier hashes, not by a customer_id column
     keys = [*person.customer_ids, *person.key_hashes]
     audiences = _audiences(person.customer_ids, deps)
+    # the console's notes and answers on the person
+    erased["console_notes"] = notes.erase(deps.ledger.engine, person.customer_ids)
     return {**erased, **audiences, "assignments": deps.ledger.erase_assignments(keys)}
 
 

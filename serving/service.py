@@ -46,6 +46,7 @@ from serving.bentofix import (
     cancel_timeout_timers,
     quiet_client_errors,
 )
+from serving.console import pages as console_pages
 from serving.decide import DecideRequest, DecideResponse, experiment_of
 from serving.decision_batcher import DecisionBatcher
 from serving.deps import Deps, load_deps, pinned_models, price_refresher
@@ -78,6 +79,9 @@ METRIC_TEMPLATES = {
     "/journeys/": "/journeys/{action}",
     "/promote/": "/promote/{model}",
     "/static_content/": "/static_content/{path}",
+    "/console/customer/": "/console/customer/{customer_id}",
+    "/console/static/": "/console/static/{path}",
+    "/console/models/": "/console/models/{model}",
 }
 ROUTES = (
     "/decide",
@@ -144,6 +148,7 @@ reads = Starlette(
         Route("/journeys/{action}", _journey_action, methods=["POST"]),
         Route("/outbox", _outbox, methods=["GET"]),
         *admin.routes(lambda: STATE.deps),
+        *console_pages.routes(lambda: STATE.deps),  # the people's pages (issue 19)
         *openapi.routes(lambda: Nextbest.openapi_spec.asdict()),  # BentoML's, corrected
     ],
     exception_handlers=route_handlers(),  # 4xx naming the field, the ledger down a 503

@@ -19,12 +19,16 @@ OWN = {  # values of one's own for every development default
     "assignment_salt": "s3cret-assignment",
     "channel_keys": ["web-key-9f2"],
     "admin_keys": ["ops-key-77a"],
+    "console_keys": ["ann:agent:desk-key-41"],
+    "console_secret": "s3cret-console",
 }
 DEV = {
     "identity_salt": ("NEXTBEST_IDENTITY_SALT", "nextbest-dev-salt"),
     "assignment_salt": ("NEXTBEST_ASSIGNMENT_SALT", "nextbest-assignment"),
     "channel_keys": ("NEXTBEST_CHANNEL_KEYS", "channel-dev-key"),
     "admin_keys": ("NEXTBEST_ADMIN_KEYS", "admin-dev-key"),
+    "console_keys": ("NEXTBEST_CONSOLE_KEYS", "agent:agent:agent-dev-key"),
+    "console_secret": ("NEXTBEST_CONSOLE_SECRET", "nextbest-console-dev-secret"),
 }
 LOOPBACK = ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"]
 ELSEWHERE = ["0.0.0.0", "::", "10.1.2.3", "192.0.2.1", "nextbest.example.com"]
