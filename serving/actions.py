@@ -388,6 +388,11 @@ class ProfileView(BaseModel):
         default_factory=list,
         description="the latest events, decisions and outcomes across channels, newest first",
     )
+    identity_links: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="why this customer's records are one person: each link's two records and "
+        "rule (as `nextbest identity explain`), newest last",
+    )
 
 
 def profile(
@@ -427,6 +432,7 @@ def profile(
         journeys=live_journeys(customer_id, deps),
         **_segments_view(customer_id, known.features, deps, known.reasons),
         activity=recent(person_ids(customer_id, deps), deps),
+        identity_links=identity_links(customer_id, deps),
     )
 
 
@@ -453,6 +459,23 @@ def _segments_view(
     except Exception as exc:  # noqa: BLE001
         reasons.append(f"audiences: {type(exc).__name__}: {exc}")
     return out
+
+
+PROFILE_LINKS = 50  # links shown in the agent view; `identity explain` lists them all
+
+
+def identity_links(customer_id: str, deps: Deps) -> list[dict[str, Any]]:
+    """The identity graph's links of this customer, for the agent view (empty without a graph,
+    or for a customer known only from real-time visits)."""
+    if deps.graph is None:
+        return []
+    from features.identity_admin import StewardError, explain
+
+    try:
+        links = explain(deps.graph, customer_id).links
+    except StewardError:
+        return []
+    return [link.model_dump(mode="json") for link in links[-PROFILE_LINKS:]]
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
