@@ -190,7 +190,13 @@ def promote(settings: Settings) -> Promotion:
         return result
     runs = {v: client.get_run(m.run_id).data for v, m in ((new, challenger), (old, champion))}
     windows = {v: d.tags.get("valid_window") for v, d in runs.items()}
-    if windows[new] != windows[old] or not all(GATE in d.metrics for d in runs.values()):
+    unjudged = [v for v, d in runs.items() if GATE not in d.metrics]
+    if unjudged:  # the trees, when the history before the window was too short for them
+        raise RegistryError(
+            f"model: clv version {unjudged[0]} was not judged on a validation window "
+            "(too short a history for it); it cannot be promoted by the gate"
+        )
+    if windows[new] != windows[old]:
         raise RegistryError(
             f"model: clv versions {new} and {old} were judged on different validation windows "
             f"({windows[new]} and {windows[old]}); retrain both with `nextbest clv train`"

@@ -159,3 +159,22 @@ def test_promotion_moves_what_is_scored(clv_home, monkeypatch: pytest.MonkeyPatc
         assert "does not beat champion" in decision["reason"]
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["promote", "clv"],
+         "error: model: 'clv' has no challenger and champion; run `nextbest clv train`"),
+        (["clv", "score"],
+         "error: events: no event log in the home (run `nextbest features build` first)"),
+    ],
+)  # fmt: skip
+def test_nothing_to_promote_or_score_exits_2_with_one_line(
+    private_home: Path, args: list[str], error: str
+) -> None:
+    from nextbest.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == error
