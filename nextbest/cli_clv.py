@@ -114,16 +114,16 @@ def clv_train(
     ] = True,
     as_json: JsonFlag = False,
 ) -> None:
-    """CLV of every customer in the event log (both models tracked in MLflow, the better one
-    promoted) written to the ``customer_value`` view of ``profile_v2``."""
+    """CLV of every customer in the event log: both models registered in MLflow as ``clv``
+    (the better champion), the champion's values written to ``customer_value`` of
+    ``profile_v2``."""
     import contextlib
     import sys
-    from datetime import UTC, datetime, timedelta
 
     from features.store import apply_repo, get_store
     from nextbest.settings import get_settings
     from training.clv_data import ClvDataError
-    from training.clv_world import train_clv
+    from training.clv_world import materialize_values, train_clv
 
     s = get_settings()
     if not (s.event_log_dir / "batch.parquet").exists():
@@ -137,8 +137,37 @@ def clv_train(
     except (ClvDataError, ValueError) as exc:
         fail(str(exc))
     if materialize:
-        end = datetime.now(UTC) + timedelta(days=3650)  # a simulated world may lie ahead
-        with contextlib.redirect_stdout(sys.stderr):
-            store.materialize(end - timedelta(days=7300), end, feature_views=["customer_value"])
+        materialize_values(s)
+        result["materialized"] = "customer_value"
+    emit(result, as_json)
+
+
+@clv_app.command("score")
+def clv_score(
+    materialize: Annotated[
+        bool,
+        typer.Option(
+            "--materialize/--no-materialize", help="load the values into the online store"
+        ),
+    ] = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """CLV of every customer in the event log from the registered ``clv`` champion, without
+    refitting (after a promotion, or an alias moved in MLflow), into ``profile_v2``."""
+    from nextbest.settings import get_settings
+    from training.clv_data import ClvDataError
+    from training.clv_world import champion_values, materialize_values
+    from training.registry import RegistryError
+
+    s = get_settings()
+    if not (s.event_log_dir / "batch.parquet").exists():
+        fail("events: no event log in the home (run `nextbest features build` first)")
+    try:
+        with console.status("CLV: scoring with the champion"):
+            result = champion_values(s)
+    except (ClvDataError, RegistryError) as exc:
+        fail(str(exc))
+    if materialize:
+        materialize_values(s)
         result["materialized"] = "customer_value"
     emit(result, as_json)

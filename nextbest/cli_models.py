@@ -60,7 +60,7 @@ def train(
 
 
 def promote_cmd(
-    model: Annotated[str, typer.Argument(help="registered model: churn | propensity | bandit")],
+    model: Annotated[str, typer.Argument(help="churn | propensity | bandit | clv")],
     as_json: JsonFlag = False,
 ) -> None:
     """Make the challenger champion if it beats the champion on the same validation window

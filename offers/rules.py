@@ -1,6 +1,7 @@
 """The eligibility rule language of the offer catalogue: (field, op, value) over named
-profile fields, checked against the profile_v1 FeatureService when a rule is built, so a rule
-names only fields a decision will see. No expressions are evaluated.
+profile fields, checked against the profile_v2 FeatureService (the profile the decision service
+reads: profile_v1 plus customer value, e.g. ``value_tier``, ``clv_12m``) when a rule is built,
+so a rule names only fields a decision will see. No expressions are evaluated.
 
 Split from :mod:`offers.catalog`, which reads the YAML file these rules sit in.
 """
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, model_validator
 
-# Rules test the features of the profile_v1 FeatureService, plus the derived fields below.
+# Rules test the features of the profile_v2 FeatureService, plus the derived fields below.
 DAYS_PER_MONTH = 30.4375
 # Fields the catalogue speaks in (months) computed from a feature (days): name -> (feature,
 # divisor). ``serving.policy.profile_fields`` adds them to a profile before rules run.
@@ -45,13 +46,13 @@ def rule_fields() -> dict[str, str]:
     the decision will see. Derived fields count when their feature is in the service."""
     from feast.types import Bool, Float32, Float64, Int32, Int64, String
 
-    from features.repo.feature_services import profile_v1
+    from features.repo.feature_services import profile_v2
 
     kinds = {String: "text", Bool: "boolean", Float32: "number", Float64: "number"}
     kinds |= {Int32: "number", Int64: "number"}
     fields = {
         f.name: kinds.get(f.dtype, str(f.dtype))
-        for projection in profile_v1.feature_view_projections
+        for projection in profile_v2.feature_view_projections
         for f in projection.features
     }
     for name, (source, _) in DERIVED_FIELDS.items():

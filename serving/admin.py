@@ -77,7 +77,7 @@ async def promote(request: Request, deps: Deps) -> JSONResponse:
         from serving.learner import adopt_promoted
 
         body["reloaded"] = await asyncio.to_thread(adopt_promoted, deps) is not None
-    elif decision.promoted:
+    elif decision.promoted and model != "clv":  # CLV reaches decisions through the profile
         body["reloaded"] = await asyncio.to_thread(reload_models, deps)
     return JSONResponse(body)
 

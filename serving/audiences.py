@@ -102,14 +102,14 @@ def log_clock(deps: Deps, events: pd.DataFrame) -> datetime:
 
 
 def profiles(deps: Deps, customer_ids: list[str], now: datetime | None = None) -> pd.DataFrame:
-    """The customers' ``profile_v1`` online rows (derived rule fields added) and their churn
+    """The customers' ``profile_v2`` online rows (derived rule fields added) and their churn
     risk (NaN without a churn model: a score condition then never holds)."""
     if deps.features is None:
         raise RuntimeError(f"feature store: {deps.missing.get('features', 'unavailable')}")
     rows: list[dict[str, Any]] = []
     for i in range(0, len(customer_ids), READ_CHUNK):
         part = customer_ids[i : i + READ_CHUNK]
-        rows += [profile_fields(r) for r in deps.features.read_many(part, "profile_v1", now)]
+        rows += [profile_fields(r) for r in deps.features.read_many(part, "profile_v2", now)]
     frame = pd.DataFrame(rows, index=pd.Index(customer_ids, name="customer_id"))
     frame = frame.drop(columns=["customer_id"], errors="ignore")
     churn = np.full(len(rows), np.nan)

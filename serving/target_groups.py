@@ -1,6 +1,6 @@
 """Target groups: named YAML definitions of who is in an audience, as conditions that must all
-hold, on profile fields (the ``profile_v1`` FeatureService's, segments included, checked like
-offer eligibility rules), model scores (``churn_risk``) and recent events ("3 or more
+hold, on profile fields (the ``profile_v2`` FeatureService's, segments and value tier included,
+checked like offer eligibility rules), model scores (``churn_risk``) and recent events ("3 or more
 ``product_view`` of ``dev_*`` products in 7 days", "no ``purchase`` in 7 days").
 
 Files live in ``<home>/audiences/NAME.yaml`` (the marketer's); shipped examples in

@@ -235,12 +235,14 @@ def predict_clv(
     seed: int = 0,
     progress: Any = None,
     extra: Extra = None,
+    fitted: dict[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, ClvResult, dict[str, pd.DataFrame]]:
     """Choose a model on the last window of the calibration data, refit it as of the calibration
     end, predict ``horizon_days`` ahead for every customer seen by then.
 
     Returns the output rows, the summary (chosen model, validation figures, BG/NBD parameters)
-    and both models' predictions (for benchmarks)."""
+    and both models' predictions (for benchmarks); ``fitted``, when given, receives the
+    refitted ``btyd`` and ``trees`` (None without history enough) for the registry."""
     import time
 
     def note(text: str) -> None:
@@ -267,6 +269,8 @@ def predict_clv(
     t0 = time.perf_counter()
     note(f"refit: both models as of {calibration_end:%Y-%m-%d}, {horizon_days} days ahead")
     summary, btyd, trees = fit_both(days, calibration_end, window, seed, extra)
+    if fitted is not None:
+        fitted.update(btyd=btyd, trees=trees)
     both = {"btyd": btyd_predict(btyd, summary, horizon_days)}
     if trees is not None:
         both["lightgbm"] = trees_predict(trees, btyd, summary, horizon_days)

@@ -1,11 +1,12 @@
 """``nextbest clv train``: CLV of every customer with purchases in the event log, both models
-tracked in MLflow, the better one's figures written to the ``customer_value`` feature view.
+registered in MLflow, the champion's figures written to the ``customer_value`` feature view.
 
 The models see the resolved customers' purchases (the same event log Feast's views are built
 from), as of the last day of the log, and predict 365 days ahead. Each is one MLflow run in the
-``nextbest-clv`` experiment with its validation figures; the run whose model had the lower
-validation MAE is tagged ``promoted`` and only its predictions reach the profile (``clv_12m``,
-``p_alive``, ``value_tier`` of ``profile_v2``).
+``nextbest-clv`` experiment and one version of the registered model ``clv``
+(:mod:`training.clv_registry`); the one with the lower validation MAE is aliased ``champion``,
+and only the champion's predictions reach the profile (``clv_12m``, ``p_alive``,
+``value_tier`` of ``profile_v2``), so promoting the other version changes them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from nextbest.settings import Settings
-from training.clv import ClvResult, Extra, predict_clv
+from training.clv import Extra, predict_clv
 from training.clv_data import ClvDataError
 
 HORIZON_DAYS = 365
@@ -86,51 +87,20 @@ def value_rows(predictions: pd.DataFrame, at: pd.Timestamp) -> pd.DataFrame:
     return out
 
 
-def log_runs(settings: Settings, result: ClvResult, window: dict[str, str]) -> dict[str, str]:
-    """One MLflow run per model with its validation figures; the chosen one tagged promoted."""
-    import mlflow
-
-    from training.registry import client_for, experiment_id
-
-    client_for(settings)
-    runs = {}
-    for v in result.validation:
-        with mlflow.start_run(experiment_id=experiment_id(settings, "clv"), run_name=v.model) as r:
-            mlflow.log_params(
-                {"model": v.model, "horizon_days": result.horizon_days, **result.params}
-                if v.model == "btyd"
-                else {"model": v.model, "horizon_days": result.horizon_days,
-                      "feature_service": f"RFM + {CLV_SERVICE}"}
-            )  # fmt: skip
-            figures = v.model_dump(exclude={"model"})
-            mlflow.log_metrics({k: float(x) for k, x in figures.items() if np.isfinite(x)})
-            mlflow.set_tags(
-                {
-                    **window,
-                    "promoted": str(v.model == result.chosen).lower(),
-                    "gate": "lower per-customer MAE of purchase days on the validation window",
-                }
-            )
-            runs[v.model] = r.info.run_id
-    return runs
-
-
-def train_clv(
-    settings: Settings, progress: Any = None, with_profile: bool = True
-) -> dict[str, Any]:
-    """Fit, choose, track, and write the chosen model's CLV for the feature store."""
+def champion_values(settings: Settings, tx: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Score every customer of the event log with the registered ``clv`` champion, as of the
+    log's last day, and write the ``customer_value`` rows: what the profile's ``clv_12m`` is."""
     from features.repo.data_sources import VALUE_PATH
+    from training.clv import features_at
+    from training.clv_data import purchase_days
+    from training.clv_registry import load_alias
 
-    tx = event_log_transactions(settings)
+    tx = event_log_transactions(settings) if tx is None else tx
     end = pd.Timestamp(tx["date"].max())
-    extra = profile_features(settings) if with_profile else None
-    predictions, result, _ = predict_clv(tx, end, HORIZON_DAYS, seed=settings.seed,
-                                         progress=progress, extra=extra)  # fmt: skip
-    window = {
-        "valid_window": f"{result.validation_start}..{result.calibration_end}",
-        "train_window": f"{tx['date'].min():%Y-%m-%d}..{result.validation_start}",
-    }
-    runs = log_runs(settings, result, window)
+    version, model = load_alias(settings)
+    extra = profile_features(settings) if model.trees is not None else None
+    summary = features_at(purchase_days(tx), end, extra)
+    predictions = model.predict(summary, HORIZON_DAYS).reset_index()
     rows = value_rows(predictions, end)
     path = Path(settings.feature_dir) / VALUE_PATH
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,8 +109,49 @@ def train_clv(
     tmp.replace(path)
     tiers = rows.groupby("value_tier")["clv_12m"].agg(["size", "mean"]).round(2)
     return {
-        **result.model_dump(),
-        "mlflow_runs": runs,
+        "scored_by": f"clv:{version} ({model.kind})",
         "value_file": str(path),
         "tiers": tiers.to_dict(orient="index"),
     }
+
+
+def materialize_values(settings: Settings) -> None:
+    """Load the ``customer_value`` rows into the online store (a simulated world may lie
+    years ahead of the wall clock, so the window is wide)."""
+    import contextlib
+    import sys
+    from datetime import UTC, datetime, timedelta
+
+    from features.store import get_store
+
+    end = datetime.now(UTC) + timedelta(days=3650)
+    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for --json
+        get_store(settings).materialize(
+            end - timedelta(days=7300), end, feature_views=["customer_value"]
+        )
+
+
+def train_clv(
+    settings: Settings, progress: Any = None, with_profile: bool = True
+) -> dict[str, Any]:
+    """Fit both, register both (the better champion), and write the champion's CLV for the
+    feature store."""
+    from training.clv_registry import ClvModel, register
+
+    tx = event_log_transactions(settings)
+    end = pd.Timestamp(tx["date"].max())
+    extra = profile_features(settings) if with_profile else None
+    fitted: dict[str, Any] = {}
+    _, result, _ = predict_clv(tx, end, HORIZON_DAYS, seed=settings.seed, progress=progress,
+                               extra=extra, fitted=fitted)  # fmt: skip
+    window = {
+        "valid_window": f"{result.validation_start}..{result.calibration_end}",
+        "train_window": f"{tx['date'].min():%Y-%m-%d}..{result.validation_start}",
+    }
+    models = {"btyd": ClvModel("btyd", fitted["btyd"])}
+    if fitted["trees"] is not None:
+        models["lightgbm"] = ClvModel("lightgbm", fitted["btyd"], fitted["trees"])
+    registered = register(settings, result, models, window, HORIZON_DAYS)
+    if progress is not None:
+        progress("scoring every customer with the registered champion")
+    return {**result.model_dump(), "registered": registered, **champion_values(settings, tx)}

@@ -4,7 +4,8 @@ Churn and propensity go through the MLflow registry's gate (:func:`training.regi
 the bandit through the gate ``nextbest train bandit --promote`` applies
 (:func:`training.bandit_ledger.beats`: the lower bound of its paired advantage over the
 champion above ``Settings.bandit_promotion_margin``), so a promotion by hand is held to the
-same standard as one at training time.
+same standard as one at training time. CLV through :func:`training.clv_registry.promote` (the
+lower validation MAE on the same window), and a promotion re-scores ``customer_value``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pandas as pd
 
 from estimation.ope import Estimate, snips_advantage
 from nextbest.settings import Settings
-from training import registry
+from training import clv_registry, registry
 from training.bandit import BanditPolicy
 from training.bandit_ledger import (
     MIN_EXAMPLES,
@@ -27,14 +28,29 @@ from training.bandit_ledger import (
 from training.bandit_registry import MODEL_NAME, load_registered, make_champion, registered_run
 from training.registry import Promotion, RegistryError, UnknownModel
 
-MODELS = (*registry.GATE_METRIC, MODEL_NAME)
+MODELS = (*registry.GATE_METRIC, MODEL_NAME, clv_registry.MODEL_NAME)
 
 
 def promote(settings: Settings, model: str) -> Promotion:
     """Make the model's challenger champion if it passes that model's gate."""
     if model not in MODELS:
         raise UnknownModel(f"model: '{model}' is not one of {', '.join(MODELS)}")
+    if model == clv_registry.MODEL_NAME:
+        return promote_clv(settings)
     return promote_bandit(settings) if model == MODEL_NAME else registry.promote(settings, model)
+
+
+def promote_clv(settings: Settings) -> Promotion:
+    """The CLV gate; a new champion re-scores every customer's ``clv_12m`` at once (files and
+    online store), since the profile carries values, not a model."""
+    from training.clv_world import champion_values, materialize_values
+
+    result = clv_registry.promote(settings)
+    if result.promoted:
+        scored = champion_values(settings)
+        materialize_values(settings)
+        result.reason += f"; customer_value re-scored by {scored['scored_by']}"
+    return result
 
 
 def promote_bandit(settings: Settings) -> Promotion:

@@ -303,12 +303,17 @@ def test_rules_scalar_and_vectorised_agree(rule: dict, profile: dict, expected: 
 
 
 def test_every_rule_field_reaches_the_decision() -> None:
-    """What serving evaluates rules on (``profile_v1`` names through ``profile_fields``) holds
+    """What serving evaluates rules on (``profile_v2`` names through ``profile_fields``) holds
     every field the shipped catalogue names: no rule can be silently never true."""
-    from features.repo.feature_services import profile_v1
+    import inspect
+
+    from features.repo.feature_services import profile_v2
+    from serving.deps import FeatureReader
     from serving.policy import profile_fields
 
-    served = {f.name: 1 for p in profile_v1.feature_view_projections for f in p.features}
+    read = inspect.signature(FeatureReader.read_many_within).parameters["service"]
+    assert read.default == "profile_v2"  # what decisions read
+    served = {f.name: 1 for p in profile_v2.feature_view_projections for f in p.features}
     have = profile_fields(served)
     rules = [(o.id, r.field) for o in load_catalog().offers for r in o.eligibility]
     assert rules and all(have.get(field) is not None for _, field in rules), rules
@@ -335,3 +340,41 @@ def test_every_kind_of_missing_value_fails_a_rule(missing: object) -> None:
     for rule in (Rule(field="months_left", op="<=", value=3),
                  Rule(field="plan", op="not_in", value=["prepaid"])):  # fmt: skip
         assert rule.matches({rule.field: missing}) is False
+
+
+VALUE_RULES = "      - {field: value_tier, op: in, value: [top, middle]}\n" + (
+    "      - {field: clv_12m, op: '>=', value: 250}\n"
+)
+
+
+def test_rules_read_the_customer_value_of_profile_v2() -> None:
+    cat = parse_catalog(_edit("      - {field: plan, op: in, value: [prepaid, postpaid_s]}\n",
+                              VALUE_RULES))  # fmt: skip
+    addon = cat.get("data_addon")
+    assert rule_fields()["value_tier"] == "text" and rule_fields()["clv_12m"] == "number"
+    people = [
+        {"value_tier": "top", "clv_12m": 900.0},
+        {"value_tier": "middle", "clv_12m": 250.0},
+        {"value_tier": "low", "clv_12m": 900.0},
+        {"value_tier": "top", "clv_12m": 100.0},
+        {"value_tier": None, "clv_12m": None},  # no CLV yet: unknown is out
+    ]
+    expected = [True, True, False, False, False]
+    assert [addon.is_eligible(p) for p in people] == expected
+    assert addon.eligible_mask(pd.DataFrame(people)).tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("rule", "error"),
+    [
+        ({"field": "value_tier", "op": ">", "value": "top"},
+         "op > needs a numeric field, 'value_tier' is text"),
+        ({"field": "value_tier", "op": "==", "value": 1},
+         "field 'value_tier' is text, got 1"),
+        ({"field": "clv_12m", "op": ">=", "value": "high"},
+         "field 'clv_12m' is numeric, got 'high'"),
+    ],
+)  # fmt: skip
+def test_bad_value_rules_name_the_field(rule: dict, error: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(error)):
+        Rule(**rule)

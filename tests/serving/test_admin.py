@@ -44,7 +44,7 @@ def test_report_served_behind_a_key(client: TestClient) -> None:
             "/promote/pricing",
             ADMIN,
             400,
-            "model: 'pricing' is not one of churn, propensity, bandit",
+            "model: 'pricing' is not one of churn, propensity, bandit, clv",
         ),
     ],
 )

@@ -497,3 +497,22 @@ def test_the_profile_view_logs_what_it_shows(deps: Deps) -> None:
     row = deps.ledger.decision(view.recommended.decision_id)
     assert row is not None and len(row.slots) == len(view.recommended.offers) == 3
     assert [s["offer_id"] for s in row.slots] == [o.offer_id for o in view.recommended.offers]
+
+
+def test_an_offer_for_top_value_customers_follows_their_tier(
+    deps: Deps, profiles: dict[str, dict[str, Any]]
+) -> None:
+    """A rule on ``value_tier`` (profile_v2's customer value) gates an offer in a decision."""
+    from offers.catalog import parse_catalog
+    from tests.offers.test_catalog import BASE
+
+    deps.catalog = parse_catalog(
+        BASE.replace("{field: plan, op: in, value: [prepaid, postpaid_s]}",
+                     "{field: value_tier, op: ==, value: top}")
+    )  # fmt: skip
+    shown = {}
+    for tier in ("top", "low"):
+        profiles["c-post"]["value_tier"] = tier
+        r = decide(_req(customer_id="c-post", max_offers=5), deps)
+        shown[tier] = deps.ledger.decision(r.decision_id).probabilities
+    assert "data_addon" in shown["top"] and "data_addon" not in shown["low"]

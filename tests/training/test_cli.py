@@ -21,7 +21,10 @@ BAD = [
         ["train", "churn"],
         r"^error: events: .*batch\.parquet is missing \(run `nextbest features build` first\)$",
     ),
-    (["promote", "ranker"], r"^error: model: 'ranker' is not one of churn, propensity, bandit$"),
+    (
+        ["promote", "ranker"],
+        r"^error: model: 'ranker' is not one of churn, propensity, bandit, clv$",
+    ),
     (
         ["promote", "bandit"],
         r"^error: model: 'bandit' has no challenger; run `nextbest train bandit`",
