@@ -21,9 +21,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nextbest.settings import Settings
 
 
-def progress_bar() -> Progress:
+def progress_bar(label: str = "replay") -> Progress:
     return Progress(
-        TextColumn("[bold]replay"),
+        TextColumn(f"[bold]{label}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[status]}"),

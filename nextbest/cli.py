@@ -61,6 +61,7 @@ bench_app.command("uplift")(cli_experiments.bench_uplift)
 bench_app.command("journey-coverage")(cli_journeys.bench_journey_coverage)
 bench_app.command("journeys")(cli_journeys.bench_journeys_cmd)
 bench_app.command("outbound")(cli_outbound.bench_outbound_cmd)
+bench_app.command("bandit")(cli_experiments.bench_bandit)
 
 app.add_typer(cli_features.identity_app, name="identity")
 app.add_typer(cli_features.features_app, name="features")
