@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from serving.policy import epsilon_greedy
-from training.bandit import IDENTIFIERS, action_line, format_example
+from training.bandit import IDENTIFIERS, action_line, format_example, margin
 
 
 @dataclass(frozen=True)
@@ -242,13 +242,16 @@ class VWPeer(Peer):
         self.name = name
         self.scale = scale
         self.lines = {k: action_line(k, v) for k, v in actions.items()}
+        self.margins = {k: margin(v) for k, v in actions.items()}
         args = f"--cb_explore_adf {VW_EXPLORERS[name]} -q ua -q ca -l 0.1 --quiet"
         self.vw = vowpalwabbit.Workspace(f"{args} --random_seed {seed}")
 
     def _example(self, v: LeagueVisit, label: tuple[int, float, float] | None = None) -> list[str]:
         actions = [(o, self.lines[o]) for o in v.allowed]
         scores = {o: s / self.scale for o, s in v.values.items()}
-        return format_example(v.features, v.channel, v.context, actions, label, scores)
+        # the served bandit's priors (``BanditPolicy._priors``): the same information
+        priors = {o: p * self.margins.get(o, 0.0) / self.scale for o, p in v.p_treated.items()}
+        return format_example(v.features, v.channel, v.context, actions, label, scores, priors)
 
     def distributions(self, visits: Sequence[LeagueVisit]) -> list[dict[str, float]]:
         out = []

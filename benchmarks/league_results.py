@@ -115,12 +115,14 @@ def plot_league(
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    styles = ["-", "--", "-.", ":"]
-    for k, (name, ys) in enumerate(sorted(curve.items())):
+    styles, colours = ["-", "--", "-.", ":"], plt.get_cmap("tab20").colors
+    # best first in the legend: the final segment's figure
+    for k, (name, ys) in enumerate(sorted(curve.items(), key=lambda kv: -kv[1][-1])):
         if name == nextbest:
             ax.plot(curve_visits, ys, "k-o", lw=2.5, ms=4, label=f"{name} (Nextbest, served)")
         else:
-            ax.plot(curve_visits, ys, styles[k % 4], color=f"C{k % 10}", lw=1.3, label=name)
+            ax.plot(curve_visits, ys, styles[k % 4], color=colours[(2 * k) % 20 + k // 10 % 2],
+                    lw=1.4, label=name)  # fmt: skip
     ax.axhline(0.0, color="grey", lw=0.8)
     ax.set_xlabel("visits")
     ax.set_ylabel("share of the random-to-oracle gap closed (truth)")
