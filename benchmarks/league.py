@@ -16,8 +16,11 @@ How the comparison is kept fair and cheap, per seed:
    pay for the pipeline on every visit; they only choose among the offers it allowed.
 3. Every policy's value is the truth's expected incremental value under its probabilities
    over the last ``window`` visits; gap closed = (policy - random) / (oracle - random).
-One asymmetry is kept, and is in Nextbest's disfavour or neutral: contact caps count the
-served policy's own shows, so peers choose on the menus the served policy's history left.
+One asymmetry is kept: contact caps and suppression count the served policy's own shows, so
+its choices shape its own later menus while a peer chooses on the menus the served run left
+and its choices shape none. Measured, it may flatter the peers: the same VW learner replayed
+as a peer closes more than served (docs/benchmarks.md, "Bandit league"), though a check
+shows both compute the same distributions from the same data.
 """
 
 from __future__ import annotations
