@@ -215,7 +215,8 @@ def run_league(
     )  # fmt: skip
     if plot:
         ours = result.policies[nextbest].mean
-        title = f"Bandit league, {visits:,} visits x {len(seeds)} seeds: {nextbest} {ours:.2f}"
+        runs = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
+        title = f"Bandit league, {visits:,} visits x {runs}: {nextbest} {ours:.2f}"
         path = settings.reports_dir / "bandit_league.png"
         result.plot = str(plot_league(ends, curve, nextbest, path, title))
     return result
