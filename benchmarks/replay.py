@@ -38,6 +38,7 @@ from benchmarks.replay_harness import (
 from benchmarks.replay_results import (
     Checkpoint,
     ReplayResult,
+    ReplayTrace,
     gap,
     greedy_value,
     linear_ceiling,
@@ -69,13 +70,20 @@ def _drew(response: Any) -> bool:
 
 
 def _outcomes(
-    rng: np.random.Generator, p1: np.ndarray, p0: np.ndarray, shown: int
+    rng: np.random.Generator,
+    p1: np.ndarray,
+    p0: np.ndarray,
+    shown: int,
+    draws: np.ndarray | None = None,
 ) -> list[tuple[int, str]]:
     """What the customer buys in the window: the shown offer at its treated rate, every other
-    product at its untreated rate (offer index, outcome type)."""
+    product at its untreated rate (offer index, outcome type). ``draws``: the visit's uniform
+    draws, one per product (common random numbers: the same offer shown to the same visit
+    buys the same products, whatever policy showed it); else drawn from ``rng``."""
     p = p0.copy()
     p[shown] = p1[shown]
-    bought = np.flatnonzero(rng.random(len(p)) < p)
+    u = rng.random(len(p)) if draws is None else draws
+    bought = np.flatnonzero(u < p)
     return [(int(j), "conversion" if j == shown else "revenue") for j in bought]
 
 
@@ -137,6 +145,8 @@ def run_replay(
     span_days: float | None = None,
     plot: bool = True,
     progress: bool = True,
+    draws: np.ndarray | None = None,
+    trace: ReplayTrace | None = None,
 ) -> ReplayResult:
     """Drive ``visits`` simulated visits through the real decision pipeline (see module doc).
 
@@ -185,6 +195,8 @@ def run_replay(
     frame = truth.sample_visits(rng, visits, span_days=span)
     offer_ids = list(truth.catalog.ids)
     col = {o: j for j, o in enumerate(offer_ids)}
+    if draws is not None and draws.shape != (visits, len(offer_ids)):
+        raise ValueError(f"draws: shape {draws.shape}, expected {(visits, len(offer_ids))}")
     p1, p0, values, value, cost = _truth_matrices(truth, frame, offer_ids)
     actions, _ = catalog_actions(settings)
     scale = float(np.median(value[value > 0]))
@@ -209,6 +221,8 @@ def run_replay(
     probs = np.zeros(values.shape)
     treated = np.zeros(visits, dtype=bool)
     treated_ids: list[str] = []  # their decisions, in visit order
+    slots = np.zeros(visits, dtype=np.int64)  # each visit's window of world time
+    decision_of: list[str | None] = [None] * visits
     checked = matched = 0
     curve: list[Checkpoint] = []
     retrains: list[dict[str, Any]] = []
@@ -225,6 +239,7 @@ def run_replay(
             with timed(spent, "learner"):
                 learn_matured(deps, clock.at)
             batch_visits = list(frame.iloc[lo:hi].itertuples(index=False))
+            slots[lo:hi] = slot
             times = [v.at.to_pydatetime() for v in batch_visits]
             bandit.calls.clear()
             with timed(spent, "decide"):
@@ -244,6 +259,7 @@ def run_replay(
                     allowed[i, col[o]], probs[i, col[o]] = True, p
                 treated[i] = True
                 treated_ids.append(response.decision_id)
+                decision_of[i] = response.decision_id
                 if i % check_every == 0:
                     row = deps.ledger.decision(response.decision_id)
                     checked += 1
@@ -259,7 +275,10 @@ def run_replay(
                                                    + p1[i, j] * (value[j] - cost[j])))]  # fmt: skip
                 else:
                     bought = [
-                        (k, kind, float(value[k])) for k, kind in _outcomes(rng, p1[i], p0[i], j)
+                        (k, kind, float(value[k]))
+                        for k, kind in _outcomes(
+                            rng, p1[i], p0[i], j, None if draws is None else draws[i]
+                        )
                     ]
                 for k, kind, amount in bought:
                     order = f"{visit.visit_id}:{offer_ids[k]}"  # one purchase, one order
@@ -302,6 +321,11 @@ def run_replay(
                 last = hi
             bar.update(task, advance=hi - lo)
     seconds = time.perf_counter() - start
+    if trace is not None:
+        trace.fill(offer_ids=offer_ids, value=value, cost=cost, values=values, p1=p1, p0=p0,
+                   allowed=allowed, probs=probs, treated=treated, slots=slots,
+                   decision_ids=decision_of, logs=deps.ledger.logs(), scale=scale,
+                   seconds=seconds)  # fmt: skip
     window = window or max(1, min(10_000, visits // 5))
     tail = np.flatnonzero(treated[visits - window :]) + visits - window
     pol, rnd, single, orc, best = summarise(values[tail], allowed[tail], probs[tail])

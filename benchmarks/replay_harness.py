@@ -21,9 +21,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nextbest.settings import Settings
 
 
-def progress_bar() -> Progress:
+def progress_bar(label: str = "replay") -> Progress:
     return Progress(
-        TextColumn("[bold]replay"),
+        TextColumn(f"[bold]{label}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[status]}"),
@@ -47,16 +47,16 @@ class Recorder:
         return self.policy.version
 
     def distribution(
-        self, features: dict, channel: str, context: dict, allowed: list[str], scores: Any = None
+        self, features: dict, channel: str, context: dict, allowed: list[str], *scores: Any
     ) -> dict[str, float]:
-        self.last = self.policy.distribution(features, channel, context, allowed, scores)
+        self.last = self.policy.distribution(features, channel, context, allowed, *scores)
         self.calls.append(self.last)
         return self.last
 
     def choose(
-        self, features: dict, channel: str, context: dict, allowed: list[str], scores: Any = None
+        self, features: dict, channel: str, context: dict, allowed: list[str], *scores: Any
     ) -> Any:
-        offer, self.last = self.policy.choose(features, channel, context, allowed, scores)
+        offer, self.last = self.policy.choose(features, channel, context, allowed, *scores)
         self.calls.append(self.last)
         return offer, self.last
 

@@ -7,6 +7,7 @@ without driving a pipeline.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,38 @@ class ReplayResult(BaseModel):
     stage_seconds: dict[str, float] = {}  # where the time went: the pipeline's stages
     # (``serving.stages``) and ``decide`` (all of them), then the replay's own parts: the
     # learner's ticks, the outcome reports, the retrains
+
+
+@dataclass
+class ReplayTrace:
+    """What one replay through the served pipeline saw, per visit, for policies replayed on
+    the same visits (:mod:`benchmarks.league`): the truth (``p1``, ``p0``: visits x offers
+    conversion rates treated and untreated; ``values``: incremental values), what the pipeline
+    allowed and the served policy's probabilities, which visits were treated, each visit's
+    window of world time (``slots``: rewards are learned once their window has closed), the
+    decision id of each treated visit and the replay's ledger (``logs``: the features, context
+    and model scores each decision saw). Empty until :meth:`fill`."""
+
+    offer_ids: list[str] = field(default_factory=list)
+    value: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    cost: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    values: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    p1: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    p0: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    allowed: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))
+    probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    treated: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    slots: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    decision_ids: list[str | None] = field(default_factory=list)
+    logs: Any = None  # pandas.DataFrame of the replay's decisions (``Ledger.logs``)
+    scale: float = 1.0  # the reward scale the served bandit learned with
+    seconds: float = 0.0  # the served replay's wall time
+
+    def fill(self, **parts: Any) -> None:
+        for name, value in parts.items():
+            if not hasattr(self, name):
+                raise AttributeError(f"ReplayTrace has no field {name!r}")
+            setattr(self, name, value)
 
 
 def gap(policy: float, random: float, oracle: float) -> float:

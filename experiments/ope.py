@@ -26,9 +26,16 @@ class FixedPolicy:
         self.version = f"offer:{offer_id}" if offer_id else "uniform"
 
     def distribution(
-        self, features: Any, channel: str, context: Any, allowed: list[str], scores: Any = None
+        self,
+        features: Any,
+        channel: str,
+        context: Any,
+        allowed: list[str],
+        scores: Any = None,
+        p_treated: Any = None,
     ) -> dict:
-        """The policy's distribution; ``scores`` (the models' values) do not move a fixed one."""
+        """The policy's distribution; ``scores`` and ``p_treated`` (the models' values and
+        treated rates) do not move a fixed one."""
         if self.offer_id in allowed:
             return {o: float(o == self.offer_id) for o in allowed}
         return {o: 1.0 / len(allowed) for o in allowed}

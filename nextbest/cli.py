@@ -65,6 +65,7 @@ bench_app.command("journeys")(cli_journeys.bench_journeys_cmd)
 bench_app.command("outbound")(cli_outbound.bench_outbound_cmd)
 bench_app.command("clv")(cli_clv.bench_clv_cmd)
 bench_app.command("console")(cli_serving.bench_console_cmd)
+bench_app.command("bandit")(cli_experiments.bench_bandit)
 
 app.add_typer(cli_features.identity_app, name="identity")
 app.add_typer(cli_features.features_app, name="features")

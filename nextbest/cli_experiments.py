@@ -126,3 +126,33 @@ def replay(
                 f"its model class fitted on the truth itself closes {result.linear_ceiling:.2f}"
             )
     emit(result.model_dump(), as_json)
+
+
+def bench_bandit(
+    visits: Annotated[int, typer.Option(min=10, help="simulated visits per seed")] = 20_000,
+    seeds: Annotated[str, typer.Option(help="comma-separated seeds of the visits")] = "1,2,3",
+    retrain_every: Annotated[
+        int, typer.Option(min=1, help="retrain the served bandit from the ledger every K visits")
+    ] = 10_000,
+    as_json: JsonFlag = False,
+) -> None:
+    """The bandit league: Nextbest's served policy against uniform random, the best single
+    offer, propensity x value, uplift greedy, epsilon-greedy, LinUCB, linear Thompson sampling,
+    VW's explorers and the oracle, on the same visits, scored by the simulator's truth."""
+    from benchmarks.league import run_league
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        fail(f"seeds: {seeds!r} is not a comma-separated list of integers")
+    try:
+        result = run_league(get_settings(), visits, seed_list, retrain_every=retrain_every)
+    except ValueError as exc:
+        fail(str(exc))
+    if not as_json:
+        for name, p in sorted(result.policies.items(), key=lambda kv: -kv[1].mean):
+            mark = " <- Nextbest" if name == result.nextbest else ""
+            gaps = ", ".join(f"{g:.2f}" for g in p.gap_closed)
+            console.print(f"{name:>18}  gap closed {p.mean:5.2f}  ({gaps}){mark}")
+        console.print(f"learning curves: {result.plot}")
+    emit(result.model_dump(), as_json)

@@ -363,16 +363,20 @@ def explore(
     request: DecideRequest,
     deps: Deps,
     reasons: list[str],
+    p_treated: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """The final distribution over the allowed set: the bandit's, or an epsilon floor."""
+    """The final distribution over the allowed set: the bandit's, or an epsilon floor.
+    ``p_treated``: the uplift model's conversion probability of each offer if shown."""
     allowed = list(values)
     if deps.bandit is not None and allowed:
         try:
             # only the distribution is needed: the draw is ours, with the logged probability
             spread = getattr(deps.bandit, "distribution", None)
             args = (features, request.channel, request.context.model_dump(), allowed)
-            # the models' expected incremental values: the bandit starts from their ranking
-            probs = spread(*args, values) if spread else deps.bandit.choose(*args, values)[1]
+            # the models' expected incremental values (and treated rates, when known): the
+            # bandit starts from their ranking
+            more = (values, p_treated) if p_treated else (values,)
+            probs = spread(*args, *more) if spread else deps.bandit.choose(*args, *more)[1]
             new = cold_offers(deps.bandit, allowed)
             if new:  # explored, not a fallback: the bandit still ranks the others
                 reasons.append(f"cold start: bandit explores new offers {', '.join(new)}")
@@ -590,7 +594,8 @@ def _plan_part(
     with times("bandit"):
         for v in visits:
             if v.arm is None or v.arm.arm != "holdout":
-                v.probs = explore(v.values, v.features, v.request, deps, v.reasons)
+                v.probs = explore(v.values, v.features, v.request, deps, v.reasons,
+                                  v.detail.get("p_treated"))  # fmt: skip
         for v in visits:
             out.append(_draw(v, deps, since, versions))
     return out

@@ -183,7 +183,7 @@ def _learn(deps: Any, learner: Learner, upper: datetime) -> int:
                 try:
                     policy.learn(
                         ex.features, ex.channel, ex.context, ex.allowed, ex.offer_id,
-                        ex.propensity, ex.reward, ex.scores,
+                        ex.propensity, ex.reward, ex.scores, ex.p_treated,
                     )  # fmt: skip
                 except ValueError as exc:  # this decision can never be learned: pass it over
                     learner.refused += 1

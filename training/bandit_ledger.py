@@ -63,7 +63,7 @@ def logged_examples(
     if reward not in COUNTED:
         raise ValueError(f"reward: {reward!r} is not one of {', '.join(COUNTED)}")
     cols = ["decision_id", "ts", "features", "channel", "context", "allowed", "offer_id"]
-    cols += ["propensity", "probabilities", "reward", "scores"]
+    cols += ["propensity", "probabilities", "reward", "scores", "p_treated"]
     if logs.empty:
         return pd.DataFrame(columns=cols)
     df = logs[(logs["arm"] == "treatment") & logs["offer_id"].notna() & logs["propensity"].notna()]
@@ -80,6 +80,7 @@ def logged_examples(
     df["reward"] = df["decision_id"].map(net).fillna(0.0).astype(float).to_numpy()
     df["context"] = df["context"].map(lambda c: {k: v for k, v in c.items() if k != "features"})
     df["allowed"] = df["probabilities"].map(lambda p: list(p))
+    df["p_treated"] = df["scores"].map(_treated_rates)
     df["scores"] = df["scores"].map(_model_values)
     return df[cols].sort_values("ts").reset_index(drop=True)
 
@@ -98,12 +99,18 @@ def _model_values(scores: Any) -> dict[str, float] | None:
     return value if isinstance(value, dict) and value else None
 
 
+def _treated_rates(scores: Any) -> dict[str, float] | None:
+    """The uplift model's conversion probabilities if shown, logged with a decision, if any."""
+    rates = scores.get("p_treated") if isinstance(scores, dict) else None
+    return rates if isinstance(rates, dict) and rates else None
+
+
 def fit(policy: BanditPolicy, examples: pd.DataFrame) -> BanditPolicy:
     """One pass over logged examples in time order (what the policy would have seen online)."""
     for r in examples.itertuples(index=False):
         policy.learn(
             r.features, r.channel, r.context, r.allowed, r.offer_id, r.propensity, r.reward,
-            getattr(r, "scores", None),
+            getattr(r, "scores", None), getattr(r, "p_treated", None),
         )  # fmt: skip
     return policy
 
@@ -111,8 +118,8 @@ def fit(policy: BanditPolicy, examples: pd.DataFrame) -> BanditPolicy:
 def logged_distribution(policy: Any, row: Any) -> dict[str, float]:
     """A policy's distribution for a logged example (a row of :func:`logged_examples`), given
     the model scores the decision saw (a fixed policy ignores them)."""
-    scores = getattr(row, "scores", None)
-    return policy.distribution(row.features, row.channel, row.context, row.allowed, scores)
+    scores, rates = getattr(row, "scores", None), getattr(row, "p_treated", None)
+    return policy.distribution(row.features, row.channel, row.context, row.allowed, scores, rates)
 
 
 def target_probabilities(policy: Any, examples: pd.DataFrame) -> np.ndarray:

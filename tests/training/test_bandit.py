@@ -56,6 +56,20 @@ def test_model_scores_are_an_action_feature_and_identifiers_are_not() -> None:
     assert policy._scaled({"disc": 2.0}) == {"disc": 0.5}  # scores in the units of the costs
 
 
+def test_the_converting_margin_rides_beside_the_uplift_score() -> None:
+    """``pm`` = P(convert | shown) x (value - cost), in reward units, in namespace ``s`` next
+    to the uplift score: the bandit can learn to trust either (the bandit league)."""
+    actions = [(o, action_line(o, ACTIONS[o])) for o in ("disc", "none")]
+    lines = format_example({"arpu": 3.0}, "web", {}, actions, scores={"disc": 0.25},
+                           priors={"disc": 0.5, "none": 0.0})  # fmt: skip
+    assert lines[1] == "|a offer=disc category=discount |v cost:2 |s uplift:0.25 pm:0.5"
+    assert lines[2] == "|a offer=none category=none"
+    assert format_example({}, "web", {}, actions, priors={"disc": 0.5})[1].endswith("|s pm:0.5")
+    policy = BanditPolicy({"a": {"value": 10.0, "cost": 2.0}, "b": {"value": 5}}, reward_scale=4.0)
+    assert policy._priors({"a": 0.5, "b": 0.2}) == {"a": 1.0, "b": 0.25}
+    assert policy._priors(None) is None
+
+
 def test_the_bandit_starts_from_the_model_scores() -> None:
     """Where the scores rank offers right, the bandit follows them after a few hundred visits
     even though its customer features say nothing: one weight learns to trust the model
