@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/nextbest demo $(ARGS)
 
+# two workers, a file each at a time (module fixtures such as a served home stay per file)
 test: setup chromium
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs -n 2 --dist loadfile
 
 # the console's browser test needs Debian's chromium: installed here when missing and root,
 # else the test skips and says why

@@ -53,10 +53,11 @@ def _column(dtype: Any, name: str, n: int, rng: np.random.Generator, end: dateti
 
 
 def stored_views(store: Any) -> list[Any]:
-    """The views ``features materialize`` fills (online, with a batch source)."""
-    from features.store import _materialized_views
+    """The views ``features materialize`` fills (online, with a batch source), written here
+    whether or not their source files exist."""
+    from features.store import online_batch_views
 
-    return _materialized_views(store)
+    return online_batch_views(store)
 
 
 def synthetic_columns(

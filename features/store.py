@@ -155,11 +155,16 @@ def apply_repo(store: FeatureStore) -> dict[str, Any]:
     }
 
 
-def _materialized_views(store: FeatureStore) -> list[Any]:
+def online_batch_views(store: FeatureStore) -> list[Any]:
+    """Every online view fed from a batch source: what the online store holds a row of."""
+    return [v for v in store.list_feature_views() if v.online and v.batch_source is not None]
+
+
+def materialized_views(store: FeatureStore) -> list[Any]:
     """Online views with a batch source file to load: a view whose file is not written (the
-    segments view of a home built before it, or by a path that writes only the snapshots)
-    is skipped, not an error."""
-    views = [v for v in store.list_feature_views() if v.online and v.batch_source is not None]
+    segments view of a home built before it, the customer value before `clv train`) is
+    skipped, not an error."""
+    views = online_batch_views(store)
     return [v for v in views if (store.config.repo_path / v.batch_source.path).exists()]
 
 
@@ -188,7 +193,7 @@ def materialize(
     one view at a time under a Rich progress bar. Returns rows, seconds and rows/s."""
     from rich.progress import Progress
 
-    views = _materialized_views(store)
+    views = materialized_views(store)
     end = end or max([datetime.now(UTC), *(_latest(store, v) for v in views)])
     start = start or end - timedelta(days=3650)
     rows, t0 = 0, time.perf_counter()

@@ -75,14 +75,18 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultServer]:
 @pytest.fixture(scope="module")
 def figures(served: FaultServer) -> dict[str, Any]:
     """``bench faults``' measurement, in short phases, against the file's server."""
-    first = httpx.post(
-        f"{served.base}/decide",
-        json={"customer_id": customer(1), "channel": "web"},
-        headers=CHANNEL,
-    )
-    assert first.status_code == 200, served.log.read_text()[-3000:]
-    assert first.json()["customer_id"] == customer(1)  # known: its features are read
-    assert _features_reason(first.json()) is None  # Redis answers: features read
+    for _ in range(5):  # a cold first read on a busy machine may miss the 100 ms deadline
+        first = httpx.post(
+            f"{served.base}/decide",
+            json={"customer_id": customer(1), "channel": "web"},
+            headers=CHANNEL,
+        )
+        assert first.status_code == 200, served.log.read_text()[-3000:]
+        assert first.json()["customer_id"] == customer(1)  # known: its features are read
+        if _features_reason(first.json()) is None:  # Redis answers: features read
+            break
+        time.sleep(0.5)
+    assert _features_reason(first.json()) is None, first.json()["reasons"]
     got = measure_faults(served, seconds=SECONDS)
     print("--json", json.dumps(got))
     return got
