@@ -20,12 +20,10 @@ from sqlalchemy import Engine
 from features import graph_store as gs
 from features import normalize as nz
 from features.identity_records import Record, prepare
-from features.linkage import Linker, Node, assign_ids
+from features.linkage import KEY_KINDS, Linker, Node, assign_ids, key_kind
 
 # identifier field -> key type; the order is the lookup priority, strongest first
-KEY_TYPES = dict(
-    login_id="login", loyalty_id="loyalty", cookie_id="cookie", email="email", phone="phone"
-)
+KEY_TYPES = KEY_KINDS
 STRONG = ("login_id", "loyalty_id", "cookie_id")
 
 
@@ -86,9 +84,7 @@ class IdentityGraph:
     @staticmethod
     def _key_type(field: str, value: str) -> str:
         """Stored key type: as the field, except that personal mobiles are told from landlines."""
-        if field == "phone" and nz.is_mobile(value):
-            return "mobile"
-        return KEY_TYPES[field]
+        return key_kind(field, value)
 
     def _canonical(self, ids: Identifiers) -> dict[str, str]:
         return canonical_identifiers(ids, self.region)
@@ -124,7 +120,7 @@ class IdentityGraph:
         stored_by_key: dict[str, list[int]] = defaultdict(list)
         for kh, cid in owners:
             stored_by_key[kh].append(index[cid])
-        linker.link_keys(h["keys"], stored_by_key, list(KEY_TYPES))
+        linker.link_keys(h["keys"], stored_by_key, list(KEY_TYPES), h["types"])
         if self.name_only:
             named = [(index[c], full) for c, v in info.items() for full in v["fulls"]]
             named += list(enumerate(zip(h["first"], h["last"], strict=True)))

@@ -16,8 +16,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from features import normalize as nz
+from features.identity_records import Record
 
 EXCLUSIVE = ("login", "loyalty", "mobile")  # one person holds at most one of each
+HELD = ("login", "loyalty", "mobile", "phone")  # key types the guards compare
+# identifier field -> stored key type, strongest first (phones: "mobile" or "phone")
+KEY_KINDS = dict(
+    login_id="login", loyalty_id="loyalty", cookie_id="cookie", email="email", phone="phone"
+)
+# stored key type -> the word rule names use
+RULES = dict(
+    login_id="login", loyalty_id="loyalty_card", email="email", mobile="mobile", phone="landline"
+)
+MAX_PASSES = 4  # over e-mails and phones; a pass that joins nothing ends it
 # (salted hashes of the name's variants, plain text when the record is in this batch)
 Name = tuple[frozenset[str], str | None]
 
@@ -64,6 +75,7 @@ class Linker:
         self.parent = list(range(len(nodes)))
         self.nodes = nodes
         self.max_size, self.max_names = max_size, max_names
+        self.links: list[tuple[int, int, str]] = []  # (node, node, rule) of every union made
         self.stats = dict.fromkeys(
             (
                 "refused_size",
@@ -81,8 +93,9 @@ class Linker:
             i = self.parent[i]
         return i
 
-    def union(self, a: int, b: int, *, need_names: bool) -> bool:
-        """Join two clusters unless a guard refuses; ``need_names`` asks for agreeing names."""
+    def union(self, a: int, b: int, *, need_names: bool, rule: str) -> bool:
+        """Join two clusters unless a guard refuses; ``need_names`` asks for agreeing names.
+        A union made is remembered as ``(a, b, rule)`` for ``identity explain``."""
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
             return True
@@ -101,6 +114,7 @@ class Linker:
             return False
         keep, gone = (ra, rb) if ra < rb else (rb, ra)
         self.parent[gone] = keep
+        self.links.append((a, b, rule))
         k, g = self.nodes[keep], self.nodes[gone]
         k.size += g.size
         k.firsts |= g.firsts
@@ -123,28 +137,43 @@ class Linker:
         return any(ha.get(k) and hb.get(k) and ha[k].isdisjoint(hb[k]) for k in EXCLUSIVE)
 
     def link_keys(
-        self, keys: list[dict[str, str]], stored: dict[str, list[int]], order: list[str]
+        self,
+        keys: list[dict[str, str]],
+        stored: dict[str, list[int]],
+        order: list[str],
+        kinds: list[dict[str, str]],
     ) -> None:
         """Every key type in ``order`` (strongest first): group batch records (``keys``: field
-        -> key hash per record) and stored customers (``stored``: key hash -> nodes) on it."""
+        -> key per record; ``kinds``: field -> stored key type) and stored customers
+        (``stored``: key -> nodes) on it. E-mails and phones are passed over again while
+        unions happen: a cluster grown on a phone may now agree by name with one on an e-mail."""
+        groups: dict[str, list[tuple[str, list[int]]]] = {}
         for column in order:
-            groups: dict[str, list[int]] = defaultdict(list)
+            by_key: dict[str, list[int]] = defaultdict(list)
             for i, ks in enumerate(keys):
                 if column in ks:
-                    groups[ks[column]].append(i)
-            for kh, group in groups.items():
-                group += stored.get(kh, [])
-                if column in ("login_id", "loyalty_id"):
-                    self.link_all(group)
-                elif column == "cookie_id":
+                    by_key[ks[column]].append(i)
+            groups[column] = [(kh, g + stored.get(kh, [])) for kh, g in by_key.items()]
+        for column in ("login_id", "loyalty_id", "cookie_id"):
+            for _, group in groups.get(column, []):
+                if column == "cookie_id":
                     self.link_cookie(group)
                 else:
-                    self.link_guarded(group)
+                    self.link_all(group, RULES[column])
+        base = self.stats["ambiguous_keys"]
+        for _ in range(MAX_PASSES):
+            self.stats["ambiguous_keys"] = base
+            made = len(self.links)
+            for column in (c for c in order if c in ("email", "phone")):
+                for _, group in groups[column]:
+                    self.link_guarded(group, RULES[kinds[group[0]][column]])
+            if len(self.links) == made:
+                break
 
-    def link_all(self, group: list[int]) -> None:
+    def link_all(self, group: list[int], kind: str) -> None:
         """Strong keys (login, loyalty card): everyone sharing the key, subject to the caps."""
         for other in group[1:]:
-            self.union(group[0], other, need_names=False)
+            self.union(group[0], other, need_names=False, rule=f"same_{kind}")
 
     def link_cookie(self, group: list[int]) -> None:
         """A cookie joins the one person who logged in with it; shared devices link nobody."""
@@ -154,7 +183,7 @@ class Linker:
             return
         anchor = logged[0] if logged else group[0]
         for other in group:
-            self.union(anchor, other, need_names=True)
+            self.union(anchor, other, need_names=True, rule="cookie_with_login")
 
     def link_by_name(self, named: list[tuple[int, tuple[str, str]]]) -> None:
         """Opt-in last resort for pieces that share no key: a full name (canonical first + last
@@ -165,30 +194,81 @@ class Linker:
             holders[full].add(self.find(i))
         for full in sorted(holders):
             roots = sorted({self.find(r) for r in holders[full]})
-            if len(roots) == 2 and self.union(roots[0], roots[1], need_names=True):
+            if len(roots) == 2 and self.union(
+                roots[0], roots[1], need_names=True, rule="same_full_name"
+            ):
                 self.stats["joined_by_name"] += 1
 
-    def link_guarded(self, group: list[int]) -> None:
+    def link_guarded(self, group: list[int], kind: str) -> None:
         """E-mail or phone: merge only clusters whose names agree; nameless ones join the one
-        named cluster on the key, and stay apart when the key is shared by several people."""
-        roots = sorted({self.find(i) for i in group})
-        named = [r for r in roots if self.nodes[r].firsts]
-        unnamed = [r for r in roots if not self.nodes[r].firsts]
+        named cluster on the key, and stay apart when the key is shared by several people.
+        Unions inside a key several people share are named ``name_in_shared_<kind>``."""
+        member: dict[int, int] = {}  # cluster root -> its first record holding the key
+        for i in group:
+            member.setdefault(self.find(i), i)
+        named = [m for r, m in sorted(member.items()) if self.nodes[r].firsts]
+        unnamed = [m for r, m in sorted(member.items()) if not self.nodes[r].firsts]
+        start = len(self.links)
         buckets: list[int] = []
-        for r in named:
+        for m in named:
             for b in buckets:
-                if self.union(b, r, need_names=True):
+                if self.union(b, m, need_names=True, rule=f"same_{kind}"):
                     break
             else:
-                buckets.append(self.find(r))
-        buckets = sorted({self.find(b) for b in buckets})
-        if len(buckets) > 1 and unnamed:
-            self.stats["ambiguous_keys"] += 1
+                buckets.append(m)
+        if len({self.find(b) for b in buckets}) > 1:
+            shared = f"name_in_shared_{kind}"
+            self.links[start:] = [(a, b, shared) for a, b, _ in self.links[start:]]
+            if unnamed:
+                self.stats["ambiguous_keys"] += 1
             return
         anchor = buckets[0] if buckets else (unnamed[0] if unnamed else None)
-        for r in unnamed:
+        for m in unnamed:
             if anchor is not None:
-                self.union(anchor, r, need_names=True)
+                self.union(anchor, m, need_names=True, rule=f"same_{kind}")
+
+
+@dataclass
+class BlockLinks:
+    """The clusters of one block: a label per record (0..k-1, in order of first appearance)
+    and every union made, as (record index, record index, rule)."""
+
+    labels: list[int]
+    links: list[tuple[int, int, str]]
+
+
+def key_kind(field: str, value: str) -> str:
+    """Stored key type of a canonical identifier: the field's, with mobiles told from
+    landlines (a mobile is personal, a landline is shared by a household)."""
+    if field == "phone" and nz.is_mobile(value):
+        return "mobile"
+    return KEY_KINDS[field]
+
+
+def record_node(record: Record) -> Node:
+    """A batch record as the linker sees it, names in plain text (compared with rapidfuzz)."""
+    kinds = {f: key_kind(f, v) for f, v in record.keys.items()}
+    first, last = record.first, record.last
+    return Node(
+        1,
+        {(nz.name_variants(first, True), first)} if first else set(),
+        {(nz.name_variants(last, False), last)} if last else set(),
+        "login_id" in record.keys,
+        {t: {record.keys[f]} for f, t in kinds.items() if t in HELD},
+    )
+
+
+def link_block(records: list[Record], *, max_size: int, max_names: int) -> BlockLinks:
+    """Cluster one block of records (those connected by any shared key) into people, in a
+    fresh graph (no stored customer): pure and deterministic, so a batch engine may call it
+    block by block, in any process, and get the same answer as one run over the whole input."""
+    nodes = [record_node(r) for r in records]
+    linker = Linker(nodes, max_size, max_names)
+    kinds = [{f: key_kind(f, v) for f, v in r.keys.items()} for r in records]
+    linker.link_keys([r.keys for r in records], {}, list(KEY_KINDS), kinds)
+    label: dict[int, int] = {}
+    labels = [label.setdefault(linker.find(i), len(label)) for i in range(len(records))]
+    return BlockLinks(labels, linker.links)
 
 
 def assign_ids(
