@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -20,10 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from features.identity_blocks import compute_blocks
+from features.identity_blocks import ROW_COLUMNS, compute_blocks, link_rows
 from features.identity_chunks import NAME_FIELDS, normalise_chunk, parsers
-from features.identity_records import KEY_FIELDS, IdentityInputError, Record
-from features.linkage import link_block
+from features.identity_records import KEY_FIELDS, IdentityInputError
 
 CANONICAL_COLUMNS = ("record_id", *KEY_FIELDS, *NAME_FIELDS)
 Progress = Callable[[str, int], None]  # (stage, records done)
@@ -63,23 +63,6 @@ class DuckRunner:
 
     def scalar(self, select_sql: str) -> int:
         return int(self.con.execute(select_sql).fetchall()[0][0])
-
-
-def link_rows(rows: list[tuple], max_size: int, max_names: int) -> list[int]:
-    """Cluster of each record of one block (the smallest ``rid`` in its cluster), by the
-    rules; ``rows`` are ``(rid, record_id, first, last, *KEY_FIELDS)`` in rid order."""
-    records = [
-        Record(rid_id, {f: v for f, v in zip(KEY_FIELDS, keys, strict=True) if v}, first, last)
-        for _, rid_id, first, last, *keys in rows
-    ]
-    labels = link_block(records, max_size=max_size, max_names=max_names).labels
-    smallest: dict[int, int] = {}
-    for (rid, *_), label in zip(rows, labels, strict=True):
-        smallest.setdefault(label, rid)  # rows come in rid order: the first is the smallest
-    return [smallest[label] for label in labels]
-
-
-ROW_COLUMNS = ("rid", "record_id", *NAME_FIELDS, *KEY_FIELDS)
 
 
 def link_blocks(
@@ -234,3 +217,26 @@ def _resolve(
         seconds={k: round(v, 3) for k, v in seconds.items()},
         out=str(out),
     )
+
+
+def run_batch(settings: Any, path: Path, out: Path, progress: Progress | None = None) -> dict:
+    """Batch resolution on the engine the settings name (``identity_batch_engine``): DuckDB in
+    process by default, Spark in local mode for the scale-out path (pyspark and Java needed).
+    Spark writes ``out`` as a Parquet folder."""
+    options = dict(
+        region=settings.region,
+        max_size=settings.identity_max_cluster,
+        max_names=settings.identity_max_names,
+    )
+    if settings.identity_batch_engine == "duckdb":
+        summary = resolve_csv(
+            path, out, memory_limit=settings.identity_batch_memory, progress=progress, **options
+        )
+        return {"engine": "duckdb", **summary.model_dump()}
+    from features.identity_spark import local_session, resolve_spark
+
+    spark = local_session()
+    try:
+        return {"engine": "spark", **resolve_spark(spark, path, out, **options).model_dump()}
+    finally:
+        spark.stop()

@@ -1,4 +1,5 @@
-"""Blocking for batch identity resolution, written once as SQL that DuckDB and Spark both run.
+"""Blocking for batch identity resolution, written once as SQL that DuckDB and Spark both run,
+and the per-block linking both engines call.
 
 A block is a connected component of records sharing any canonical identifier: no rule can link
 records in different blocks, so each block is linked on its own and memory is bounded by the
@@ -12,7 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from features.identity_records import KEY_FIELDS
+from features.identity_chunks import NAME_FIELDS
+from features.identity_records import KEY_FIELDS, Record
+from features.linkage import link_block
+
+# a record as the per-block linker reads it, in rid order within its block
+ROW_COLUMNS = ("rid", "record_id", *NAME_FIELDS, *KEY_FIELDS)
 
 
 class SqlRunner(Protocol):
@@ -79,3 +85,17 @@ def compute_blocks(
         f"SELECT rid, label AS block, count(*) OVER (PARTITION BY label) AS size FROM {final}",
     )
     return rounds
+
+
+def link_rows(rows: list[tuple], max_size: int, max_names: int) -> list[int]:
+    """Cluster of each record of one block (the smallest ``rid`` in its cluster), by the
+    rules; ``rows`` are ``(rid, record_id, first, last, *KEY_FIELDS)`` in rid order."""
+    records = [
+        Record(rid_id, {f: v for f, v in zip(KEY_FIELDS, keys, strict=True) if v}, first, last)
+        for _, rid_id, first, last, *keys in rows
+    ]
+    labels = link_block(records, max_size=max_size, max_names=max_names).labels
+    smallest: dict[int, int] = {}
+    for (rid, *_), label in zip(rows, labels, strict=True):
+        smallest.setdefault(label, rid)  # rows come in rid order: the first is the smallest
+    return [smallest[label] for label in labels]

@@ -16,13 +16,11 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel
 
-from features.identity_batch import ROW_COLUMNS, link_rows
-from features.identity_blocks import compute_blocks
-from features.identity_chunks import normalise_chunk
+from features.identity_blocks import ROW_COLUMNS, compute_blocks, link_rows
+from features.identity_chunks import NAME_FIELDS, normalise_chunk
 from features.identity_records import KEY_FIELDS, IdentityInputError
 from features.schema import IDENTITY_INPUT_COLUMNS
 
-NAME_FIELDS = ("first_name", "last_name")
 CANONICAL = ", ".join(f"{c} string" for c in ("record_id", *KEY_FIELDS, *NAME_FIELDS))
 
 

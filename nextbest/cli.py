@@ -12,6 +12,7 @@ import typer
 from pydantic import ValidationError
 
 from nextbest import (
+    cli_bench_identity,
     cli_experiments,
     cli_features,
     cli_journeys,
@@ -61,6 +62,7 @@ bench_app.command("uplift")(cli_experiments.bench_uplift)
 bench_app.command("journey-coverage")(cli_journeys.bench_journey_coverage)
 bench_app.command("journeys")(cli_journeys.bench_journeys_cmd)
 bench_app.command("outbound")(cli_outbound.bench_outbound_cmd)
+bench_app.command("identity")(cli_bench_identity.bench_identity)
 
 app.add_typer(cli_features.identity_app, name="identity")
 app.add_typer(cli_features.features_app, name="features")

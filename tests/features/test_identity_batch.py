@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import create_engine
 
-from features import identity_batch
+from features import identity_batch, identity_blocks
 from features.identity import IdentityGraph
 from features.identity_batch import DuckRunner, resolve_csv
 from features.identity_blocks import compute_blocks
@@ -48,7 +48,7 @@ def test_engine_links_block_by_block_and_reads_in_chunks(
 ) -> None:
     """The input is read chunk_rows at a time and link_block only ever sees one block."""
     chunks, calls = [], []
-    real_normalise, real_link = identity_batch.normalise_chunk, identity_batch.link_block
+    real_normalise, real_link = identity_batch.normalise_chunk, identity_blocks.link_block
 
     def normalise(chunk: pd.DataFrame, region: str):  # the real function, observed
         chunks.append(len(chunk))
@@ -59,7 +59,7 @@ def test_engine_links_block_by_block_and_reads_in_chunks(
         return real_link(records, **kw)
 
     monkeypatch.setattr(identity_batch, "normalise_chunk", normalise)
-    monkeypatch.setattr(identity_batch, "link_block", link)
+    monkeypatch.setattr(identity_blocks, "link_block", link)
     small = resolve_csv(records_csv, tmp_path / "small.parquet", chunk_rows=100, **OPTIONS)
     assert max(chunks) == 100 and sum(chunks) == 1500
     assert max(calls) == small.largest_block < 60
