@@ -68,7 +68,7 @@ merges = Table(
     Column("into_id", String(16), nullable=False, index=True),
     Column("merged_at", DateTime(timezone=True), nullable=False),
 )
-HELD = ("login", "loyalty", "mobile", "phone")  # key types the linker's guards compare
+HELD = ("login", "loyalty", "mobile", "phone", "email")  # as features.linkage.HELD
 CHUNK = 5000  # bound parameters per IN (...) query, well below SQLite's and PostgreSQL's limits
 
 

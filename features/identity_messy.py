@@ -108,6 +108,7 @@ class Person:
     login: str | None
     landline: str | None  # the household's
     family_email: str | None  # the household's
+    parent_mobile: str | None = None  # a parent's mobile, given for this person's contract
 
 
 class _Mess:
@@ -184,6 +185,15 @@ def _people(rng: random.Random, n_people: int) -> list[Person]:
     people: list[Person] = []
     numbers = iter(rng.sample(range(10_000_000, 100_000_000), 2 * n_people + 10))  # unique
     serial = iter(rng.sample(range(10**8), 4 * n_people + 10))
+    taken: set[str] = set()
+
+    def unique(stem: str, numbers: int, domain: str) -> str:
+        """An address nobody has yet: two Markus Krügers never share a mailbox."""
+        while (address := f"{stem}{rng.randrange(numbers)}@{domain}") in taken:
+            numbers *= 10
+        taken.add(address)
+        return address
+
     h = 0
     while len(people) < n_people:
         h += 1
@@ -196,7 +206,7 @@ def _people(rng: random.Random, n_people: int) -> list[Person]:
         family = None
         if size > 1 and rng.random() < 0.4:
             domain = rng.choice(DOMAINS)
-            family = f"familie.{_ascii(surname)}{next(serial) % 10_000}@{domain}"
+            family = unique(f"familie.{_ascii(surname)}", 10_000, domain)
         firsts: list[str] = []
         for k in range(size):
             pool = FEMALE if rng.random() < 0.5 else MALE
@@ -209,13 +219,14 @@ def _people(rng: random.Random, n_people: int) -> list[Person]:
             firsts.append(first)
             last = surname if rng.random() < 0.9 else rng.choice(LAST)
             mobile = None
+            parent = people[-k].mobile if k else None
             if rng.random() < 0.85:
                 prefix = rng.choice(MOBILE_PREFIXES)
                 mobile = f"{prefix} {next(numbers)}"
             email = None
             if rng.random() < 0.7:
                 domain = rng.choice(DOMAINS)
-                email = f"{_ascii(first)}.{_ascii(last)}{next(serial) % 1000}@{domain}"
+                email = unique(f"{_ascii(first)}.{_ascii(last)}", 1000, domain)
             people.append(
                 Person(
                     pid=f"P{len(people):07d}",
@@ -227,6 +238,7 @@ def _people(rng: random.Random, n_people: int) -> list[Person]:
                     login=f"user{next(serial):08d}" if rng.random() < 0.4 else None,
                     landline=landline,
                     family_email=family,
+                    parent_mobile=parent if k and (mobile is None or rng.random() < 0.05) else None,
                 )
             )
     return people[:n_people]
@@ -244,12 +256,13 @@ def _records(p: Person, m: _Mess) -> list[tuple]:
     pref_phone, alt_phone = (own_phone, p.landline) if own_phone else (p.landline, p.mobile)
 
     def email() -> str | None:
-        return pref_email if alt_email is None or m.chance(0.97) else alt_email
+        return pref_email if alt_email is None or m.chance(0.99) else alt_email
 
     def phone() -> str | None:
-        return pref_phone if alt_phone is None or m.chance(0.97) else alt_phone
+        return pref_phone if alt_phone is None or m.chance(0.99) else alt_phone
 
-    rows = [(email(), phone(), m.first(p.first), m.name(p.last), None, None)]  # the contract
+    contract_phone = p.parent_mobile if p.parent_mobile and m.chance(0.5) else phone()
+    rows = [(email(), contract_phone, m.first(p.first), m.name(p.last), None, None)]
     if p.login:  # e-shop account
         rows.append(
             (
@@ -275,7 +288,7 @@ def _records(p: Person, m: _Mess) -> list[tuple]:
     if m.chance(0.4):  # call centre: the number they called from, and the name
         rows.append((None, phone(), m.first(p.first), m.name(p.last), None, None))
     if m.chance(0.35):  # newsletter: an e-mail, sometimes a first name
-        rows.append((email(), None, m.first(p.first) if m.chance(0.6) else None, None, None, None))
+        rows.append((email(), None, m.first(p.first) if m.chance(0.9) else None, None, None, None))
     if m.chance(0.25):  # a second contract
         rows.append((email(), phone(), m.first(p.first), m.name(p.last), None, None))
     return [

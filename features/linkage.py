@@ -19,7 +19,7 @@ from features import normalize as nz
 from features.identity_records import Record
 
 EXCLUSIVE = ("login", "loyalty", "mobile")  # one person holds at most one of each
-HELD = ("login", "loyalty", "mobile", "phone")  # key types the guards compare
+HELD = ("login", "loyalty", "mobile", "phone", "email")  # key types the guards compare
 # identifier field -> stored key type, strongest first (phones: "mobile" or "phone")
 KEY_KINDS = dict(
     login_id="login", loyalty_id="loyalty", cookie_id="cookie", email="email", phone="phone"
@@ -29,27 +29,28 @@ RULES = dict(
     login_id="login", loyalty_id="loyalty_card", email="email", mobile="mobile", phone="landline"
 )
 MAX_PASSES = 4  # over e-mails and phones; a pass that joins nothing ends it
+MAX_BLOCK_NAMES = 200  # named clusters in a block compared pairwise by name
 # (salted hashes of the name's variants, plain text when the record is in this batch)
 Name = tuple[frozenset[str], str | None]
 
 
-def _names_meet(xs: Iterable[Name], ys: Iterable[Name]) -> bool:
+def _names_meet(xs: Iterable[Name], ys: Iterable[Name], gendered: bool = True) -> bool:
     """Any pair agrees: both plain and ``names_match`` (rapidfuzz), or else shared variant
     hashes (the same test on names that are stored only as hashes)."""
     ys = list(ys)
     for vx, tx in xs:
         for vy, ty in ys:
-            if nz.names_match(tx, ty) if tx and ty else not vx.isdisjoint(vy):
+            if nz.names_match(tx, ty, gendered) if tx and ty else not vx.isdisjoint(vy):
                 return True
     return False
 
 
-def distinct_names(names: Iterable[Name]) -> int:
+def distinct_names(names: Iterable[Name], gendered: bool = True) -> int:
     """How many different people the first names suggest (greedy grouping of agreeing names)."""
     groups: list[list[Name]] = []
     for name in sorted(names, key=lambda n: (min(n[0]), n[1] or "")):
         for group in groups:
-            if _names_meet([name], group):
+            if _names_meet([name], group, gendered):
                 group.append(name)
                 break
         else:
@@ -76,6 +77,7 @@ class Linker:
         self.nodes = nodes
         self.max_size, self.max_names = max_size, max_names
         self.links: list[tuple[int, int, str]] = []  # (node, node, rule) of every union made
+        self.gendered = True  # Andrea/Andreas are two people (see ``link_guarded``)
         self.stats = dict.fromkeys(
             (
                 "refused_size",
@@ -127,9 +129,26 @@ class Linker:
     def compatible(self, ra: int, rb: int) -> bool:
         na, nb = self.nodes[ra], self.nodes[rb]
         for xs, ys in ((na.firsts, nb.firsts), (na.lasts, nb.lasts)):
-            if xs and ys and not _names_meet(xs, ys):
+            if xs and ys and not _names_meet(xs, ys, self.gendered):
                 return False
         return True
+
+    def similar(self, ra: int, rb: int) -> bool:
+        """One name part agrees (``names_match``) and the other is a looser match
+        (``names_similar``), on plain names: the test of two records holding one mobile."""
+        na, nb = self.nodes[ra], self.nodes[rb]
+        parts = ((na.firsts, nb.firsts), (na.lasts, nb.lasts))
+        plain = [([x for _, x in xs if x], [y for _, y in ys if y]) for xs, ys in parts]
+        if not all(xs and ys for xs, ys in plain):
+            return False
+        meet = [any(nz.names_match(x, y) for x in xs for y in ys) for xs, ys in plain]
+        near = [any(nz.names_similar(x, y) for x in xs for y in ys) for xs, ys in plain]
+        return (meet[0] and near[1]) or (meet[1] and near[0])
+
+    def shared_keys(self, ra: int, rb: int) -> int:
+        """How many stored keys (mobiles, landlines, e-mails, ...) two clusters both hold."""
+        ha, hb = self.nodes[ra].held, self.nodes[rb].held
+        return sum(len(ha[k] & hb[k]) for k in ha.keys() & hb.keys())
 
     def conflict(self, ra: int, rb: int) -> bool:
         """Different logins, loyalty cards or mobiles: two people, whatever else they share."""
@@ -169,6 +188,40 @@ class Linker:
                     self.link_guarded(group, RULES[kinds[group[0]][column]])
             if len(self.links) == made:
                 break
+        self.link_names_in_blocks(groups)
+
+    def link_names_in_blocks(self, groups: dict[str, list[tuple[str, list[int]]]]) -> None:
+        """Inside a block (nodes joined by any shared key, guards aside), two clusters with the
+        same first and last name (typos, short forms) and no other such cluster in the block
+        are one person: Helmut Weber on the household landline and on his own mobile."""
+        block = list(range(len(self.nodes)))
+
+        def top(i: int) -> int:
+            while block[i] != i:
+                block[i] = block[block[i]]
+                i = block[i]
+            return i
+
+        for column_groups in groups.values():
+            for _, group in column_groups:
+                for other in group[1:]:
+                    block[top(other)] = top(group[0])
+        roots: dict[int, set[int]] = defaultdict(set)
+        for i in range(len(self.nodes)):
+            roots[top(i)].add(self.find(i))
+        for clusters in roots.values():
+            named = sorted(r for r in clusters if self.nodes[r].firsts and self.nodes[r].lasts)
+            if not 1 < len(named) <= MAX_BLOCK_NAMES:
+                continue
+            pairs = [(a, b) for k, a in enumerate(named) for b in named[k + 1 :]]
+            matches = [(a, b) for a, b in pairs if self.compatible(a, b)]
+            counts: dict[int, int] = defaultdict(int)
+            for a, b in matches:
+                counts[a] += 1
+                counts[b] += 1
+            for a, b in matches:  # only unambiguous pairs: one candidate each
+                if counts[a] == 1 and counts[b] == 1 and not self.conflict(a, b):
+                    self.union(a, b, need_names=True, rule="same_name_in_block")
 
     def link_all(self, group: list[int], kind: str) -> None:
         """Strong keys (login, loyalty card): everyone sharing the key, subject to the caps."""
@@ -209,6 +262,9 @@ class Linker:
         named = [m for r, m in sorted(member.items()) if self.nodes[r].firsts]
         unnamed = [m for r, m in sorted(member.items()) if not self.nodes[r].firsts]
         start = len(self.links)
+        # a final letter apart (Andrea/Andreas) is a typo on a personal key, two people on a
+        # landline or on a key that other first names show to be shared
+        self.gendered = kind == "landline" or self.several_people(named)
         buckets: list[int] = []
         for m in named:
             for b in buckets:
@@ -216,6 +272,9 @@ class Linker:
                     break
             else:
                 buckets.append(m)
+        self.gendered = True
+        if kind == "mobile" and len(buckets) > 1:
+            self.join_similar(buckets)
         if len({self.find(b) for b in buckets}) > 1:
             shared = f"name_in_shared_{kind}"
             self.links[start:] = [(a, b, shared) for a, b, _ in self.links[start:]]
@@ -226,6 +285,29 @@ class Linker:
         for m in unnamed:
             if anchor is not None:
                 self.union(anchor, m, need_names=True, rule=f"same_{kind}")
+
+    def several_people(self, members: list[int]) -> bool:
+        """Do these clusters show two people at least: first names that differ even leniently,
+        or two different logins, loyalty cards or mobiles?"""
+        nodes = [self.nodes[self.find(m)] for m in members]
+        if distinct_names({n for node in nodes for n in node.firsts}, gendered=False) > 1:
+            return True
+        return any(len({v for n in nodes for v in n.held.get(k, ())}) > 1 for k in EXCLUSIVE)
+
+    def join_similar(self, buckets: list[int]) -> None:
+        """A mobile is personal, but a parent's is sometimes given for a child: clusters that
+        hold one and another key besides (an e-mail, a landline), and whose names are close (a
+        typo in each part, a misspelt short form), join unless an exclusive key differs."""
+        for i, a in enumerate(buckets):
+            for b in buckets[i + 1 :]:
+                ra, rb = self.find(a), self.find(b)
+                if (
+                    ra != rb
+                    and self.shared_keys(ra, rb) >= 2
+                    and self.similar(ra, rb)
+                    and not self.conflict(ra, rb)
+                ):
+                    self.union(a, b, need_names=False, rule="similar_name_on_mobile")
 
 
 @dataclass

@@ -14,7 +14,7 @@ from functools import lru_cache
 import pandas as pd
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from rapidfuzz.distance import OSA
+from rapidfuzz.distance import OSA, JaroWinkler
 
 # Common English nicknames -> the formal names they shorten (Alex is Alexander or Alexandra).
 _FORMALS: dict[str, tuple[str, ...]] = {
@@ -81,8 +81,55 @@ _FORMALS: dict[str, tuple[str, ...]] = {
     "gerald": ("gerry", "jerry"),
     "mohammed": ("mohammad", "muhammad", "mohamed", "mo"),
 }
+# German short forms (letters as ``normalize_name`` leaves them: Käthe -> kathe).
+_FORMALS_DE: dict[str, tuple[str, ...]] = {
+    "johannes": ("hans", "hannes", "jo", "johann"),
+    "johanna": ("hanna", "hanne", "jo"),
+    "katharina": ("kathi", "kati", "katja", "kathe", "katarina"),
+    "elisabeth": ("lisa", "elli", "liesel", "lies", "else", "sabine"),
+    "alexander": ("sascha",),
+    "andreas": ("andi", "andy", "andre"),
+    "christian": ("chris", "christl"),
+    "christina": ("tina", "chris", "christine", "kristina"),
+    "christoph": ("chris", "christof", "stoffel"),
+    "daniela": ("dani", "ela"),
+    "dominik": ("dome", "dom", "dominic"),
+    "franziska": ("franzi", "fanny"),
+    "friedrich": ("fritz", "friedel", "fred"),
+    "gabriele": ("gabi", "gaby"),
+    "heinrich": ("heinz", "heiner", "hein", "henry"),
+    "margarete": ("grete", "gretel", "margit", "margret", "maggie", "gretchen"),
+    "matthias": ("matze", "hias", "mathias", "matthew"),
+    "maximilian": ("max", "maxi"),
+    "michael": ("micha", "michi", "michel"),
+    "sebastian": ("basti", "bastian"),
+    "stefanie": ("steffi", "stephanie"),
+    "stefan": ("steffen", "stephan"),
+    "susanne": ("susi", "sanne", "susan"),
+    "theresa": ("resi", "theresia", "therese"),
+    "tobias": ("tobi",),
+    "ulrike": ("ulli", "uli", "rike"),
+    "ulrich": ("ulli", "uli", "ulrik"),
+    "veronika": ("vroni", "vera", "veronica"),
+    "waltraud": ("traudl", "traudel", "walli"),
+    "wilhelm": ("willi", "willy", "wilm", "helm"),
+    "wolfgang": ("wolf", "wolfi"),
+    "josef": ("sepp", "seppl", "jupp", "joseph"),
+    "barbara": ("babsi", "barbel", "babs"),
+    "bernhard": ("bernd", "benno"),
+    "nikolaus": ("klaus", "niko", "nick"),
+    "georg": ("schorsch", "jorg", "george"),
+    "rosemarie": ("rosi", "rose"),
+    "hannelore": ("hanne", "lore"),
+    "annemarie": ("anne", "anni", "marie"),
+    "benedikt": ("bene",),
+    "jakob": ("jacob", "jaki"),
+    "ludwig": ("lutz", "louis"),
+    "magdalena": ("lena", "leni", "magda"),
+    "helene": ("lene", "leni", "helena"),
+}
 NICKNAMES: dict[str, tuple[str, ...]] = {}
-for _formal, _nicks in _FORMALS.items():
+for _formal, _nicks in (*_FORMALS.items(), *_FORMALS_DE.items()):
     for _nick in _nicks:
         NICKNAMES[_nick] = (*NICKNAMES.get(_nick, ()), _formal)
 
@@ -214,39 +261,103 @@ def canonical_first(name: str) -> str:
     return NICKNAMES.get(name, (name,))[0]
 
 
+_UMLAUT_SPELLING = re.compile(r"([aou])e")
+SHORT_FORMS: dict[str, tuple[str, ...]] = {}  # formal name -> its short forms
+for _table in (_FORMALS, _FORMALS_DE):
+    for _formal, _nicks in _table.items():
+        SHORT_FORMS[_formal] = (*SHORT_FORMS.get(_formal, ()), *_nicks)
+
+
 @lru_cache(maxsize=100_000)
 def name_forms(name: str) -> frozenset[str]:
-    """The name itself and every formal name it may shorten."""
-    return frozenset((name, *NICKNAMES.get(name, ())))
+    """The name itself, its umlauts written out undone (Mueller -> muller, as Müller
+    normalises), and every formal name either may shorten."""
+    spellings = {name, _UMLAUT_SPELLING.sub(r"\1", name)}
+    return frozenset((*spellings, *(f for s in spellings for f in NICKNAMES.get(s, ()))))
+
+
+@lru_cache(maxsize=100_000)
+def short_forms(name: str) -> frozenset[str]:
+    """The name's forms and the short forms of each (Johanna -> hanna, hanne, jo): what a
+    misspelt short form (Hnna, Sussi) is compared with."""
+    forms = name_forms(name)
+    return forms | {n for f in forms for n in SHORT_FORMS.get(f, ())}
 
 
 @lru_cache(maxsize=100_000)
 def name_variants(name: str, nicknames: bool = True) -> frozenset[str]:
-    """The name's forms and, for forms of 4+ letters, each with one letter (not the initial)
-    deleted. Two names that share a variant are one typo apart, so the salted hashes of the
-    variants let stored names (hashes only) be compared as ``names_match`` compares plain ones."""
+    """The name's forms and, for those of 4+ letters, each with one letter
+    (not the initial, nor a final a/e/o/s) deleted. Two names that share a variant are about
+    one typo apart, so the salted hashes of the variants let stored names (hashes only) be
+    compared as ``names_match`` compares plain ones."""
     out: set[str] = set()
     for form in name_forms(name) if nicknames else (name,):
         out.add(form)
         if len(form) >= 4:
-            out.update(form[:i] + form[i + 1 :] for i in range(1, len(form)))
+            end = len(form) - 1 if _GENDER_END.search(form) else len(form)
+            out.update(form[:i] + form[i + 1 :] for i in range(1, end))
     return frozenset(out)
 
 
+# A final a/e/o/s after another letter: Andrea/Andreas, Simon/Simone, Maria/Marie are two
+# people's names, not one name with a typo (a doubled final letter, Lisaa, still is a typo).
+_GENDER_END = re.compile(r"([^aeos])[aeos]$|([aeos])(?!\2)[aeos]$")
+
+
+def gender_pair(x: str, y: str) -> bool:
+    """Names that differ only in a final a/e/o/s (one added, or one for another), or in
+    an -an/-na ending (Christian/Christina)."""
+    x, y = sorted((x, y), key=len)
+    if len(y) == len(x) + 1 and y.startswith(x):
+        return y[-1] in "aeos" and y[-1] != y[-2]
+    if len(x) != len(y) or x[:-2] != y[:-2]:
+        return False
+    if {x[-2:], y[-2:]} == {"an", "na"}:
+        return True
+    return x[-2] == y[-2] and {x[-1], y[-1]} <= set("aeo")
+
+
+def _typo(x: str, y: str, gendered: bool) -> bool:
+    return (
+        x[0] == y[0]
+        and max(len(x), len(y)) >= 4
+        and OSA.distance(x, y, score_cutoff=1) <= 1
+        and not (gendered and gender_pair(x, y))
+    )
+
+
 @lru_cache(maxsize=500_000)
-def names_match(a: str, b: str) -> bool:
-    """Same person's name: a shared formal name (Alex/Alexandra), or one typo apart.
+def names_match(a: str, b: str, gendered: bool = True) -> bool:
+    """Same person's name: a shared formal name (Alex/Alexandra), or one typo apart, also
+    from a short form of the other's name (Sussi/Susanne).
 
     A typo is one edit or transposition (optimal string alignment distance 1) between names of
-    4+ letters with the same initial; Nick/Rick and Joe/Jon stay different.
+    4+ letters with the same initial; Nick/Rick and Joe/Jon stay different, and so, when
+    ``gendered``, do names that differ in a final a/e/o/s (Andrea/Andreas, Daniel/Daniela).
+    Two formal names sharing a short form (Christian/Christine: Chris) do not match.
     """
     fa, fb = name_forms(a), name_forms(b)
     if fa & fb:
         return True
-    return any(
-        x[0] == y[0] and max(len(x), len(y)) >= 4 and OSA.distance(x, y, score_cutoff=1) <= 1
-        for x in fa
-        for y in fb
+    sa, sb = short_forms(a), short_forms(b)
+    return any(_typo(x, y, gendered) for x in fa for y in sb) or any(
+        _typo(x, y, gendered) for x in sa for y in fb
+    )
+
+
+SIMILAR = 0.8  # Jaro-Winkler similarity of two spellings that ``names_similar`` accepts
+
+
+@lru_cache(maxsize=500_000)
+def names_similar(a: str, b: str) -> bool:
+    """Looser than ``names_match``: two typos, or a short form written wrongly (Theesa/Theresa,
+    Vroin/Veronika), judged by Jaro-Winkler over the names' forms; only ever used together
+    with a personal key and another name part that matches."""
+    pairs = [(x, y) for x in name_forms(a) for y in short_forms(b)]
+    pairs += [(x, y) for x in short_forms(a) for y in name_forms(b)]
+    return names_match(a, b) or any(
+        x[0] == y[0] and JaroWinkler.similarity(x, y) >= SIMILAR and not gender_pair(x, y)
+        for x, y in pairs
     )
 
 
