@@ -50,7 +50,31 @@ records = Table(
     Column("last_hash", String(32)),
     Column("first_variants", Text),  # space-separated salted hashes of typo variants
     Column("last_variants", Text),
+    # the source's record id (a pseudonymous key that `identity explain` and `split` name)
+    Column("record_id", String(256)),
+    Column("key_hashes", Text),  # space-separated "type:hash" of the keys the record holds
     Index("ix_identity_records_name", "first_hash", "last_hash"),
+)
+# Why records are together: one row per union the linker made. Ends are "r:<record hash>" or
+# "c:<customer id>" (a stored customer the batch joined).
+links = Table(
+    "identity_links",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("a_ref", String(80), nullable=False, index=True),
+    Column("b_ref", String(80), nullable=False, index=True),
+    Column("rule", String(40), nullable=False),
+    Column("made_at", DateTime(timezone=True), nullable=False),
+)
+# A steward's split: the records of side 1 were taken from those of side 0; no later run
+# may put records of both sides of one split in one customer again.
+splits = Table(
+    "identity_splits",
+    metadata,
+    Column("split_id", Integer, primary_key=True),
+    Column("record_hash", String(32), primary_key=True),
+    Column("side", Integer, nullable=False),
+    Index("ix_identity_splits_record", "record_hash"),
 )
 keys = Table(
     "identity_keys",
@@ -97,15 +121,25 @@ def name_holders(conn: Connection, fulls: list[tuple[str, str]]) -> set[str]:
 
 
 def customer_info(conn: Connection, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """What the linker must know of stored customers: size, name hashes, held keys, age."""
+    """What the linker must know of stored customers: size, name hashes, held keys, age, and
+    their record hashes (what splits and links name)."""
     info: dict[str, dict[str, Any]] = {
-        c: {"size": 0, "firsts": set(), "lasts": set(), "fulls": set(), "held": {}, "created": None}
+        c: {
+            "size": 0,
+            "firsts": set(),
+            "lasts": set(),
+            "fulls": set(),
+            "held": {},
+            "created": None,
+            "records": [],
+        }
         for c in ids
     }
     cols = (records.c.customer_id, records.c.first_hash, records.c.last_hash)
-    cols += (records.c.first_variants, records.c.last_variants)
-    for cid, fh, lh, fv, lv in fetch(conn, records.c.customer_id, ids, *cols):
+    cols += (records.c.first_variants, records.c.last_variants, records.c.record_hash)
+    for cid, fh, lh, fv, lv, rh in fetch(conn, records.c.customer_id, ids, *cols):
         info[cid]["size"] += 1
+        info[cid]["records"].append(rh)
         if fv:
             info[cid]["firsts"].add((frozenset(fv.split()), None))
         if lv:
@@ -293,7 +327,21 @@ def write_batch(
 def erase_customer(conn: Connection, customer_id: str) -> int:
     """Delete every row of a customer (keys, records, merges into and out of it); rows
     deleted. On SQLite the ledger engine's ``secure_delete`` zeroes the freed bytes."""
+    refs = [
+        f"r:{h}"
+        for (h,) in conn.execute(
+            select(records.c.record_hash).where(records.c.customer_id == customer_id)
+        )
+    ] + [f"c:{customer_id}"]
+    hashes = [r[2:] for r in refs[:-1]]
     n = 0
+    for i in range(0, len(refs), CHUNK):
+        part = refs[i : i + CHUNK]
+        q = delete(links).where(links.c.a_ref.in_(part) | links.c.b_ref.in_(part))
+        n += conn.execute(q).rowcount
+    for i in range(0, len(hashes), CHUNK):
+        q = delete(splits).where(splits.c.record_hash.in_(hashes[i : i + CHUNK]))
+        n += conn.execute(q).rowcount
     for table, col in (
         (keys, keys.c.customer_id),
         (records, records.c.customer_id),
@@ -303,3 +351,21 @@ def erase_customer(conn: Connection, customer_id: str) -> int:
     ):
         n += conn.execute(delete(table).where(col == customer_id)).rowcount
     return n
+
+
+def write_links(conn: Connection, rows: list[tuple[str, str, str]], now: datetime) -> None:
+    """Remember why records were joined: (a_ref, b_ref, rule) rows."""
+    if rows:
+        conn.execute(
+            insert(links),
+            [{"a_ref": a, "b_ref": b, "rule": r, "made_at": now} for a, b, r in rows],
+        )
+
+
+def split_sides(conn: Connection, record_hashes: list[str]) -> dict[str, set[tuple[int, int]]]:
+    """record hash -> the (split, side) pairs it is on, for the records that were split."""
+    cols = (splits.c.record_hash, splits.c.split_id, splits.c.side)
+    found: dict[str, set[tuple[int, int]]] = defaultdict(set)
+    for rh, sid, side in fetch(conn, splits.c.record_hash, record_hashes, *cols):
+        found[rh].add((sid, side))
+    return found

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 from collections import defaultdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -81,6 +82,14 @@ class IdentityGraph:
     def _hash(self, kind: str, value: str) -> str:
         return salted_hash(self._salt, kind, value)
 
+    def salted(self, kind: str, value: str) -> str:
+        """``salted_hash`` under this graph's salt."""
+        return self._hash(kind, value)
+
+    def record_hash(self, record_id: str) -> str:
+        """The stored hash of a source record id (how splits and links name records)."""
+        return self._hash("record", record_id.strip())
+
     @staticmethod
     def _key_type(field: str, value: str) -> str:
         """Stored key type: as the field, except that personal mobiles are told from landlines."""
@@ -102,7 +111,8 @@ class IdentityGraph:
         ``lenient``: then bad values are dropped and listed in ``last_warnings``.
         """
         self.last_warnings: list[str] = []
-        batch = prepare(frame, self.region, self.last_warnings if lenient else None)
+        unusable: dict[str, int] = {}
+        batch = prepare(frame, self.region, self.last_warnings if lenient else None, unusable)
         h = self._hash_batch(batch)
         with self.engine.connect() as conn:
             cols = (gs.records.c.record_hash, gs.records.c.customer_id)
@@ -115,7 +125,9 @@ class IdentityGraph:
             if self.name_only:
                 touched |= gs.name_holders(conn, sorted(set(fulls)))
             info = gs.customer_info(conn, sorted(touched))
-        linker, index = self._linker(batch, h, known, info)
+            stored_records = [rh for v in info.values() for rh in v["records"]]
+            sides = gs.split_sides(conn, sorted(set(h["record"]) | set(stored_records)))
+        linker, index = self._linker(batch, h, known, info, sides)
 
         stored_by_key: dict[str, list[int]] = defaultdict(list)
         for kh, cid in owners:
@@ -141,11 +153,24 @@ class IdentityGraph:
                 "last_hash": la,
                 "first_variants": fv,
                 "last_variants": lv,
+                "record_id": r.record_id,
+                "key_hashes": " ".join(f"{types[f]}:{k}" for f, k in ks.items()) or None,
             }
-            for rh, c, f, la, fv, lv in zip(
-                h["record"], ids, h["first"], h["last"], variants[:n], variants[n:], strict=True
+            for rh, c, f, la, fv, lv, r, ks, types in zip(
+                h["record"],
+                ids,
+                h["first"],
+                h["last"],
+                variants[:n],
+                variants[n:],
+                batch,
+                h["keys"],
+                h["types"],
+                strict=True,
             )
         ]
+        ref = [f"r:{rh}" for rh in h["record"]] + [f"c:{cid}" for cid in index]
+        link_rows = [(ref[a], ref[b], rule) for a, b, rule in linker.links]
         key_rows = {
             (kh, c, types[f])
             for ks, types, c in zip(h["keys"], h["types"], ids, strict=True)
@@ -155,12 +180,15 @@ class IdentityGraph:
             for old, new in merged:
                 gs.merge_customer(conn, old, new, now)
             gs.write_batch(conn, new_customers, record_rows, key_rows, now)
+            gs.write_links(conn, link_rows, now)
         self.last_stats = {
             "records": n,
             "customers": len(set(ids)),
             "new_customers": len(new_customers),
             "merged_customers": len(merged),
             "warnings": len(self.last_warnings),
+            "unusable_values": dict(sorted(unusable.items())),
+            "links": len(link_rows),
             **linker.stats,
         }
         return pd.DataFrame({"record_id": [r.record_id for r in batch], "customer_id": ids})
@@ -184,7 +212,12 @@ class IdentityGraph:
         }
 
     def _linker(
-        self, batch: list[Record], h: dict[str, list[Any]], known: list[tuple], info: dict
+        self,
+        batch: list[Record],
+        h: dict[str, list[Any]],
+        known: list[tuple],
+        info: dict,
+        sides: dict[str, set[tuple[int, int]]],
     ) -> tuple[Linker, dict[str, int]]:
         """Nodes: one per batch record, then one per stored customer the batch touches; a
         stored record starts inside its customer, so re-runs keep their ids."""
@@ -195,12 +228,20 @@ class IdentityGraph:
                 {(h["last_v"][i], r.last)} if r.last else set(),
                 "login_id" in r.keys,
                 {t: {h["keys"][i][f]} for f, t in h["types"][i].items() if t in gs.HELD},
+                set(sides.get(h["record"][i], ())),
             )
             for i, r in enumerate(batch)
         ]
         index = {cid: len(nodes) + k for k, cid in enumerate(info)}
         nodes += [
-            Node(v["size"], v["firsts"], v["lasts"], "login" in v["held"], v["held"])
+            Node(
+                v["size"],
+                v["firsts"],
+                v["lasts"],
+                "login" in v["held"],
+                v["held"],
+                {s for rh in v["records"] for s in sides.get(rh, ())},
+            )
             for v in info.values()
         ]
         linker = Linker(nodes, self.max_cluster, self.max_names)
@@ -342,6 +383,24 @@ class IdentityGraph:
         """Right to erasure: delete every stored row of this customer; rows deleted."""
         with self.engine.begin() as conn:
             return gs.erase_customer(conn, gs.current_id(conn, customer_id) or customer_id)
+
+
+def fresh_graph(path: Path, settings: Any) -> IdentityGraph:
+    """A new, empty graph in its own SQLite file (an earlier one at ``path`` is replaced):
+    where a batch is resolved unless it is to be merged into the home's graph."""
+    from sqlalchemy import create_engine
+
+    for old in (path, *(path.with_name(path.name + end) for end in ("-wal", "-shm"))):
+        old.unlink(missing_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return IdentityGraph(
+        create_engine(f"sqlite:///{path}"),
+        settings.identity_salt,
+        settings.region,
+        max_cluster=settings.identity_max_cluster,
+        max_names=settings.identity_max_names,
+        name_only=settings.identity_link_by_name,
+    )
 
 
 def graph_for(settings: Any) -> IdentityGraph:

@@ -32,14 +32,20 @@ class Record:
     last: str | None
 
 
-def prepare(df: pd.DataFrame, region: str, warnings: list[str] | None = None) -> list[Record]:
+def prepare(
+    df: pd.DataFrame,
+    region: str,
+    warnings: list[str] | None = None,
+    unusable: dict[str, int] | None = None,
+) -> list[Record]:
     """Validate and normalise every row; the first unusable row raises ``IdentityInputError``.
 
     Rows are numbered from 1 (the first data row, not counting a CSV header). By default a value
     that is present but unparsable is an error, not silently dropped: an ignored typo'd phone
     would quietly lose a link, and the caller is best placed to fix the source. With a
     ``warnings`` list (lenient mode) such values are dropped and described there instead, and a
-    row left without identifiers becomes a customer of its own.
+    row left without identifiers becomes a customer of its own; ``unusable`` counts the
+    dropped values per column.
     """
     missing = [c for c in IDENTITY_INPUT_COLUMNS if c not in df.columns]
     if missing:
@@ -73,6 +79,8 @@ def prepare(df: pd.DataFrame, region: str, warnings: list[str] | None = None) ->
                 if warnings is None:
                     raise error from exc
                 warnings.append(f"{error} (ignored)")
+                if unusable is not None:
+                    unusable[col] = unusable.get(col, 0) + 1
                 continue
             if value is not None:
                 clean[col] = value

@@ -58,6 +58,14 @@ def distinct_names(names: Iterable[Name], gendered: bool = True) -> int:
     return len(groups)
 
 
+def split_apart(xs: set[tuple[int, int]], ys: set[tuple[int, int]]) -> bool:
+    """Records on two sides of one steward's split (``identity split``): never one person."""
+    if not xs or not ys:
+        return False
+    side = dict(xs)
+    return any(sid in side and side[sid] != s for sid, s in ys)
+
+
 @dataclass
 class Node:
     """A batch record or an existing customer, as the linker sees it."""
@@ -67,6 +75,7 @@ class Node:
     lasts: set[Name] = field(default_factory=set)
     has_login: bool = False
     held: dict[str, set[str]] = field(default_factory=dict)  # login/loyalty/mobile/phone hashes
+    sides: set[tuple[int, int]] = field(default_factory=set)  # (split, side) of split records
 
 
 class Linker:
@@ -85,6 +94,7 @@ class Linker:
                 "refused_exclusive",
                 "ambiguous_keys",
                 "joined_by_name",
+                "refused_split",
             ),
             0,
         )
@@ -105,6 +115,9 @@ class Linker:
         if na.size + nb.size > self.max_size:
             self.stats["refused_size"] += 1
             return False
+        if split_apart(na.sides, nb.sides):
+            self.stats["refused_split"] += 1
+            return False
         if need_names and not self.compatible(ra, rb):
             self.stats["refused_names"] += 1
             return False
@@ -122,6 +135,7 @@ class Linker:
         k.firsts |= g.firsts
         k.lasts |= g.lasts
         k.has_login |= g.has_login
+        k.sides |= g.sides
         for kind, values in g.held.items():
             k.held.setdefault(kind, set()).update(values)
         return True
@@ -340,11 +354,21 @@ def record_node(record: Record) -> Node:
     )
 
 
-def link_block(records: list[Record], *, max_size: int, max_names: int) -> BlockLinks:
+def link_block(
+    records: list[Record],
+    *,
+    max_size: int,
+    max_names: int,
+    sides: list[set[tuple[int, int]]] | None = None,
+) -> BlockLinks:
     """Cluster one block of records (those connected by any shared key) into people, in a
     fresh graph (no stored customer): pure and deterministic, so a batch engine may call it
-    block by block, in any process, and get the same answer as one run over the whole input."""
+    block by block, in any process, and get the same answer as one run over the whole input.
+    ``sides``: per record, the (split, side) pairs of a steward's splits it is on
+    (``graph_store.split_sides``), so split records stay apart."""
     nodes = [record_node(r) for r in records]
+    for node, on in zip(nodes, sides or [], strict=False):
+        node.sides = set(on)
     linker = Linker(nodes, max_size, max_names)
     kinds = [{f: key_kind(f, v) for f, v in r.keys.items()} for r in records]
     linker.link_keys([r.keys for r in records], {}, list(KEY_KINDS), kinds)

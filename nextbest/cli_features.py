@@ -95,41 +95,174 @@ def identity_resolve(
     csv: Annotated[Path, typer.Option(help="records: record_id,email,phone,first_name,...")],
     out: Annotated[Path, typer.Option(help="output CSV: record_id,customer_id")],
     region: Annotated[str | None, typer.Option(help="country for national phone numbers")] = None,
-    lenient: Annotated[
-        bool, typer.Option(help="drop unparsable values with a warning instead of failing")
+    merge_into_home: Annotated[
+        bool,
+        typer.Option(
+            "--merge-into-home",
+            help="merge the records into the home's identity graph (live customers) instead "
+            "of a fresh graph written beside --out",
+        ),
     ] = False,
+    lenient: Annotated[
+        bool,
+        typer.Option(
+            "--lenient/--strict",
+            help="keep going past unusable e-mails/phones (counted, first few shown) or stop "
+            "at the first one",
+        ),
+    ] = True,
+    delimiter: Annotated[str, typer.Option(help="the CSV's field separator")] = ",",
     as_json: JsonFlag = False,
 ) -> None:
-    """Merge identity records into customers (stored in the ledger DB, ids stable across runs).
+    """Cluster identity records into customers; write record_id -> customer_id to --out.
 
-    Every row must be usable: a value that is present but cannot be parsed (e.g. a phone that is
-    not a number for the region) is an error naming the row (1 = first data row) and column,
-    unless --lenient, which drops such values (a row left with no identifier becomes a customer
-    of its own) and prints each as a warning.
+    By default the records are resolved in a fresh graph (OUT's name with .graph.db, for
+    `identity explain --graph`), so a test file never links its people to live customers;
+    --merge-into-home joins them to the home graph (ids stable across runs). An unusable value
+    (a phone that is not a number for the region, a malformed e-mail) is dropped and counted,
+    or with --strict stops the run naming the row (1 = first data row) and column.
     """
-    import pandas as pd
-
-    from features.identity import graph_for
+    from features.identity import fresh_graph, graph_for
     from features.identity_records import IdentityInputError
 
     s = get_settings()
     if region:
         s = s.model_copy(update={"region": region.upper()})
-    try:
-        frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        fail(f"--csv {csv}: cannot read ({exc})")
+    frame = read_records(csv, delimiter)
+    if merge_into_home:
+        graph, where = graph_for(s), f"merged into the home graph ({s.ledger_db_url})"
+    else:
+        graph_file = out.with_name(out.stem + ".graph.db")
+        graph = fresh_graph(graph_file, s)
+        where = f"in a fresh graph {graph_file}; the home graph was not touched"
     with console.status(f"resolving {len(frame)} identity records"):
-        graph = graph_for(s)
         try:
             resolved = graph.resolve(frame, lenient=lenient)
         except IdentityInputError as exc:
             fail(str(exc))
-    for warning in graph.last_warnings:
+    for warning in graph.last_warnings[:WARNINGS_SHOWN]:
         console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
+    if len(graph.last_warnings) > WARNINGS_SHOWN:
+        console.print(f"warning: ... and {len(graph.last_warnings) - WARNINGS_SHOWN} more")
     out.parent.mkdir(parents=True, exist_ok=True)
     resolved.to_csv(out, index=False)
-    emit({"out": str(out), **graph.last_stats}, as_json)
+    stats = graph.last_stats
+    console.print(
+        f"wrote {stats['customers']} customers for {stats['records']} records to {out}, {where}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    emit(
+        {"out": str(out), "graph": "home" if merge_into_home else str(graph_file), **stats}, as_json
+    )
+
+
+WARNINGS_SHOWN = 10
+
+
+def read_records(csv: Path, delimiter: str):  # noqa: ANN201 - a pandas DataFrame
+    """The records file as text columns; one line naming the problem when it cannot be read
+    (missing, not text, ragged rows) or is split by another delimiter than ``delimiter``."""
+    import pandas as pd
+
+    from features.schema import IDENTITY_INPUT_COLUMNS
+
+    try:
+        frame = pd.read_csv(csv, dtype=str, keep_default_na=False, sep=delimiter)
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(
+            f"--csv {csv}: cannot read ({exc.strerror or exc})"
+            if isinstance(exc, OSError)
+            else f"--csv {csv}: cannot read (not UTF-8 text: {exc.reason})"
+        )
+    except pd.errors.EmptyDataError:
+        fail(f"--csv {csv}: the file is empty (expected a header row)")
+    except pd.errors.ParserError as exc:
+        fail(f"--csv {csv}: cannot parse ({str(exc).strip()})")
+    if len(frame.columns) == 1:
+        header = str(frame.columns[0])
+        for other in (";", "\t", "|", ","):
+            if other != delimiter and other in header:
+                shown = "\\t" if other == "\t" else other
+                fail(
+                    f"--csv {csv}: the header is one column split by '{shown}', not by "
+                    f"'{delimiter}' (pass --delimiter '{shown}')"
+                )
+    missing = [c for c in IDENTITY_INPUT_COLUMNS if c not in frame.columns]
+    if missing:
+        fail(f"--csv {csv}: missing column(s) {', '.join(missing)}")
+    return frame
+
+
+@identity_app.command("explain")
+def identity_explain(
+    customer_id: Annotated[str, typer.Argument(help="a customer_id from the identity graph")],
+    graph_file: Annotated[
+        Path | None, typer.Option("--graph", help="a fresh graph from `identity resolve`")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The customer's records and, for each link between them, the rule that made it."""
+    from features.identity_admin import StewardError, explain
+
+    graph = _steward_graph(graph_file)
+    try:
+        result = explain(graph, customer_id)
+    except StewardError as exc:
+        fail(str(exc))
+    if as_json:
+        emit(result.model_dump(mode="json"), True)
+        return
+    table = Table(title=f"customer {result.customer_id}", box=box.SIMPLE_HEAD)
+    for col in ("record", "identifiers"):
+        table.add_column(col)
+    for r in result.records:
+        table.add_row(r["record_id"], ", ".join(r["identifiers"]) or "-")
+    links = Table(title="links (why these records are one customer)", box=box.SIMPLE_HEAD)
+    for col in ("record", "record", "rule", "made"):
+        links.add_column(col)
+    for link in result.links:
+        links.add_row(link.a, link.b, link.rule, f"{link.made_at:%Y-%m-%d %H:%M}")
+    Console().print(table)
+    Console().print(links)
+    if result.merged_from or result.splits:
+        console.print(f"merged from: {result.merged_from}; splits: {result.splits}")
+
+
+@identity_app.command("split")
+def identity_split(
+    customer_id: Annotated[str, typer.Argument(help="the customer to split")],
+    records: Annotated[
+        str, typer.Option(help="record_ids to move to a new customer, comma-separated")
+    ],
+    graph_file: Annotated[
+        Path | None, typer.Option("--graph", help="a fresh graph from `identity resolve`")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Undo a wrong merge: move records to a new customer; later runs keep them apart."""
+    from features.identity_admin import StewardError, split
+
+    graph = _steward_graph(graph_file)
+    try:
+        result = split(graph, customer_id, records.split(","))
+    except StewardError as exc:
+        fail(str(exc))
+    emit(result, as_json)
+
+
+def _steward_graph(graph_file: Path | None):  # noqa: ANN202 - an IdentityGraph
+    from sqlalchemy import create_engine
+
+    from features.identity import IdentityGraph, graph_for
+
+    s = get_settings()
+    if graph_file is None:
+        return graph_for(s)
+    if not graph_file.is_file():
+        fail(f"--graph {graph_file}: no such graph file (written by `identity resolve`)")
+    return IdentityGraph(create_engine(f"sqlite:///{graph_file}"), s.identity_salt, s.region)
 
 
 @identity_app.command("evaluate")
