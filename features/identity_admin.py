@@ -76,9 +76,10 @@ def explain(graph: IdentityGraph, customer_id: str) -> Explanation:
         hashes = [h for h, _, _ in rows]
         sides = gs.fetch(conn, s.record_hash, hashes, s.split_id, s.side)
     links = [
-        Link(a=name[a], b=name[b], rule=rule, made_at=made.replace(tzinfo=UTC))
+        Link(a=min(x, y), b=max(x, y), rule=rule, made_at=made.replace(tzinfo=UTC))
         for _, a, b, rule, made in sorted(found.values())
         if a in name and b in name
+        for x, y in [(name[a], name[b])]
     ]
     return Explanation(
         customer_id=cid,

@@ -159,6 +159,22 @@ class Linker:
         near = [any(nz.names_similar(x, y) for x in xs for y in ys) for xs, ys in plain]
         return (meet[0] and near[1]) or (meet[1] and near[0])
 
+    def exclusive(self, r: int) -> bool:
+        """Does the cluster hold a login, loyalty card or mobile (a key of one person)?"""
+        return any(self.nodes[r].held.get(k) for k in EXCLUSIVE)
+
+    def fits(self, ra: int, rb: int) -> bool:
+        """Would a name-guarded union of these two clusters pass the name and key tests?"""
+        if ra == rb:
+            return False
+        if not self.compatible(ra, rb):
+            self.stats["refused_names"] += 1
+            return False
+        if self.conflict(ra, rb):
+            self.stats["refused_exclusive"] += 1
+            return False
+        return True
+
     def shared_keys(self, ra: int, rb: int) -> int:
         """How many stored keys (mobiles, landlines, e-mails, ...) two clusters both hold."""
         ha, hb = self.nodes[ra].held, self.nodes[rb].held
@@ -279,12 +295,14 @@ class Linker:
         # a final letter apart (Andrea/Andreas) is a typo on a personal key, two people on a
         # landline or on a key that other first names show to be shared
         self.gendered = kind == "landline" or self.several_people(named)
+        # people with an exclusive key first: a keyless Hans matching two of them is ambiguous
+        named.sort(key=lambda m: not self.exclusive(self.find(m)))
         buckets: list[int] = []
         for m in named:
-            for b in buckets:
-                if self.union(b, m, need_names=True, rule=f"same_{kind}"):
-                    break
-            else:
+            fits = [b for b in buckets if self.fits(self.find(b), self.find(m))]
+            if len(fits) > 1:
+                self.stats["ambiguous_keys"] += 1
+            elif not (fits and self.union(fits[0], m, need_names=True, rule=f"same_{kind}")):
                 buckets.append(m)
         self.gendered = True
         if kind == "mobile" and len(buckets) > 1:

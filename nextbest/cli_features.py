@@ -147,14 +147,14 @@ def identity_resolve(
     out.parent.mkdir(parents=True, exist_ok=True)
     resolved.to_csv(out, index=False)
     stats = graph.last_stats
+    emit(
+        {"out": str(out), "graph": "home" if merge_into_home else str(graph_file)} | stats, as_json
+    )
     console.print(
         f"wrote {stats['customers']} customers for {stats['records']} records to {out}, {where}",
         markup=False,
         highlight=False,
         soft_wrap=True,
-    )
-    emit(
-        {"out": str(out), "graph": "home" if merge_into_home else str(graph_file), **stats}, as_json
     )
 
 
@@ -164,12 +164,20 @@ WARNINGS_SHOWN = 10
 def read_records(csv: Path, delimiter: str):  # noqa: ANN201 - a pandas DataFrame
     """The records file as text columns; one line naming the problem when it cannot be read
     (missing, not text, ragged rows) or is split by another delimiter than ``delimiter``."""
+    import warnings
+
     import pandas as pd
 
     from features.schema import IDENTITY_INPUT_COLUMNS
 
     try:
-        frame = pd.read_csv(csv, dtype=str, keep_default_na=False, sep=delimiter)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(
+                csv, dtype=str, keep_default_na=False, sep=delimiter, index_col=False
+            )
+    except pd.errors.ParserWarning:
+        fail(f"--csv {csv}: cannot parse (a row has more fields than the header)")
     except (OSError, UnicodeDecodeError) as exc:
         fail(
             f"--csv {csv}: cannot read ({exc.strerror or exc})"

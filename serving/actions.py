@@ -370,6 +370,11 @@ class ProfileView(BaseModel):
         default_factory=list,
         description="the journeys the customer is in: step, status, next planned contact",
     )
+    identity_links: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="why this customer's records are one person: each link's two records and "
+        "rule (as `nextbest identity explain`), newest last",
+    )
 
 
 def profile(customer_id: str, deps: Deps, channel: str = "call_centre") -> ProfileView:
@@ -396,7 +401,25 @@ def profile(customer_id: str, deps: Deps, channel: str = "call_centre") -> Profi
         recommended=rec,
         excluded=row.scores.get("dropped", {}),
         journeys=live_journeys(customer_id, deps),
+        identity_links=identity_links(customer_id, deps),
     )
+
+
+PROFILE_LINKS = 50  # links shown in the agent view; `identity explain` lists them all
+
+
+def identity_links(customer_id: str, deps: Deps) -> list[dict[str, Any]]:
+    """The identity graph's links of this customer, for the agent view (empty without a graph,
+    or for a customer known only from real-time visits)."""
+    if deps.graph is None:
+        return []
+    from features.identity_admin import StewardError, explain
+
+    try:
+        links = explain(deps.graph, customer_id).links
+    except StewardError:
+        return []
+    return [link.model_dump(mode="json") for link in links[-PROFILE_LINKS:]]
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

@@ -456,7 +456,17 @@ def test_cli_resolve_writes_ids_and_rejects_bad_rows(private_home: Path) -> None
     src, out = private_home / "in.csv", private_home / "out.csv"
     BATCH.to_csv(src, index=False)
     result = runner.invoke(
-        app, ["identity", "resolve", "--csv", str(src), "--out", str(out), "--json"]
+        app,
+        [
+            "identity",
+            "resolve",
+            "--csv",
+            str(src),
+            "--out",
+            str(out),
+            "--json",
+            "--merge-into-home",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.strip().splitlines()[-1])["records"] == len(BATCH)
@@ -478,7 +488,9 @@ def test_cli_resolve_writes_ids_and_rejects_bad_rows(private_home: Path) -> None
     frame({"id": "r1", "email": "a@example.com"}, {"id": "r2", "phone": "12ab"}).to_csv(
         src, index=False
     )
-    result = runner.invoke(app, ["identity", "resolve", "--csv", str(src), "--out", str(out)])
+    result = runner.invoke(
+        app, ["identity", "resolve", "--csv", str(src), "--out", str(out), "--strict"]
+    )
     assert result.exit_code == 2
     assert result.stderr.strip() == (
         "error: row 2 (record_id r2), column phone: '12ab' is not a phone number for region GB"
