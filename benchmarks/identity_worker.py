@@ -43,6 +43,7 @@ def _ours(csv: Path, out: Path, region: str, workdir: Path) -> dict[str, float]:
         region=region,
         max_size=s.identity_max_cluster,
         max_names=s.identity_max_names,
+        memory_limit=s.identity_batch_memory,
         workdir=workdir,
     )
     return {"records": summary.records, "largest_block": summary.largest_block}
