@@ -27,7 +27,7 @@ def test_bad_options_fail_with_one_line(args: list[str], message: str) -> None:
     assert result.output.strip().splitlines()[-1] == f"error: {message}"
 
 
-@pytest.mark.slow  # two worker processes: about 10 s idle, 30 s on the loaded machine
+@pytest.mark.slow  # two worker processes: 2 s on a quiet machine, 30 s on a loaded one
 def test_a_tiny_run_reports_floor_and_ours(tmp_path: Path) -> None:
     csv = tmp_path / "records.csv"
     messy_records(600, seed=2).to_csv(csv, index=False)
