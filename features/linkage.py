@@ -289,21 +289,27 @@ class Linker:
         member: dict[int, int] = {}  # cluster root -> its first record holding the key
         for i in group:
             member.setdefault(self.find(i), i)
+        if len(member) < 2:  # one cluster holds the key already (later passes, mostly)
+            return
         named = [m for r, m in sorted(member.items()) if self.nodes[r].firsts]
         unnamed = [m for r, m in sorted(member.items()) if not self.nodes[r].firsts]
         start = len(self.links)
         # a final letter apart (Andrea/Andreas) is a typo on a personal key, two people on a
         # landline or on a key that other first names show to be shared
-        self.gendered = kind == "landline" or self.several_people(named)
+        self.gendered = kind == "landline" or (len(named) > 1 and self.several_people(named))
         # people with an exclusive key first: a keyless Hans matching two of them is ambiguous
         named.sort(key=lambda m: not self.exclusive(self.find(m)))
         buckets: list[int] = []
         for m in named:
             fits = [b for b in buckets if self.fits(self.find(b), self.find(m))]
-            if len(fits) > 1:
-                self.stats["ambiguous_keys"] += 1
-            elif not (fits and self.union(fits[0], m, need_names=True, rule=f"same_{kind}")):
+            roots = [self.find(b) for b in fits]
+            if any(self.conflict(x, y) for k, x in enumerate(roots) for y in roots[k + 1 :]):
+                self.stats["ambiguous_keys"] += 1  # two people of that name: join neither
+                continue
+            joined = [self.union(b, m, need_names=True, rule=f"same_{kind}") for b in fits]
+            if not any(joined):
                 buckets.append(m)
+        buckets = list({self.find(b): b for b in buckets}.values())
         self.gendered = True
         if kind == "mobile" and len(buckets) > 1:
             self.join_similar(buckets)
@@ -359,9 +365,9 @@ def key_kind(field: str, value: str) -> str:
     return KEY_KINDS[field]
 
 
-def record_node(record: Record) -> Node:
-    """A batch record as the linker sees it, names in plain text (compared with rapidfuzz)."""
-    kinds = {f: key_kind(f, v) for f, v in record.keys.items()}
+def record_node(record: Record, kinds: dict[str, str]) -> Node:
+    """A batch record as the linker sees it, names in plain text (compared with rapidfuzz);
+    ``kinds``: field -> stored key type of each of its keys (``key_kind``)."""
     first, last = record.first, record.last
     return Node(
         1,
@@ -384,11 +390,11 @@ def link_block(
     block by block, in any process, and get the same answer as one run over the whole input.
     ``sides``: per record, the (split, side) pairs of a steward's splits it is on
     (``graph_store.split_sides``), so split records stay apart."""
-    nodes = [record_node(r) for r in records]
+    kinds = [{f: key_kind(f, v) for f, v in r.keys.items()} for r in records]
+    nodes = [record_node(r, k) for r, k in zip(records, kinds, strict=True)]
     for node, on in zip(nodes, sides or [], strict=False):
         node.sides = set(on)
     linker = Linker(nodes, max_size, max_names)
-    kinds = [{f: key_kind(f, v) for f, v in r.keys.items()} for r in records]
     linker.link_keys([r.keys for r in records], {}, list(KEY_KINDS), kinds)
     label: dict[int, int] = {}
     labels = [label.setdefault(linker.find(i), len(label)) for i in range(len(records))]
