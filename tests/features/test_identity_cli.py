@@ -189,3 +189,21 @@ def test_malformed_values_are_counted_not_fatal(private_home: Path) -> None:
     assert code == 2 and stderr.strip().startswith(
         "error: row 1 (record_id r1), column email: 'hans(at)web.de' is not an e-mail address"
     )
+
+
+def test_erasure_removes_the_links_and_splits_of_the_person() -> None:
+    from sqlalchemy import func, select
+
+    from features import graph_store as gs
+
+    graph = IdentityGraph(create_engine("sqlite://"), "test-salt", "DE")
+    ids = graph.resolve(frame(HOUSEHOLD)).set_index("record_id")["customer_id"]
+    split(graph, ids["r3"], ["r5"])
+    with graph.engine.connect() as conn:
+        before = conn.execute(select(func.count()).select_from(gs.links)).scalar()
+    assert graph.erase(ids["r3"]) > 0
+    with graph.engine.connect() as conn:
+        after = conn.execute(select(func.count()).select_from(gs.links)).scalar()
+        sides = conn.execute(select(gs.splits.c.side)).scalars().all()
+    assert before > after  # the r3-r4 link went with the person
+    assert sides == [1]  # only the split-off record (now another customer) is remembered
