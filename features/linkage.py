@@ -303,16 +303,20 @@ class Linker:
         for m in named:
             fits = [b for b in buckets if self.fits(self.find(b), self.find(m))]
             roots = [self.find(b) for b in fits]
-            if any(self.conflict(x, y) for k, x in enumerate(roots) for y in roots[k + 1 :]):
-                self.stats["ambiguous_keys"] += 1  # two people of that name: join neither
+            pairs = [(x, y) for k, x in enumerate(roots) for y in roots[k + 1 :]]
+            if any(self.conflict(x, y) or not self.compatible(x, y) for x, y in pairs):
+                # two people the name fits (namesakes; Alex for Alexander and Sandra)
+                self.stats["ambiguous_keys"] += 1
                 continue
             joined = [self.union(b, m, need_names=True, rule=f"same_{kind}") for b in fits]
             if not any(joined):
                 buckets.append(m)
         buckets = list({self.find(b): b for b in buckets}.values())
+        one_person = not self.gendered
         self.gendered = True
-        if kind == "mobile" and len(buckets) > 1:
-            self.join_similar(buckets)
+        if kind in ("mobile", "email") and len(buckets) > 1:
+            # on a key only one person shows, the key itself is the second piece of evidence
+            self.join_similar(buckets, kind, 1 if one_person else 2)
         if len({self.find(b) for b in buckets}) > 1:
             shared = f"name_in_shared_{kind}"
             self.links[start:] = [(a, b, shared) for a, b, _ in self.links[start:]]
@@ -328,24 +332,30 @@ class Linker:
         """Do these clusters show two people at least: first names that differ even leniently,
         or two different logins, loyalty cards or mobiles?"""
         nodes = [self.nodes[self.find(m)] for m in members]
-        if distinct_names({n for node in nodes for n in node.firsts}, gendered=False) > 1:
+        names = sorted({n for node in nodes for n in node.firsts}, key=lambda n: n[1] or "")
+        if any(  # any two that disagree: Alex meeting Alexander and Sandra proves nothing
+            not _names_meet([x], [y], gendered=False)
+            for k, x in enumerate(names)
+            for y in names[k + 1 :]
+        ):
             return True
         return any(len({v for n in nodes for v in n.held.get(k, ())}) > 1 for k in EXCLUSIVE)
 
-    def join_similar(self, buckets: list[int]) -> None:
-        """A mobile is personal, but a parent's is sometimes given for a child: clusters that
-        hold one and another key besides (an e-mail, a landline), and whose names are close (a
-        typo in each part, a misspelt short form), join unless an exclusive key differs."""
+    def join_similar(self, buckets: list[int], kind: str, min_shared: int) -> None:
+        """Clusters on one mobile or e-mail whose names are close (a typo in each part, a
+        misspelt short form) join unless an exclusive key differs, when they share
+        ``min_shared`` keys: two where the key shows several people (a parent's mobile given
+        for a child, a family e-mail), else the key alone."""
         for i, a in enumerate(buckets):
             for b in buckets[i + 1 :]:
                 ra, rb = self.find(a), self.find(b)
                 if (
                     ra != rb
-                    and self.shared_keys(ra, rb) >= 2
+                    and self.shared_keys(ra, rb) >= min_shared
                     and self.similar(ra, rb)
                     and not self.conflict(ra, rb)
                 ):
-                    self.union(a, b, need_names=False, rule="similar_name_on_mobile")
+                    self.union(a, b, need_names=False, rule=f"similar_name_on_{kind}")
 
 
 @dataclass

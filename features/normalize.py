@@ -351,12 +351,17 @@ SIMILAR = 0.8  # Jaro-Winkler similarity of two spellings that ``names_similar``
 @lru_cache(maxsize=500_000)
 def names_similar(a: str, b: str) -> bool:
     """Looser than ``names_match``: two typos, or a short form written wrongly (Theesa/Theresa,
-    Vroin/Veronika), judged by Jaro-Winkler over the names' forms; only ever used together
-    with a personal key and another name part that matches."""
+    Vroin/Veronika), judged by Jaro-Winkler and at most two edits over the names' forms (Karin
+    and Katharina stay apart); only ever used together with a personal key and another name
+    part that matches."""
     pairs = [(x, y) for x in name_forms(a) for y in short_forms(b)]
     pairs += [(x, y) for x in short_forms(a) for y in name_forms(b)]
     return names_match(a, b) or any(
-        x[0] == y[0] and JaroWinkler.similarity(x, y) >= SIMILAR and not gender_pair(x, y)
+        x[0] == y[0]
+        and JaroWinkler.similarity(x, y) >= SIMILAR
+        and OSA.distance(x, y, score_cutoff=2) <= 2
+        and min(len(x), len(y)) >= 5
+        and not gender_pair(x, y)
         for x, y in pairs
     )
 
