@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from nextbest import (
     cli_audiences,
+    cli_bench_identity,
     cli_clv,
     cli_experiments,
     cli_features,
@@ -66,6 +67,7 @@ bench_app.command("outbound")(cli_outbound.bench_outbound_cmd)
 bench_app.command("clv")(cli_clv.bench_clv_cmd)
 bench_app.command("console")(cli_serving.bench_console_cmd)
 bench_app.command("bandit")(cli_experiments.bench_bandit)
+bench_app.command("identity")(cli_bench_identity.bench_identity)
 
 app.add_typer(cli_features.identity_app, name="identity")
 app.add_typer(cli_features.features_app, name="features")

@@ -66,6 +66,14 @@ class Settings(BaseSettings):
     identity_link_by_name: bool = Field(
         False, description="also join key-less pieces on a rare full name (riskier, off)"
     )
+    identity_batch_engine: Literal["duckdb", "spark"] = Field(
+        "duckdb", description="engine of batch identity resolution (spark: pyspark, Java 17)"
+    )
+    identity_batch_memory: str = Field(
+        "1GB",
+        pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$",
+        description="DuckDB memory limit of a batch run",
+    )
     assignment_salt: str = "nextbest-assignment"
     global_holdout_share: float = Field(
         0.05, ge=0, lt=1, description="people held out of every experiment"
