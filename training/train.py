@@ -67,7 +67,7 @@ def train_model(
         else:
             frames = step("frames", lambda: _propensity_frames(settings, world_dir))
             scorer, params, metrics, plots = step(
-                "fit S- and T-learners", lambda: _fit_propensity(frames, max_rounds)
+                "fit the staged, S- and T-learners", lambda: _fit_propensity(frames, max_rounds)
             )
             keep = [
                 "customer_id",
@@ -114,12 +114,12 @@ def _propensity_frames(settings: Settings, world_dir: Path | None) -> Frames:
 
 
 def _fit_propensity(frames: Frames, max_rounds: int) -> tuple[Any, dict, dict, dict]:
-    """Fit both learners, measure both on the validation exposures, keep the default one."""
+    """Fit every learner, measure each on the validation exposures, keep the default one."""
     from training.propensity import DEFAULT_LEARNER, evaluate_uplift, fit_uplift
 
     chosen: tuple[Any, dict, dict, dict] | None = None
     comparison: dict[str, float] = {}
-    for learner in ("s", "t"):
+    for learner in ("staged", "s", "t"):
         scorer, params = fit_uplift(
             frames.train,
             frames.features,
