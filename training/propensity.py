@@ -36,6 +36,7 @@ Learner = Literal["s", "t", "staged"]
 DEFAULT_LEARNER: Learner = "staged"
 # the staged learner's effect stages: (num_leaves, min_child_samples, lambda_l2)
 EFFECT_STAGES = ((2, 200, 50.0), (4, 200, 50.0))
+MIN_ARM_ROWS = 40  # fewer rows in an arm than this: no effect is fitted (uplift 0)
 PARAMS: dict[str, Any] = {
     "objective": "binary",
     "metric": "binary_logloss",
@@ -95,6 +96,11 @@ def _fit_staged(
     blind = x.copy()
     blind[:, -1] = 0.0  # a constant column: no tree of the baseline can split on it
     booster = _fit_one(blind, y, groups, cats, max_rounds, seed)
+    # a forced split must leave each leaf min_child_samples rows of the early-stopping fit
+    # (LightGBM crashes otherwise): small arms get smaller leaves, tiny ones no effect at all
+    smaller_arm = int(min(x[:, -1].sum(), len(x) - x[:, -1].sum()) * 0.85)
+    if smaller_arm < MIN_ARM_ROWS:
+        return booster
     with tempfile.TemporaryDirectory() as tmp:
         forced = Path(tmp) / "treated_root.json"
         # bins of a 0/1 column: the split "<= 0" sends holdout left and treated right
@@ -102,7 +108,7 @@ def _fit_staged(
         for leaves, min_rows, l2 in EFFECT_STAGES:
             booster = _fit_one(
                 x, y, groups, cats, max_rounds, seed, init=booster,
-                num_leaves=leaves, min_child_samples=min_rows, lambda_l2=l2,
+                num_leaves=leaves, min_child_samples=min(min_rows, smaller_arm // 4), lambda_l2=l2,
                 forcedsplits_filename=str(forced), feature_fraction=1.0,
                 bagging_fraction=1.0, bagging_freq=0,
             )  # fmt: skip

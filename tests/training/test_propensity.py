@@ -158,3 +158,25 @@ def test_staged_learner_prices_a_small_pooled_effect_above_zero() -> None:
         corr[learner] = np.corrcoef(uplift, true)[0, 1]
     assert (uplift > 0).mean() > 0.95
     assert corr["staged"] > 0.7 > corr["s"] + 0.3, corr
+
+
+@pytest.mark.parametrize(("n", "share"), [(60, 0.5), (300, 0.5), (400, 0.8)])
+def test_staged_learner_on_small_arms(n: int, share: float) -> None:
+    """A forced split leaving a leaf fewer rows than min_child_samples crashed LightGBM (a
+    segfault at 80 holdout rows): small arms get smaller leaves, tiny arms no effect."""
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame(
+        {
+            "customer_id": [f"c{i}" for i in range(n)],
+            "usage": rng.random(n),
+            "offer_id": "o1",
+            "channel": "email",
+            "treated": (rng.random(n) < share).astype(int),
+            "label": (rng.random(n) < 0.2).astype(int),
+        }
+    )
+    scorer, _ = fit_uplift(df, ["usage"], "offer_v1", learner="staged", max_rounds=100)
+    uplift = scorer.predict_frame(df)["uplift"].to_numpy()
+    assert np.isfinite(uplift).all()
+    if n < 100:  # 30 rows an arm: no effect fitted
+        assert not uplift.any()
