@@ -18,6 +18,7 @@ from estimation.uplift import UpliftError
 from experiments.exports import clean_arms, parse_numeric
 from training.scoring import TREATED, Scorer
 
+LEARNERS = ("staged", "s", "t")  # training.propensity.Learner
 SERVICE = "csv"  # the spec's feature source: columns of the user's file, not a FeatureService
 
 
@@ -86,14 +87,24 @@ def train_and_predict(
     predict_csv: Path,
     out_csv: Path,
     seed: int = 0,
+    learner: str = "staged",
 ) -> dict[str, object]:
     """Fit on ``train_csv``, write ``<id>,uplift`` for every row of ``predict_csv``."""
     from training.propensity import fit_uplift
 
+    if learner not in LEARNERS:
+        raise UpliftError(f"learner: {learner!r} is not one of {', '.join(LEARNERS)}")
     frame, features = training_frame(_read(train_csv, "train"), treatment, treated, outcome, id_col)
     test = _read(predict_csv, "predict")
     _need(test, [id_col, *features], "predict")
-    scorer, info = fit_uplift(frame, features, SERVICE, seed=seed, context=())
+    scorer, info = fit_uplift(
+        frame,
+        features,
+        SERVICE,
+        seed=seed,
+        context=(),
+        learner=learner,  # type: ignore[arg-type]
+    )
     uplift = predict(scorer, _covariates(test, features))
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({id_col: test[id_col], "uplift": uplift}).to_csv(out_csv, index=False)
@@ -103,6 +114,7 @@ def train_and_predict(
         "train_rows": len(frame),
         "treated_share": round(float(frame[TREATED].mean()), 4),
         "features": features,
+        "learner": learner,
         "rounds": info["rounds"],
         "mean_uplift": round(float(np.mean(uplift)), 6),
     }

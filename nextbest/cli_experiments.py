@@ -48,6 +48,9 @@ def uplift_train(
     predict: Annotated[Path, typer.Option(help="rows to score (CSV: the id and covariates)")],
     out: Annotated[Path, typer.Option(help="where to write <id>,uplift")],
     seed: Annotated[int, typer.Option(help="random seed of the fit")] = 0,
+    learner: Annotated[
+        str, typer.Option(help="staged | s | t (see training/propensity.py)")
+    ] = "staged",
     as_json: JsonFlag = False,
 ) -> None:
     """Fit Nextbest's uplift model on a test's table and write the uplift of every row to score."""
@@ -55,7 +58,9 @@ def uplift_train(
     from experiments.uplift_train import train_and_predict
 
     try:
-        result = train_and_predict(csv, treatment, treated, outcome, id_col, predict, out, seed)
+        result = train_and_predict(
+            csv, treatment, treated, outcome, id_col, predict, out, seed, learner
+        )
     except UpliftError as exc:
         fail(str(exc))
     emit(result, as_json)

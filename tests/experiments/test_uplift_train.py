@@ -90,6 +90,7 @@ BAD = [
         r"column 'device' has a non-numeric value '(app|web)' at line 2 \(row 1\)$",
     ),
     ({"predict": "nowhere.csv"}, r"predict: file 'nowhere.csv' does not exist$"),
+    ({"learner": "x"}, r"learner: 'x' is not one of staged, s, t$"),
 ]
 
 
