@@ -300,7 +300,8 @@ def plot_league(curves: dict[str, dict[str, Any]], path: Path) -> Path:
             ax.plot(c.fraction, c.incremental, label=f"{model} ({c.qini:.4f})", **style)
         first = next(iter(item.values()))
         ax.plot(first.fraction, first.random, "k:", lw=1, label="random")
-        ax.set(title=name, xlabel="share targeted", ylabel="incremental outcomes")
+        ax.set_title(name, fontsize=10)
+        ax.set(xlabel="share targeted", ylabel="incremental outcomes")
         ax.legend(fontsize=7, loc="best")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
