@@ -71,3 +71,17 @@ def test_hillstrom_data_sets_cross_fit_every_row() -> None:
     np.testing.assert_array_equal(rows, np.arange(len(womens.test)))
     for part, held in splits:  # a fold is never in its own model's training rows
         assert len(part.train) + len(held) == len(womens.test)
+
+
+def test_league_names_a_missing_csv(private_home) -> None:  # noqa: ANN001
+    from typer.testing import CliRunner
+
+    from nextbest.cli import app
+
+    pytest.importorskip("causalml")
+    missing = private_home / "hillstrom.csv"
+    result = CliRunner().invoke(
+        app, ["bench", "uplift-models", "--customers", "0", "--csv", str(missing)]
+    )
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: --csv: {missing} does not exist"
