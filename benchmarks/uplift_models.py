@@ -140,7 +140,8 @@ def peer_uplift(name: str, data: Dataset, seed: int) -> np.ndarray:
     # CausalML's R-learner asks for every core (n_jobs=-1): worker processes cost more than
     # they save on these sizes, and the other learners run on one thread too
     with joblib.parallel_config(backend="sequential"):
-        model.fit(X=x, treatment=t, y=y, p=np.full(len(t), share))
+        seeded = {"seed": seed} if name == "DR" else {}  # its cross-fitting folds
+        model.fit(X=x, treatment=t, y=y, p=np.full(len(t), share), **seeded)
         pred = model.predict(x_test, **kwargs)
     return np.asarray(pred, float).reshape(len(x_test), -1)[:, 0]
 
