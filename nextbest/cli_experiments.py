@@ -38,6 +38,34 @@ def uplift_analyze(
     emit(result.model_dump(), as_json)
 
 
+@uplift_app.command("train")
+def uplift_train(
+    csv: Annotated[Path, typer.Option("--csv", help="training table of a randomised test (CSV)")],
+    treatment: Annotated[str, typer.Option(help="column holding the arm label")],
+    treated: Annotated[str, typer.Option(help="label of the treated arm in that column")],
+    outcome: Annotated[str, typer.Option(help="column holding the 0/1 outcome")],
+    id_col: Annotated[str, typer.Option("--id", help="column identifying each row")],
+    predict: Annotated[Path, typer.Option(help="rows to score (CSV: the id and covariates)")],
+    out: Annotated[Path, typer.Option(help="where to write <id>,uplift")],
+    seed: Annotated[int, typer.Option(help="random seed of the fit")] = 0,
+    learner: Annotated[
+        str, typer.Option(help="staged | s | t (see training/propensity.py)")
+    ] = "staged",
+    as_json: JsonFlag = False,
+) -> None:
+    """Fit Nextbest's uplift model on a test's table and write the uplift of every row to score."""
+    from estimation.uplift import UpliftError
+    from experiments.uplift_train import train_and_predict
+
+    try:
+        result = train_and_predict(
+            csv, treatment, treated, outcome, id_col, predict, out, seed, learner
+        )
+    except UpliftError as exc:
+        fail(str(exc))
+    emit(result, as_json)
+
+
 def report(
     out: Annotated[Path | None, typer.Option(help="folder for report.html and report.json")] = None,
     world: Annotated[Path | None, typer.Option(help="simulated world folder")] = None,
@@ -64,6 +92,27 @@ def bench_uplift(
     from benchmarks.uplift_coverage import run
 
     emit(run(experiments, seed), as_json)
+
+
+def bench_uplift_models(
+    customers: Annotated[
+        int, typer.Option(min=0, help="customers of the simulated world (0: leave it out)")
+    ] = 20_000,
+    hillstrom: Annotated[
+        Path | None, typer.Option("--csv", help="Hillstrom e-mail experiment CSV")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="random seed of the world and the splits")] = 7,
+    as_json: JsonFlag = False,
+) -> None:
+    """The uplift league: Nextbest's uplift model against CausalML's S, T, X, R and DR learners
+    on the simulator (truth known) and the Hillstrom experiment: Qini, correlation with truth."""
+    from benchmarks.uplift_models import LeagueError, run_league
+
+    try:
+        result = run_league(get_settings(), customers, hillstrom, seed)
+    except LeagueError as exc:
+        fail(str(exc))
+    emit(result, as_json)
 
 
 def ope(

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     customers: int = Field(2000, gt=0, description="simulated customers for demo/simulate")
     days: int = Field(90, gt=0, description="simulated days of history")
     region: str = Field("GB", description="default country for national phone numbers")
+    uplift_learner: Literal["staged", "s", "t"] = Field(
+        "staged",
+        description="the uplift model `nextbest train propensity` promotes (all three are "
+        "measured on every run; the uplift league in docs/benchmarks.md compares them)",
+    )
 
     ledger_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in home")
     mlflow_tracking_uri: str | None = Field(None, description="default sqlite:///home/mlflow.db")

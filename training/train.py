@@ -67,7 +67,8 @@ def train_model(
         else:
             frames = step("frames", lambda: _propensity_frames(settings, world_dir))
             scorer, params, metrics, plots = step(
-                "fit S- and T-learners", lambda: _fit_propensity(frames, max_rounds)
+                "fit the staged, S- and T-learners",
+                lambda: _fit_propensity(frames, max_rounds, settings.uplift_learner),
             )
             keep = [
                 "customer_id",
@@ -113,13 +114,16 @@ def _propensity_frames(settings: Settings, world_dir: Path | None) -> Frames:
     return propensity_frames(settings, world_dir)
 
 
-def _fit_propensity(frames: Frames, max_rounds: int) -> tuple[Any, dict, dict, dict]:
-    """Fit both learners, measure both on the validation exposures, keep the default one."""
-    from training.propensity import DEFAULT_LEARNER, evaluate_uplift, fit_uplift
+def _fit_propensity(
+    frames: Frames, max_rounds: int, keep: str = "staged"
+) -> tuple[Any, dict, dict, dict]:
+    """Fit every learner, measure each on the validation exposures, keep ``keep``
+    (``NEXTBEST_UPLIFT_LEARNER``)."""
+    from training.propensity import evaluate_uplift, fit_uplift
 
     chosen: tuple[Any, dict, dict, dict] | None = None
     comparison: dict[str, float] = {}
-    for learner in ("s", "t"):
+    for learner in ("staged", "s", "t"):
         scorer, params = fit_uplift(
             frames.train,
             frames.features,
@@ -132,7 +136,7 @@ def _fit_propensity(frames: Frames, max_rounds: int) -> tuple[Any, dict, dict, d
                     "true_uplift_pearson_within_offer"):  # fmt: skip
             if key in metrics:
                 comparison[f"{learner}_learner_{key}"] = metrics[key]
-        if learner == DEFAULT_LEARNER:
+        if learner == keep:
             chosen = (scorer, params, metrics, plots)
         else:
             import matplotlib.pyplot as plt

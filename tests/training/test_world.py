@@ -118,7 +118,9 @@ def test_train_serve_consistency(trained_world) -> None:  # noqa: ANN001
 def test_training_reports_and_gate(trained_world) -> None:  # noqa: ANN001
     churn, prop = trained_world.churn, trained_world.propensity
     assert {"auc", "pr_auc", "brier", "top_decile_lift"} <= set(churn["metrics"])
-    assert {"qini", "auuc", "true_uplift_pearson", "t_learner_qini"} <= set(prop["metrics"])
+    assert {"qini", "auuc", "true_uplift_pearson", "t_learner_qini", "staged_learner_qini"} <= set(
+        prop["metrics"]
+    )
     client = mlflow.MlflowClient(trained_world.settings.tracking_uri)
     run = client.get_run(churn["run_id"])
     assert run.data.tags["feature_service"] == "churn_v1"
