@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -79,10 +80,8 @@ def _group(name: str):  # noqa: ANN202 - serving import kept lazy
         fail(str(exc))
 
 
-@audience_app.command("preview")
-def preview(name: Name, as_json: JsonFlag = False) -> None:
-    """Size and composition of target group NAME as it would be now (nothing is stored)."""
-    from serving.audiences import preview as run
+def _on_group(name: str, run: Callable[[Any, Any], dict[str, Any]], as_json: bool) -> None:
+    """Load target group NAME and the service's parts, run ``run(deps, group)``, print it."""
     from serving.deps import load_deps
 
     group = _group(name)
@@ -91,20 +90,22 @@ def preview(name: Name, as_json: JsonFlag = False) -> None:
     except RuntimeError as exc:
         fail(str(exc))
     emit(result, as_json)
+
+
+@audience_app.command("preview")
+def preview(name: Name, as_json: JsonFlag = False) -> None:
+    """Size and composition of target group NAME as it would be now (nothing is stored)."""
+    from serving.audiences import preview as run
+
+    _on_group(name, run, as_json)
 
 
 @audience_app.command("rebuild")
 def rebuild(name: Name, as_json: JsonFlag = False) -> None:
     """Re-evaluate every customer and store NAME's membership (arms sticky, holdout included)."""
     from serving.audiences import rebuild as run
-    from serving.deps import load_deps
 
-    group = _group(name)
-    try:
-        result = run(load_deps(get_settings().ensure_dirs()), group)
-    except RuntimeError as exc:
-        fail(str(exc))
-    emit(result, as_json)
+    _on_group(name, run, as_json)
 
 
 @audience_app.command("export")

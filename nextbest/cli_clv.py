@@ -104,14 +104,15 @@ def bench_clv_cmd(
     emit(result, as_json)
 
 
+Materialize = Annotated[
+    bool,
+    typer.Option("--materialize/--no-materialize", help="load the values into the online store"),
+]
+
+
 @clv_app.command("train")
 def clv_train(
-    materialize: Annotated[
-        bool,
-        typer.Option(
-            "--materialize/--no-materialize", help="load the values into the online store"
-        ),
-    ] = True,
+    materialize: Materialize = True,
     as_json: JsonFlag = False,
 ) -> None:
     """CLV of every customer in the event log: both models registered in MLflow as ``clv``
@@ -144,12 +145,7 @@ def clv_train(
 
 @clv_app.command("score")
 def clv_score(
-    materialize: Annotated[
-        bool,
-        typer.Option(
-            "--materialize/--no-materialize", help="load the values into the online store"
-        ),
-    ] = True,
+    materialize: Materialize = True,
     as_json: JsonFlag = False,
 ) -> None:
     """CLV of every customer in the event log from the registered ``clv`` champion, without

@@ -30,16 +30,18 @@ offer_v1 = FeatureService(
     description="offer propensity/uplift inputs: the churn inputs plus the live basket",
 )
 
+PROFILE_V1_VIEWS = [
+    customer_profile,
+    customer_consent,
+    customer_activity,
+    customer_realtime,
+    customer_basket_live,
+    customer_segments,
+]
+
 profile_v1 = FeatureService(
     name="profile_v1",
-    features=[
-        customer_profile,
-        customer_consent,
-        customer_activity,
-        customer_realtime,
-        customer_basket_live,
-        customer_segments,
-    ],
+    features=PROFILE_V1_VIEWS,
     description="the unified customer profile (nextbest profile, GET /profile)",
 )
 
@@ -74,15 +76,7 @@ clv_v1 = FeatureService(
 
 profile_v2 = FeatureService(
     name="profile_v2",
-    features=[
-        customer_profile,
-        customer_consent,
-        customer_activity,
-        customer_realtime,
-        customer_basket_live,
-        customer_segments,
-        customer_value,
-    ],
+    features=[*PROFILE_V1_VIEWS, customer_value],
     description="profile_v1 plus customer value (clv_12m, p_alive, value tier): what the "
     "decision service reads, so arbitration can weigh retention by what a customer is worth",
 )
