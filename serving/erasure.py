@@ -30,6 +30,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    inspect,
     select,
     update,
 )
@@ -210,13 +211,14 @@ def _audiences(customer_ids: list[str], deps: Deps) -> dict[str, int]:
     """A person's target-group memberships and lift units (issue 18). What an ad platform
     holds (``audience_exported``: key hashes) stays until the next export sends its removal,
     which then deletes it: erased here, the platform would keep them."""
-    from serving.audiences import audience_members, ensure_tables
+    from serving.audiences import audience_members
     from serving.paid_media_export import audience_units
 
-    ensure_tables(deps.ledger.engine)
     counts = {}
     with deps.ledger.engine.begin() as conn:
         for table in (audience_members, audience_units):
+            if not inspect(conn).has_table(table.name):  # never created: nothing to erase
+                continue
             q = delete(table).where(table.c.customer_id.in_(customer_ids))
             counts[table.name] = conn.execute(q).rowcount
     return counts

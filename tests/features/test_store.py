@@ -235,7 +235,9 @@ def _redis_home(home, tmp_path, why: str):  # noqa: ANN001, ANN202
     import redis
 
     redis.Redis(host="127.0.0.1", port=6379, db=REDIS_TEST_DB).flushdb()
-    redis_url = f"127.0.0.1:6379,db={REDIS_TEST_DB}"
+    # generous timeouts of its own: these tests check what is stored, not how fast (the
+    # product's 100 ms read deadline has tests of its own, tests/features/test_redis_faults.py)
+    redis_url = f"127.0.0.1:6379,db={REDIS_TEST_DB},socket_timeout=5,socket_connect_timeout=5"
     return _fresh_home(home, tmp_path, online_store="redis", redis_url=redis_url)
 
 
