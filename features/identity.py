@@ -26,12 +26,13 @@ from features.linkage import KEY_KINDS, Linker, Node, assign_ids, key_kind
 # identifier field -> key type; the order is the lookup priority, strongest first
 KEY_TYPES = KEY_KINDS
 STRONG = ("login_id", "loyalty_id", "cookie_id")
+VARIANT_CACHE = 100_000  # hashed variant sets of distinct names kept per graph (bounded)
 
 
 def salted_hash(salt: bytes, kind: str, value: str) -> str:
     """HMAC-SHA256 of ``kind:value`` under the identity salt (32 hex characters): how the
     graph stores keys, and how other stores keep an id they must not hold in the clear."""
-    return hmac.new(salt, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()[:32]
+    return hmac.digest(salt, f"{kind}:{value}".encode(), hashlib.sha256).hex()[:32]
 
 
 class Identifiers(BaseModel):
@@ -78,6 +79,7 @@ class IdentityGraph:
         self.name_only = name_only
         gs.ensure_schema(engine)
         self.last_stats: dict[str, int] = {}
+        self._variants: dict[tuple[str, str], frozenset[str]] = {}  # names repeat: hash once
 
     def _hash(self, kind: str, value: str) -> str:
         return salted_hash(self._salt, kind, value)
@@ -213,7 +215,15 @@ class IdentityGraph:
         def variants(kind: str, name: str | None, nicknames: bool) -> frozenset[str] | None:
             if not name:
                 return None
-            return frozenset(self._hash(kind, v)[:12] for v in nz.name_variants(name, nicknames))
+            found = self._variants.get((kind, name))
+            if found is None:
+                if len(self._variants) >= VARIANT_CACHE:
+                    self._variants.clear()
+                found = frozenset(
+                    self._hash(kind, v)[:12] for v in nz.name_variants(name, nicknames)
+                )
+                self._variants[(kind, name)] = found
+            return found
 
         return {
             "record": [self._hash("record", r.record_id) for r in batch],
