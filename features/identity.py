@@ -26,12 +26,13 @@ from features.linkage import KEY_KINDS, Linker, Node, assign_ids, key_kind
 # identifier field -> key type; the order is the lookup priority, strongest first
 KEY_TYPES = KEY_KINDS
 STRONG = ("login_id", "loyalty_id", "cookie_id")
+VARIANT_CACHE = 100_000  # hashed variant sets of distinct names kept per graph (bounded)
 
 
 def salted_hash(salt: bytes, kind: str, value: str) -> str:
     """HMAC-SHA256 of ``kind:value`` under the identity salt (32 hex characters): how the
     graph stores keys, and how other stores keep an id they must not hold in the clear."""
-    return hmac.new(salt, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()[:32]
+    return hmac.digest(salt, f"{kind}:{value}".encode(), hashlib.sha256).hex()[:32]
 
 
 class Identifiers(BaseModel):
@@ -78,6 +79,7 @@ class IdentityGraph:
         self.name_only = name_only
         gs.ensure_schema(engine)
         self.last_stats: dict[str, int] = {}
+        self._variants: dict[tuple[str, str], frozenset[str]] = {}  # names repeat: hash once
 
     def _hash(self, kind: str, value: str) -> str:
         return salted_hash(self._salt, kind, value)
@@ -143,8 +145,39 @@ class IdentityGraph:
             linker, h["record"], index, created, lambda rh: "C" + self._hash("customer", rh)[:12]
         )
         now = datetime.now(UTC)
-        variants = [" ".join(sorted(v)) if v else None for v in h["first_v"] + h["last_v"]]
         n = len(batch)
+        record_rows, key_rows = self._rows(batch, h, ids)
+        ref = [f"r:{rh}" for rh in h["record"]] + [f"c:{cid}" for cid in index]
+        link_rows = [(ref[a], ref[b], rule) for a, b, rule in linker.links]
+        with self.engine.begin() as conn:
+            for old, new in merged:
+                gs.merge_customer(conn, old, new, now)
+            gs.write_batch(conn, new_customers, record_rows, key_rows, now)
+            gs.write_links(conn, link_rows, now)
+        self.last_stats = {
+            "records": n,
+            "customers": len(set(ids)),
+            "new_customers": len(new_customers),
+            "merged_customers": len(merged),
+            "warnings": len(self.last_warnings),
+            "unusable_values": dict(sorted(unusable.items())),
+            "links": len(link_rows),
+            **linker.stats,
+        }
+        return pd.DataFrame({"record_id": [r.record_id for r in batch], "customer_id": ids})
+
+    def stored_rows(
+        self, batch: list[Record], ids: list[str]
+    ) -> tuple[list[dict[str, Any]], set[tuple[str, str, str]]]:
+        """The record rows and (key, customer, type) rows of these records of customers
+        ``ids``: how a graph built elsewhere (the batch engine) is stored like ``resolve``'s."""
+        return self._rows(batch, self._hash_batch(batch), ids)
+
+    def _rows(
+        self, batch: list[Record], h: dict[str, list[Any]], ids: list[str]
+    ) -> tuple[list[dict[str, Any]], set[tuple[str, str, str]]]:
+        n = len(batch)
+        variants = [" ".join(sorted(v)) if v else None for v in h["first_v"] + h["last_v"]]
         record_rows = [
             {
                 "record_hash": rh,
@@ -169,29 +202,12 @@ class IdentityGraph:
                 strict=True,
             )
         ]
-        ref = [f"r:{rh}" for rh in h["record"]] + [f"c:{cid}" for cid in index]
-        link_rows = [(ref[a], ref[b], rule) for a, b, rule in linker.links]
         key_rows = {
             (kh, c, types[f])
             for ks, types, c in zip(h["keys"], h["types"], ids, strict=True)
             for f, kh in ks.items()
         }
-        with self.engine.begin() as conn:
-            for old, new in merged:
-                gs.merge_customer(conn, old, new, now)
-            gs.write_batch(conn, new_customers, record_rows, key_rows, now)
-            gs.write_links(conn, link_rows, now)
-        self.last_stats = {
-            "records": n,
-            "customers": len(set(ids)),
-            "new_customers": len(new_customers),
-            "merged_customers": len(merged),
-            "warnings": len(self.last_warnings),
-            "unusable_values": dict(sorted(unusable.items())),
-            "links": len(link_rows),
-            **linker.stats,
-        }
-        return pd.DataFrame({"record_id": [r.record_id for r in batch], "customer_id": ids})
+        return record_rows, key_rows
 
     def _hash_batch(self, batch: list[Record]) -> dict[str, list[Any]]:
         """Salted hashes of everything the linker and the tables need, per record."""
@@ -199,7 +215,15 @@ class IdentityGraph:
         def variants(kind: str, name: str | None, nicknames: bool) -> frozenset[str] | None:
             if not name:
                 return None
-            return frozenset(self._hash(kind, v)[:12] for v in nz.name_variants(name, nicknames))
+            found = self._variants.get((kind, name))
+            if found is None:
+                if len(self._variants) >= VARIANT_CACHE:
+                    self._variants.clear()
+                found = frozenset(
+                    self._hash(kind, v)[:12] for v in nz.name_variants(name, nicknames)
+                )
+                self._variants[(kind, name)] = found
+            return found
 
         return {
             "record": [self._hash("record", r.record_id) for r in batch],

@@ -21,12 +21,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from features.identity_blocks import ROW_COLUMNS, compute_blocks, link_rows
+from features.identity_blocks import ROW_COLUMNS, compute_blocks, link_rows_with_links
 from features.identity_chunks import NAME_FIELDS, normalise_chunk, parsers
 from features.identity_records import KEY_FIELDS, IdentityInputError
 
 CANONICAL_COLUMNS = ("record_id", *KEY_FIELDS, *NAME_FIELDS)
 Progress = Callable[[str, int], None]  # (stage, records done)
+# (raw chunk, its canonical form, rows before it): sees each chunk as it is normalised
+OnChunk = Callable[[pd.DataFrame, pd.DataFrame, int], None]
+# (connection, work folder) once ``resolved`` (rid, record_id, customer_id) and the links file
+# (``LINKS_FILE``: rid_a, rid_b, rule) exist: writes the output instead of the default copy
+Finish = Callable[[duckdb.DuckDBPyConnection, Path], None]
+LINKS_FILE = "links.parquet"
 
 
 class BatchSummary(BaseModel):
@@ -67,8 +73,8 @@ class DuckRunner:
 
 def link_blocks(
     batches: Iterator[pa.RecordBatch], max_size: int, max_names: int
-) -> Iterator[tuple[list[int], list[int]]]:
-    """(rids, clusters) per batch of records ordered by (block, rid); a block cut by a batch
+) -> Iterator[tuple[list[int], list[int], list[tuple[int, int, str]]]]:
+    """(rids, clusters, links) per batch of records ordered by (block, rid); a block cut by a batch
     boundary is carried over, so at most one batch plus the largest block is in memory."""
     carry: list[tuple] = []
     carry_block = None
@@ -77,17 +83,20 @@ def link_blocks(
         blocks = batch.column("block").to_pylist()
         rids: list[int] = []
         clusters: list[int] = []
+        links: list[tuple[int, int, str]] = []
         for block, row in zip(blocks, zip(*columns, strict=True), strict=True):
             if block != carry_block and carry:
                 rids += [r[0] for r in carry]
-                clusters += link_rows(carry, max_size, max_names)
+                done, made = link_rows_with_links(carry, max_size, max_names)
+                clusters += done
+                links += made
                 carry = []
             carry.append(row)
             carry_block = block
         if rids:
-            yield rids, clusters
+            yield rids, clusters, links
     if carry:
-        yield [r[0] for r in carry], link_rows(carry, max_size, max_names)
+        yield [r[0] for r in carry], *link_rows_with_links(carry, max_size, max_names)
 
 
 def _open(workdir: Path, memory_limit: str, threads: int) -> duckdb.DuckDBPyConnection:
@@ -111,15 +120,30 @@ def resolve_csv(
     threads: int = 2,
     workdir: Path | None = None,
     progress: Progress | None = None,
+    chunks: Iterator[pd.DataFrame] | None = None,
+    on_chunk: OnChunk | None = None,
+    finish: Finish | None = None,
 ) -> BatchSummary:
     """Resolve the records of a CSV (``IDENTITY_INPUT_COLUMNS``) into clusters; write ``out``
     (CSV or Parquet by suffix) with ``record_id, customer_id``, the id being the record_id of
-    the cluster's first record. Bad values are counted and dropped, never fatal."""
+    the cluster's first record. Bad values are counted and dropped, never fatal.
+    ``chunks`` replaces reading ``path`` (a caller that checked the file itself); ``on_chunk``
+    and ``finish`` let a caller see the chunks and write the result its own way."""
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         con = _open(Path(tmp), memory_limit, threads)
         try:
             return _resolve(
-                con, Path(tmp), path, out, region, max_size, max_names, chunk_rows, progress
+                con,
+                Path(tmp),
+                path,
+                out,
+                region,
+                max_size,
+                max_names,
+                chunks if chunks is not None else read_chunks(path, chunk_rows),
+                progress,
+                on_chunk,
+                finish,
             )
         finally:
             con.close()
@@ -133,16 +157,20 @@ def _resolve(
     region: str,
     max_size: int,
     max_names: int,
-    chunk_rows: int,
+    chunks: Iterator[pd.DataFrame],
     progress: Progress | None,
+    on_chunk: OnChunk | None,
+    finish: Finish | None,
 ) -> BatchSummary:
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     columns = ", ".join(f"{c} VARCHAR" for c in CANONICAL_COLUMNS)
     con.execute(f"CREATE TABLE records (rid BIGINT, {columns})")
     n, unusable = 0, dict.fromkeys(parsers(region), 0)
-    for chunk in read_chunks(path, chunk_rows):
+    for chunk in chunks:
         canonical, bad = normalise_chunk(chunk, region)
+        if on_chunk:
+            on_chunk(chunk, canonical, n)
         canonical.insert(0, "rid", np.arange(n, n + len(canonical), dtype=np.int64))
         con.register("chunk", canonical)
         con.execute("INSERT INTO records BY NAME SELECT * FROM chunk")
@@ -172,15 +200,22 @@ def _resolve(
     start = time.perf_counter()
     clusters_file = tmp / "clusters.parquet"
     schema = pa.schema([("rid", pa.int64()), ("cluster", pa.int64())])
+    link_schema = pa.schema([("rid_a", pa.int64()), ("rid_b", pa.int64()), ("rule", pa.string())])
     query = (
         "SELECT r.*, b.block FROM records r JOIN blocks b ON r.rid = b.rid "
         "WHERE b.size > 1 ORDER BY b.block, r.rid"
     )
     reader = con.sql(query).to_arrow_reader(50_000)
     done = 0
-    with pq.ParquetWriter(clusters_file, schema) as writer:
-        for rids, clusters in link_blocks(reader, max_size, max_names):
+    with (
+        pq.ParquetWriter(clusters_file, schema) as writer,
+        pq.ParquetWriter(tmp / LINKS_FILE, link_schema) as link_writer,
+    ):
+        for rids, clusters, links in link_blocks(reader, max_size, max_names):
             writer.write_table(pa.table({"rid": rids, "cluster": clusters}, schema=schema))
+            a, b, rule = zip(*links, strict=True) if links else ((), (), ())
+            columns = {"rid_a": list(a), "rid_b": list(b), "rule": list(rule)}
+            link_writer.write_table(pa.table(columns, schema=link_schema))
             done += len(rids)
             if progress:
                 progress("link", done)
@@ -197,10 +232,13 @@ def _resolve(
             SELECT c.rid, c.record_id, f.record_id AS customer_id
             FROM c JOIN records f ON f.rid = c.cluster"""
     )
-    fmt = "FORMAT PARQUET" if out.suffix == ".parquet" else "FORMAT CSV, HEADER"
-    con.execute(
-        f"COPY (SELECT record_id, customer_id FROM resolved ORDER BY rid) TO '{out}' ({fmt})"
-    )
+    if finish is not None:
+        finish(con, tmp)
+    else:
+        fmt = "FORMAT PARQUET" if out.suffix == ".parquet" else "FORMAT CSV, HEADER"
+        con.execute(
+            f"COPY (SELECT record_id, customer_id FROM resolved ORDER BY rid) TO '{out}' ({fmt})"
+        )
     clusters_n = con.execute("SELECT count(DISTINCT customer_id) FROM resolved").fetchall()[0][0]
     no_ids = con.execute(
         "SELECT count(*) FROM records WHERE " + " AND ".join(f"{f} IS NULL" for f in KEY_FIELDS)

@@ -90,12 +90,21 @@ def compute_blocks(
 def link_rows(rows: list[tuple], max_size: int, max_names: int) -> list[int]:
     """Cluster of each record of one block (the smallest ``rid`` in its cluster), by the
     rules; ``rows`` are ``(rid, record_id, first, last, *KEY_FIELDS)`` in rid order."""
+    return link_rows_with_links(rows, max_size, max_names)[0]
+
+
+def link_rows_with_links(
+    rows: list[tuple], max_size: int, max_names: int
+) -> tuple[list[int], list[tuple[int, int, str]]]:
+    """``link_rows`` plus every union made, as ``(rid, rid, rule)``: what a graph built from
+    the engine persists so a steward can ask why records were joined."""
     records = [
         Record(rid_id, {f: v for f, v in zip(KEY_FIELDS, keys, strict=True) if v}, first, last)
         for _, rid_id, first, last, *keys in rows
     ]
-    labels = link_block(records, max_size=max_size, max_names=max_names).labels
+    made = link_block(records, max_size=max_size, max_names=max_names)
     smallest: dict[int, int] = {}
-    for (rid, *_), label in zip(rows, labels, strict=True):
+    for (rid, *_), label in zip(rows, made.labels, strict=True):
         smallest.setdefault(label, rid)  # rows come in rid order: the first is the smallest
-    return [smallest[label] for label in labels]
+    links = [(rows[a][0], rows[b][0], rule) for a, b, rule in made.links]
+    return [smallest[label] for label in made.labels], links

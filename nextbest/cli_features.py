@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nextbest.cli_common import JsonFlag, console, emit, fail
-from nextbest.settings import get_settings
+from nextbest.settings import Settings, get_settings
 
 identity_app = typer.Typer(no_args_is_help=True, help="Identity resolution.")
 features_app = typer.Typer(no_args_is_help=True, help="The Feast feature store.")
@@ -118,7 +119,8 @@ def identity_resolve(
 
     By default the records are resolved in a fresh graph (OUT's name with .graph.db, for
     `identity explain --graph`), so a test file never links its people to live customers;
-    --merge-into-home joins them to the home graph (ids stable across runs). An unusable value
+    --merge-into-home joins them to the home graph (ids stable across runs). A fresh graph is
+    built by the batch engine (memory bounded by the largest block, not the file). An unusable value
     (a phone that is not a number for the region, a malformed e-mail) is dropped and counted,
     or with --strict stops the run naming the row (1 = first data row) and column.
     """
@@ -128,6 +130,9 @@ def identity_resolve(
     s = get_settings()
     if region:
         s = s.model_copy(update={"region": region.upper()})
+    if not merge_into_home and not s.identity_link_by_name:  # name links cross blocks
+        _resolve_fresh(s, csv, out, delimiter, lenient, as_json)
+        return
     frame = read_records(csv, delimiter)
     if merge_into_home:
         graph, where = graph_for(s), f"merged into the home graph ({s.ledger_db_url})"
@@ -159,11 +164,65 @@ def identity_resolve(
 
 
 WARNINGS_SHOWN = 10
+CHUNK_ROWS = 100_000
+
+
+def _resolve_fresh(
+    s: Settings, csv: Path, out: Path, delimiter: str, lenient: bool, as_json: bool
+) -> None:
+    """The default path of `identity resolve`: the batch engine (memory bounded by the largest
+    block) clusters the records and its result is written as a fresh graph beside --out."""
+    from features.identity import fresh_graph
+    from features.identity_fresh import resolve_fresh
+    from features.identity_records import IdentityInputError
+
+    graph_file = out.with_name(out.stem + ".graph.db")
+    chunks = iter_records(csv, delimiter, CHUNK_ROWS)
+    first = next(chunks)  # a file that cannot be read fails before the old graph is replaced
+    if first.empty:
+        fail(f"--csv {csv}: no records below the header")
+    graph = fresh_graph(graph_file, s)
+    with console.status("resolving identity records") as status:
+
+        def progress(stage: str, done: int) -> None:
+            status.update(f"resolving identity records: {stage} {done:,}")
+
+        try:
+            stats, shown = resolve_fresh(
+                graph,
+                s,
+                csv,
+                itertools.chain([first], chunks),
+                out,
+                strict=not lenient,
+                warnings_kept=WARNINGS_SHOWN,
+                progress=progress,
+            )
+        except IdentityInputError as exc:
+            fail(str(exc))
+    for warning in shown:
+        console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
+    if stats["warnings"] > len(shown):
+        console.print(f"warning: ... and {stats['warnings'] - len(shown)} more")
+    emit({"out": str(out), "graph": str(graph_file)} | stats, as_json)
+    console.print(
+        f"wrote {stats['customers']} customers for {stats['records']} records to {out}, "
+        f"in a fresh graph {graph_file}; the home graph was not touched",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def read_records(csv: Path, delimiter: str):  # noqa: ANN201 - a pandas DataFrame
     """The records file as text columns; one line naming the problem when it cannot be read
     (missing, not text, ragged rows) or is split by another delimiter than ``delimiter``."""
+    return next(iter_records(csv, delimiter, None))
+
+
+def iter_records(csv: Path, delimiter: str, chunk_rows: int | None):  # noqa: ANN201 - frames
+    """``read_records`` a chunk of ``chunk_rows`` at a time (the whole file when None), so a
+    big file is checked as it is read and never held whole."""
     import warnings
 
     import pandas as pd
@@ -173,9 +232,20 @@ def read_records(csv: Path, delimiter: str):  # noqa: ANN201 - a pandas DataFram
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            frame = pd.read_csv(
-                csv, dtype=str, keep_default_na=False, sep=delimiter, index_col=False
+            frames = pd.read_csv(
+                csv,
+                dtype=str,
+                keep_default_na=False,
+                sep=delimiter,
+                index_col=False,
+                chunksize=chunk_rows,
             )
+            if chunk_rows is None:
+                frames = [frames]
+            for n, frame in enumerate(frames):
+                if n == 0:
+                    _check_header(frame, csv, delimiter, IDENTITY_INPUT_COLUMNS)
+                yield frame
     except pd.errors.ParserWarning:
         fail(f"--csv {csv}: cannot parse (a row has more fields than the header)")
     except (OSError, UnicodeDecodeError) as exc:
@@ -188,6 +258,10 @@ def read_records(csv: Path, delimiter: str):  # noqa: ANN201 - a pandas DataFram
         fail(f"--csv {csv}: the file is empty (expected a header row)")
     except pd.errors.ParserError as exc:
         fail(f"--csv {csv}: cannot parse ({str(exc).strip()})")
+
+
+def _check_header(frame, csv: Path, delimiter: str, columns: tuple[str, ...]) -> None:  # noqa: ANN001
+    """One line when the header is split by another delimiter or lacks a column."""
     if len(frame.columns) == 1:
         header = str(frame.columns[0])
         for other in (";", "\t", "|", ","):
@@ -197,10 +271,9 @@ def read_records(csv: Path, delimiter: str):  # noqa: ANN201 - a pandas DataFram
                     f"--csv {csv}: the header is one column split by '{shown}', not by "
                     f"'{delimiter}' (pass --delimiter '{shown}')"
                 )
-    missing = [c for c in IDENTITY_INPUT_COLUMNS if c not in frame.columns]
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
         fail(f"--csv {csv}: missing column(s) {', '.join(missing)}")
-    return frame
 
 
 @identity_app.command("explain")
