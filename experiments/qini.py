@@ -19,7 +19,7 @@ class QiniCurve(BaseModel):
     fraction: list[float]  # share of customers targeted, best predicted uplift first
     incremental: list[float]  # incremental conversions Q(k)
     random: list[float]  # the same for random targeting
-    qini: float  # area between model and random curves, per customer targeted
+    qini: float  # area between the model and random curves: incremental outcomes x share targeted
     n: int
 
 
