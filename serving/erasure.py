@@ -263,9 +263,12 @@ def _sources(person: Person, deps: Deps) -> int:
 
 
 def _models(person: Person, deps: Deps) -> int:
+    """Rows of the person in model artifacts: validation windows, and the CLV fit summaries."""
+    from training.clv_registry import erase_fit_rows
     from training.registry import erase_validation_rows
 
-    return erase_validation_rows(deps.settings, person.customer_ids)
+    ids = person.customer_ids
+    return erase_validation_rows(deps.settings, ids) + erase_fit_rows(deps.settings, ids)
 
 
 STEPS: dict[str, Callable[[Person, Deps], Any]] = {

@@ -69,6 +69,36 @@ def _save_pymc(settings: Settings, model: Any, path: Path) -> None:
     idata.to_netcdf(str(path))
 
 
+def erase_fit_rows(settings: Settings, customer_ids: list[str]) -> int:
+    """Right to erasure: drop these customers' rows from the fitted summaries every registered
+    CLV version keeps (``bg.nc``, ``gg.nc`` under the home's artifacts; a remote artifact store
+    is out of reach here); rows removed. The fitted parameters stay: loading and predicting
+    need the summary's shape, not these customers. Each file is rewritten atomically."""
+    import arviz as az
+
+    gone = [customer_key(settings, c) for c in customer_ids]
+    n = 0
+    for path in sorted((settings.home / "mlartifacts").rglob("*.nc")):
+        if path.name not in ("bg.nc", "gg.nc"):
+            continue
+        idata = az.from_netcdf(str(path))
+        if "fit_data" not in idata.groups():
+            continue
+        fit = idata.fit_data.load()
+        hit = np.isin(fit["customer_id"].to_numpy().astype(str), gone)
+        if not hit.any():
+            continue
+        kept = fit.isel({fit["customer_id"].dims[0]: ~hit})
+        groups = {g: getattr(idata, g).load() for g in idata.groups() if g != "fit_data"}
+        rewritten = az.InferenceData(**groups, fit_data=kept)
+        rewritten.attrs.update(getattr(idata, "attrs", {}) or {})
+        tmp = path.with_suffix(".erase.tmp")
+        rewritten.to_netcdf(str(tmp))
+        tmp.replace(path)
+        n += int(hit.sum())
+    return n
+
+
 def save_bundle(settings: Settings, model: ClvModel, folder: Path) -> Path:
     """Write one version's files (see the module docstring) into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)

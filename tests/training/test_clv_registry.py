@@ -178,3 +178,42 @@ def test_nothing_to_promote_or_score_exits_2_with_one_line(
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == error
+
+
+def test_erasure_drops_a_customer_from_every_fit_summary(clv_home, tmp_path: Path) -> None:  # noqa: ANN001
+    """The fitted summaries kept with each version lose the erased customer's row (a copy of
+    the home's artifacts, so the other tests keep theirs); the versions still load and
+    predict the other customers as before."""
+    import shutil
+
+    from training.clv_registry import erase_fit_rows
+    from training.registry import client_for, customer_key
+
+    client_for(clv_home.settings)  # the registry the versions are read from
+    settings = clv_home.settings.model_copy(update={"home": tmp_path})
+    shutil.copytree(clv_home.settings.home / "mlartifacts", tmp_path / "mlartifacts")
+    version = clv_home.trained["registered"][clv_home.trained["chosen"]]["version"]
+    folder, model, summary = _version(clv_home.settings, version)
+    files = sorted((tmp_path / "mlartifacts").rglob("*.nc"))
+    sizes = {f: len(_fit_keys(f)) for f in files}
+    in_all = set.intersection(*(set(_fit_keys(f)) for f in files))  # a repeat buyer (Gamma-Gamma)
+    gone = next(str(c) for c in summary.index if customer_key(settings, str(c)) in in_all)
+    key, kept = customer_key(settings, gone), summary.drop(index=gone)
+    before = model.predict(kept, 365)
+    assert erase_fit_rows(settings, [gone]) == len(files)  # one row in each summary
+    assert all(key not in _fit_keys(f) and len(_fit_keys(f)) == sizes[f] - 1 for f in files)
+    assert erase_fit_rows(settings, [gone]) == 0
+    spec = (folder / "clv.json").read_text()
+    copies = [p.parent for p in (tmp_path / "mlartifacts").rglob("clv.json")]
+    assert copies
+    for copy in copies:  # every version still loads and predicts; the chosen one as before
+        predicted = load_bundle(copy).predict(kept, 365)
+        if (copy / "clv.json").read_text() == spec:
+            pd.testing.assert_frame_equal(predicted, before)
+
+
+def _fit_keys(path: Path) -> list[str]:
+    """The salted customer keys of one fitted summary."""
+    import arviz as az
+
+    return az.from_netcdf(str(path)).fit_data["customer_id"].to_numpy().astype(str).tolist()
