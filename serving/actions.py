@@ -315,9 +315,9 @@ def _apply_once(
         ("journeys", lambda: journey_events.on_event(event, cid, deps)),
         ("intents", lambda: journey_intents.track(event, cid, active, deps)),
     ]
-    if audiences.reacting(deps.settings, event.event_type):
+    if groups := audiences.reacting(deps.settings, event.event_type):
         # issue 18: a purchase takes a customer out of a group that wants none, at once
-        sinks.append(("audiences", lambda: audiences.on_event(event, cid, deps)))
+        sinks.append(("audiences", lambda: audiences.on_event(event, cid, deps, groups)))
     for sink, apply in sinks:
         why = _once(event.event_id, sink, cid, apply, deps, result)
         if why:

@@ -250,12 +250,12 @@ def reacting(settings: Settings, event_type: str) -> list[TargetGroup]:
     return [g for g in active_groups(settings) if g.reacts_to(event_type)]
 
 
-def on_event(event: Any, customer_id: str, deps: Deps) -> dict[str, Any]:
-    """Re-check one customer against the groups whose event conditions this event type can
-    change, at the event's time, and move them in or out. Returns the groups joined and left."""
+def on_event(event: Any, customer_id: str, deps: Deps, groups: list[TargetGroup]) -> dict[str, Any]:
+    """Re-check one customer against ``groups`` (:func:`reacting`: those whose event
+    conditions this event type can change), at the event's time, and move them in or out.
+    Returns the groups joined and left."""
     from features.ingest import read_customer_events
 
-    groups = reacting(deps.settings, event.event_type)
     if not groups or deps.features is None:
         return {}
     at = event.ts.astimezone(UTC)
