@@ -276,12 +276,15 @@ def _check_header(frame, csv: Path, delimiter: str, columns: tuple[str, ...]) ->
         fail(f"--csv {csv}: missing column(s) {', '.join(missing)}")
 
 
+GraphFile = Annotated[
+    Path | None, typer.Option("--graph", help="a fresh graph from `identity resolve`")
+]
+
+
 @identity_app.command("explain")
 def identity_explain(
     customer_id: Annotated[str, typer.Argument(help="a customer_id from the identity graph")],
-    graph_file: Annotated[
-        Path | None, typer.Option("--graph", help="a fresh graph from `identity resolve`")
-    ] = None,
+    graph_file: GraphFile = None,
     as_json: JsonFlag = False,
 ) -> None:
     """The customer's records and, for each link between them, the rule that made it."""
@@ -317,9 +320,7 @@ def identity_split(
     records: Annotated[
         str, typer.Option(help="record_ids to move to a new customer, comma-separated")
     ],
-    graph_file: Annotated[
-        Path | None, typer.Option("--graph", help="a fresh graph from `identity resolve`")
-    ] = None,
+    graph_file: GraphFile = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Undo a wrong merge: move records to a new customer; later runs keep them apart."""

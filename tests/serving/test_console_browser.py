@@ -29,7 +29,13 @@ from record.ledger import Ledger
 from record.tables import now
 from serving import run
 from tests.serving.conftest import CHANNEL
-from tests.serving.console_fixtures import ADMIN_KEY, AGENT_KEY, LANDLINE, MARKETER_KEY
+from tests.serving.console_fixtures import (
+    ADMIN_KEY,
+    AGENT_KEY,
+    LANDLINE,
+    MARKETER_KEY,
+    RECORDS,
+)
 from tests.serving.journey_fixtures import EXAMPLES
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
@@ -52,17 +58,7 @@ HOUSEHOLD = pd.DataFrame(
             None,
         ),
     ],
-    columns=[
-        "record_id",
-        "source",
-        "first_name",
-        "last_name",
-        "email",
-        "phone",
-        "loyalty_id",
-        "login_id",
-        "cookie_id",
-    ],
+    columns=RECORDS.columns,
 )
 
 
