@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from serving.policy import epsilon_greedy
-from training.bandit import IDENTIFIERS, action_line, format_example, margin
+from training.bandit import IDENTIFIERS, LEARNER, action_line, format_example, margin
 
 
 @dataclass(frozen=True)
@@ -243,7 +243,7 @@ class VWPeer(Peer):
         self.scale = scale
         self.lines = {k: action_line(k, v) for k, v in actions.items()}
         self.margins = {k: margin(v) for k, v in actions.items()}
-        args = f"--cb_explore_adf {VW_EXPLORERS[name]} -q ua -q ca -l 0.1 --quiet"
+        args = f"--cb_explore_adf {VW_EXPLORERS[name]} {LEARNER} --quiet"
         self.vw = vowpalwabbit.Workspace(f"{args} --random_seed {seed}")
 
     def _example(self, v: LeagueVisit, label: tuple[int, float, float] | None = None) -> list[str]:

@@ -73,7 +73,8 @@ def test_the_converting_margin_rides_beside_the_uplift_score() -> None:
 def test_the_bandit_starts_from_the_model_scores() -> None:
     """Where the scores rank offers right, the bandit follows them after a few hundred visits
     even though its customer features say nothing: one weight learns to trust the model
-    (measured: its favourite is the best offer 0.67 of the time; 0.27 without the scores)."""
+    (measured at the learning rate 0.05: its favourite is the best offer 0.54 of the time,
+    0.51-0.64 over seeds 3-5; without the scores 0.20-0.28, a quarter being chance)."""
     rng, ids = np.random.default_rng(3), list(ACTIONS)
     policy = BanditPolicy(ACTIONS, reward_scale=3.0, exploration="squarecb", seed=4)
     hits = []
@@ -85,7 +86,7 @@ def test_the_bandit_starts_from_the_model_scores() -> None:
                      mu[ids.index(offer)] + rng.normal(0, 1), scores)  # fmt: skip
         if t >= 400:
             hits.append(max(probs, key=probs.get) == ids[int(np.argmax(mu))])
-    assert np.mean(hits) > 0.55, np.mean(hits)
+    assert np.mean(hits) > 0.45, np.mean(hits)
 
 
 def test_choose_stays_in_the_allowed_set_and_returns_its_distribution() -> None:
@@ -140,9 +141,12 @@ def _visit(rng: np.random.Generator) -> dict:
 
 
 def test_learns_who_wants_what_on_a_known_world() -> None:
+    """8,000 noisy rewards (measured: gap closed 0.70; 0.53 after 4,000 at the learning rate
+    0.05, which averages the simulator's rare, large rewards better than it learns this
+    clean world fast)."""
     rng, ids = np.random.default_rng(0), list(ACTIONS)
     policy = BanditPolicy(ACTIONS, reward_scale=3.0, seed=2)
-    for _ in range(4000):
+    for _ in range(8000):
         x = _visit(rng)
         offer, probs = policy.choose(x, "web", {}, ids)
         reward = _truth(x)[ids.index(offer)] + rng.normal(0, 2)
