@@ -775,8 +775,12 @@ def _commit(
 
 
 def _ranked(offer: Any, value: float, p: float, position: int, detail: dict) -> RankedOffer:
+    """The reason says how the offer got its place. The first is drawn, by the bandit or
+    epsilon-greedy, and may rank low on the uplift model's value (exploration, or a reward the
+    bandit learned): a reason claiming arbitration chose it would mislead the agent reading it.
+    The others follow it by expected incremental value."""
     oid = offer.id
-    why = "chosen" if position == 0 else "runner-up"
+    why = f"drawn with probability {p:.2f}" if position == 0 else "next by expected value"
     common = {
         "offer_id": oid,
         "name": offer.name,
@@ -785,7 +789,7 @@ def _ranked(offer: Any, value: float, p: float, position: int, detail: dict) -> 
         "position": position,
     }
     if policy.is_no_offer(offer):  # a model score for "nothing" is not an uplift
-        reason = f"{why}: no offer is expected to add more than doing nothing"
+        reason = f"{why}: no offer (adds nothing, by definition)"
         return _offer(**common, creative={}, reason=reason)
     uplift = detail["p_treated"][oid] - detail["p_untreated"][oid]
     return _offer(

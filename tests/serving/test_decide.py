@@ -450,6 +450,19 @@ def test_every_shown_slot_is_logged_with_position_and_probability(deps: Deps) ->
     assert (row.slots[0]["offer_id"], row.slots[0]["probability"]) == (row.offer_id, row.propensity)
 
 
+def test_each_reason_says_how_its_offer_got_its_place(deps: Deps) -> None:
+    """The first offer is drawn (it may rank low on value: exploration), the others follow by
+    expected value; no reason claims arbitration chose a drawn offer."""
+    r = decide(_req(customer_id="c-post", max_offers=3), deps)
+    first, *rest = r.offers
+    assert first.reason.startswith(f"drawn with probability {first.probability:.2f}: ")
+    assert rest and all(o.reason.startswith("next by expected value: ") for o in rest)
+    for o in r.offers:
+        value = f"expected incremental value {o.score:.3f}"
+        tail = "no offer (adds nothing, by definition)" if o.offer_id == "no_offer" else value
+        assert tail in o.reason, o.reason
+
+
 def test_runner_ups_count_against_offer_caps_and_suppression(deps: Deps) -> None:
     """Without models every offer ties, so the extra slots always go to the first offers of
     the catalogue: counted, each stops at its own cap; uncounted, they are shown every time."""
