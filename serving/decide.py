@@ -372,11 +372,11 @@ def explore(
         try:
             # only the distribution is needed: the draw is ours, with the logged probability
             spread = getattr(deps.bandit, "distribution", None)
-            args = (features, request.channel, request.context.model_dump(), allowed)
-            # the models' expected incremental values (and treated rates, when known): the
-            # bandit starts from their ranking
-            more = (values, p_treated) if p_treated else (values,)
-            probs = spread(*args, *more) if spread else deps.bandit.choose(*args, *more)[1]
+            # with the models' expected incremental values (and treated rates, when known):
+            # the bandit starts from their ranking
+            args = (features, request.channel, request.context.model_dump(), allowed, values,
+                    p_treated)  # fmt: skip
+            probs = spread(*args) if spread else deps.bandit.choose(*args)[1]
             new = cold_offers(deps.bandit, allowed)
             if new:  # explored, not a fallback: the bandit still ranks the others
                 reasons.append(f"cold start: bandit explores new offers {', '.join(new)}")
