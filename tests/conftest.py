@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,6 +42,26 @@ def nextbest_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.environ["NEXTBEST_HOME"] = str(home)
     get_settings.cache_clear()
     return home
+
+
+def materialised_store(settings: Any, world: Path) -> tuple[dict[str, Any], Any]:
+    """``world``'s features built, the Feast repo applied and every view loaded into the
+    online store up to just after the last snapshot (Feast's warnings silenced): what the
+    fixtures that train or read features start from. Returns the build's summary and the
+    store."""
+    import pandas as pd
+
+    from features.build import build_features
+    from features.store import apply_repo, get_store, materialize
+
+    build = build_features(settings, world)
+    store = get_store(settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        apply_repo(store)
+        end = pd.Timestamp(build["snapshots"][-1]).to_pydatetime() + timedelta(seconds=1)
+        materialize(store, end=end)
+    return build, store
 
 
 def shared_file(name: str) -> Path:

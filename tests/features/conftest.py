@@ -3,9 +3,7 @@ materialised online store. Tests that need a live store take ``feature_home``.""
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +11,7 @@ import pandas as pd
 import pytest
 
 from nextbest.settings import Settings
+from tests.conftest import materialised_store
 
 
 @dataclass
@@ -42,15 +41,6 @@ def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def feature_home(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -> FeatureHome:
     """build -> apply -> materialise into a private home (SQLite online store)."""
-    from features.build import build_features
-    from features.store import apply_repo, get_store, materialize
-
     settings = Settings(home=tmp_path_factory.mktemp("features_home"), online_store="sqlite")
-    build = build_features(settings, small_world)
-    store = get_store(settings)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        apply_repo(store)
-        end = pd.Timestamp(build["snapshots"][-1]).to_pydatetime() + timedelta(seconds=1)
-        materialize(store, end=end)
+    build, store = materialised_store(settings, small_world)
     return FeatureHome(settings=settings, world=small_world, build=build, store=store)

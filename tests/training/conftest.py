@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 
 from nextbest.settings import Settings
+from tests.conftest import materialised_store
 
 
 @dataclass
@@ -30,21 +29,15 @@ class TrainedWorld:
 def trained_world(tmp_path_factory: pytest.TempPathFactory) -> TrainedWorld:
     """600 customers x 80 days: enough for a 30-day churn label window after the training
     snapshots and for treatment and holdout exposures on both sides of the time split."""
-    from features.build import build_features
-    from features.store import apply_repo, get_store, materialize
     from simulator.world import simulate_world
     from training.train import train_model
 
     settings = Settings(home=tmp_path_factory.mktemp("training_home"))
     world = settings.world_dir
     simulate_world(customers=600, days=80, seed=5, out=world)
-    build = build_features(settings, world)
-    store = get_store(settings)
+    build, store = materialised_store(settings, world)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        apply_repo(store)
-        end = pd.Timestamp(build["snapshots"][-1]).to_pydatetime() + timedelta(seconds=1)
-        materialize(store, end=end)
         churn = train_model(settings, "churn", promote=True, max_rounds=80)
         propensity = train_model(settings, "propensity", promote=True, max_rounds=80)
     return TrainedWorld(settings, world, build, store, churn, propensity)

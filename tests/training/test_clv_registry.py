@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from nextbest.settings import Settings
+from tests.conftest import materialised_store
 from training.clv_registry import MODEL_NAME, ClvModel, load_bundle
 
 pytestmark = pytest.mark.slow
@@ -33,21 +33,15 @@ class ClvHome:
 @pytest.fixture(scope="module")
 def clv_home(tmp_path_factory: pytest.TempPathFactory) -> ClvHome:
     """200 customers x 100 days: long enough for the trees to be judged on the window too."""
-    from features.build import build_features
-    from features.store import apply_repo, get_store, materialize
     from simulator.world import simulate_world
     from training import clv_registry
     from training.clv_world import train_clv
 
     settings = Settings(home=tmp_path_factory.mktemp("clv_home"), online_store="sqlite")
     simulate_world(customers=200, days=100, seed=7, out=settings.world_dir)
-    build = build_features(settings, settings.world_dir)
-    store = get_store(settings)
+    materialised_store(settings, settings.world_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        apply_repo(store)
-        end = pd.Timestamp(build["snapshots"][-1]).to_pydatetime() + timedelta(seconds=1)
-        materialize(store, end=end)
         fitted: dict[str, ClvModel] = {}
         register = clv_registry.register
 
