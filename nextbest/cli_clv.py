@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from nextbest.cli_common import JsonFlag, console, emit, fail
+
+if TYPE_CHECKING:
+    from nextbest.settings import Settings
 
 clv_app = typer.Typer(no_args_is_help=True, help="Customer lifetime value on your transactions.")
 
@@ -110,6 +113,26 @@ Materialize = Annotated[
 ]
 
 
+def _home_with_events() -> Settings:
+    """The settings of a home with an event log to value, else a one-line failure."""
+    from nextbest.settings import get_settings
+
+    s = get_settings()
+    if not (s.event_log_dir / "batch.parquet").exists():
+        fail("events: no event log in the home (run `nextbest features build` first)")
+    return s
+
+
+def _emit_values(s: Settings, result: dict[str, Any], materialize: bool, as_json: bool) -> None:
+    """Load the values written into the online store when asked, then print the result."""
+    from training.clv_world import materialize_values
+
+    if materialize:
+        materialize_values(s)
+        result["materialized"] = "customer_value"
+    emit(result, as_json)
+
+
 @clv_app.command("train")
 def clv_train(
     materialize: Materialize = True,
@@ -122,13 +145,10 @@ def clv_train(
     import sys
 
     from features.store import apply_repo, get_store
-    from nextbest.settings import get_settings
     from training.clv_data import ClvDataError
-    from training.clv_world import materialize_values, train_clv
+    from training.clv_world import train_clv
 
-    s = get_settings()
-    if not (s.event_log_dir / "batch.parquet").exists():
-        fail("events: no event log in the home (run `nextbest features build` first)")
+    s = _home_with_events()
     store = get_store(s)
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for --json
         apply_repo(store)  # a home applied before clv_v1 and profile_v2 existed lacks them
@@ -137,10 +157,7 @@ def clv_train(
             result = train_clv(s, progress=lambda t: status.update(f"CLV: {t}"))
     except (ClvDataError, ValueError) as exc:
         fail(str(exc))
-    if materialize:
-        materialize_values(s)
-        result["materialized"] = "customer_value"
-    emit(result, as_json)
+    _emit_values(s, result, materialize, as_json)
 
 
 @clv_app.command("score")
@@ -150,20 +167,14 @@ def clv_score(
 ) -> None:
     """CLV of every customer in the event log from the registered ``clv`` champion, without
     refitting (after a promotion, or an alias moved in MLflow), into ``profile_v2``."""
-    from nextbest.settings import get_settings
     from training.clv_data import ClvDataError
-    from training.clv_world import champion_values, materialize_values
+    from training.clv_world import champion_values
     from training.registry import RegistryError
 
-    s = get_settings()
-    if not (s.event_log_dir / "batch.parquet").exists():
-        fail("events: no event log in the home (run `nextbest features build` first)")
+    s = _home_with_events()
     try:
         with console.status("CLV: scoring with the champion"):
             result = champion_values(s)
     except (ClvDataError, RegistryError) as exc:
         fail(str(exc))
-    if materialize:
-        materialize_values(s)
-        result["materialized"] = "customer_value"
-    emit(result, as_json)
+    _emit_values(s, result, materialize, as_json)
